@@ -1,0 +1,46 @@
+"""polyqueue: a job queue in the database you already have.
+
+>>> import polyqueue
+>>> q = polyqueue.connect("sqlite:///polyqueue.db")
+>>> q.migrate()
+>>> job_id = q.enqueue("send_email", {"to": "a@example.com"})
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    InvalidArgument,
+    InvalidPayload,
+    JobNotFound,
+    LeaseLost,
+    PayloadTooLarge,
+    PolyqueueError,
+    SchemaMissing,
+)
+from .hookspecs import hookimpl
+from .job import Job, JobStatus
+from .queue import DEFAULT_URL, Queue, connect
+from .worker import Worker
+
+__all__ = [
+    "connect",
+    "Queue",
+    "Job",
+    "JobStatus",
+    "Worker",
+    "hookimpl",
+    "DEFAULT_URL",
+    "PolyqueueError",
+    "ConfigurationError",
+    "InvalidArgument",
+    "BackendUnavailable",
+    "SchemaMissing",
+    "InvalidPayload",
+    "PayloadTooLarge",
+    "LeaseLost",
+    "JobNotFound",
+]
+
+__version__ = "0.1.0"

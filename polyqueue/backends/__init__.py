@@ -1,0 +1,1 @@
+"""Storage backends: the interface in :mod:`.base`, the shared SQL layer in :mod:`.sql`."""

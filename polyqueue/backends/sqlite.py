@@ -1,0 +1,142 @@
+"""SQLite: the embedded default. WAL mode, ``BEGIN IMMEDIATE`` transactions, ``UPDATE ... RETURNING`` claims.
+
+Times are stored as Unix epoch seconds (REAL) taken from SQLite's own clock.
+Several processes may share one file: writers queue on the file lock for up to
+``busy_timeout`` and any residual ``SQLITE_BUSY`` is retried by the shared layer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import StaticPool
+
+from .base import Capability
+from .sql import ErrorKind, SQLBackend
+
+__all__ = ["SQLiteBackend", "EpochTime"]
+
+T = TypeVar("T")
+_SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_EPOCH_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+class EpochTime(sa.types.TypeDecorator[datetime]):
+    """An aware UTC datetime stored as REAL seconds since the Unix epoch."""
+
+    impl = sa.Float
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> float | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass an aware datetime")
+        return value.timestamp()
+
+    def process_result_value(self, value: float | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return datetime.fromtimestamp(value, timezone.utc)
+
+
+class SQLiteBackend(SQLBackend):
+    """The embedded backend; ``sqlite:///:memory:`` is single-process."""
+
+    name = "sqlite"
+    capabilities = frozenset(
+        {
+            Capability.DEDUPE,
+            Capability.PRIORITIES,
+            Capability.DELAYED,
+            Capability.TRANSACTIONAL_ENQUEUE,
+            Capability.MULTI_PROCESS,
+        }
+    )
+    default_driver = "sqlite+pysqlite"
+    driver_extra = ""
+    partial_index_keyword = "sqlite_where"
+
+    def __init__(self, url: sa.engine.URL, options: dict[str, Any]) -> None:
+        self.in_memory = url.database in (None, "", ":memory:")
+        if self.in_memory:
+            # One shared connection: serialise transactions across threads ourselves.
+            self._memory_lock: threading.RLock | None = threading.RLock()
+        else:
+            self._memory_lock = None
+        self.synchronous = str(options.get("sqlite_synchronous", "FULL")).upper()
+        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            from ..errors import ConfigurationError
+
+            raise ConfigurationError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+        super().__init__(url, options)
+
+    def time_type(self) -> sa.types.TypeEngine[datetime]:
+        """REAL epoch seconds."""
+        return EpochTime()
+
+    def now(self) -> sa.ColumnElement[Any]:
+        """SQLite's clock (millisecond resolution)."""
+        return sa.type_coerce(sa.literal_column(_EPOCH_NOW, sa.Float()), EpochTime())
+
+    def seconds_from_now(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """Epoch arithmetic is plain addition."""
+        return sa.type_coerce(sa.literal_column(_EPOCH_NOW, sa.Float()) + sa.type_coerce(seconds, sa.Float()), EpochTime())
+
+    def engine_options(self) -> dict[str, Any]:
+        """Autocommit at the driver level so that ``begin_transaction`` decides how transactions start."""
+        connect_args = {"isolation_level": None, "check_same_thread": False, "timeout": 30.0}
+        if self.in_memory:
+            return {"connect_args": connect_args, "poolclass": StaticPool}
+        return {"connect_args": connect_args, "pool_size": 8, "max_overflow": 32}
+
+    def on_connect(self, dbapi_connection: Any) -> None:
+        """WAL, a generous busy timeout and the chosen durability."""
+        cursor = dbapi_connection.cursor()
+        try:
+            if not self.in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA synchronous={self.synchronous}")
+        finally:
+            cursor.close()
+
+    def begin_transaction(self, connection: Connection) -> None:
+        """Take the write lock up front: a deferred transaction that upgrades can fail with SQLITE_BUSY at once."""
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def classify(self, error: sa_exc.DBAPIError) -> str:
+        """Busy/locked are transient; a missing table means migrate has not run."""
+        orig = error.orig
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is not None and (code & 0xFF) in _SQLITE_BUSY:
+            return ErrorKind.TRANSIENT
+        if isinstance(orig, sqlite3.OperationalError) and "no such table" in str(orig):
+            return ErrorKind.MISSING_SCHEMA
+        return super().classify(error)
+
+    def _run(self, work: Callable[[Connection], T], *, retry_duplicates: bool = False) -> T:
+        if self._memory_lock is None:
+            return super()._run(work, retry_duplicates=retry_duplicates)
+        with self._memory_lock:
+            return super()._run(work, retry_duplicates=retry_duplicates)
+
+    @contextmanager
+    def migration_lock(self, connection: Connection) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` already serialises migrations."""
+        yield
+
+    def insert_ignoring_live_duplicate(self, connection: Connection, row: dict[str, Any]) -> Hashable | None:
+        """``INSERT ... ON CONFLICT DO NOTHING RETURNING id``."""
+        from sqlalchemy.dialects.sqlite import insert
+
+        stmt = insert(self.jobs).values(**row).on_conflict_do_nothing().returning(self.jobs.c.id)
+        return connection.execute(stmt).scalar()

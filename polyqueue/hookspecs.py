@@ -1,0 +1,59 @@
+"""Hook specifications: how backends are discovered and how plugins observe job lifecycles.
+
+Built-in backends register through ``polyqueue_backends`` exactly as a
+third-party package does (see :mod:`polyqueue.backends.builtin`). Third-party
+packages expose a module under the entry-point group ``polyqueue`` whose
+name is the URL scheme they serve; it is imported only when a URL asks for it.
+Lifecycle hooks are called only when some plugin implements them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .queue import Queue
+
+hookspec = pluggy.HookspecMarker("polyqueue")
+hookimpl = pluggy.HookimplMarker("polyqueue")
+
+__all__ = ["hookspec", "hookimpl"]
+
+
+@hookspec
+def polyqueue_backends() -> Mapping[str, Any]:
+    """Return ``{scheme: backend_class}`` for the URL schemes this plugin serves.
+
+    The scheme is the part of the URL before ``+driver`` (``postgresql`` for
+    ``postgresql+psycopg://``). A backend class takes ``(url, options)``;
+    importing it must not import its database driver.
+    """
+
+
+@hookspec
+def polyqueue_job_enqueued(queue: Queue, job_ids: Sequence[Any], queue_names: Sequence[str]) -> None:
+    """Jobs were committed (or written into a caller's transaction)."""
+
+
+@hookspec
+def polyqueue_job_started(queue: Queue, job: Job) -> None:
+    """A worker is about to run ``job``'s handler."""
+
+
+@hookspec
+def polyqueue_job_succeeded(queue: Queue, job: Job, duration: float) -> None:
+    """``job``'s handler returned; the job is (being) marked done."""
+
+
+@hookspec
+def polyqueue_job_failed(queue: Queue, job: Job, error: str, retry_in: float | None) -> None:
+    """``job``'s attempt failed; it will be retried in ``retry_in`` seconds, or None if it is dead."""
+
+
+@hookspec
+def polyqueue_job_dead(queue: Queue, job: Job, error: str) -> None:
+    """``job`` was dead-lettered after its final attempt (or ``dead=True``)."""

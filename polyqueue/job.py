@@ -1,0 +1,84 @@
+"""The Job record handed to handlers, and the small value types the backends exchange."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Hashable
+
+__all__ = ["Job", "JobStatus", "STATUSES", "LIVE_STATUSES", "FINISHED_STATUSES", "NewJob", "ReplayResult"]
+
+
+class JobStatus:
+    """The five states a job moves through."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    DONE = "done"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+STATUSES = (JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.DONE, JobStatus.DEAD, JobStatus.CANCELLED)
+#: Statuses that hold a dedupe key.
+LIVE_STATUSES = (JobStatus.PENDING, JobStatus.PROCESSING)
+#: Statuses ``purge`` may delete.
+FINISHED_STATUSES = (JobStatus.DONE, JobStatus.DEAD, JobStatus.CANCELLED)
+
+
+@dataclass(slots=True)
+class Job:
+    """One job as the database holds it; times are timezone-aware UTC from the database clock.
+
+    ``lease_token`` fences a claim: it changes on every claim, so a worker
+    whose lease was taken over cannot complete, fail or extend the new run.
+    ``errors`` is the error history (newest last), kept across replays.
+    """
+
+    id: Hashable
+    queue: str
+    job_type: str
+    payload: Any
+    priority: int
+    status: str
+    attempts: int
+    max_attempts: int
+    run_at: datetime | None
+    created_at: datetime | None
+    finished_at: datetime | None = None
+    locked_by: str | None = None
+    lease_expires_at: datetime | None = None
+    last_error: str | None = None
+    dedupe_key: str | None = None
+    result: Any = None
+    lease_token: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (
+            f"Job(id={self.id!r}, queue={self.queue!r}, job_type={self.job_type!r}, "
+            f"status={self.status!r}, attempts={self.attempts}/{self.max_attempts})"
+        )
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A validated job on its way into the backend: payload already encoded as JSON text."""
+
+    queue: str
+    job_type: str
+    payload_json: str
+    priority: int
+    max_attempts: int
+    delay_seconds: float
+    dedupe_key: str | None
+    #: An absolute start time (aware UTC); when set it wins over ``delay_seconds``.
+    run_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    """What ``replay`` did: how many dead jobs became pending, and which were skipped and why."""
+
+    replayed: int
+    skipped: dict[Hashable, str] = field(default_factory=dict)

@@ -1,0 +1,497 @@
+"""The public Queue: input validation and queue policy (retries, backoff, dead-lettering) over a backend."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import re
+import socket
+import threading
+import uuid
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import pluggy
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from . import json_codec
+from .backends.base import Backend
+from .errors import ConfigurationError, InvalidArgument, InvalidPayload, JobNotFound, LeaseLost
+from .job import FINISHED_STATUSES, Job, NewJob, ReplayResult
+from .plugins import backend_class_for, make_plugin_manager
+
+__all__ = ["connect", "Queue", "DEFAULT_URL", "parse_duration"]
+
+log = logging.getLogger("polyqueue")
+
+DEFAULT_URL = "sqlite:///polyqueue.db"
+MAX_NAME_LENGTH = 255
+MAX_ERROR_LENGTH = 16_384
+ERROR_HISTORY_LIMIT = 20
+MAX_CLAIM_BATCH = 1000
+_PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+#: Options polyqueue itself understands (as keywords or URL query parameters), with their parsers.
+_OPTION_PARSERS: dict[str, Any] = {
+    "table_prefix": str,
+    "max_payload_bytes": int,
+    "max_attempts": int,
+    "depth_cache": str,
+    "backoff_base": float,
+    "backoff_max": float,
+    "reconnect_seconds": float,
+    "transient_retries": int,
+    "sqlite_synchronous": str,
+    "safety_poll": float,
+    "depth_cache_ttl": float,
+}
+
+
+def parse_duration(value: float | int | timedelta | str, what: str = "duration") -> float:
+    """Seconds from a number, a timedelta or text such as ``"90"``, ``"30m"``, ``"7d"``."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be a number of seconds, a timedelta or text like '7d'")
+    elif isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if not match:
+            raise InvalidArgument(f"{what} {value!r} is not a duration like '45s', '30m', '12h' or '7d'")
+        unit = match.group(2)
+        seconds = float(match.group(1)) * _DURATION_UNITS[unit.lower() if unit else None]
+    else:
+        raise InvalidArgument(f"{what} must be a number of seconds, a timedelta or text like '7d'")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidArgument(f"{what} must be a finite number of seconds >= 0")
+    return seconds
+
+
+def _check_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{what} must be a non-empty string")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgument(f"{what} is {len(value)} characters; the limit is {MAX_NAME_LENGTH}")
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} is not valid Unicode text (lone surrogate)") from None
+    return value
+
+
+def _check_int(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{what} must be an integer")
+    if not low <= value <= high:
+        raise InvalidArgument(f"{what} must be between {low} and {high}")
+    return value
+
+
+def _check_seconds(value: Any, what: str, *, positive: bool = False) -> float:
+    seconds = parse_duration(value, what)
+    if positive and seconds <= 0:
+        raise InvalidArgument(f"{what} must be greater than zero")
+    return seconds
+
+
+def _queue_list(queues: str | Iterable[str]) -> list[str]:
+    names = [queues] if isinstance(queues, str) else list(queues)
+    if not names:
+        raise InvalidArgument("queues must name at least one queue")
+    return [_check_name(q, "queue name") for q in dict.fromkeys(names)]
+
+
+def _error_text(error: BaseException | str | None) -> str:
+    if isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {error}"
+    elif error is None:
+        text = "failed"
+    else:
+        text = str(error)
+    return text[:MAX_ERROR_LENGTH]
+
+
+def _split_options(url: URL, options: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
+    """Take polyqueue's own options out of the URL query; keyword options win."""
+    merged: dict[str, Any] = {}
+    query = dict(url.query)
+    for key in list(query):
+        if key in _OPTION_PARSERS:
+            raw = query.pop(key)
+            merged[key] = raw[-1] if isinstance(raw, tuple) else raw
+    merged.update({k: v for k, v in options.items() if v is not None})
+    unknown = set(merged) - set(_OPTION_PARSERS)
+    if unknown:
+        raise ConfigurationError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_OPTION_PARSERS)}")
+    for key, parse in _OPTION_PARSERS.items():
+        if key in merged:
+            try:
+                merged[key] = parse(merged[key])
+            except (TypeError, ValueError):
+                raise ConfigurationError(f"option {key} has an invalid value") from None
+    return url.set(query=query), merged
+
+
+def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **options: Any) -> Queue:
+    """Open a queue on the database named by ``url``.
+
+    ``url`` None reads ``POLYQUEUE_URL``, else uses ``sqlite:///polyqueue.db``.
+    Options (also accepted as URL query parameters): ``table_prefix``,
+    ``max_payload_bytes``, ``max_attempts``, ``depth_cache`` (a ``redis://``
+    URL), ``backoff_base``, ``backoff_max``, ``reconnect_seconds``,
+    ``safety_poll``, ``sqlite_synchronous``. ``plugins`` are lifecycle plugin
+    objects or entry-point names. Raises :class:`ConfigurationError` for an
+    unknown scheme or a bad option; never echoes a password.
+    """
+    raw = url if url is not None else os.environ.get("POLYQUEUE_URL") or DEFAULT_URL
+    if isinstance(raw, URL):
+        parsed = raw
+    elif isinstance(raw, str):
+        try:
+            parsed = make_url(raw)
+        except ArgumentError:
+            scheme = raw.split(":", 1)[0] if ":" in raw else "?"
+            raise ConfigurationError(
+                f"could not parse the queue URL (scheme {scheme[:40]!r}); expected e.g. sqlite:///polyqueue.db"
+            ) from None
+    else:
+        raise ConfigurationError("url must be a string, a SQLAlchemy URL or None")
+    parsed, opts = _split_options(parsed, options)
+    prefix = opts.setdefault("table_prefix", "polyqueue_")
+    if not _PREFIX_RE.match(prefix):
+        raise ConfigurationError("table_prefix must be a plain identifier: letters, digits and _ (max 40)")
+    opts["max_payload_bytes"] = _positive(opts.get("max_payload_bytes", 1 << 20), "max_payload_bytes")
+    opts["max_attempts"] = _positive(opts.get("max_attempts", 5), "max_attempts")
+    pm = make_plugin_manager(list(plugins) + _env_plugins())
+    scheme = parsed.drivername.split("+", 1)[0]
+    backend_cls = backend_class_for(pm, scheme)
+    backend: Backend = backend_cls(parsed, opts)
+    if opts.get("depth_cache"):
+        from .depth_cache import DepthCachedBackend
+
+        backend = DepthCachedBackend(backend, opts["depth_cache"], opts)
+    return Queue(backend, pm, opts)
+
+
+def _positive(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{what} must be a positive integer")
+    return value
+
+
+def _env_plugins() -> list[str]:
+    return [name.strip() for name in os.environ.get("POLYQUEUE_PLUGINS", "").split(",") if name.strip()]
+
+
+class Queue:
+    """A job queue on one database. Thread-safe; share one per process.
+
+    Create with :func:`connect`. Methods validate their input and raise a
+    :class:`~polyqueue.errors.PolyqueueError` subclass, storing nothing, when
+    it is wrong.
+    """
+
+    def __init__(self, backend: Backend, plugin_manager: pluggy.PluginManager, options: Mapping[str, Any]) -> None:
+        self.backend = backend
+        self.plugins = plugin_manager
+        self.options = dict(options)
+        self.max_payload_bytes: int = self.options["max_payload_bytes"]
+        self.max_attempts: int = self.options["max_attempts"]
+        self.backoff_base: float = float(self.options.get("backoff_base", 1.0))
+        self.backoff_max: float = float(self.options.get("backoff_max", 3600.0))
+        self._default_worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._closed = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<polyqueue.Queue {self.backend.describe()}>"
+
+    # --- lifecycle ---------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The backend's optional features (see :class:`~polyqueue.backends.base.Capability`)."""
+        return self.backend.capabilities
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema. Idempotent and safe when processes race."""
+        self.backend.migrate()
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+        if not self._closed.is_set():
+            self._closed.set()
+            self.backend.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # --- producing -----------------------------------------------------------
+    def _new_job(
+        self,
+        job_type: Any,
+        payload: Any = None,
+        *,
+        queue: Any = "default",
+        priority: Any = 0,
+        delay: Any = None,
+        run_at: Any = None,
+        max_attempts: Any = None,
+        dedupe_key: Any = None,
+    ) -> NewJob:
+        job_type = _check_name(job_type, "job_type")
+        queue = _check_name(queue, "queue name")
+        priority = _check_int(priority, "priority", -(2**31), 2**31 - 1)
+        attempts = self.max_attempts if max_attempts is None else _check_int(max_attempts, "max_attempts", 1, 10_000)
+        if dedupe_key is not None:
+            dedupe_key = _check_name(dedupe_key, "dedupe_key")
+        if delay is not None and run_at is not None:
+            raise InvalidArgument("give delay or run_at, not both")
+        delay_seconds = 0.0 if delay is None else _check_seconds(delay, "delay")
+        if run_at is not None:
+            if not isinstance(run_at, datetime) or run_at.tzinfo is None:
+                raise InvalidArgument("run_at must be a timezone-aware datetime")
+        payload_json = json_codec.encode_payload(payload, self.max_payload_bytes)
+        return NewJob(queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at)
+
+    def enqueue(
+        self,
+        job_type: str,
+        payload: Any = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+        connection: Any = None,
+    ) -> Hashable:
+        """Store one job and return its id (or, with a live duplicate ``dedupe_key``, the live job's id).
+
+        ``payload`` must be JSON data under ``max_payload_bytes`` (else
+        :class:`InvalidPayload` / :class:`PayloadTooLarge`, nothing stored).
+        ``connection`` writes the job inside the caller's open transaction.
+        """
+        job = self._new_job(
+            job_type,
+            payload,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            max_attempts=max_attempts,
+            dedupe_key=dedupe_key,
+        )
+        return self._store([job], connection)[0]
+
+    _JOB_KEYS = frozenset(
+        {"job_type", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "dedupe_key"}
+    )
+
+    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, connection: Any = None) -> list[Hashable]:
+        """Store many jobs atomically in one round trip per batch; ids in input order.
+
+        Each item is a dict with ``enqueue``'s keyword names (``job_type``
+        required). Any invalid item rejects the whole batch before anything is stored.
+        """
+        if isinstance(jobs, (str, bytes, Mapping)):
+            raise InvalidArgument("enqueue_many takes an iterable of dicts")
+        batch: list[NewJob] = []
+        for index, spec in enumerate(jobs):
+            if not isinstance(spec, Mapping):
+                raise InvalidArgument(f"job #{index} is a {type(spec).__name__}, not a dict")
+            unknown = set(spec) - self._JOB_KEYS
+            if unknown:
+                raise InvalidArgument(f"job #{index} has unknown keys {sorted(unknown)}")
+            if "job_type" not in spec:
+                raise InvalidArgument(f"job #{index} has no job_type")
+            try:
+                batch.append(self._new_job(**spec))
+            except InvalidPayload as exc:
+                raise type(exc)(f"job #{index}: {exc}") from None
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"job #{index}: {exc}") from None
+        return self._store(batch, connection)
+
+    def _store(self, batch: list[NewJob], connection: Any) -> list[Hashable]:
+        if connection is not None and "transactional_enqueue" not in self.capabilities:
+            raise ConfigurationError(f"{self.backend.name} does not support transactional enqueue (connection=)")
+        ids = self.backend.enqueue_many(batch, connection=connection)
+        if ids and self.plugins.hook.polyqueue_job_enqueued.get_hookimpls():
+            self.plugins.hook.polyqueue_job_enqueued(
+                queue=self, job_ids=ids, queue_names=sorted({j.queue for j in batch})
+            )
+        return ids
+
+    # --- consuming -----------------------------------------------------------
+    def claim(
+        self,
+        queues: str | Sequence[str] = "default",
+        *,
+        limit: int = 1,
+        lease: float = 30.0,
+        worker_id: str | None = None,
+    ) -> list[Job]:
+        """Atomically take up to ``limit`` ready jobs (priority, then oldest run_at, then id).
+
+        Each comes back ``processing`` with ``attempts`` counted and a lease of
+        ``lease`` seconds from the database clock. ``[]`` when nothing is ready.
+        """
+        names = _queue_list(queues)
+        limit = _check_int(limit, "limit", 1, MAX_CLAIM_BATCH)
+        lease = _check_seconds(lease, "lease", positive=True)
+        worker = self._default_worker_id if worker_id is None else _check_name(worker_id, "worker_id")
+        return self.backend.claim(names, limit, lease, worker)
+
+    @staticmethod
+    def _check_job(job: Any) -> Job:
+        if not isinstance(job, Job):
+            raise InvalidArgument(f"expected a Job returned by claim(), got {type(job).__name__}")
+        return job
+
+    def complete(self, job: Job, result: Any = None) -> None:
+        """Mark a claimed job done, storing ``result`` (JSON). Raises :class:`LeaseLost` if no longer held."""
+        self._check_job(job)
+        result_json = None if result is None else json_codec.encode_payload(result, self.max_payload_bytes)
+        self.complete_many([(job, result_json)])
+
+    def complete_many(self, jobs: Sequence[tuple[Job, str | None]]) -> None:
+        """Mark many claimed jobs done in one statement; results are JSON text or None.
+
+        Raises :class:`LeaseLost` naming the jobs no longer held; the others are done.
+        """
+        lost = self.backend.complete_many(jobs)
+        if lost:
+            raise LeaseLost(f"lease lost for job(s) {sorted(map(str, lost))}: another claim holds them or they expired")
+        for job, result in jobs:
+            job.status = "done"
+            job.result = None if result is None else json_codec.loads(result)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before retry number ``attempts``: exponential with jitter, capped at ``backoff_max``."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** min(max(attempts - 1, 0), 60))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def fail(
+        self,
+        job: Job,
+        error: BaseException | str | None,
+        *,
+        retry_in: float | timedelta | None = None,
+        dead: bool = False,
+    ) -> None:
+        """Record a failed attempt: pending again after backoff (or ``retry_in``) while attempts remain, else dead.
+
+        Raises :class:`LeaseLost` if this claim no longer holds the job.
+        """
+        self._check_job(job)
+        text = _error_text(error)
+        delay = None if retry_in is None else _check_seconds(retry_in, "retry_in")
+        final = dead or job.attempts >= job.max_attempts
+        if final:
+            delay = None
+        elif delay is None:
+            delay = self.backoff(job.attempts)
+        history = (job.errors + [{"attempt": job.attempts, "error": text, "worker": job.locked_by}])[
+            -ERROR_HISTORY_LIMIT:
+        ]
+        if not self.backend.fail(job, error=text, errors_json=json_codec.dumps(history), retry_in=delay):
+            raise LeaseLost(f"lease lost for job {job.id}: another claim holds it or it expired")
+        job.errors, job.last_error = history, text
+        job.status = "dead" if final else "pending"
+        hook = self.plugins.hook
+        if hook.polyqueue_job_failed.get_hookimpls():
+            hook.polyqueue_job_failed(queue=self, job=job, error=text, retry_in=delay)
+        if final and hook.polyqueue_job_dead.get_hookimpls():
+            hook.polyqueue_job_dead(queue=self, job=job, error=text)
+
+    def extend(self, job: Job, lease: float) -> None:
+        """Heartbeat: push the lease out to DB-now + ``lease``. Raises :class:`LeaseLost`."""
+        self._check_job(job)
+        lease = _check_seconds(lease, "lease", positive=True)
+        if self.backend.extend_many([job], lease):
+            raise LeaseLost(f"lease lost for job {job.id}: another claim holds it or it expired")
+
+    def release(self, job: Job) -> None:
+        """Give a claimed job back unrun; the attempt is not charged. Raises :class:`LeaseLost`."""
+        self._check_job(job)
+        if self.backend.release_many([job]):
+            raise LeaseLost(f"lease lost for job {job.id}: another claim holds it or it expired")
+        job.status = "pending"
+
+    # --- inspecting and managing -------------------------------------------
+    def get(self, job_id: Hashable) -> Job | None:
+        """The job with this id, or None."""
+        return self.backend.get(job_id)
+
+    def cancel(self, job_id: Hashable) -> bool:
+        """Cancel a pending job; True if it was pending and is now cancelled."""
+        return self.backend.cancel(job_id)
+
+    def stats(self, queue: str | None = None) -> dict[str, int]:
+        """Counts by status plus ``scheduled``, for one queue or all queues together."""
+        if queue is not None:
+            queue = _check_name(queue, "queue name")
+        totals = dict.fromkeys(("pending", "scheduled", "processing", "done", "dead", "cancelled"), 0)
+        for counts in self.backend.stats(queue).values():
+            for key, value in counts.items():
+                totals[key] = totals.get(key, 0) + value
+        return totals
+
+    def stats_by_queue(self) -> dict[str, dict[str, int]]:
+        """``{queue: counts}`` as :meth:`stats` gives them, for every queue that has jobs."""
+        return self.backend.stats(None)
+
+    def depth(self, queue: str = "default") -> int:
+        """Ready jobs in ``queue``: O(1) from the Redis depth cache when configured, else counted."""
+        return self.backend.count_ready(_check_name(queue, "queue name"))
+
+    def dead_jobs(self, queue: str | None = None, limit: int = 100) -> list[Job]:
+        """Dead jobs, most recently finished first."""
+        if queue is not None:
+            queue = _check_name(queue, "queue name")
+        return self.backend.dead_jobs(queue, _check_int(limit, "limit", 1, 1_000_000))
+
+    def replay(self, ids: Iterable[Hashable] | None = None, queue: str | None = None) -> int:
+        """Make dead jobs pending again (attempts reset, error history kept); returns how many.
+
+        Jobs whose dedupe key a live job holds are skipped with a warning.
+        """
+        return self.replay_detailed(ids, queue).replayed
+
+    def replay_detailed(self, ids: Iterable[Hashable] | None = None, queue: str | None = None) -> ReplayResult:
+        """Like :meth:`replay` but also says which jobs were skipped and why."""
+        if queue is not None:
+            queue = _check_name(queue, "queue name")
+        if isinstance(ids, (str, bytes)):
+            raise InvalidArgument("ids must be an iterable of job ids")
+        result = self.backend.replay(None if ids is None else list(ids), queue)
+        for job_id, reason in result.skipped.items():
+            log.warning("replay skipped job %s: %s", job_id, reason)
+        return result
+
+    def purge(self, status: str = "done", older_than: float | timedelta | str = "7d", batch_size: int = 1000) -> int:
+        """Delete finished jobs of ``status`` older than ``older_than``, in small batches; returns the count."""
+        if status not in FINISHED_STATUSES:
+            raise InvalidArgument(f"purge status must be one of {', '.join(FINISHED_STATUSES)}")
+        seconds = parse_duration(older_than, "older_than")
+        return self.backend.purge(status, seconds, _check_int(batch_size, "batch_size", 1, 100_000))
+
+    def require(self, job_id: Hashable) -> Job:
+        """Like :meth:`get` but raises :class:`JobNotFound`."""
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job

@@ -1,0 +1,379 @@
+"""The Worker: claims in batches, runs handlers on threads, heartbeats, retries, waits politely, stops gracefully.
+
+All consumer policy lives here, once, above the backends: batch sizing to free
+slots, a completer that marks finished jobs done in batches every few
+milliseconds, lease heartbeats, backoff on failure (through
+:meth:`Queue.fail`), push wake-ups when the backend (or the depth cache) has
+them and adaptive back-off polling when it does not, and graceful shutdown
+on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as std_queue
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Hashable, Iterable
+from types import FrameType
+from typing import Any
+
+from . import json_codec
+from .errors import BackendUnavailable, InvalidArgument, InvalidPayload, LeaseLost, PolyqueueError
+from .job import Job
+from .queue import Queue, _check_int, _check_name, _check_seconds, _queue_list
+
+__all__ = ["Worker", "Handler"]
+
+log = logging.getLogger("polyqueue.worker")
+
+Handler = Callable[[Job], Any]
+_STOP = object()
+
+
+class Worker:
+    """Runs handlers for jobs of ``queues`` with ``concurrency`` threads.
+
+    ``lease`` is the claim lease in seconds; leases of running jobs are
+    extended every ``lease / 3`` s. ``max_attempts``, when given, caps the
+    attempts of the jobs this worker runs. ``safety_poll`` bounds how long an
+    idle worker with push wake-ups trusts them before looking at the
+    database itself; ``poll_interval`` is ``(fastest, slowest)`` back-off
+    polling for backends without push wake-ups.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        queues: str | Iterable[str] = ("default",),
+        concurrency: int = 4,
+        lease: float = 30.0,
+        *,
+        max_attempts: int | None = None,
+        batch_size: int | None = None,
+        poll_interval: tuple[float, float] = (0.05, 1.0),
+        safety_poll: float | None = None,
+        shutdown_timeout: float = 30.0,
+        completion_interval: float = 0.005,
+        worker_id: str | None = None,
+    ) -> None:
+        if not isinstance(queue, Queue):
+            raise InvalidArgument("Worker needs a polyqueue.Queue from polyqueue.connect()")
+        self.queue = queue
+        self.queues = _queue_list(queues)
+        self.concurrency = _check_int(concurrency, "concurrency", 1, 1024)
+        self.lease = _check_seconds(lease, "lease", positive=True)
+        self.max_attempts = None if max_attempts is None else _check_int(max_attempts, "max_attempts", 1, 10_000)
+        self.batch_size = _check_int(batch_size if batch_size is not None else self.concurrency, "batch_size", 1, 1000)
+        low, high = (_check_seconds(v, "poll_interval", positive=True) for v in poll_interval)
+        if low > high:
+            raise InvalidArgument("poll_interval must be (fastest, slowest)")
+        self.poll_interval = (low, high)
+        default_safety = float(queue.options.get("safety_poll", 30.0 if "notify" in queue.capabilities else 5.0))
+        self.safety_poll = _check_seconds(safety_poll if safety_poll is not None else default_safety, "safety_poll", positive=True)
+        self.shutdown_timeout = _check_seconds(shutdown_timeout, "shutdown_timeout")
+        self.completion_interval = _check_seconds(completion_interval, "completion_interval")
+        self.worker_id = (
+            _check_name(worker_id, "worker_id")
+            if worker_id is not None
+            else f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        )
+        self.handlers: dict[str, Handler] = {}
+        self.processed = 0
+        self.failed = 0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
+        self._held: dict[Hashable, Job] = {}  # claimed, not yet finished: heartbeated
+        self._running: dict[Hashable, Job] = {}  # handler running now
+        self._lost: set[Hashable] = set()
+        self._ready: std_queue.SimpleQueue[Any] = std_queue.SimpleQueue()
+        self._done: list[tuple[Job, str | None]] = []
+        self._done_lock = threading.Lock()
+        self._done_flag = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __repr__(self) -> str:
+        return f"<polyqueue.Worker {self.worker_id} queues={self.queues} concurrency={self.concurrency}>"
+
+    # --- handlers -------------------------------------------------------------
+    def register(self, job_type: str, fn: Handler) -> Handler:
+        """Run ``fn(job)`` for jobs of ``job_type``; its return value (JSON) becomes ``job.result``."""
+        _check_name(job_type, "job_type")
+        if not callable(fn):
+            raise InvalidArgument("handler must be callable")
+        self.handlers[job_type] = fn
+        return fn
+
+    def handler(self, job_type: str) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`register`."""
+        return lambda fn: self.register(job_type, fn)
+
+    # --- running --------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask ``run`` to stop claiming, finish or release in-flight jobs, and return."""
+        self._stopping.set()
+        with self._lock:
+            self._slot_freed.notify_all()
+
+    def run(self, burst: bool = False) -> int:
+        """Process jobs until stopped (SIGTERM/SIGINT or :meth:`stop`); with ``burst``, until nothing is ready.
+
+        Returns the number of jobs whose handler succeeded.
+        """
+        self._stopping.clear()
+        restore = self._install_signal_handlers()
+        wakeups = self.queue.backend.wakeup_source(self.queues)
+        self._start_threads()
+        try:
+            self._claim_loop(burst, wakeups)
+        finally:
+            self._shutdown()
+            if wakeups is not None:
+                wakeups.close()
+            restore()
+        return self.processed
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous: dict[int, Any] = {}
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s: stopping after in-flight jobs", signal.Signals(signum).name)
+            self.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def _start_threads(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._run_handlers, name=f"polyqueue-handler-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        self._threads.append(threading.Thread(target=self._complete_loop, name="polyqueue-completer", daemon=True))
+        self._threads.append(threading.Thread(target=self._heartbeat_loop, name="polyqueue-heartbeat", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def _free_slots(self) -> int:
+        return self.concurrency - len(self._held)
+
+    def _claim_loop(self, burst: bool, wakeups: Any) -> None:
+        idle_sleep = self.poll_interval[0]
+        outage = 0
+        while not self._stopping.is_set():
+            with self._lock:
+                while self._free_slots() <= 0 and not self._stopping.is_set():
+                    self._slot_freed.wait(1.0)
+                free = self._free_slots()
+            if self._stopping.is_set():
+                return
+            try:
+                jobs = self.queue.claim(self.queues, limit=min(free, self.batch_size), lease=self.lease, worker_id=self.worker_id)
+                outage = 0
+            except BackendUnavailable as exc:
+                outage += 1
+                if outage == 1:
+                    log.warning("database unavailable, retrying: %s", exc)
+                self._stopping.wait(min(5.0, 0.1 * 2 ** min(outage, 6)))
+                continue
+            if jobs:
+                idle_sleep = self.poll_interval[0]
+                with self._lock:
+                    for job in jobs:
+                        self._held[job.id] = job
+                for job in jobs:
+                    self._ready.put(job)
+                continue
+            if burst:
+                with self._lock:
+                    while self._held and not self._stopping.is_set():
+                        self._slot_freed.wait(0.5)
+                    if self._held:
+                        return
+                # Handlers may have scheduled retries that are due now; look once more.
+                if not self._anything_due():
+                    return
+                continue
+            idle_sleep = self._wait_for_work(wakeups, idle_sleep)
+
+    def _anything_due(self) -> bool:
+        try:
+            wait = self.queue.backend.seconds_until_due(self.queues)
+        except BackendUnavailable:
+            return True
+        return wait is not None and wait <= 0
+
+    def _wait_for_work(self, wakeups: Any, idle_sleep: float) -> float:
+        """Sleep until work may be ready; returns the next back-off interval."""
+        try:
+            until_due = self.queue.backend.seconds_until_due(self.queues)
+        except BackendUnavailable:
+            until_due = None
+        if until_due is not None and until_due <= 0:
+            return self.poll_interval[0]
+        if wakeups is not None:
+            bound = self.safety_poll if until_due is None else min(self.safety_poll, until_due)
+            wakeups.wait(bound)
+            return self.poll_interval[0]
+        bound = idle_sleep if until_due is None else min(idle_sleep, until_due)
+        self._stopping.wait(bound)
+        return min(idle_sleep * 2, self.poll_interval[1])
+
+    # --- handler threads -----------------------------------------------------
+    def _run_handlers(self) -> None:
+        started_hook = self.queue.plugins.hook.polyqueue_job_started
+        succeeded_hook = self.queue.plugins.hook.polyqueue_job_succeeded
+        while True:
+            job = self._ready.get()
+            if job is _STOP:
+                return
+            if self._stopping.is_set():
+                self._release_quietly(job)
+                continue
+            with self._lock:
+                self._running[job.id] = job
+            if self.max_attempts is not None:
+                job.max_attempts = min(job.max_attempts, self.max_attempts)
+            started = time.perf_counter()
+            try:
+                if started_hook.get_hookimpls():
+                    started_hook(queue=self.queue, job=job)
+                fn = self.handlers.get(job.job_type)
+                if fn is None:
+                    raise LookupError(
+                        f"no handler registered for job type {job.job_type!r} "
+                        f"(this worker handles: {', '.join(sorted(self.handlers)) or 'nothing'})"
+                    )
+                result = fn(job)
+                result_json = None if result is None else json_codec.encode_payload(result, self.queue.max_payload_bytes)
+            except BaseException as exc:  # noqa: BLE001 - a handler's failure of any kind fails the job
+                self._fail(job, exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                if succeeded_hook.get_hookimpls():
+                    succeeded_hook(queue=self.queue, job=job, duration=time.perf_counter() - started)
+                with self._done_lock:
+                    self._done.append((job, result_json))
+                    if len(self._done) >= self.batch_size:
+                        self._done_flag.set()
+                self.processed += 1
+            finally:
+                self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        with self._lock:
+            self._running.pop(job.id, None)
+            self._held.pop(job.id, None)
+            self._slot_freed.notify_all()
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        self.failed += 1
+        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=20))
+        error = f"{type(exc).__name__}: {exc}\n\n{detail}"
+        if isinstance(exc, InvalidPayload):
+            error = f"handler result is not storable: {exc}"
+        for attempt in range(50):
+            try:
+                self.queue.fail(job, error)
+                return
+            except LeaseLost:
+                log.warning("job %s: lease lost before its failure could be recorded", job.id)
+                return
+            except BackendUnavailable as err:
+                if attempt == 0:
+                    log.warning("job %s: could not record failure yet: %s", job.id, err)
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+        log.error("job %s: failure not recorded; its lease will expire and it will be retried", job.id)
+
+    def _release_quietly(self, job: Job) -> None:
+        try:
+            self.queue.backend.release_many([job])
+        except PolyqueueError as exc:
+            log.warning("job %s: could not release (%s); its lease will expire", job.id, exc)
+        finally:
+            self._finish(job)
+
+    # --- completer and heartbeat ---------------------------------------------
+    def _complete_loop(self) -> None:
+        while True:
+            self._done_flag.wait(self.completion_interval if self.completion_interval > 0 else None)
+            self._done_flag.clear()
+            finished = self._flush_completions()
+            if finished and self._stopping.is_set() and self._threads_done():
+                return
+
+    def _threads_done(self) -> bool:
+        return getattr(self, "_handlers_joined", False)
+
+    def _flush_completions(self) -> bool:
+        with self._done_lock:
+            batch, self._done = self._done, []
+        if not batch:
+            return True
+        for attempt in range(200):
+            try:
+                lost = self.queue.backend.complete_many(batch)
+            except BackendUnavailable as exc:
+                if attempt == 0:
+                    log.warning("could not mark %d job(s) done yet: %s", len(batch), exc)
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+                continue
+            for job_id in lost:
+                log.warning("job %s finished but its lease was lost; it may run again", job_id)
+            return True
+        log.error("gave up marking %d job(s) done; their leases will expire and they will run again", len(batch))
+        return True
+
+    def _heartbeat_loop(self) -> None:
+        interval = max(self.lease / 3.0, 0.05)
+        while not self._stopping.wait(interval):
+            with self._lock:
+                held = list(self._held.values())
+            if not held:
+                continue
+            try:
+                lost = self.queue.backend.extend_many(held, self.lease)
+            except PolyqueueError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for job_id in lost:
+                if job_id not in self._lost:
+                    self._lost.add(job_id)
+                    log.warning("job %s: lease lost; another worker may run it", job_id)
+
+    # --- shutdown ----------------------------------------------------------------
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        deadline = time.monotonic() + self.shutdown_timeout
+        for _ in range(self.concurrency):
+            self._ready.put(_STOP)
+        handler_threads = self._threads[: self.concurrency]
+        for thread in handler_threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            leftovers = [job for job_id, job in self._held.items()]
+        if leftovers:
+            log.warning("releasing %d job(s) still running after %.0fs", len(leftovers), self.shutdown_timeout)
+            try:
+                self.queue.backend.release_many(leftovers)
+            except PolyqueueError as exc:
+                log.warning("could not release in-flight jobs (%s); their leases will expire", exc)
+        self._handlers_joined = True
+        self._done_flag.set()
+        for thread in self._threads[self.concurrency :]:
+            thread.join(5.0)
+        self._flush_completions()
