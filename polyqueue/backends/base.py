@@ -194,3 +194,7 @@ class Backend(abc.ABC):
     def wakeup_source(self, queues: Sequence[str]) -> WakeupSource | None:
         """A push wake-up source for idle workers, or None (the worker then polls)."""
         return None
+
+    def drop_schema(self) -> None:
+        """Remove everything ``migrate`` created (for tests and uninstalling). Optional."""
+        raise NotImplementedError(f"{type(self).__name__} cannot drop its schema")

@@ -257,6 +257,10 @@ class SQLBackend(Backend):
 
         self._run(work, retry_duplicates=True)
 
+    def drop_schema(self) -> None:
+        """Drop the tables and indexes of this prefix."""
+        self._run(lambda conn: self.metadata.drop_all(conn, checkfirst=True))
+
     # ------------------------------------------------------------------
     # Engine, transactions and error translation
     # ------------------------------------------------------------------

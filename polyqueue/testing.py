@@ -1,0 +1,64 @@
+"""Helpers for tests of polyqueue and of applications using it: server URLs, reachability, fresh schemas.
+
+Server tests skip with a message when their server is unreachable, unless
+``POLYQUEUE_REQUIRE_BACKENDS`` is set (as CI sets it), in which case they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = [
+    "SERVER_URLS",
+    "server_url",
+    "reachable",
+    "backends_required",
+    "unique_prefix",
+    "drop_schema",
+]
+
+#: Default URLs of the servers on the development and CI machines; override with the environment variables.
+SERVER_URLS = {
+    "postgresql": ("POLYQUEUE_TEST_POSTGRESQL_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"),
+    "mysql": ("POLYQUEUE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+    "redis": ("POLYQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+}
+
+
+def server_url(kind: str) -> str:
+    """The URL of the test server of ``kind`` (postgresql, mysql, redis)."""
+    env, default = SERVER_URLS[kind]
+    return os.environ.get(env, default)
+
+
+def backends_required() -> bool:
+    """True when an unreachable server must fail the tests rather than skip them."""
+    return os.environ.get("POLYQUEUE_REQUIRE_BACKENDS", "").lower() not in ("", "0", "false", "no")
+
+
+def reachable(url: str, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at the URL's host and port."""
+    parts = urlsplit(url)
+    default_ports = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "redis": 6379}
+    port = parts.port or default_ports.get(parts.scheme.split("+")[0], 0)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def unique_prefix() -> str:
+    """A table prefix no other test uses, so tests can run in parallel on one database."""
+    return f"pqt_{uuid.uuid4().hex[:10]}_"
+
+
+def drop_schema(queue: Any) -> None:
+    """Remove what ``migrate`` created for this queue's prefix (tests only)."""
+    drop = getattr(queue.backend, "drop_schema", None)
+    if drop is not None:
+        drop()
