@@ -180,7 +180,9 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
         from .depth_cache import DepthCachedBackend
 
         backend = DepthCachedBackend(backend, opts["depth_cache"], opts)
-    return Queue(backend, pm, opts)
+    queue = Queue(backend, pm, opts)
+    queue._url = raw if isinstance(raw, str) else raw.render_as_string(hide_password=False)
+    return queue
 
 
 def _positive(value: Any, what: str) -> int:
@@ -211,11 +213,16 @@ class Queue:
         self.backoff_max: float = float(self.options.get("backoff_max", 3600.0))
         self._default_worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._closed = threading.Event()
+        self._url = ""
 
     def __repr__(self) -> str:
         return f"<polyqueue.Queue {self.backend.describe()}>"
 
     # --- lifecycle ---------------------------------------------------------
+    def connect_url(self) -> str:
+        """The URL this queue was opened with, password included: for starting worker processes, never for logs."""
+        return self._url
+
     @property
     def capabilities(self) -> frozenset[str]:
         """The backend's optional features (see :class:`~polyqueue.backends.base.Capability`)."""

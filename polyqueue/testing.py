@@ -19,6 +19,7 @@ __all__ = [
     "backends_required",
     "unique_prefix",
     "drop_schema",
+    "require_server",
 ]
 
 #: Default URLs of the servers on the development and CI machines; override with the environment variables.
@@ -62,3 +63,16 @@ def drop_schema(queue: Any) -> None:
     drop = getattr(queue.backend, "drop_schema", None)
     if drop is not None:
         drop()
+
+
+def require_server(kind: str) -> str:
+    """The test server's URL; inside a pytest test, skip (or fail when required) if it is unreachable."""
+    import pytest
+
+    url = server_url(kind)
+    if not reachable(url):
+        message = f"{kind} server unreachable at {url.split('@')[-1]}"
+        if backends_required():
+            pytest.fail(message + " (POLYQUEUE_REQUIRE_BACKENDS is set)", pytrace=False)
+        pytest.skip(message + "; start it or set " + SERVER_URLS[kind][0])
+    return url

@@ -9,18 +9,7 @@ from typing import Any
 import pytest
 
 import polyqueue
-from polyqueue.testing import backends_required, drop_schema, reachable, server_url, unique_prefix
-
-
-def require_server(kind: str) -> str:
-    """The server's URL, or skip (fail under POLYQUEUE_REQUIRE_BACKENDS) when it is unreachable."""
-    url = server_url(kind)
-    if not reachable(url):
-        message = f"{kind} server unreachable at {url.split('@')[-1]}"
-        if backends_required():
-            pytest.fail(message + " (POLYQUEUE_REQUIRE_BACKENDS is set)", pytrace=False)
-        pytest.skip(message + "; start it or set POLYQUEUE_TEST_*_URL")
-    return url
+from polyqueue.testing import drop_schema, require_server, unique_prefix
 
 
 @pytest.fixture

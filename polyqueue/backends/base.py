@@ -195,6 +195,15 @@ class Backend(abc.ABC):
         """A push wake-up source for idle workers, or None (the worker then polls)."""
         return None
 
+    def caller_transaction(self) -> Any:
+        """A context manager opening a transaction of the caller's kind, yielding what ``connection=`` accepts.
+
+        Needed only with the ``transactional_enqueue`` capability (the conformance
+        suite uses it to test commit and rollback); it commits on success and
+        rolls back on an exception.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no caller transactions")
+
     def drop_schema(self) -> None:
         """Remove everything ``migrate`` created (for tests and uninstalling). Optional."""
         raise NotImplementedError(f"{type(self).__name__} cannot drop its schema")

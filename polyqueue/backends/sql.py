@@ -257,6 +257,10 @@ class SQLBackend(Backend):
 
         self._run(work, retry_duplicates=True)
 
+    def caller_transaction(self) -> Any:
+        """``engine.begin()``: a SQLAlchemy Connection in a transaction, as an application would hold."""
+        return self.engine.begin()
+
     def drop_schema(self) -> None:
         """Drop the tables and indexes of this prefix."""
         self._run(lambda conn: self.metadata.drop_all(conn, checkfirst=True))

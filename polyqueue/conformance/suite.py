@@ -1,0 +1,908 @@
+"""The conformance suite: every semantic of DESIGN.md, as importable test classes.
+
+Run it on any backend with ``polyqueue conformance URL`` or
+``pytest --pyargs polyqueue.conformance --polyqueue-url URL``, or in your own
+test package with ``from polyqueue.conformance import *``. To override one
+test, subclass its class under the same name and redefine the method.
+Tests that need an optional capability carry ``@requires(...)``; on a backend
+without it they are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import polyqueue
+from polyqueue import (
+    InvalidArgument,
+    InvalidPayload,
+    Job,
+    LeaseLost,
+    PayloadTooLarge,
+    SchemaMissing,
+)
+from polyqueue.backends.base import Capability
+from polyqueue.testing import unique_prefix
+
+__all__ = [
+    "requires",
+    "TestEnqueue",
+    "TestClaimOrder",
+    "TestLeases",
+    "TestRetries",
+    "TestDelayed",
+    "TestDedupe",
+    "TestCancel",
+    "TestStats",
+    "TestDeadLetter",
+    "TestPurge",
+    "TestWorker",
+    "TestConcurrency",
+    "TestCrashRecovery",
+    "TestMigrate",
+    "TestBadInput",
+    "TestTransactionalEnqueue",
+]
+
+
+def requires(*capabilities: str) -> pytest.MarkDecorator:
+    """Mark a test as needing backend ``capabilities`` (skipped with the reason where absent)."""
+    return pytest.mark.requires(*capabilities)
+
+
+QueueFactory = Callable[..., polyqueue.Queue]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def sleep_past(q: polyqueue.Queue, moment: datetime | None, margin: float = 0.05) -> None:
+    """Sleep until the database clock has passed ``moment``."""
+    assert moment is not None
+    remaining = (moment - q.backend.db_now()).total_seconds()
+    if remaining > 0:
+        time.sleep(remaining + margin)
+
+
+def close_to(a: datetime | None, b: datetime, seconds: float = 2.0) -> bool:
+    """Whether two aware datetimes are within ``seconds`` of each other."""
+    assert a is not None and a.tzinfo is not None, "times must be timezone-aware"
+    return abs((a - b).total_seconds()) <= seconds
+
+
+def run_until_settled(worker: polyqueue.Worker, q: polyqueue.Queue, timeout: float = 30.0) -> None:
+    """Run ``worker`` in bursts until no job is pending or processing (retries included)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        worker.run(burst=True)
+        stats = q.stats()
+        if stats["pending"] == 0 and stats["processing"] == 0:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"jobs did not settle within {timeout}s: {stats}")
+        time.sleep(0.02)
+
+
+def spawn(q: polyqueue.Queue, *args: str) -> subprocess.Popen[bytes]:
+    """Start ``python -m polyqueue.conformance._proc ARGS`` on the same queue as ``q``."""
+    if isinstance(q, polyqueue.Queue) and hasattr(q, "uses"):
+        q.uses(Capability.MULTI_PROCESS)
+    options = {k: v for k, v in q.options.items() if isinstance(v, (str, int, float, bool))}
+    env = {**os.environ, "POLYQUEUE_URL": q.connect_url(), "POLYQUEUE_TEST_OPTIONS": json.dumps(options)}
+    return subprocess.Popen([sys.executable, "-m", "polyqueue.conformance._proc", *args], env=env)
+
+
+# ---------------------------------------------------------------------------
+class TestEnqueue:
+    """Storing jobs and reading them back."""
+
+    def test_enqueue_returns_id_and_get_reads_it_back(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("send_email", {"to": "a@example.com"}, queue="mail")
+        job = queue.get(job_id)
+        assert job is not None
+        assert str(job_id)
+        assert job.id == job_id
+        assert (job.queue, job.job_type, job.payload) == ("mail", "send_email", {"to": "a@example.com"})
+        assert (job.status, job.attempts, job.max_attempts, job.priority) == ("pending", 0, 5, 0)
+        now = queue.backend.db_now()
+        assert close_to(job.created_at, now) and close_to(job.run_at, now)
+        assert job.finished_at is None and job.lease_expires_at is None and job.last_error is None
+
+    def test_payload_round_trips_exactly(self, queue: polyqueue.Queue) -> None:
+        nested: Any = {"leaf": True}
+        for _ in range(40):
+            nested = {"n": [nested]}
+        payloads = [
+            {"text": "héllo ✓ 😀 日本語", "nul": "a\u0000b", "quote": "it's \"q\" `b`; --"},
+            nested,
+            {"big": 2**53, "neg": -(2**53), "beyond": 2**63 + 7},
+            {"floats": [1.5, -0.0, 1e-300, 1.7976931348623157e308, 0.1 + 0.2]},
+            None,
+            [],
+            {},
+            "",
+            True,
+            [1, "a", None, False, {"x": [2.5]}],
+        ]
+        ids = [queue.enqueue("echo", p) for p in payloads]
+        for job_id, payload in zip(ids, payloads, strict=True):
+            job = queue.get(job_id)
+            assert job is not None
+            assert job.payload == payload
+            assert json.dumps(job.payload) == json.dumps(payload)
+
+    def test_enqueue_many_returns_ids_in_input_order(self, queue: polyqueue.Queue) -> None:
+        ids = queue.enqueue_many([{"job_type": "n", "payload": {"i": i}} for i in range(60)])
+        assert len(ids) == len(set(ids)) == 60
+        assert [queue.get(i).payload["i"] for i in ids] == list(range(60))  # type: ignore[union-attr]
+        claimed = queue.claim(limit=60)
+        assert [j.payload["i"] for j in claimed] == list(range(60))
+
+    def test_enqueue_many_of_nothing_stores_nothing(self, queue: polyqueue.Queue) -> None:
+        assert queue.enqueue_many([]) == []
+        assert queue.stats()["pending"] == 0
+
+    def test_max_attempts_per_job_and_per_connect(self, queue: polyqueue.Queue, queue_factory: QueueFactory) -> None:
+        assert queue.get(queue.enqueue("t", max_attempts=2)).max_attempts == 2  # type: ignore[union-attr]
+        other = queue_factory(max_attempts=3)
+        assert other.get(other.enqueue("t")).max_attempts == 3  # type: ignore[union-attr]
+
+    def test_queues_are_separate(self, queue: polyqueue.Queue) -> None:
+        a = queue.enqueue("t", queue="a")
+        b = queue.enqueue("t", queue="b")
+        assert [j.id for j in queue.claim("a", limit=5)] == [a]
+        assert [j.id for j in queue.claim(["b", "c"], limit=5)] == [b]
+        assert queue.claim(["a", "b"], limit=5) == []
+
+    def test_get_unknown_id_is_none(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t")
+        assert queue.get(job_id) is not None
+        assert queue.get("no-such-id") is None
+        assert queue.get(987654321) is None
+
+
+# ---------------------------------------------------------------------------
+class TestClaimOrder:
+    """Batch claims: order, limits, what a claim sets."""
+
+    def test_fifo_order(self, queue: polyqueue.Queue) -> None:
+        ids = [queue.enqueue("t", {"i": i}) for i in range(10)]
+        assert [j.id for j in queue.claim(limit=4)] == ids[:4]
+        assert [j.id for j in queue.claim(limit=10)] == ids[4:]
+
+    @requires(Capability.PRIORITIES)
+    def test_higher_priority_first_then_fifo(self, queue: polyqueue.Queue) -> None:
+        spec = [0, 5, -1, 5, 0, 10]
+        ids = [queue.enqueue("t", {"i": i}, priority=p) for i, p in enumerate(spec)]
+        expected = [ids[i] for i in sorted(range(len(spec)), key=lambda i: (-spec[i], i))]
+        assert [j.id for j in queue.claim(limit=10)] == expected
+
+    def test_claim_sets_processing_attempt_lease_and_worker(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        (job,) = queue.claim(lease=20, worker_id="w-1")
+        assert (job.status, job.attempts, job.locked_by) == ("processing", 1, "w-1")
+        now = queue.backend.db_now()
+        assert close_to(job.lease_expires_at, now + timedelta(seconds=20))
+        stored = queue.get(job.id)
+        assert stored is not None and stored.status == "processing" and stored.attempts == 1
+
+    def test_nothing_ready_gives_empty_list(self, queue: polyqueue.Queue) -> None:
+        assert queue.claim() == []
+        assert queue.claim(["x", "y"], limit=50) == []
+
+    def test_a_claimed_job_is_not_handed_out_again(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        assert len(queue.claim(lease=30)) == 1
+        assert queue.claim(lease=30) == []
+
+
+# ---------------------------------------------------------------------------
+class TestLeases:
+    """Leases, heartbeats and fencing."""
+
+    def test_complete_marks_done_with_result(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        (job,) = queue.claim()
+        queue.complete(job, {"sent": 3})
+        stored = queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.result, stored.lease_expires_at) == ("done", {"sent": 3}, None)
+        assert close_to(stored.finished_at, queue.backend.db_now())
+
+    def test_expired_lease_is_claimable_at_once_with_attempt_counted(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        (first,) = queue.claim(lease=0.5)
+        assert queue.claim(lease=0.5) == []
+        sleep_past(queue, first.lease_expires_at, margin=0.02)
+        (second,) = queue.claim(lease=30)
+        assert second.id == first.id and second.attempts == 2
+
+    def test_stale_holder_is_fenced_and_new_run_untouched(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        (stale,) = queue.claim(lease=0.3)
+        sleep_past(queue, stale.lease_expires_at)
+        (fresh,) = queue.claim(lease=30, worker_id="new")
+        for action in (
+            lambda: queue.complete(stale, "stale"),
+            lambda: queue.fail(stale, "stale"),
+            lambda: queue.extend(stale, 60),
+            lambda: queue.release(stale),
+        ):
+            with pytest.raises(LeaseLost):
+                action()
+        current = queue.get(fresh.id)
+        assert current is not None
+        assert (current.status, current.locked_by, current.attempts) == ("processing", "new", 2)
+        assert close_to(current.lease_expires_at, fresh.lease_expires_at or datetime.now(timezone.utc), 0.01)
+        queue.complete(fresh)
+        assert queue.get(fresh.id).status == "done"  # type: ignore[union-attr]
+
+    def test_complete_after_own_lease_expired_is_lease_lost(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        (job,) = queue.claim(lease=0.2)
+        sleep_past(queue, job.lease_expires_at)
+        with pytest.raises(LeaseLost):
+            queue.complete(job)
+
+    def test_extend_keeps_the_job(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        (job,) = queue.claim(lease=0.6)
+        for _ in range(3):
+            time.sleep(0.3)
+            queue.extend(job, 0.6)
+            assert queue.claim(lease=30) == []
+        queue.complete(job)
+        assert queue.get(job.id).attempts == 1  # type: ignore[union-attr]
+
+    def test_lease_expiring_on_final_attempt_makes_the_job_dead(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("poison", max_attempts=2)
+        for _ in range(2):
+            (job,) = queue.claim(lease=0.2)
+            sleep_past(queue, job.lease_expires_at)
+        assert queue.claim(lease=30) == []
+        dead = queue.get(job_id)
+        assert dead is not None and dead.status == "dead" and dead.attempts == 2
+        assert "lease" in (dead.last_error or "")
+        assert [j.id for j in queue.dead_jobs()] == [job_id]
+
+    def test_release_gives_the_job_back_uncharged(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        (job,) = queue.claim()
+        queue.release(job)
+        stored = queue.get(job.id)
+        assert stored is not None and (stored.status, stored.attempts) == ("pending", 0)
+        (again,) = queue.claim()
+        assert again.id == job.id and again.attempts == 1
+
+
+# ---------------------------------------------------------------------------
+class TestRetries:
+    """Failure policy: backoff with jitter, retry_in, dead-lettering."""
+
+    def test_fail_schedules_a_retry_with_backoff(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory(backoff_base=2.0)
+        q.enqueue("t")
+        (job,) = q.claim()
+        q.fail(job, ValueError("boom"))
+        stored = q.get(job.id)
+        assert stored is not None and stored.status == "pending" and stored.attempts == 1
+        assert stored.last_error is not None and "ValueError: boom" in stored.last_error
+        assert [e["attempt"] for e in stored.errors] == [1]
+        delay = (stored.run_at - q.backend.db_now()).total_seconds()  # type: ignore[operator]
+        assert 0.5 < delay <= 2.0
+        assert q.claim() == []
+        assert q.stats()["scheduled"] == 1
+
+    def test_backoff_is_exponential_with_jitter(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory(backoff_base=1.0, backoff_max=100.0)
+        for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (6, 32), (20, 100)]:
+            values = {q.backoff(attempt) for _ in range(20)}
+            assert all(ceiling / 2 <= v <= ceiling for v in values)
+            assert len(values) > 1, "backoff must be jittered"
+
+    def test_retry_in_overrides_backoff(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        (job,) = queue.claim()
+        queue.fail(job, "try again", retry_in=0)
+        (again,) = queue.claim()
+        assert again.id == job.id and again.attempts == 2 and again.last_error == "try again"
+
+    def test_dead_flag_dead_letters_at_once(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t", max_attempts=5)
+        (job,) = queue.claim()
+        queue.fail(job, "hopeless", dead=True)
+        stored = queue.get(job.id)
+        assert stored is not None and stored.status == "dead" and stored.finished_at is not None
+
+    def test_dead_after_max_attempts_with_error_history(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", max_attempts=3)
+        for n in range(3):
+            (job,) = queue.claim()
+            queue.fail(job, f"failure {n}", retry_in=0)
+        stored = queue.get(job_id)
+        assert stored is not None and (stored.status, stored.attempts) == ("dead", 3)
+        assert [e["error"] for e in stored.errors] == ["failure 0", "failure 1", "failure 2"]
+        assert queue.claim() == []
+
+
+# ---------------------------------------------------------------------------
+@requires(Capability.DELAYED)
+class TestDelayed:
+    """Jobs that wait for their time."""
+
+    def test_delayed_job_waits_then_becomes_ready(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", delay=0.6)
+        assert queue.claim() == []
+        assert queue.stats()["scheduled"] == 1 and queue.depth() == 0
+        sleep_past(queue, queue.get(job_id).run_at)  # type: ignore[union-attr]
+        assert [j.id for j in queue.claim()] == [job_id]
+
+    def test_run_at_is_absolute(self, queue: polyqueue.Queue) -> None:
+        at = queue.backend.db_now() + timedelta(seconds=0.5)
+        job_id = queue.enqueue("t", run_at=at)
+        stored = queue.get(job_id)
+        assert stored is not None and close_to(stored.run_at, at, 0.01)
+        assert queue.claim() == []
+        sleep_past(queue, at)
+        assert [j.id for j in queue.claim()] == [job_id]
+
+    def test_delay_accepts_timedelta(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", delay=timedelta(hours=1))
+        run_at = queue.get(job_id).run_at  # type: ignore[union-attr]
+        assert close_to(run_at, queue.backend.db_now() + timedelta(hours=1), 5)
+
+
+# ---------------------------------------------------------------------------
+@requires(Capability.DEDUPE)
+class TestDedupe:
+    """A dedupe key is held while its job is live."""
+
+    def test_live_duplicate_returns_existing_id(self, queue: polyqueue.Queue) -> None:
+        first = queue.enqueue("t", {"v": 1}, dedupe_key="user-7")
+        assert queue.enqueue("t", {"v": 2}, dedupe_key="user-7") == first
+        assert queue.enqueue("t", dedupe_key="user-7", queue="other") != first
+        assert queue.stats()["pending"] == 2
+        (job,) = queue.claim()
+        assert queue.enqueue("t", dedupe_key="user-7") == first  # processing still holds it
+
+    def test_finished_jobs_release_the_key(self, queue: polyqueue.Queue) -> None:
+        first = queue.enqueue("t", dedupe_key="k")
+        (job,) = queue.claim()
+        queue.complete(job)
+        second = queue.enqueue("t", dedupe_key="k")
+        assert second != first
+        assert queue.cancel(second)
+        third = queue.enqueue("t", dedupe_key="k", max_attempts=1)
+        assert third not in (first, second)
+        (job,) = queue.claim()
+        queue.fail(job, "x")
+        assert queue.enqueue("t", dedupe_key="k") not in (first, second, third)
+
+    def test_duplicates_within_one_batch(self, queue: polyqueue.Queue) -> None:
+        ids = queue.enqueue_many(
+            [
+                {"job_type": "t", "dedupe_key": "a"},
+                {"job_type": "t", "dedupe_key": "b"},
+                {"job_type": "t", "dedupe_key": "a"},
+                {"job_type": "t"},
+            ]
+        )
+        assert ids[0] == ids[2] and len(set(ids)) == 3
+
+    def test_replay_skips_a_dead_job_whose_key_is_taken(self, queue: polyqueue.Queue) -> None:
+        dead_id = queue.enqueue("t", dedupe_key="k", max_attempts=1)
+        (job,) = queue.claim()
+        queue.fail(job, "x")
+        live_id = queue.enqueue("t", dedupe_key="k")
+        result = queue.replay_detailed([dead_id])
+        assert result.replayed == 0 and dead_id in result.skipped
+        assert queue.get(dead_id).status == "dead"  # type: ignore[union-attr]
+        assert queue.cancel(live_id)
+        assert queue.replay([dead_id]) == 1
+        assert queue.enqueue("t", dedupe_key="k") == dead_id
+
+
+# ---------------------------------------------------------------------------
+class TestCancel:
+    """Cancelling pending jobs."""
+
+    def test_cancel_pending(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t")
+        assert queue.cancel(job_id) is True
+        stored = queue.get(job_id)
+        assert stored is not None and stored.status == "cancelled" and stored.finished_at is not None
+        assert queue.claim() == []
+        assert queue.cancel(job_id) is False
+
+    def test_cancel_processing_or_unknown_is_false(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        (job,) = queue.claim()
+        assert queue.cancel(job.id) is False
+        assert queue.get(job.id).status == "processing"  # type: ignore[union-attr]
+        assert queue.cancel("nope") is False
+
+
+# ---------------------------------------------------------------------------
+class TestStats:
+    """Counts by status, per queue, and depth."""
+
+    def test_counts_by_status(self, queue: polyqueue.Queue) -> None:
+        for _ in range(4):
+            queue.enqueue("t", queue="a")
+        queue.enqueue("t", queue="b")
+        done, processing, dead = queue.claim("a", limit=3)
+        queue.complete(done)
+        queue.fail(dead, "x", dead=True)
+        cancelled = queue.enqueue("t", queue="a")
+        queue.cancel(cancelled)
+        assert queue.stats("a") == {
+            "pending": 1,
+            "scheduled": 0,
+            "processing": 1,
+            "done": 1,
+            "dead": 1,
+            "cancelled": 1,
+        }
+        assert queue.stats()["pending"] == 2
+        assert queue.stats("nothing-here") == dict.fromkeys(
+            ("pending", "scheduled", "processing", "done", "dead", "cancelled"), 0
+        )
+        assert queue.depth("a") == 1 and queue.depth("b") == 1 and queue.depth("zzz") == 0
+        assert processing.status == "processing"
+        by_queue = queue.stats_by_queue()
+        assert set(by_queue) == {"a", "b"} and by_queue["b"]["pending"] == 1
+
+
+# ---------------------------------------------------------------------------
+class TestDeadLetter:
+    """The dead-letter view and replay."""
+
+    def _kill(self, q: polyqueue.Queue, n: int, queue: str = "default") -> list[Any]:
+        ids = [q.enqueue("t", {"i": i}, queue=queue, max_attempts=1) for i in range(n)]
+        for job in q.claim(queue, limit=n):
+            q.fail(job, f"boom {job.payload['i']}")
+        return ids
+
+    def test_dead_jobs_lists_newest_first_with_filters(self, queue: polyqueue.Queue) -> None:
+        a = self._kill(queue, 3, "a")
+        b = self._kill(queue, 2, "b")
+        assert {j.id for j in queue.dead_jobs()} == set(a + b)
+        assert {j.id for j in queue.dead_jobs("b")} == set(b)
+        assert len(queue.dead_jobs(limit=2)) == 2
+        listed = queue.dead_jobs()
+        finished = [j.finished_at for j in listed]
+        assert finished == sorted(finished, reverse=True)  # type: ignore[type-var]
+
+    def test_replay_by_ids_by_queue_and_all(self, queue: polyqueue.Queue) -> None:
+        a = self._kill(queue, 3, "a")
+        b = self._kill(queue, 2, "b")
+        assert queue.replay([a[0]]) == 1
+        replayed = queue.get(a[0])
+        assert replayed is not None and (replayed.status, replayed.attempts) == ("pending", 0)
+        assert replayed.errors and replayed.errors[-1]["error"] == "boom 0", "error history must be kept"
+        assert replayed.last_error == "boom 0"
+        assert queue.replay(queue="b") == 2
+        assert queue.replay() == 2
+        assert queue.dead_jobs() == []
+        assert queue.replay() == 0
+        assert queue.replay([a[0], b[0]]) == 0, "replay ignores jobs that are not dead"
+        assert len(queue.claim(["a", "b"], limit=10)) == 5
+
+
+# ---------------------------------------------------------------------------
+class TestPurge:
+    """Deleting finished history."""
+
+    def test_purge_deletes_only_old_finished_rows(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue_many([{"job_type": "t"} for _ in range(25)])
+        pending = queue.enqueue("t", queue="keep")
+        jobs = queue.claim(limit=25)
+        queue.complete_many([(j, None) for j in jobs])
+        assert queue.purge(older_than="1h") == 0
+        time.sleep(0.05)
+        assert queue.purge("done", older_than=0, batch_size=10) == 25
+        assert queue.stats()["done"] == 0
+        assert queue.get(pending) is not None
+        assert queue.purge("dead", older_than=0) == 0
+        with pytest.raises(InvalidArgument):
+            queue.purge("pending", older_than=0)
+
+
+# ---------------------------------------------------------------------------
+class _Recorder:
+    """A lifecycle plugin that records every hook call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def _add(self, name: str, value: Any) -> None:
+        with self.lock:
+            self.calls.append((name, value))
+
+    @polyqueue.hookimpl
+    def polyqueue_job_enqueued(self, queue: Any, job_ids: Any, queue_names: Any) -> None:
+        self._add("enqueued", len(job_ids))
+
+    @polyqueue.hookimpl
+    def polyqueue_job_started(self, queue: Any, job: Job) -> None:
+        self._add("started", job.job_type)
+
+    @polyqueue.hookimpl
+    def polyqueue_job_succeeded(self, queue: Any, job: Job, duration: float) -> None:
+        self._add("succeeded", job.job_type)
+
+    @polyqueue.hookimpl
+    def polyqueue_job_failed(self, queue: Any, job: Job, error: str, retry_in: Any) -> None:
+        self._add("failed", job.job_type)
+
+    @polyqueue.hookimpl
+    def polyqueue_job_dead(self, queue: Any, job: Job, error: str) -> None:
+        self._add("dead", job.job_type)
+
+
+class TestWorker:
+    """The Worker running real handlers."""
+
+    def test_burst_runs_handlers_and_stores_results(self, queue: polyqueue.Queue) -> None:
+        ids = queue.enqueue_many([{"job_type": "square", "payload": {"n": n}} for n in range(30)])
+        worker = polyqueue.Worker(queue, concurrency=3)
+
+        @worker.handler("square")
+        def square(job: Job) -> int:
+            return int(job.payload["n"]) ** 2
+
+        assert worker.run(burst=True) == 30
+        assert [queue.get(i).result for i in ids] == [n * n for n in range(30)]  # type: ignore[union-attr]
+        assert queue.stats()["done"] == 30
+
+    def test_failing_handler_retries_then_dead_letters(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory(backoff_base=0.01)
+        flaky = q.enqueue("flaky", max_attempts=3)
+        doomed = q.enqueue("doomed", max_attempts=2)
+        seen: Counter[str] = Counter()
+        worker = polyqueue.Worker(q, concurrency=2)
+
+        @worker.handler("flaky")
+        def flaky_handler(job: Job) -> str:
+            seen["flaky"] += 1
+            if job.attempts < 2:
+                raise RuntimeError("first try fails")
+            return "ok"
+
+        @worker.handler("doomed")
+        def doomed_handler(job: Job) -> None:
+            seen["doomed"] += 1
+            raise ValueError("never works")
+
+        run_until_settled(worker, q)
+        f, d = q.get(flaky), q.get(doomed)
+        assert f is not None and (f.status, f.attempts, f.result) == ("done", 2, "ok")
+        assert d is not None and (d.status, d.attempts) == ("dead", 2)
+        assert "ValueError: never works" in (d.last_error or "")
+        assert seen == {"flaky": 2, "doomed": 2}
+
+    def test_job_type_without_handler_fails_naming_it(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("unheard_of", max_attempts=1)
+        worker = polyqueue.Worker(queue, concurrency=1)
+        worker.register("known", lambda job: None)
+        worker.run(burst=True)
+        job = queue.get(job_id)
+        assert job is not None and job.status == "dead" and "unheard_of" in (job.last_error or "")
+
+    def test_unstorable_result_fails_the_job(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", max_attempts=1)
+        worker = polyqueue.Worker(queue, concurrency=1)
+        worker.register("t", lambda job: object())
+        worker.run(burst=True)
+        job = queue.get(job_id)
+        assert job is not None and job.status == "dead" and "result" in (job.last_error or "")
+
+    def test_heartbeat_keeps_a_long_job_leased(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("long")
+        worker = polyqueue.Worker(queue, concurrency=1, lease=0.6)
+        started = threading.Event()
+        stolen: list[Job] = []
+
+        @worker.handler("long")
+        def long(job: Job) -> str:
+            started.set()
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                stolen.extend(queue.claim(lease=30))
+                time.sleep(0.1)
+            return "finished"
+
+        worker.run(burst=True)
+        assert started.is_set() and stolen == []
+        job = queue.get(job_id)
+        assert job is not None and (job.status, job.attempts, job.result) == ("done", 1, "finished")
+
+    def test_stop_from_another_thread_finishes_in_flight_work(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue_many([{"job_type": "slow"} for _ in range(3)])
+        worker = polyqueue.Worker(queue, concurrency=1, poll_interval=(0.01, 0.05))
+        running = threading.Event()
+
+        @worker.handler("slow")
+        def slow(job: Job) -> None:
+            running.set()
+            time.sleep(0.3)
+
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        assert running.wait(10)
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+        stats = queue.stats()
+        assert stats["processing"] == 0
+        assert stats["done"] >= 1 and stats["done"] + stats["pending"] == 3
+
+    def test_lifecycle_hooks_fire(self, queue_factory: QueueFactory) -> None:
+        recorder = _Recorder()
+        q = queue_factory(plugins=[recorder], backoff_base=0.01)
+        q.enqueue_many([{"job_type": "ok"}, {"job_type": "bad", "max_attempts": 2}])
+        worker = polyqueue.Worker(q, concurrency=1)
+        worker.register("ok", lambda job: None)
+        worker.register("bad", lambda job: 1 / 0)
+        run_until_settled(worker, q)
+        names = Counter(name for name, _ in recorder.calls)
+        assert names == {"enqueued": 1, "started": 3, "succeeded": 1, "failed": 2, "dead": 1}
+
+
+# ---------------------------------------------------------------------------
+class TestConcurrency:
+    """Many consumers, each job exactly once."""
+
+    def test_threads_claiming_concurrently_get_each_job_once(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue_many([{"job_type": "t", "payload": {"i": i}} for i in range(300)])
+        got: list[Any] = []
+        lock = threading.Lock()
+
+        def consume() -> None:
+            while True:
+                jobs = queue.claim(limit=7, lease=30)
+                if not jobs:
+                    return
+                queue.complete_many([(j, None) for j in jobs])
+                with lock:
+                    got.extend(j.id for j in jobs)
+
+        threads = [threading.Thread(target=consume) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(got) == len(set(got)) == 300
+        assert queue.stats()["done"] == 300
+
+    @requires(Capability.MULTI_PROCESS)
+    def test_worker_processes_run_each_job_exactly_once(self, queue: polyqueue.Queue, tmp_path: Path) -> None:
+        ids = queue.enqueue_many([{"job_type": "record"} for _ in range(2000)])
+        out = tmp_path / "runs.txt"
+        procs = [spawn(queue, "drain", str(out), "4") for _ in range(4)]
+        for p in procs:
+            assert p.wait(120) == 0
+        runs = Counter(out.read_text().split())
+        assert len(runs) == 2000 and set(runs.values()) == {1}
+        assert set(runs) == {str(i) for i in ids}
+        assert queue.stats()["done"] == 2000
+
+
+# ---------------------------------------------------------------------------
+@requires(Capability.MULTI_PROCESS)
+class TestCrashRecovery:
+    """Killed and crashing workers lose nothing and never loop forever."""
+
+    def test_kill_9_redelivers_after_the_lease(self, queue: polyqueue.Queue, tmp_path: Path) -> None:
+        job_id = queue.enqueue("hold")
+        ready = tmp_path / "ready"
+        proc = spawn(queue, "hold", str(ready), "1.0")
+        try:
+            wait_until(ready.exists, 30)
+            held = queue.get(job_id)
+            assert held is not None and held.status == "processing"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        assert queue.claim(lease=30) == [], "the lease still runs"
+        sleep_past(queue, queue.get(job_id).lease_expires_at)  # type: ignore[union-attr]
+        (again,) = queue.claim(lease=30)
+        assert again.id == job_id and again.attempts == 2
+
+    def test_a_job_that_kills_its_worker_ends_dead(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("crash", max_attempts=2)
+        for _ in range(4):
+            job = queue.get(job_id)
+            assert job is not None
+            if job.status == "dead":
+                break
+            if job.status == "processing":
+                sleep_past(queue, job.lease_expires_at)
+            proc = spawn(queue, "crash", "0.3")
+            proc.wait(60)
+        job = queue.get(job_id)
+        if job is not None and job.status == "processing":
+            sleep_past(queue, job.lease_expires_at)
+            queue.claim("default")
+            job = queue.get(job_id)
+        assert job is not None and job.status == "dead" and job.attempts == 2
+        assert "lease" in (job.last_error or "")
+
+    def test_sigterm_finishes_the_running_job_and_exits_0(self, queue: polyqueue.Queue, tmp_path: Path) -> None:
+        job_id = queue.enqueue("slow")
+        ready = tmp_path / "ready"
+        proc = spawn(queue, "slow", str(ready), "0.8")
+        wait_until(ready.exists, 30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        job = queue.get(job_id)
+        assert job is not None and (job.status, job.result) == ("done", "slept")
+
+    def test_sigterm_past_shutdown_timeout_releases_uncharged(self, queue: polyqueue.Queue, tmp_path: Path) -> None:
+        job_id = queue.enqueue("slow")
+        ready = tmp_path / "ready"
+        proc = spawn(queue, "slow", str(ready), "60", "0.3")
+        wait_until(ready.exists, 30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        job = queue.get(job_id)
+        assert job is not None and (job.status, job.attempts) == ("pending", 0)
+
+
+# ---------------------------------------------------------------------------
+class TestMigrate:
+    """Schema creation."""
+
+    def test_migrate_is_idempotent(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t")
+        queue.migrate()
+        queue.migrate()
+        assert queue.get(job_id) is not None
+
+    def test_unmigrated_store_says_to_migrate(self, queue_factory: QueueFactory) -> None:
+        queue_factory()
+        bare = queue_factory(table_prefix=unique_prefix())
+        with pytest.raises(SchemaMissing, match="polyqueue migrate"):
+            bare.enqueue("t")
+        with pytest.raises(SchemaMissing):
+            bare.claim()
+
+    @requires(Capability.MULTI_PROCESS)
+    def test_two_processes_migrating_at_once_both_succeed(self, queue_factory: QueueFactory) -> None:
+        queue_factory()
+        fresh = queue_factory(table_prefix=unique_prefix())
+        try:
+            procs = [spawn(fresh, "migrate") for _ in range(2)]
+            assert [p.wait(60) for p in procs] == [0, 0]
+            assert fresh.get(fresh.enqueue("t")) is not None
+        finally:
+            fresh.backend.drop_schema()
+
+
+# ---------------------------------------------------------------------------
+HOSTILE_NAMES = [
+    "it's",
+    'say "hi"',
+    "x'; DROP TABLE polyqueue_jobs; --",
+    "`tick`",
+    "😀 emoji queue",
+    "q" * 255,
+    "%s %(x)s ? :name $1",
+    "back\\slash",
+]
+
+
+class TestBadInput:
+    """Bad input fails clearly and stores nothing."""
+
+    @pytest.mark.parametrize(
+        "payload",
+        [object(), {1, 2}, b"bytes", float("nan"), float("inf"), {"k": (1, 2)}, {1: "int key"}, {"f": len}],
+        ids=["object", "set", "bytes", "nan", "inf", "tuple", "int-key", "function"],
+    )
+    def test_non_json_payload_is_rejected(self, queue: polyqueue.Queue, payload: Any) -> None:
+        with pytest.raises(InvalidPayload):
+            queue.enqueue("t", payload)
+        assert queue.stats()["pending"] == 0
+
+    def test_oversized_payload_is_rejected(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory()
+        with pytest.raises(PayloadTooLarge):
+            q.enqueue("t", "x" * (1 << 20))
+        small = queue_factory(max_payload_bytes=1000)
+        with pytest.raises(PayloadTooLarge):
+            small.enqueue("t", {"blob": "é" * 600})
+        assert q.stats()["pending"] == 0
+
+    def test_one_bad_job_rejects_the_whole_batch(self, queue: polyqueue.Queue) -> None:
+        with pytest.raises(InvalidPayload):
+            queue.enqueue_many([{"job_type": "ok"}, {"job_type": "bad", "payload": {1, 2}}])
+        with pytest.raises(InvalidArgument):
+            queue.enqueue_many([{"job_type": "ok"}, {"job_type": "x", "queue": ""}])
+        with pytest.raises(InvalidArgument):
+            queue.enqueue_many([{"job_type": "ok"}, {"job_typo": "x"}])
+        assert queue.stats()["pending"] == 0
+
+    def test_hostile_queue_names_are_data(self, queue: polyqueue.Queue) -> None:
+        ids = {name: queue.enqueue(name, {"q": name}, queue=name) for name in HOSTILE_NAMES}
+        for name, job_id in ids.items():
+            (job,) = queue.claim(name, limit=5)
+            assert (job.id, job.queue, job.job_type, job.payload) == (job_id, name, name, {"q": name})
+            assert queue.stats(name)["processing"] == 1
+        assert queue.stats()["processing"] == len(HOSTILE_NAMES)
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"queue": ""},
+            {"queue": "q" * 256},
+            {"queue": 5},
+            {"queue": "nul\x00byte"},
+            {"priority": "1"},
+            {"priority": 2**40},
+            {"max_attempts": 0},
+            {"delay": -1},
+            {"delay": "soon"},
+            {"dedupe_key": ""},
+            {"run_at": datetime(2030, 1, 1)},
+        ],
+    )
+    def test_invalid_arguments_are_rejected(self, queue: polyqueue.Queue, kwargs: dict[str, Any]) -> None:
+        with pytest.raises(InvalidArgument):
+            queue.enqueue("t", **kwargs)
+        assert queue.stats()["pending"] == 0
+
+    def test_invalid_claim_and_job_arguments(self, queue: polyqueue.Queue) -> None:
+        for kwargs in ({"limit": 0}, {"limit": 10**6}, {"lease": 0}, {"lease": -3}):
+            with pytest.raises(InvalidArgument):
+                queue.claim(**kwargs)
+        with pytest.raises(InvalidArgument):
+            queue.claim([])
+        with pytest.raises(InvalidArgument):
+            queue.complete("not a job")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            queue.enqueue("")
+
+
+# ---------------------------------------------------------------------------
+@requires(Capability.TRANSACTIONAL_ENQUEUE)
+class TestTransactionalEnqueue:
+    """The job exists if and only if the caller's transaction commits."""
+
+    def test_commit_makes_the_job_visible(self, queue: polyqueue.Queue) -> None:
+        with queue.backend.caller_transaction() as conn:
+            job_id = queue.enqueue("t", {"n": 1}, connection=conn)
+            ids = queue.enqueue_many([{"job_type": "t"}, {"job_type": "t"}], connection=conn)
+        assert queue.get(job_id) is not None
+        assert len(queue.claim(limit=5)) == 1 + len(ids)
+
+    def test_rollback_leaves_no_job(self, queue: polyqueue.Queue) -> None:
+        with pytest.raises(RuntimeError), queue.backend.caller_transaction() as conn:
+            job_id = queue.enqueue("t", connection=conn)
+            raise RuntimeError("the application's transaction fails")
+        assert queue.get(job_id) is None
+        assert queue.claim() == []
+        assert queue.stats()["pending"] == 0
