@@ -6,16 +6,16 @@ name a URL asks for, so one broken plugin cannot break other backends.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
 from . import hookspecs
 from .errors import ConfigurationError
 
-__all__ = ["ENTRY_POINT_GROUP", "make_plugin_manager", "backend_class_for", "known_schemes"]
+__all__ = ["ENTRY_POINT_GROUP", "backend_class_for", "known_schemes", "make_plugin_manager"]
 
 ENTRY_POINT_GROUP = "polyqueue"
 
@@ -33,10 +33,13 @@ def make_plugin_manager(plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
     pm.register(builtin, name="polyqueue.builtin")
     for plugin in plugins:
         if isinstance(plugin, str):
-            _load_entry_point(pm, plugin)
+            if not _load_entry_point(pm, plugin):
+                raise ConfigurationError(
+                    f"no plugin named {plugin!r} is installed (entry-point group {ENTRY_POINT_GROUP!r})"
+                )
         elif pm.get_name(plugin) is None:
             pm.register(plugin)
-    pm.check_pending()
+    _check_hooks(pm, "a plugin given to connect()")
     return pm
 
 
@@ -55,21 +58,43 @@ def _load_entry_point(pm: pluggy.PluginManager, name: str) -> bool:
                 f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
             ) from exc
         if pm.get_name(plugin) is None:
-            pm.register(plugin, name=ep.name)
-    pm.check_pending()
+            pm.register(plugin, name=_free_plugin_name(pm, ep))
+    _check_hooks(pm, f"plugin {name!r}")
     return True
+
+
+def _free_plugin_name(pm: pluggy.PluginManager, ep: metadata.EntryPoint) -> str:
+    """``ep.name``, or when two installed packages offer that name, one that also names the second package."""
+    if not pm.has_plugin(ep.name):
+        return ep.name
+    return f"{ep.name} (from {ep.dist.name if ep.dist else ep.value})"
+
+
+def _check_hooks(pm: pluggy.PluginManager, what: str) -> None:
+    """pluggy's check for misspelt hooks, as a ConfigurationError naming the plugin."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigurationError(f"{what} implements an unknown hook: {exc}") from exc
 
 
 def _backend_table(pm: pluggy.PluginManager) -> dict[str, tuple[type, str]]:
     table: dict[str, tuple[type, str]] = {}
     for impl in pm.hook.polyqueue_backends.get_hookimpls():
-        for scheme, cls in (impl.function() or {}).items():
+        offered = cast("Mapping[str, type]", impl.function() or {})
+        for scheme, cls in offered.items():
             if scheme in table and table[scheme][0] is not cls:
                 raise ConfigurationError(
-                    f"URL scheme {scheme!r} is claimed by two plugins: {table[scheme][1]!r} and {impl.plugin_name!r}"
+                    f"URL scheme {scheme!r} is claimed by two plugins: {table[scheme][1]} and {_describe(impl)}; "
+                    "uninstall one of them"
                 )
-            table[scheme] = (cls, impl.plugin_name)
+            table[scheme] = (cls, _describe(impl))
     return table
+
+
+def _describe(impl: pluggy.HookImpl) -> str:
+    module = getattr(impl.plugin, "__name__", type(impl.plugin).__name__)
+    return f"{impl.plugin_name!r} (module {module})"
 
 
 def known_schemes(pm: pluggy.PluginManager) -> list[str]:

@@ -39,7 +39,13 @@ def test_capabilities_are_declared_honestly(q: polyqueue.Queue) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["memory://user:secret@name", "memory://name:5", "memory://name/path", "memory://name?colour=blue"],
+    [
+        "memory://user:secret@name",
+        "memory://name:5",
+        "memory://name/path",
+        "memory://name?colour=blue",
+        "memory+fast://name",
+    ],
 )
 def test_urls_with_parts_a_memory_store_cannot_have_are_rejected(bad: str) -> None:
     with pytest.raises(polyqueue.ConfigurationError) as info:

@@ -282,8 +282,8 @@ class _Store:
         return heap[0][0] if heap else None
 
 
-#: Every store of the process, by (name, table_prefix). Guarded by _REGISTRY_LOCK.
-_STORES: dict[tuple[str, str], _Store] = {}
+#: Every store of the process, by (URL scheme, name, table_prefix). Guarded by _REGISTRY_LOCK.
+_STORES: dict[tuple[str, str, str], _Store] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
@@ -349,19 +349,20 @@ class MemoryBackend(Backend):
     known_failures: ClassVar[dict[str, str]] = {}
 
     def __init__(self, url: URL, options: BackendOptions) -> None:
-        if url.drivername != "memory":
-            raise ConfigurationError(f"the memory backend takes memory:// URLs, not {url.drivername}://")
+        if "+" in url.drivername:
+            raise ConfigurationError(f"the memory backend has no drivers to choose: {url.drivername}:// is not valid")
         if url.username or url.password or url.port or url.database:
             raise ConfigurationError("a memory URL is memory:// or memory://NAME: no user, password, port or path")
         if url.query:
             raise ConfigurationError(f"unknown option(s) for memory://: {sorted(url.query)}")
+        self.scheme = url.drivername
         self.store_name = url.host or "default"
         self.prefix: str = options["table_prefix"]
         self.options = options
 
     def describe(self) -> str:
         """``memory://NAME``."""
-        return f"memory://{self.store_name}"
+        return f"{self.scheme}://{self.store_name}"
 
     def server_version(self) -> str:
         """This package's version: there is no server."""
@@ -370,8 +371,8 @@ class MemoryBackend(Backend):
         return f"in-process (polyqueue-memory {__version__})"
 
     # --- lifecycle ----------------------------------------------------------------
-    def _key(self) -> tuple[str, str]:
-        return (self.store_name, self.prefix)
+    def _key(self) -> tuple[str, str, str]:
+        return (self.scheme, self.store_name, self.prefix)
 
     def _store_or_none(self) -> _Store | None:
         return _STORES.get(self._key())
