@@ -25,22 +25,22 @@ from .queue import DEFAULT_URL, Queue, connect
 from .worker import Worker
 
 __all__ = [
-    "connect",
-    "Queue",
-    "Job",
-    "JobStatus",
-    "Worker",
-    "hookimpl",
     "DEFAULT_URL",
-    "PolyqueueError",
+    "BackendUnavailable",
     "ConfigurationError",
     "InvalidArgument",
-    "BackendUnavailable",
-    "SchemaMissing",
     "InvalidPayload",
-    "PayloadTooLarge",
-    "LeaseLost",
+    "Job",
     "JobNotFound",
+    "JobStatus",
+    "LeaseLost",
+    "PayloadTooLarge",
+    "PolyqueueError",
+    "Queue",
+    "SchemaMissing",
+    "Worker",
+    "connect",
+    "hookimpl",
 ]
 
 __version__ = "0.1.0"

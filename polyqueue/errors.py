@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 __all__ = [
-    "PolyqueueError",
-    "ConfigurationError",
     "BackendUnavailable",
-    "SchemaMissing",
-    "InvalidPayload",
-    "PayloadTooLarge",
-    "LeaseLost",
-    "JobNotFound",
+    "ConfigurationError",
     "InvalidArgument",
+    "InvalidPayload",
+    "JobNotFound",
+    "LeaseLost",
+    "PayloadTooLarge",
+    "PolyqueueError",
+    "SchemaMissing",
 ]
 
 

@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 hookspec = pluggy.HookspecMarker("polyqueue")
 hookimpl = pluggy.HookimplMarker("polyqueue")
 
-__all__ = ["hookspec", "hookimpl"]
+__all__ = ["hookimpl", "hookspec"]
 
 
 @hookspec
-def polyqueue_backends() -> Mapping[str, Any]:
+def polyqueue_backends() -> Mapping[str, Any] | None:
     """Return ``{scheme: backend_class}`` for the URL schemes this plugin serves.
 
     The scheme is the part of the URL before ``+driver`` (``postgresql`` for

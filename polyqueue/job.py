@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Hashable
+from typing import Any
 
-__all__ = ["Job", "JobStatus", "STATUSES", "LIVE_STATUSES", "FINISHED_STATUSES", "NewJob", "ReplayResult"]
+__all__ = ["FINISHED_STATUSES", "LIVE_STATUSES", "STATUSES", "Job", "JobStatus", "NewJob", "ReplayResult"]
 
 
 class JobStatus:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import InvalidPayload, PayloadTooLarge
 
-__all__ = ["dumps", "loads", "encode_payload"]
+__all__ = ["dumps", "encode_payload", "loads"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 loads = json.loads
@@ -53,4 +53,6 @@ def _check_plain(value: Any, depth: int) -> None:
                 raise InvalidPayload(f"payload dict key {key!r} is not a string")
             _check_plain(item, depth + 1)
         return
-    raise InvalidPayload(f"payload holds a {type(value).__name__}, which is not JSON (use dict, list, str, int, float, bool, None)")
+    raise InvalidPayload(
+        f"payload holds a {type(value).__name__}, which is not JSON (use dict, list, str, int, float, bool, None)"
+    )

@@ -25,7 +25,7 @@ from .errors import ConfigurationError, InvalidArgument, InvalidPayload, JobNotF
 from .job import FINISHED_STATUSES, Job, NewJob, ReplayResult
 from .plugins import backend_class_for, make_plugin_manager
 
-__all__ = ["connect", "Queue", "DEFAULT_URL", "parse_duration"]
+__all__ = ["DEFAULT_URL", "Queue", "connect", "parse_duration"]
 
 log = logging.getLogger("polyqueue")
 
@@ -241,7 +241,9 @@ class Queue:
     def __enter__(self) -> Queue:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # --- producing -----------------------------------------------------------
@@ -266,9 +268,8 @@ class Queue:
         if delay is not None and run_at is not None:
             raise InvalidArgument("give delay or run_at, not both")
         delay_seconds = 0.0 if delay is None else _check_seconds(delay, "delay")
-        if run_at is not None:
-            if not isinstance(run_at, datetime) or run_at.tzinfo is None:
-                raise InvalidArgument("run_at must be a timezone-aware datetime")
+        if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
+            raise InvalidArgument("run_at must be a timezone-aware datetime")
         payload_json = json_codec.encode_payload(payload, self.max_payload_bytes)
         return NewJob(queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at)
 
@@ -303,9 +304,7 @@ class Queue:
         )
         return self._store([job], connection)[0]
 
-    _JOB_KEYS = frozenset(
-        {"job_type", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "dedupe_key"}
-    )
+    _JOB_KEYS = frozenset({"job_type", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "dedupe_key"})
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, connection: Any = None) -> list[Hashable]:
         """Store many jobs atomically in one round trip per batch; ids in input order.
@@ -411,9 +410,8 @@ class Queue:
             delay = None
         elif delay is None:
             delay = self.backoff(job.attempts)
-        history = (job.errors + [{"attempt": job.attempts, "error": text, "worker": job.locked_by}])[
-            -ERROR_HISTORY_LIMIT:
-        ]
+        history = [*job.errors, {"attempt": job.attempts, "error": text, "worker": job.locked_by}]
+        history = history[-ERROR_HISTORY_LIMIT:]
         if not self.backend.fail(job, error=text, errors_json=json_codec.dumps(history), retry_in=delay):
             raise LeaseLost(f"lease lost for job {job.id}: another claim holds it or it expired")
         job.errors, job.last_error = history, text

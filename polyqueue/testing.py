@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "SERVER_URLS",
-    "server_url",
-    "reachable",
     "backends_required",
-    "unique_prefix",
     "drop_schema",
+    "reachable",
     "require_server",
+    "server_url",
+    "unique_prefix",
 ]
 
 #: Default URLs of the servers on the development and CI machines; override with the environment variables.

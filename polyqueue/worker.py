@@ -28,12 +28,14 @@ from .errors import BackendUnavailable, InvalidArgument, InvalidPayload, LeaseLo
 from .job import Job
 from .queue import Queue, _check_int, _check_name, _check_seconds, _queue_list
 
-__all__ = ["Worker", "Handler"]
+__all__ = ["Handler", "Worker"]
 
 log = logging.getLogger("polyqueue.worker")
 
 Handler = Callable[[Job], Any]
 _STOP = object()
+#: Longest uninterrupted wait on a wake-up source, so a stop request is seen within it.
+_WAKEUP_SLICE = 0.5
 
 
 class Worker:
@@ -75,7 +77,9 @@ class Worker:
             raise InvalidArgument("poll_interval must be (fastest, slowest)")
         self.poll_interval = (low, high)
         default_safety = float(queue.options.get("safety_poll", 30.0 if "notify" in queue.capabilities else 5.0))
-        self.safety_poll = _check_seconds(safety_poll if safety_poll is not None else default_safety, "safety_poll", positive=True)
+        self.safety_poll = _check_seconds(
+            safety_poll if safety_poll is not None else default_safety, "safety_poll", positive=True
+        )
         self.shutdown_timeout = _check_seconds(shutdown_timeout, "shutdown_timeout")
         self.completion_interval = _check_seconds(completion_interval, "completion_interval")
         self.worker_id = (
@@ -181,7 +185,9 @@ class Worker:
             if self._stopping.is_set():
                 return
             try:
-                jobs = self.queue.claim(self.queues, limit=min(free, self.batch_size), lease=self.lease, worker_id=self.worker_id)
+                jobs = self.queue.claim(
+                    self.queues, limit=min(free, self.batch_size), lease=self.lease, worker_id=self.worker_id
+                )
                 outage = 0
             except BackendUnavailable as exc:
                 outage += 1
@@ -226,7 +232,12 @@ class Worker:
             return self.poll_interval[0]
         if wakeups is not None:
             bound = self.safety_poll if until_due is None else min(self.safety_poll, until_due)
-            wakeups.wait(bound)
+            deadline = time.monotonic() + bound
+            # Short slices, so stop() and SIGTERM are noticed promptly; a slice costs the database nothing.
+            while not self._stopping.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or wakeups.wait(min(remaining, _WAKEUP_SLICE)):
+                    break
             return self.poll_interval[0]
         bound = idle_sleep if until_due is None else min(idle_sleep, until_due)
         self._stopping.wait(bound)
@@ -258,8 +269,10 @@ class Worker:
                         f"(this worker handles: {', '.join(sorted(self.handlers)) or 'nothing'})"
                     )
                 result = fn(job)
-                result_json = None if result is None else json_codec.encode_payload(result, self.queue.max_payload_bytes)
-            except BaseException as exc:  # noqa: BLE001 - a handler's failure of any kind fails the job
+                result_json = (
+                    None if result is None else json_codec.encode_payload(result, self.queue.max_payload_bytes)
+                )
+            except BaseException as exc:
                 self._fail(job, exc)
                 if not isinstance(exc, Exception):
                     raise

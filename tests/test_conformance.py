@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from polyqueue.conformance import *  # noqa: F403
-
 from polyqueue.testing import require_server
 
 TARGETS = ["sqlite", "postgresql", "mysql"]

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol
 
 from ..job import Job, NewJob, ReplayResult
 
-__all__ = ["Backend", "Capability", "CAPABILITIES", "WakeupSource", "BackendOptions"]
+__all__ = ["CAPABILITIES", "Backend", "BackendOptions", "Capability", "WakeupSource"]
 
 
 class Capability:

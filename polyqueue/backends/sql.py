@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
@@ -28,7 +28,7 @@ from ..errors import BackendUnavailable, ConfigurationError, PolyqueueError, Sch
 from ..job import FINISHED_STATUSES, LIVE_STATUSES, Job, JobStatus, NewJob, ReplayResult
 from .base import Backend, BackendOptions
 
-__all__ = ["SQLBackend", "ErrorKind", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "ErrorKind", "SQLBackend"]
 
 log = logging.getLogger("polyqueue.sql")
 T = TypeVar("T")
@@ -89,7 +89,7 @@ class SQLBackend(Backend):
             sa.Column("version", sa.Integer, nullable=False),
         )
         for index in self._indexes(self.jobs):
-            index._set_parent(self.jobs)  # noqa: SLF001 - attach dialect-chosen indexes to the table
+            index._set_parent(self.jobs)
         self._columns = list(self.jobs.c)
         self.engine = self._create_engine()
 
@@ -143,18 +143,22 @@ class SQLBackend(Backend):
         The default uses partial indexes, so finished rows never enter the
         indexes that claims, rescues and dedupe checks read.
         """
-        p, c, where = self.prefix, jobs.c, self.partial_index_keyword
+        p, c = self.prefix, jobs.c
+
+        def where(predicate: sa.ColumnElement[bool]) -> dict[str, Any]:
+            return {self.partial_index_keyword: predicate}
+
         return [
-            sa.Index(f"{p}jobs_ready", c.queue, c.priority.desc(), c.run_at, c.id, **{where: c.status == PENDING_SQL}),
-            sa.Index(f"{p}jobs_leases", c.lease_expires_at, **{where: c.status == PROCESSING_SQL}),
+            sa.Index(f"{p}jobs_ready", c.queue, c.priority.desc(), c.run_at, c.id, **where(c.status == PENDING_SQL)),
+            sa.Index(f"{p}jobs_leases", c.lease_expires_at, **where(c.status == PROCESSING_SQL)),
             sa.Index(
                 f"{p}jobs_dedupe",
                 c.queue,
                 c.dedupe_key,
                 unique=True,
-                **{where: sa.and_(c.dedupe_key.is_not(None), c.status.in_(LIVE_SQL))},
+                **where(sa.and_(c.dedupe_key.is_not(None), c.status.in_(LIVE_SQL))),
             ),
-            sa.Index(f"{p}jobs_finished", c.status, c.finished_at, **{where: c.status.in_(FINISHED_SQL)}),
+            sa.Index(f"{p}jobs_finished", c.status, c.finished_at, **where(c.status.in_(FINISHED_SQL))),
         ]
 
     @contextmanager
@@ -204,6 +208,16 @@ class SQLBackend(Backend):
         connection.execute(stmt)
         return []
 
+    def claim_ready(
+        self, connection: Connection, queues: Sequence[str], limit: int, values: dict[str, Any]
+    ) -> list[Any]:
+        """Apply the claim ``values`` to up to ``limit`` ready jobs of ``queues`` no other transaction holds.
+
+        Returns the claimed rows (all columns), in any order. The default is
+        one :meth:`update_locked` over ``_ready``; MySQL locks queue by queue.
+        """
+        return self.update_locked(connection, self._ready(queues, limit), values, returning=True)
+
     def describe(self) -> str:
         """The URL with its password masked."""
         return self.url.render_as_string(hide_password=True)
@@ -250,12 +264,17 @@ class SQLBackend(Backend):
             with self.migration_lock(conn):
                 self.metadata.create_all(conn, checkfirst=True)
                 current = conn.execute(sa.select(self.schema_table.c.version)).scalar()
+                if current is None or current < SCHEMA_VERSION:
+                    self.upgrade_schema(conn, current)
                 if current is None:
                     conn.execute(sa.insert(self.schema_table).values(id=1, version=SCHEMA_VERSION))
                 elif current < SCHEMA_VERSION:
                     conn.execute(sa.update(self.schema_table).values(version=SCHEMA_VERSION))
 
         self._run(work, retry_duplicates=True)
+
+    def upgrade_schema(self, connection: Connection, from_version: int | None) -> None:
+        """Dialect-specific schema work, inside ``migrate``'s lock, when the schema is new (None) or older."""
 
     def caller_transaction(self) -> Any:
         """``engine.begin()``: a SQLAlchemy Connection in a transaction, as an application would hold."""
@@ -284,7 +303,16 @@ class SQLBackend(Backend):
             raise ConfigurationError(f"invalid options for {self.describe()}: {exc}") from exc
         sa.event.listen(engine, "connect", lambda dbapi_conn, _record: self.on_connect(dbapi_conn))
         sa.event.listen(engine, "begin", self.begin_transaction)
+        sa.event.listen(engine, "handle_error", self._agree_on_disconnects)
         return engine
+
+    def _agree_on_disconnects(self, context: Any) -> None:
+        # Drivers' own disconnect checks can miss errors the dialect knows to be fatal (PostgreSQL's
+        # 57P01 admin shutdown); invalidating here keeps a dead connection from going back to the pool.
+        exc = context.sqlalchemy_exception
+        known_dead = isinstance(exc, sa_exc.DBAPIError) and self.classify(exc) == ErrorKind.DISCONNECT
+        if known_dead and not context.is_disconnect:
+            context.is_disconnect = True
 
     def close(self) -> None:
         """Dispose of the connection pool."""
@@ -306,12 +334,25 @@ class SQLBackend(Backend):
         the error surfaces as a polyqueue error. Nothing is committed unless
         ``work`` returns.
         """
+        return self._retrying(self.engine.begin, work, retry_duplicates)
+
+    def _run_single(self, work: Callable[[Connection], T]) -> T:
+        """Like :meth:`_run` for ``work`` that sends ONE statement: autocommit, so no BEGIN/COMMIT round trips."""
+        if self._autocommit_engine is None:
+            self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        return self._retrying(self._autocommit_engine.begin, work, False)
+
+    _autocommit_engine: Engine | None = None
+
+    def _retrying(
+        self, begin: Callable[[], Any], work: Callable[[Connection], T], retry_duplicates: bool
+    ) -> T:
         deadline: float | None = None
         attempt = 0
         while True:
             attempt += 1
             try:
-                with self.engine.begin() as conn:
+                with begin() as conn:
                     return work(conn)
             except sa_exc.DBAPIError as exc:
                 kind = self.classify(exc)
@@ -323,7 +364,7 @@ class SQLBackend(Backend):
                     now = time.monotonic()
                     deadline = deadline or now + self.reconnect_seconds
                     if now < deadline:
-                        time.sleep(min(0.05 * 2 ** min(attempt, 5), max(0.0, deadline - now)))
+                        time.sleep(min(0.05 * 2 ** min(attempt, 3), max(0.0, deadline - now)))
                         continue
                 raise self._translate(exc) from exc
 
@@ -373,7 +414,7 @@ class SQLBackend(Backend):
 
     @staticmethod
     def _claim_order(job: Job) -> tuple[int, datetime, Any]:
-        return (-job.priority, job.run_at or datetime.min.replace(tzinfo=timezone.utc), job.id)
+        return (-job.priority, job.run_at or datetime.min.replace(tzinfo=UTC), job.id)
 
     # ------------------------------------------------------------------
     # Producing
@@ -423,7 +464,8 @@ class SQLBackend(Backend):
             if ids[i] is not None:
                 continue
             if job.dedupe_key is None:
-                ids[i] = conn.execute(sa.insert(self.jobs).values(**self._row_values(job))).inserted_primary_key[0]
+                inserted = conn.execute(sa.insert(self.jobs).values(**self._row_values(job))).inserted_primary_key
+                ids[i] = inserted[0] if inserted is not None else None
                 continue
             key = (job.queue, job.dedupe_key)
             if key in seen:
@@ -454,10 +496,10 @@ class SQLBackend(Backend):
         if not jobs:
             return []
         if connection is not None:
-            conn = self._foreign_connection(connection)
             try:
-                ids = self._enqueue_in(conn, jobs)
-                self.after_enqueue(conn, {j.queue for j in jobs})
+                with self.caller_connection(connection) as conn:
+                    ids = self._enqueue_in(conn, jobs)
+                    self.after_enqueue(conn, {j.queue for j in jobs})
             except sa_exc.DBAPIError as exc:
                 raise self._translate(exc) from exc
             return ids
@@ -472,11 +514,14 @@ class SQLBackend(Backend):
     def after_enqueue(self, connection: Connection, queues: set[str]) -> None:
         """Run inside the enqueue transaction after the inserts (PostgreSQL sends NOTIFY here)."""
 
-    def _foreign_connection(self, connection: Any) -> Connection:
+    @contextmanager
+    def caller_connection(self, connection: Any) -> Iterator[Connection]:
+        """The caller's open transaction as a SQLAlchemy ``Connection``; dialects may also take driver connections."""
         if isinstance(connection, Connection):
             if not connection.in_transaction():
                 raise ConfigurationError("connection= must be inside a transaction (use `with conn.begin():`)")
-            return connection
+            yield connection
+            return
         raise ConfigurationError(
             f"connection= must be a SQLAlchemy Connection for {self.name}, got {type(connection).__name__}"
         )
@@ -521,9 +566,10 @@ class SQLBackend(Backend):
 
         def work(conn: Connection) -> list[Job]:
             self._rescue_expired(conn)
-            rows = self.update_locked(
+            rows = self.claim_ready(
                 conn,
-                self._ready(queues, limit),
+                queues,
+                limit,
                 {
                     "status": JobStatus.PROCESSING,
                     "attempts": j.c.attempts + 1,
@@ -531,7 +577,6 @@ class SQLBackend(Backend):
                     "locked_by": worker_id,
                     "lease_expires_at": self.seconds_from_now(sa.literal(float(lease), sa.Float())),
                 },
-                returning=True,
             )
             return rows
 
@@ -556,8 +601,9 @@ class SQLBackend(Backend):
         stmt = sa.update(j).where(self._fence(jobs)).values(**values)
         if self.supports_returning:
             done = {r[0] for r in conn.execute(stmt.returning(j.c.id))}
+        elif conn.execute(stmt).rowcount == len(wanted):
+            done = wanted  # rowcount counts matched rows: every job was still held
         else:
-            conn.execute(stmt)
             done = {
                 r[0]
                 for r in conn.execute(
@@ -594,7 +640,12 @@ class SQLBackend(Backend):
 
     def fail(self, job: Job, *, error: str, errors_json: str, retry_in: float | None) -> bool:
         """Record a failed attempt: pending again after ``retry_in`` seconds, or dead."""
-        values: dict[str, Any] = {"last_error": error, "errors": errors_json, "locked_by": None, "lease_expires_at": None}
+        values: dict[str, Any] = {
+            "last_error": error,
+            "errors": errors_json,
+            "locked_by": None,
+            "lease_expires_at": None,
+        }
         if retry_in is None:
             values.update(status=JobStatus.DEAD, finished_at=self.now())
             landed = JobStatus.DEAD
@@ -663,7 +714,8 @@ class SQLBackend(Backend):
     def stats(self, queue: str | None = None) -> dict[str, dict[str, int]]:
         """Counts per queue and status, plus ``scheduled`` (pending, not yet due)."""
         j = self.jobs
-        scheduled = sa.func.sum(sa.case((sa.and_(j.c.status == JobStatus.PENDING, j.c.run_at > self.now()), 1), else_=0))
+        not_due = sa.and_(j.c.status == JobStatus.PENDING, j.c.run_at > self.now())
+        scheduled = sa.func.sum(sa.case((not_due, 1), else_=0))
         stmt = sa.select(j.c.queue, j.c.status, sa.func.count(), scheduled).group_by(j.c.queue, j.c.status)
         if queue is not None:
             stmt = stmt.where(j.c.queue == queue)
@@ -696,7 +748,8 @@ class SQLBackend(Backend):
 
     def db_now(self) -> datetime:
         """The database clock."""
-        return self._run(lambda conn: conn.execute(sa.select(self.now())).scalar())  # type: ignore[no-any-return]
+        now: datetime = self._run(lambda conn: conn.execute(sa.select(self.now())).scalar_one())
+        return now
 
     def dead_jobs(self, queue: str | None, limit: int) -> list[Job]:
         """Dead jobs, newest first."""
@@ -731,19 +784,23 @@ class SQLBackend(Backend):
         plain = [r.id for r in candidates if r.dedupe_key is None]
         for start in range(0, len(plain), 500):
             chunk = plain[start : start + 500]
-            upd = sa.update(j).where(j.c.id.in_(chunk), j.c.status == JobStatus.DEAD).values(**revive)
-            result.replayed += self._run(lambda conn, upd=upd: conn.execute(upd).rowcount)
+            revive_chunk = sa.update(j).where(j.c.id.in_(chunk), j.c.status == JobStatus.DEAD).values(**revive)
+            result.replayed += self._run(self._rowcount_of(revive_chunk))
         for r in candidates:
             if r.dedupe_key is None:
                 continue
             upd = sa.update(j).where(j.c.id == r.id, j.c.status == JobStatus.DEAD).values(**revive)
             try:
-                result.replayed += self._run(lambda conn, upd=upd: conn.execute(upd).rowcount)
+                result.replayed += self._run(self._rowcount_of(upd))
             except PolyqueueError as exc:
                 if not isinstance(exc.__cause__, sa_exc.IntegrityError):
                     raise
                 result.skipped[r.id] = f"dedupe key {r.dedupe_key!r} is held by a live job"
         return result
+
+    @staticmethod
+    def _rowcount_of(stmt: sa.Executable) -> Callable[[Connection], int]:
+        return lambda conn: int(conn.execute(stmt).rowcount)
 
     def purge(self, status: str, older_than: float, batch_size: int) -> int:
         """Delete finished rows in batches of ``batch_size``, each its own transaction."""

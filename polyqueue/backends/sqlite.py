@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -22,7 +22,7 @@ from sqlalchemy.pool import StaticPool
 from .base import Capability
 from .sql import ErrorKind, SQLBackend
 
-__all__ = ["SQLiteBackend", "EpochTime"]
+__all__ = ["EpochTime", "SQLiteBackend"]
 
 T = TypeVar("T")
 _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -45,7 +45,7 @@ class EpochTime(sa.types.TypeDecorator[datetime]):
     def process_result_value(self, value: float | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        return datetime.fromtimestamp(value, timezone.utc)
+        return datetime.fromtimestamp(value, UTC)
 
 
 class SQLiteBackend(SQLBackend):
@@ -89,7 +89,9 @@ class SQLiteBackend(SQLBackend):
 
     def seconds_from_now(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """Epoch arithmetic is plain addition."""
-        return sa.type_coerce(sa.literal_column(_EPOCH_NOW, sa.Float()) + sa.type_coerce(seconds, sa.Float()), EpochTime())
+        return sa.type_coerce(
+            sa.literal_column(_EPOCH_NOW, sa.Float()) + sa.type_coerce(seconds, sa.Float()), EpochTime()
+        )
 
     def engine_options(self) -> dict[str, Any]:
         """Autocommit at the driver level so that ``begin_transaction`` decides how transactions start."""

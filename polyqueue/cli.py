@@ -1,0 +1,331 @@
+"""The ``polyqueue`` command line: migrate, enqueue, worker, stats, dead, replay, purge, demo and the tools.
+
+The tools are ``bench``, ``conformance`` and ``compat``.
+
+Errors print one clear line on stderr and exit non-zero; never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import PolyqueueError
+from .queue import Queue, connect, parse_duration
+
+__all__ = ["cli", "main"]
+
+console = Console()
+err_console = Console(stderr=True)
+STATUS_COLUMNS = ("pending", "scheduled", "processing", "done", "dead", "cancelled")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line on stderr and exit."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise SystemExit(code)
+
+
+@contextmanager
+def opened(ctx: click.Context) -> Iterator[Queue]:
+    """The queue named by ``--url`` / ``POLYQUEUE_URL``, closed afterwards."""
+    q = connect(ctx.obj.get("url"))
+    try:
+        yield q
+    finally:
+        q.close()
+
+
+class CleanErrors(click.Group):
+    """A group that turns polyqueue errors (and anything unexpected) into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PolyqueueError as exc:
+            fail(f"{exc}")
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            fail(f"unexpected {type(exc).__name__}: {exc}", code=2)
+
+
+@click.group(cls=CleanErrors)
+@click.option(
+    "--url", envvar="POLYQUEUE_URL", default=None, help="Queue URL (default: $POLYQUEUE_URL or sqlite:///polyqueue.db)."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+@click.version_option(package_name="polyqueue")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, verbose: bool) -> None:
+    """polyqueue: a job queue in the database you already have."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    ctx.obj = {"url": url}
+
+
+@cli.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create or upgrade the queue tables (idempotent)."""
+    with opened(ctx) as q:
+        q.migrate()
+        console.print(f"migrated {q.backend.describe()}", highlight=False)
+
+
+@cli.command()
+@click.argument("job_type")
+@click.argument("payload_json", required=False)
+@click.option("--queue", "queue_name", default="default", show_default=True)
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option("--delay", default=None, help="Seconds or a duration like 30s, 5m, 2h.")
+@click.option("--max-attempts", type=int, default=None)
+@click.option("--dedupe-key", default=None)
+@click.pass_context
+def enqueue(
+    ctx: click.Context,
+    job_type: str,
+    payload_json: str | None,
+    queue_name: str,
+    priority: int,
+    delay: str | None,
+    max_attempts: int | None,
+    dedupe_key: str | None,
+) -> None:
+    """Enqueue one job; prints its id."""
+    try:
+        payload = None if payload_json is None else json.loads(payload_json)
+    except json.JSONDecodeError as exc:
+        fail(f"PAYLOAD_JSON is not valid JSON: {exc}")
+    with opened(ctx) as q:
+        job_id = q.enqueue(
+            job_type,
+            payload,
+            queue=queue_name,
+            priority=priority,
+            delay=None if delay is None else parse_duration(delay, "delay"),
+            max_attempts=max_attempts,
+            dedupe_key=dedupe_key,
+        )
+    click.echo(str(job_id))
+
+
+def _load_handlers(spec: str) -> Callable[[Any], None]:
+    """Import MODULE (dotted name, ``name:attr`` or a .py path) and return a function that registers its handlers."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).resolve()
+            if not path.exists():
+                fail(f"no such file: {module_name}")
+            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert loader_spec is not None and loader_spec.loader is not None
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[path.stem] = module
+            loader_spec.loader.exec_module(module)
+        else:
+            sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        fail(f"cannot import handler module {module_name!r}: {exc}")
+    target = getattr(module, attr or "setup", None)
+    handlers = getattr(module, "HANDLERS", None)
+    if callable(target):
+        return target  # type: ignore[no-any-return]
+    if isinstance(handlers, dict):
+
+        def register_all(worker: Any) -> None:
+            for name, fn in handlers.items():
+                worker.register(name, fn)
+
+        return register_all
+    fail(f"{spec} defines neither setup(worker) nor a HANDLERS dict of job_type -> function")
+
+
+@cli.command()
+@click.argument("module")
+@click.option("--queues", default="default", show_default=True, help="Comma-separated queue names.")
+@click.option("--concurrency", type=int, default=4, show_default=True)
+@click.option("--lease", type=float, default=30.0, show_default=True)
+@click.option("--burst", is_flag=True, help="Drain what is ready, then exit.")
+@click.pass_context
+def worker(ctx: click.Context, module: str, queues: str, concurrency: int, lease: float, burst: bool) -> None:
+    """Run a worker with the handlers of MODULE (its setup(worker) or HANDLERS dict) until SIGTERM/SIGINT."""
+    from .worker import Worker
+
+    register = _load_handlers(module)
+    with opened(ctx) as q:
+        w = Worker(q, queues=[name for name in queues.split(",") if name], concurrency=concurrency, lease=lease)
+        register(w)
+        if not w.handlers:
+            fail(f"{module} registered no handlers")
+        err_console.print(f"worker {w.worker_id} on {q.backend.describe()} queues={w.queues}", highlight=False)
+        done = w.run(burst=burst)
+        err_console.print(f"worker stopped: {done} job(s) succeeded, {w.failed} failed", highlight=False)
+
+
+def stats_table(by_queue: dict[str, dict[str, int]], title: str = "polyqueue stats") -> Table:
+    """A rich table: one row per queue, one column per status."""
+    table = Table(title=title)
+    table.add_column("queue", overflow="fold")
+    for column in STATUS_COLUMNS:
+        table.add_column(column, justify="right")
+    totals = dict.fromkeys(STATUS_COLUMNS, 0)
+    for name in sorted(by_queue):
+        counts = by_queue[name]
+        table.add_row(name, *(str(counts.get(c, 0)) for c in STATUS_COLUMNS))
+        for c in STATUS_COLUMNS:
+            totals[c] += counts.get(c, 0)
+    if len(by_queue) > 1:
+        table.add_row("[bold]total[/]", *(f"[bold]{totals[c]}[/]" for c in STATUS_COLUMNS))
+    return table
+
+
+def dead_table(jobs: list[Any], title: str = "dead letters") -> Table:
+    """A rich table of dead jobs."""
+    table = Table(title=title)
+    for column in ("id", "queue", "job_type", "attempts", "finished_at", "last_error"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        error = (job.last_error or "").strip().splitlines()
+        table.add_row(
+            str(job.id),
+            job.queue,
+            job.job_type,
+            f"{job.attempts}/{job.max_attempts}",
+            job.finished_at.strftime("%Y-%m-%d %H:%M:%S") if job.finished_at else "",
+            error[0][:80] if error else "",
+        )
+    return table
+
+
+@cli.command()
+@click.option("--queue", "queue_name", default=None, help="Only this queue.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def stats(ctx: click.Context, queue_name: str | None, as_json: bool) -> None:
+    """Jobs per queue and status."""
+    with opened(ctx) as q:
+        by_queue = q.stats_by_queue()
+    if queue_name is not None:
+        by_queue = {k: v for k, v in by_queue.items() if k == queue_name}
+    if as_json:
+        click.echo(json.dumps(by_queue, indent=2, sort_keys=True))
+    elif not by_queue:
+        console.print("no jobs")
+    else:
+        console.print(stats_table(by_queue))
+
+
+@cli.command()
+@click.option("--queue", "queue_name", default=None)
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.pass_context
+def dead(ctx: click.Context, queue_name: str | None, limit: int) -> None:
+    """List dead-lettered jobs, newest first."""
+    with opened(ctx) as q:
+        jobs = q.dead_jobs(queue_name, limit=limit)
+    if not jobs:
+        console.print("no dead jobs")
+    else:
+        console.print(dead_table(jobs))
+
+
+@cli.command()
+@click.argument("ids", nargs=-1)
+@click.option("--queue", "queue_name", default=None)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead job (of --queue if given).")
+@click.pass_context
+def replay(ctx: click.Context, ids: tuple[str, ...], queue_name: str | None, replay_all: bool) -> None:
+    """Make dead jobs pending again (IDS, or --all / --queue)."""
+    if not ids and not replay_all and queue_name is None:
+        fail("name job IDS, or pass --all or --queue")
+    with opened(ctx) as q:
+        result = q.replay_detailed(list(ids) if ids else None, queue_name)
+    console.print(f"replayed {result.replayed} job(s)")
+    for job_id, reason in result.skipped.items():
+        console.print(f"skipped {job_id}: {reason}", highlight=False)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str) -> None:
+    """Cancel a pending job."""
+    with opened(ctx) as q:
+        if not q.cancel(job_id):
+            fail(f"job {job_id} is not pending (or does not exist)")
+    console.print(f"cancelled {job_id}")
+
+
+@cli.command()
+@click.option("--status", default="done", show_default=True, type=click.Choice(["done", "dead", "cancelled"]))
+@click.option("--older-than", default="7d", show_default=True, help="Age like 12h, 7d, 30m or seconds.")
+@click.option("--batch-size", type=int, default=1000, show_default=True)
+@click.pass_context
+def purge(ctx: click.Context, status: str, older_than: str, batch_size: int) -> None:
+    """Delete finished jobs in small batches (online, no long locks)."""
+    with opened(ctx) as q:
+        deleted = q.purge(status, older_than=older_than, batch_size=batch_size)
+    console.print(f"purged {deleted} {status} job(s) older than {older_than}")
+
+
+@cli.command()
+@click.option("--jobs", "count", type=int, default=240, show_default=True, help="How many jobs to enqueue.")
+@click.option("--workers", type=int, default=8, show_default=True, help="Worker threads.")
+@click.pass_context
+def demo(ctx: click.Context, count: int, workers: int) -> None:
+    """Run the main job on the embedded default: enqueue a realistic mix and watch workers drain it."""
+    from .demo import run_demo
+
+    run_demo(ctx.obj.get("url"), count=count, concurrency=workers, console=console)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("url")
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+def conformance(url: str, pytest_args: tuple[str, ...]) -> None:
+    """Run the conformance suite against URL (extra arguments go to pytest)."""
+    from .compat import run_conformance
+
+    raise SystemExit(run_conformance(url, list(pytest_args)))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--out", "out_dir", default="compat_matrix", show_default=True)
+@click.argument("urls", nargs=-1)
+def compat(out_dir: str, urls: tuple[str, ...]) -> None:
+    """Run the suite on every configured backend and write compat_matrix/ (README.md and matrix.json)."""
+    from .compat import run_compat
+
+    raise SystemExit(run_compat(list(urls) or None, out_dir))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("bench_args", nargs=-1, type=click.UNPROCESSED)
+def bench(bench_args: tuple[str, ...]) -> None:
+    """Run the benchmarks (see benchmarks/README.md; --help for the options)."""
+    from .bench import main as bench_main
+
+    raise SystemExit(bench_main(list(bench_args)))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="polyqueue")
+
+
+if __name__ == "__main__":
+    main()

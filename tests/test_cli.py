@@ -1,0 +1,94 @@
+"""The command line, run as a real process: one-line errors, non-zero exits, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HANDLERS = """
+def setup(worker):
+    worker.register("greet", lambda job: "hello " + job.payload["name"])
+    worker.register("boom", lambda job: 1 / 0)
+"""
+
+
+def run(*args: str, url: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "POLYQUEUE_URL"}
+    if url is not None:
+        env["POLYQUEUE_URL"] = url
+    env["COLUMNS"] = "200"
+    return subprocess.run(
+        [sys.executable, "-m", "polyqueue.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+    )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    assert fragment in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3
+
+
+def test_full_cycle(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    assert_clean_error(run("stats", url=url), "polyqueue migrate")
+    assert run("migrate", url=url).returncode == 0
+    first = run("enqueue", "greet", '{"name": "ada"}', "--queue", "q1", url=url)
+    assert first.returncode == 0 and first.stdout.strip().isdigit()
+    assert run("enqueue", "boom", "--queue", "q1", "--max-attempts", "1", url=url).returncode == 0
+    delayed = run("enqueue", "greet", '{"name": "later"}', "--queue", "q1", "--delay", "1h", url=url)
+    assert delayed.returncode == 0
+    (tmp_path / "handlers.py").write_text(HANDLERS)
+    worked = run("worker", "handlers", "--queues", "q1", "--burst", url=url, cwd=tmp_path)
+    assert worked.returncode == 0, worked.stderr
+    stats = json.loads(run("stats", "--json", url=url).stdout)
+    assert stats["q1"]["done"] == 1 and stats["q1"]["dead"] == 1 and stats["q1"]["scheduled"] == 1
+    table = run("stats", url=url).stdout
+    assert "q1" in table and "scheduled" in table
+    dead = run("dead", url=url)
+    assert "ZeroDivisionError" in dead.stdout
+    replayed = run("replay", "--all", url=url)
+    assert "replayed 1" in replayed.stdout
+    assert run("cancel", delayed.stdout.strip(), url=url).returncode == 0
+    purged = run("purge", "--older-than", "0", url=url)
+    assert purged.returncode == 0 and "purged 1 done" in purged.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("enqueue", "t", "{not json"), "not valid JSON"),
+        (("enqueue", "t", "--queue", ""), "queue name"),
+        (("enqueue", "t", "--delay", "soon"), "duration"),
+        (("purge", "--older-than", "eventually"), "duration"),
+        (("worker", "no_such_module_xyz"), "cannot import"),
+        (("replay",), "IDS"),
+    ],
+)
+def test_bad_input_prints_one_line(tmp_path: Path, args: tuple[str, ...], fragment: str) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    run("migrate", url=url)
+    assert_clean_error(run(*args, url=url, cwd=tmp_path), fragment)
+
+
+def test_unknown_scheme_and_unreachable_server_hide_the_password(tmp_path: Path) -> None:
+    result = run("--url", "nosuchdb://admin:hunter2secret@db.example/x", "stats")
+    assert_clean_error(result, "unknown URL scheme 'nosuchdb'")
+    assert "sqlite" in result.stderr and "entry-point group" in result.stderr
+    assert "hunter2secret" not in result.stderr
+    down = run("--url", "postgresql://admin:hunter2secret@127.0.0.1:1/x?reconnect_seconds=0", "stats")
+    assert_clean_error(down, "unavailable")
+    assert "hunter2secret" not in down.stderr + down.stdout
+
+
+def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
+    result = run("demo", "--jobs", "60", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "polyqueue.db").exists()
+    assert "final stats" in result.stdout and "dead letters" in result.stdout
+    assert "60 jobs settled" in result.stdout
