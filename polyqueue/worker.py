@@ -128,11 +128,12 @@ class Worker:
     def run(self, burst: bool = False) -> int:
         """Process jobs until stopped (SIGTERM/SIGINT or :meth:`stop`); with ``burst``, until nothing is ready.
 
-        Returns the number of jobs whose handler succeeded.
+        Returns the number of jobs whose handler succeeded during this call.
         """
         self._stopping.clear()
+        succeeded_before = self.processed
         restore = self._install_signal_handlers()
-        wakeups = self.queue.backend.wakeup_source(self.queues)
+        wakeups = None if burst else self.queue.backend.wakeup_source(self.queues)
         self._start_threads()
         try:
             self._claim_loop(burst, wakeups)
@@ -141,7 +142,7 @@ class Worker:
             if wakeups is not None:
                 wakeups.close()
             restore()
-        return self.processed
+        return self.processed - succeeded_before
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -281,9 +282,9 @@ class Worker:
                     succeeded_hook(queue=self.queue, job=job, duration=time.perf_counter() - started)
                 with self._done_lock:
                     self._done.append((job, result_json))
+                    self.processed += 1
                     if len(self._done) >= self.batch_size:
                         self._done_flag.set()
-                self.processed += 1
             finally:
                 self._finish(job)
 
@@ -294,7 +295,8 @@ class Worker:
             self._slot_freed.notify_all()
 
     def _fail(self, job: Job, exc: BaseException) -> None:
-        self.failed += 1
+        with self._done_lock:
+            self.failed += 1
         detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=20))
         error = f"{type(exc).__name__}: {exc}\n\n{detail}"
         if isinstance(exc, InvalidPayload):
@@ -363,6 +365,9 @@ class Worker:
             except PolyqueueError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
+            with self._lock:
+                # A job finished (and completed) since the snapshot above is not lost, only done.
+                lost = {job_id for job_id in lost if job_id in self._held}
             for job_id in lost:
                 if job_id not in self._lost:
                     self._lost.add(job_id)
