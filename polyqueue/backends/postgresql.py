@@ -1,8 +1,25 @@
-"""PostgreSQL: one-statement ``FOR UPDATE SKIP LOCKED`` claims, partial indexes, LISTEN/NOTIFY wake-ups."""
+"""PostgreSQL: one-statement ``FOR UPDATE SKIP LOCKED`` claims, partial indexes, LISTEN/NOTIFY wake-ups.
+
+What differs from the shared SQL layer:
+
+* A claim is one statement, sent outside an explicit transaction (one round
+  trip): it rescues expired leases (pending again, or dead on the final
+  attempt), takes the best ready jobs queue by queue through the partial
+  ``jobs_ready`` index, and returns them.
+* Enqueue sends one tiny ``pg_notify`` per batch inside its own transaction,
+  so the notification is delivered exactly when the jobs become visible.
+  Idle workers block on a dedicated ``LISTEN`` connection (:class:`PgListener`).
+* ``connection=`` accepts the caller's SQLAlchemy ``Connection`` or a raw
+  psycopg 3 connection; the jobs are written inside that transaction.
+* Errors are classified by SQLSTATE; ``migrate`` holds an advisory lock and
+  tunes autovacuum for a table whose rows churn quickly.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Hashable, Iterator, Sequence
@@ -12,16 +29,88 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
 
+from ..errors import ConfigurationError
+from ..job import Job, JobStatus
 from .base import Capability, WakeupSource
-from .sql import ErrorKind, SQLBackend
+from .sql import RESCUE_BATCH, ErrorKind, SQLBackend
 
-__all__ = ["PostgreSQLBackend"]
+__all__ = ["PgListener", "PostgreSQLBackend"]
 
 log = logging.getLogger("polyqueue.postgresql")
+#: serialization_failure, deadlock_detected, lock_not_available: run the transaction again.
 _TRANSIENT = {"40001", "40P01", "55P03"}
+#: connection_exception (08...), operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 starting up).
 _DISCONNECT_PREFIXES = ("08", "57P")
+#: Notification payloads longer than this are sent empty ("look at every queue") rather than truncated.
+_MAX_NOTIFY_QUEUE_BYTES = 200
+#: Detect a silently dead connection (host gone, network cut) within about a minute, at no cost to the server.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+#: Schema version that introduced the autovacuum settings.
+_TUNED_SINCE = 1
+
+_PENDING, _PROCESSING, _DEAD = (f"'{s}'" for s in (JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.DEAD))
+
+# One statement, one round trip. `expired` and `ready` lock their rows with
+# SKIP LOCKED; `chosen` keeps the best `limit` of the ready rows and of the
+# expired rows that still have attempts left; `marked` adds the other expired
+# rows, which go back to pending or, on their final attempt, to dead. Ready
+# rows are read queue by queue so each lookup is an ordered scan of the
+# partial ready index that stops after `limit` rows.
+_CLAIM_SQL = f"""
+WITH expired AS MATERIALIZED (
+    SELECT id, queue, priority, run_at, attempts, max_attempts
+    FROM {{jobs}}
+    WHERE status = {_PROCESSING} AND lease_expires_at <= now()
+    ORDER BY lease_expires_at
+    LIMIT {RESCUE_BATCH}
+    FOR UPDATE SKIP LOCKED
+), ready AS MATERIALIZED (
+    SELECT r.id, r.priority, r.run_at
+    FROM unnest(CAST(:queues AS text[])) AS wanted(queue)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at
+        FROM {{jobs}}
+        WHERE status = {_PENDING} AND queue = wanted.queue AND run_at <= now()
+        ORDER BY priority DESC, run_at, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ) AS r
+), chosen AS MATERIALIZED (
+    SELECT id, was_expired
+    FROM (
+        SELECT id, priority, run_at, false AS was_expired FROM ready
+        UNION ALL
+        SELECT id, priority, run_at, true FROM expired
+        WHERE queue = ANY(CAST(:queues AS text[])) AND attempts < max_attempts
+    ) AS candidates
+    ORDER BY priority DESC, run_at, id
+    LIMIT :limit
+), marked AS (
+    SELECT id, true AS claimed, was_expired FROM chosen
+    UNION ALL
+    SELECT id, false, true FROM expired WHERE id NOT IN (SELECT id FROM chosen)
+), changed AS (
+    UPDATE {{jobs}} AS j SET
+        status = CASE WHEN m.claimed THEN {_PROCESSING}
+                      WHEN j.attempts >= j.max_attempts THEN {_DEAD}
+                      ELSE {_PENDING} END,
+        attempts = j.attempts + CASE WHEN m.claimed THEN 1 ELSE 0 END,
+        lease_token = j.lease_token + CASE WHEN m.claimed THEN 1 ELSE 0 END,
+        locked_by = CASE WHEN m.claimed THEN CAST(:worker_id AS text) END,
+        lease_expires_at = CASE WHEN m.claimed THEN now() + CAST(:lease AS float8) * interval '1 second' END,
+        finished_at = CASE WHEN NOT m.claimed AND j.attempts >= j.max_attempts THEN now() ELSE j.finished_at END,
+        last_error = CASE WHEN m.was_expired THEN 'lease expired while held by ' || coalesce(j.locked_by, '?')
+                          ELSE j.last_error END
+    FROM marked AS m
+    WHERE j.id = m.id
+    RETURNING j.*, m.claimed
+)
+SELECT {{columns}} FROM changed WHERE claimed
+"""
 
 
 class PostgreSQLBackend(SQLBackend):
@@ -61,15 +150,20 @@ class PostgreSQLBackend(SQLBackend):
         return sa.type_coerce(self.now().op("+")(interval), sa.DateTime(timezone=True))
 
     def engine_options(self) -> dict[str, Any]:
-        """UTC session time zone and an application name that benchmarks can count by."""
+        """UTC sessions, an application name to find our connections by, bounded connects, TCP keepalives."""
         return {
-            "connect_args": {"options": "-c timezone=UTC", "application_name": "polyqueue"},
+            "connect_args": {
+                "options": "-c timezone=UTC",
+                "application_name": "polyqueue",
+                "connect_timeout": 10,
+                **_KEEPALIVES,
+            },
             "pool_size": 8,
             "max_overflow": 32,
         }
 
     def classify(self, error: sa_exc.DBAPIError) -> str:
-        """SQLSTATE-based: 40001/40P01 transient, class 08/57P disconnects, 42P01 missing table."""
+        """SQLSTATE-based: 40001/40P01/55P03 transient, classes 08/57P disconnects, 42P01 missing table."""
         state = getattr(error.orig, "sqlstate", None)
         if state in _TRANSIENT:
             return ErrorKind.TRANSIENT
@@ -78,99 +172,247 @@ class PostgreSQLBackend(SQLBackend):
         if state is not None and state.startswith(_DISCONNECT_PREFIXES):
             return ErrorKind.DISCONNECT
         if state is None and isinstance(error, sa_exc.OperationalError):
-            return ErrorKind.DISCONNECT
+            return ErrorKind.DISCONNECT  # libpq reports a lost socket without a SQLSTATE
         return super().classify(error)
 
+    # ------------------------------------------------------------------
+    # Schema
+    # ------------------------------------------------------------------
     @contextmanager
     def migration_lock(self, connection: Connection) -> Iterator[None]:
-        """A transaction-scoped advisory lock keyed by the table prefix."""
+        """A transaction-scoped advisory lock keyed by the table prefix; DDL is transactional here."""
         key = zlib.crc32(f"polyqueue-migrate:{self.prefix}".encode()) & 0x7FFFFFFF
         connection.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
         yield
 
-    def migrate(self) -> None:
-        """Create the schema, then tune autovacuum for a high-churn table."""
-        super().migrate()
-
-        def tune(conn: Connection) -> None:
-            conn.exec_driver_sql(
+    def upgrade_schema(self, connection: Connection, from_version: int | None) -> None:
+        """Tune autovacuum for a high-churn table: vacuum after 2% dead rows, not the default 20%."""
+        if from_version is None or from_version < _TUNED_SINCE:
+            connection.exec_driver_sql(
                 f'ALTER TABLE "{self.jobs.name}" SET (autovacuum_vacuum_scale_factor = 0.02, '
-                "autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_cost_limit = 1000, fillfactor = 90)"
+                "autovacuum_vacuum_threshold = 1000, autovacuum_analyze_scale_factor = 0.02, "
+                "autovacuum_vacuum_cost_limit = 1000, fillfactor = 90)"
             )
 
-        self._run(tune)
-
+    # ------------------------------------------------------------------
+    # Producing
+    # ------------------------------------------------------------------
     def insert_ignoring_live_duplicate(self, connection: Connection, row: dict[str, Any]) -> Hashable | None:
         """``INSERT ... ON CONFLICT DO NOTHING RETURNING id``."""
-        from sqlalchemy.dialects.postgresql import insert
-
-        stmt = insert(self.jobs).values(**row).on_conflict_do_nothing().returning(self.jobs.c.id)
+        stmt = pg.insert(self.jobs).values(**row).on_conflict_do_nothing().returning(self.jobs.c.id)
         return connection.execute(stmt).scalar()
 
     def after_enqueue(self, connection: Connection, queues: set[str]) -> None:
-        """One tiny NOTIFY per batch, delivered when the enqueue transaction commits."""
-        connection.execute(sa.select(sa.func.pg_notify(self.channel, "")))
+        """One tiny NOTIFY per batch, delivered when (and only if) the enqueue transaction commits.
 
+        The payload names the queue when the batch has just one (so workers of
+        other queues stay asleep); otherwise it is empty, meaning "any queue".
+        """
+        payload = ""
+        if len(queues) == 1:
+            (only,) = queues
+            if len(only.encode()) <= _MAX_NOTIFY_QUEUE_BYTES:
+                payload = only
+        connection.execute(sa.select(sa.func.pg_notify(self.channel, payload)))
+
+    @contextmanager
+    def caller_connection(self, connection: Any) -> Iterator[Connection]:
+        """The caller's transaction: a SQLAlchemy ``Connection``, or a psycopg 3 ``Connection`` lent to SQLAlchemy."""
+        if isinstance(connection, Connection):
+            with super().caller_connection(connection) as conn:
+                yield conn
+            return
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover - the backend cannot open without it
+            psycopg = None  # type: ignore[assignment]
+        if psycopg is None or not isinstance(connection, psycopg.Connection):
+            raise ConfigurationError(
+                "connection= must be a SQLAlchemy Connection or a psycopg 3 Connection, "
+                f"got {type(connection).__name__}"
+            )
+        _check_borrowable(connection)
+        with self._borrowing.lend(connection) as conn:
+            yield conn
+
+    @functools.cached_property
+    def _borrowing(self) -> _BorrowedConnections:
+        return _BorrowedConnections(self.engine)
+
+    # ------------------------------------------------------------------
+    # Consuming
+    # ------------------------------------------------------------------
+    @functools.cached_property
+    def _claim_statement(self) -> sa.TextClause:
+        columns = ", ".join(f'"{c.name}"' for c in self._columns)
+        stmt = sa.text(_CLAIM_SQL.format(jobs=f'"{self.jobs.name}"', columns=columns))
+        stmt = stmt.bindparams(
+            sa.bindparam("queues", type_=pg.ARRAY(sa.Text())),
+            sa.bindparam("limit", type_=sa.Integer()),
+            sa.bindparam("worker_id", type_=sa.Text()),
+            sa.bindparam("lease", type_=sa.Float()),
+        )
+        return stmt.columns(*self._columns)  # type: ignore[return-value]
+
+    def claim(self, queues: Sequence[str], limit: int, lease: float, worker_id: str) -> list[Job]:
+        """Rescue expired leases and claim up to ``limit`` ready jobs in one statement; see :class:`Backend`."""
+        params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease": float(lease)}
+        rows = self._run_single(lambda conn: list(conn.execute(self._claim_statement, params)))
+        jobs = [self._job_from_row(r) for r in rows]
+        jobs.sort(key=self._claim_order)
+        return jobs
+
+    # ------------------------------------------------------------------
+    # Waiting
+    # ------------------------------------------------------------------
     def wakeup_source(self, queues: Sequence[str]) -> WakeupSource | None:
-        """A dedicated LISTEN connection."""
-        return PgListener(self)
+        """A dedicated LISTEN connection that wakes for ``queues``."""
+        return PgListener(self, queues)
+
+
+def _check_borrowable(raw: Any) -> None:
+    """Refuse a psycopg connection whose transaction cannot hold our rows atomically."""
+    from psycopg.pq import TransactionStatus
+
+    if raw.closed:
+        raise ConfigurationError("connection= is a closed psycopg connection")
+    status = raw.info.transaction_status
+    if status == TransactionStatus.INERROR:
+        raise ConfigurationError("connection='s transaction has already failed; roll it back first")
+    if status == TransactionStatus.ACTIVE:
+        raise ConfigurationError("connection= is busy running another statement")
+    if raw.autocommit and status == TransactionStatus.IDLE:
+        raise ConfigurationError(
+            "connection= is in autocommit mode outside a transaction; use `with conn.transaction():`"
+        )
+
+
+class _Borrowed:
+    """The caller's psycopg connection as SQLAlchemy sees it: it runs statements but never ends or closes anything.
+
+    The caller owns the transaction; SQLAlchemy's end-of-use rollback and
+    close therefore do nothing.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        """A cursor yielding tuples, as SQLAlchemy expects, whatever row factory the caller's connection uses."""
+        from psycopg.rows import tuple_row
+
+        kwargs.setdefault("row_factory", tuple_row)
+        return self._raw.cursor(*args, **kwargs)
+
+    def commit(self) -> None:
+        """Never: the caller commits."""
+
+    def rollback(self) -> None:
+        """Never: the caller rolls back."""
+
+    def close(self) -> None:
+        """Never: the caller closes."""
+
+
+class _BorrowedConnections:
+    """Wraps callers' psycopg connections in SQLAlchemy ``Connection`` objects.
+
+    An engine of its own, with a pool that hands out whichever connection
+    the current thread lends, but the main engine's already-initialised
+    dialect: so no first-connect queries or session set-up ever run on the
+    caller's connection.
+    """
+
+    def __init__(self, main: Engine) -> None:
+        self.main = main
+        self._local = threading.local()
+        self._engine: Engine | None = None
+
+    def _build(self) -> Engine:
+        with self.main.connect():
+            pass  # initialise the shared dialect (server version etc.) on one of our own connections
+        pool = NullPool(lambda: _Borrowed(self._local.raw), reset_on_return=None)
+        return Engine(pool, self.main.dialect, self.main.url)
+
+    @contextmanager
+    def lend(self, raw: Any) -> Iterator[Connection]:
+        if self._engine is None:
+            self._engine = self._build()
+        self._local.raw = raw
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        finally:
+            self._local.raw = None
 
 
 class PgListener:
-    """Blocks on NOTIFY from a dedicated autocommit connection; reconnects when it drops."""
+    """Blocks on NOTIFY from a dedicated autocommit connection; reconnects when it drops.
 
-    def __init__(self, backend: PostgreSQLBackend) -> None:
+    Wakes for notifications naming one of ``queues`` or naming none. After a
+    reconnect it reports a wake-up, since notifications sent while it was
+    away are lost, so the worker looks at the table once.
+    """
+
+    def __init__(self, backend: PostgreSQLBackend, queues: Sequence[str] = ()) -> None:
         self.backend = backend
+        self.queues = frozenset(queues)
         self.conn: Any = None
         self._failures = 0
 
     def _open(self) -> None:
         import psycopg
 
-        url = self.backend.engine.url
-        args, kwargs = self.backend.engine.dialect.create_connect_args(url)
-        kwargs = {**kwargs, "autocommit": True}
+        args, kwargs = self.backend.engine.dialect.create_connect_args(self.backend.engine.url)
+        kwargs = {**kwargs, **_KEEPALIVES, "autocommit": True, "application_name": "polyqueue-listen"}
+        kwargs.setdefault("connect_timeout", 10)
         kwargs.pop("options", None)
-        self.conn = psycopg.connect(*args, **kwargs, application_name="polyqueue-listen")
+        self.conn = psycopg.connect(*args, **kwargs)
         self.conn.execute(f'LISTEN "{self.backend.channel}"')
 
+    def _wanted(self, payload: str) -> bool:
+        return not payload or not self.queues or payload in self.queues
+
     def wait(self, timeout: float) -> bool:
-        """Wait for a notification; after a reconnect report True so the worker polls once."""
+        """Wait up to ``timeout`` s for a notification for our queues; True when woken (or just reconnected)."""
         deadline = time.monotonic() + timeout
-        reconnected = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return reconnected
+                return False
             try:
                 if self.conn is None or self.conn.closed:
                     self._open()
-                    reconnected = True
+                    if self._failures:
+                        log.info("LISTEN connection re-established")
                     self._failures = 0
                     return True
-                got = False
-                for _ in self.conn.notifies(timeout=remaining, stop_after=1):
-                    got = True
-                if got:
-                    # Debounce: swallow whatever else already arrived.
+                woken = False
+                for note in self.conn.notifies(timeout=remaining, stop_after=1):
+                    woken = self._wanted(note.payload)
+                if woken:
+                    # Debounce: one look at the table serves everything that already arrived.
                     for _ in self.conn.notifies(timeout=0.0):
                         pass
-                return got
+                    return True
             except Exception as exc:  # driver errors of any kind: reconnect with back-off
                 self._failures += 1
                 if self._failures == 1:
                     log.warning("LISTEN connection lost (%s); reconnecting", type(exc).__name__)
                 self._close_quietly()
-                time.sleep(min(remaining, 0.1 * 2 ** min(self._failures, 5)))
+                time.sleep(max(0.0, min(deadline - time.monotonic(), 0.05 * 2 ** min(self._failures, 4))))
 
     def _close_quietly(self) -> None:
         try:
             if self.conn is not None:
                 self.conn.close()
-        except Exception:  # noqa: BLE001 - already broken
+        except Exception:  # already broken; nothing to release
             pass
         self.conn = None
 
     def close(self) -> None:
-        """Close the LISTEN connection."""
+        """Close the LISTEN connection. Idempotent."""
         self._close_quietly()
