@@ -459,9 +459,14 @@ class Queue:
         """``{queue: counts}`` as :meth:`stats` gives them, for every queue that has jobs."""
         return self.backend.stats(None)
 
-    def depth(self, queue: str = "default") -> int:
-        """Ready jobs in ``queue``: O(1) from the Redis depth cache when configured, else counted."""
-        return self.backend.count_ready(_check_name(queue, "queue name"))
+    def depth(self, queue: str = "default", *, exact: bool = False) -> int:
+        """Ready jobs in ``queue``: O(1) from the Redis depth cache when configured (a hint), else counted.
+
+        ``exact`` always counts in the database.
+        """
+        name = _check_name(queue, "queue name")
+        cached = None if exact else self.backend.cached_depth(name)
+        return cached if cached is not None else self.backend.count_ready(name)
 
     def dead_jobs(self, queue: str | None = None, limit: int = 100) -> list[Job]:
         """Dead jobs, most recently finished first."""

@@ -159,6 +159,10 @@ class Backend(abc.ABC):
     def count_ready(self, queue: str) -> int:
         """The number of pending jobs in ``queue`` that are due now (exact)."""
 
+    def cached_depth(self, queue: str) -> int | None:
+        """``count_ready`` from a cache in O(1) (a hint), or None when there is no cache to ask."""
+        return None
+
     @abc.abstractmethod
     def seconds_until_due(self, queues: Sequence[str]) -> float | None:
         """Seconds from DB-now until the earliest pending job of ``queues`` is due.

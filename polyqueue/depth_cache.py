@@ -1,0 +1,939 @@
+"""The optional Redis depth cache: O(1) ``Queue.depth`` and Redis wake-ups, over any backend.
+
+:class:`DepthCachedBackend` wraps whatever backend ``connect`` opened -- built
+in or from a plugin -- through the backend interface alone. Per queue it keeps
+in Redis:
+
+* the number of ready (pending and due) jobs, in a hash that expires
+  ``depth_cache_ttl`` seconds after it was last reconciled from the database;
+* the scheduled jobs it saw (delayed enqueues, retries) in a sorted set scored
+  by due time, so a cached zero never hides a job that becomes due; a marker
+  member records when the database said the next unseen job falls due;
+* a generation counter that every change bumps, so a reconcile never writes
+  a count over a change it could not see.
+
+The cache is a hint, never the truth. The database commits first; each
+counter change follows it as one atomic Lua script (increment, expiry and
+publish together). What the wrapper cannot see -- producers without the cache,
+lease rescue, a flushed or restarted Redis -- is corrected by reconciles from
+the database: when a count has expired or vanished, when a claim finds less
+than the cache promised, and every ``safety_poll`` seconds by one idle process
+per queue.
+
+Wake-ups: an enqueue publishes on the queue's channel after its commit. Idle
+workers on backends without their own push wake-ups listen there and read the
+cached counts once a second, so an idle pool costs the database one cheap
+check per queue every ``safety_poll`` seconds (shared by all processes) and
+one claim every :data:`RESCUE_INTERVAL` seconds to rescue expired leases.
+
+Redis trouble never fails a call: every operation falls back to the database,
+a warning is logged once per outage, and when Redis answers again the counts
+the outage may have skewed are dropped and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from .backends.base import Backend, BackendOptions, Capability, WakeupSource
+from .errors import ConfigurationError, PolyqueueError
+from .job import Job, NewJob, ReplayResult
+
+__all__ = [
+    "CHECK_INTERVAL",
+    "DEFAULT_SAFETY_POLL",
+    "DEFAULT_TTL",
+    "RESCUE_INTERVAL",
+    "CachedCounts",
+    "DepthCachedBackend",
+    "RedisWakeups",
+]
+
+log = logging.getLogger("polyqueue.depth_cache")
+T = TypeVar("T")
+
+#: Seconds a reconciled count lives before the next reader rebuilds it from the database.
+DEFAULT_TTL = 10.0
+#: Seconds between database checks of an idle queue (one process per queue does it for everyone).
+DEFAULT_SAFETY_POLL = 5.0
+#: Seconds between an idle worker's reads of the cached counts (covers lost wake-up messages).
+CHECK_INTERVAL = 1.0
+#: Seconds between claims an idle pool makes anyway, so leases of crashed workers are rescued.
+RESCUE_INTERVAL = 30.0
+#: Seconds a process may hold the right to rebuild a vanished count before another may try.
+REBUILD_LOCK = 5.0
+#: Seconds that generation counters, the dedupe memory and scheduled sets outlive their last change.
+KEEP = 86_400
+#: Seconds an idle worker polls the database between Redis retries while Redis is unreachable.
+OUTAGE_POLL = 1.0
+#: Sorted-set member marking when the database said the next job falls due.
+MARKER = "~db"
+_SUPPORTED_SCHEMES = ("redis://", "rediss://", "unix://")
+
+# KEYS: counts hash, scheduled zset, generation, dedupe memory, queue set.
+# ARGV: seconds the change took, channel, queue name, KEEP, then (id, delay, has-dedupe-key) per job.
+# New jobs that are due count as ready; delayed ones go to the scheduled set, dated from when the change
+# began so they never look due later than they are. A job id the dedupe memory has seen is not counted twice.
+_ADD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local began = now - tonumber(ARGV[1])
+local keep = tonumber(ARGV[4])
+local ready, latest = 0, nil
+for i = 5, #ARGV, 3 do
+  local fresh = 1
+  if ARGV[i + 2] == '1' then
+    fresh = redis.call('ZADD', KEYS[4], 'NX', now, ARGV[i])
+  end
+  if fresh == 1 then
+    local delay = tonumber(ARGV[i + 1])
+    if delay <= 0 then
+      ready = ready + 1
+    else
+      local due = began + delay
+      redis.call('ZADD', KEYS[2], due, ARGV[i])
+      if latest == nil or due > latest then latest = due end
+    end
+  end
+end
+if ready > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'ready', ready)
+end
+if latest ~= nil then
+  local want = math.ceil(latest - now) + keep
+  if redis.call('TTL', KEYS[2]) < want then redis.call('EXPIRE', KEYS[2], want) end
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - keep)
+  redis.call('EXPIRE', KEYS[4], keep)
+end
+redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], keep)
+redis.call('SADD', KEYS[5], ARGV[3])
+redis.call('EXPIRE', KEYS[5], keep)
+if ready > 0 and ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], '') end
+return ready
+"""
+
+# KEYS: counts hash, scheduled zset, generation. ARGV: '1' to count ids absent from the scheduled set as
+# ready ones that left, KEEP, then the ids. Returns the ready count left ('' when unknown).
+_TAKE = """
+local gone = 0
+for i = 3, #ARGV do
+  if redis.call('ZREM', KEYS[2], ARGV[i]) == 0 then gone = gone + 1 end
+end
+if ARGV[1] == '1' and gone > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'ready', -gone)
+end
+redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return redis.call('HGET', KEYS[1], 'ready') or ''
+"""
+
+# KEYS: (counts hash, scheduled zset, generation) per queue. ARGV: KEEP, MARKER.
+# Scheduled jobs that have fallen due move into the ready count; a due marker means jobs the cache never saw
+# are due, so the count is dropped to be rebuilt. Returns per queue: ready ('' unknown), seconds until the
+# next scheduled job or marker ('' none), scheduled jobs known.
+_READ = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+for i = 1, #KEYS, 3 do
+  local counts, sched = KEYS[i], KEYS[i + 1]
+  local due = redis.call('ZCOUNT', sched, '-inf', now)
+  if due > 0 then
+    local mark = redis.call('ZSCORE', sched, ARGV[2])
+    local stale = mark and tonumber(mark) <= now
+    redis.call('ZREMRANGEBYSCORE', sched, '-inf', now)
+    if stale then
+      redis.call('DEL', counts)
+    elseif redis.call('EXISTS', counts) == 1 then
+      redis.call('HINCRBY', counts, 'ready', due)
+    end
+    redis.call('INCR', KEYS[i + 2])
+    redis.call('EXPIRE', KEYS[i + 2], ARGV[1])
+  end
+  local first = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
+  local known = redis.call('ZCARD', sched)
+  if redis.call('ZSCORE', sched, ARGV[2]) then known = known - 1 end
+  out[#out + 1] = redis.call('HGET', counts, 'ready') or ''
+  out[#out + 1] = first[2] and tostring(tonumber(first[2]) - now) or ''
+  out[#out + 1] = known
+end
+return out
+"""
+
+# KEYS: generation. Returns the generation and Redis's clock, read before the database is asked.
+_SNAPSHOT = """
+local t = redis.call('TIME')
+return {redis.call('GET', KEYS[1]) or '0', tostring(tonumber(t[1]) + tonumber(t[2]) / 1000000)}
+"""
+
+# KEYS: counts hash, scheduled zset, generation. ARGV: generation seen before asking the database, ready
+# count, Redis clock then, seconds until the next due job per the database ('' none), '1' when nothing is
+# pending at all, TTL in ms, MARKER, KEEP. Writes only if nothing changed meanwhile; returns 1 if written.
+_RECONCILE = """
+if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'ready', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+if ARGV[5] == '1' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('ZREM', KEYS[2], ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+end
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[7])
+  local want = math.ceil(tonumber(ARGV[4])) + tonumber(ARGV[8])
+  if redis.call('TTL', KEYS[2]) < want then redis.call('EXPIRE', KEYS[2], want) end
+end
+return 1
+"""
+
+
+@dataclass(slots=True)
+class CachedCounts:
+    """One queue as the cache sees it: ``ready`` None when unknown (expired, flushed)."""
+
+    ready: int | None
+    #: Seconds until the next scheduled job (or database marker) falls due; None when none is known.
+    next_due_in: float | None
+    #: Scheduled jobs the cache knows of (delayed enqueues and retries it saw).
+    scheduled: int
+
+    @property
+    def has_work(self) -> bool:
+        """Whether a job may be ready now by these counts."""
+        return bool(self.ready) or (self.next_due_in is not None and self.next_due_in <= 0)
+
+
+class _Verdict:
+    """What an idle worker's look at the cache says."""
+
+    WORK = "work"  #: a job may be ready: claim from the database
+    EMPTY = "empty"  #: Redis vouches that nothing is ready: the next claim may be skipped
+    UNSURE = "unsure"  #: a count is being rebuilt elsewhere: keep waiting, but claim at the timeout
+    DOWN = "down"  #: Redis is unreachable: poll the database
+
+
+def _mask(url: str) -> str:
+    """The Redis URL without its password (for messages)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split(":", 1)[0] + "://…"
+
+
+def _database_identity(backend: Backend) -> str:
+    """The database a backend stores in, spelt the same whichever driver or option a process chose."""
+    from sqlalchemy.engine import make_url
+
+    described = backend.describe()
+    try:
+        url = make_url(described)
+    except Exception:
+        return described
+    scheme = url.drivername.split("+", 1)[0]
+    database = url.database or ""
+    if scheme == "sqlite" and database not in ("", ":memory:"):
+        database = os.path.abspath(database)
+    return f"{scheme}://{url.host or ''}:{url.port or ''}/{database}"
+
+
+class _Redis:
+    """The Redis connection, its scripts, and the outage policy: never raise, warn once, heal."""
+
+    def __init__(self, url: str) -> None:
+        if not isinstance(url, str) or not url.startswith(_SUPPORTED_SCHEMES):
+            raise ConfigurationError("depth_cache must be a redis://, rediss:// or unix:// URL")
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError as exc:
+            raise ConfigurationError("the depth cache needs redis-py: pip install 'polyqueue[redis]'") from exc
+        self.masked_url = _mask(url)
+        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        try:
+            # One quick retry lets a pooled connection that died with a restarted Redis reconnect; more would
+            # stall every call of an outage.
+            self.client = redis.Redis.from_url(
+                url,
+                socket_connect_timeout=0.5,
+                socket_timeout=2.0,
+                retry=Retry(NoBackoff(), 1),
+                decode_responses=True,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid depth_cache URL {self.masked_url}") from exc
+        self.add = self.client.register_script(_ADD)
+        self.take = self.client.register_script(_TAKE)
+        self.read = self.client.register_script(_READ)
+        self.snapshot = self.client.register_script(_SNAPSHOT)
+        self.reconcile = self.client.register_script(_RECONCILE)
+        self._lock = threading.Lock()
+        self._down = False
+        self._failures = 0
+        self._retry_at = 0.0
+        self._skewed: set[str] = set()
+        self.on_heal: Callable[[set[str]], None] = lambda queues: None
+
+    def call(self, work: Callable[[Any], T], *, skews: Iterable[str] = ()) -> T | None:
+        """Run ``work(client)``; None if Redis failed (then ``skews`` names queues whose counts are now off)."""
+        if self._down and time.monotonic() < self._retry_at:
+            self._note_skew(skews)
+            return None
+        try:
+            result = work(self.client)
+        except self.errors as exc:
+            self.failed(exc, skews)
+            return None
+        if self._down:
+            self._healed()
+        return result
+
+    def run(self, script: Any, keys: Sequence[str], args: Sequence[Any], *, skews: Iterable[str] = ()) -> Any:
+        """Run a Lua script through :meth:`call`."""
+        return self.call(lambda r: script(keys=keys, args=args, client=r), skews=skews)
+
+    def _note_skew(self, queues: Iterable[str]) -> None:
+        with self._lock:
+            self._skewed.update(queues)
+
+    def failed(self, exc: BaseException, skews: Iterable[str] = ()) -> None:
+        """Record a Redis failure: warn once per outage, pause before the next try, remember skewed queues."""
+        with self._lock:
+            self._skewed.update(skews)
+            first = not self._down
+            self._down = True
+            self._failures += 1
+            self._retry_at = time.monotonic() + min(5.0, 0.25 * 2 ** min(self._failures, 5))
+        if first:
+            log.warning(
+                "Redis depth cache %s unavailable (%s: %s); continuing on the database alone",
+                self.masked_url,
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+
+    def _healed(self) -> None:
+        with self._lock:
+            if not self._down:
+                return
+            self._down = False
+            self._failures = 0
+            skewed, self._skewed = self._skewed, set()
+        log.warning("Redis depth cache %s reachable again; rebuilding the counts it missed", self.masked_url)
+        self.on_heal(skewed)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        try:
+            self.client.close()
+        except self.errors:
+            pass
+
+
+class DepthCachedBackend(Backend):
+    """Any backend plus the Redis depth cache; see the module docstring for what it keeps and why.
+
+    Every call reaches the wrapped backend as before, with three differences:
+    ``cached_depth`` answers from Redis; ``seconds_until_due`` answers from
+    Redis when it can (a hint, used by idle workers); and a worker's claim
+    that follows an idle wait in which Redis vouched nothing was ready returns
+    ``[]`` without asking the database. ``count_ready`` and ``stats`` stay exact.
+    """
+
+    name = "depth-cached"
+    #: What the wrapper adds; an instance also has everything its backend has.
+    capabilities = frozenset({Capability.DEPTH_CACHE, Capability.NOTIFY})
+
+    def __init__(self, inner: Backend, url: str, options: BackendOptions) -> None:
+        self.inner = inner
+        # Instance-level on purpose: the wrapper has its backend's name and features, plus the cache.
+        self.__dict__["name"] = inner.name
+        self.__dict__["capabilities"] = inner.capabilities | type(self).capabilities
+        self.ttl = _positive_seconds(options.get("depth_cache_ttl", DEFAULT_TTL), "depth_cache_ttl")
+        if Capability.NOTIFY not in inner.capabilities:
+            # Workers read the same option. Their idle look at Redis costs the database nothing, so a few
+            # seconds is the default rather than the slower safety poll of backends with their own push.
+            options.setdefault("safety_poll", DEFAULT_SAFETY_POLL)
+        self.safety_poll = _positive_seconds(options.get("safety_poll", DEFAULT_SAFETY_POLL), "safety_poll")
+        self.redis = _Redis(url)
+        self.redis.on_heal = self._rebuild
+        identity = f"{_database_identity(inner)}|{options.get('table_prefix', '')}"
+        digest = hashlib.sha1(identity.encode("utf-8")).hexdigest()[:12]
+        # The hash tag keeps every key of one queue database in one Redis Cluster slot, so scripts may use many.
+        self.key_base = f"{options.get('table_prefix', 'polyqueue_')}cache:{{{digest}}}"
+        self._after_commit = _AfterCommit()
+        self._idle = threading.local()
+
+    def __repr__(self) -> str:
+        return f"<DepthCachedBackend {self.describe()}>"
+
+    # --- keys ------------------------------------------------------------------
+    def _counts_key(self, queue: str) -> str:
+        return f"{self.key_base}:ready:{queue}"
+
+    def _scheduled_key(self, queue: str) -> str:
+        return f"{self.key_base}:scheduled:{queue}"
+
+    def _generation_key(self, queue: str) -> str:
+        return f"{self.key_base}:generation:{queue}"
+
+    def _queue_keys(self, queue: str) -> list[str]:
+        return [self._counts_key(queue), self._scheduled_key(queue), self._generation_key(queue)]
+
+    def channel(self, queue: str) -> str:
+        """The pub/sub channel an enqueue to ``queue`` publishes on after its commit."""
+        return f"{self.key_base}:wake:{queue}"
+
+    @property
+    def _known_queues_key(self) -> str:
+        return f"{self.key_base}:queues"
+
+    @property
+    def _dedupe_memory_key(self) -> str:
+        return f"{self.key_base}:seen"
+
+    def _token(self, kind: str, name: str, seconds: float) -> bool:
+        """Whether this process won the right to do ``kind`` for ``name`` for the next ``seconds``."""
+        key = f"{self.key_base}:{kind}:{name}"
+        got = self.redis.call(lambda r: r.set(key, os.getpid(), nx=True, px=max(1, int(seconds * 1000))))
+        return bool(got)
+
+    # --- lifecycle -------------------------------------------------------------
+    def migrate(self) -> None:
+        """Migrate the wrapped backend."""
+        self.inner.migrate()
+
+    def close(self) -> None:
+        """Close the wrapped backend and the Redis connections. Idempotent."""
+        self._after_commit.close()
+        try:
+            self.inner.close()
+        finally:
+            self.redis.close()
+
+    def describe(self) -> str:
+        """The wrapped backend's description plus the cache's URL, passwords masked."""
+        return f"{self.inner.describe()} (depth cache {self.redis.masked_url})"
+
+    def server_version(self) -> str:
+        """The wrapped backend's server version."""
+        return self.inner.server_version()
+
+    def drop_schema(self) -> None:
+        """Drop the wrapped backend's schema and this queue database's cache keys."""
+        self.inner.drop_schema()
+
+        def drop(r: Any) -> None:
+            keys = list(r.scan_iter(match=f"{self.key_base}:*", count=500))
+            for start in range(0, len(keys), 500):
+                r.unlink(*keys[start : start + 500])
+
+        self.redis.call(drop)
+
+    # --- producing -------------------------------------------------------------
+    def enqueue_many(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Hashable]:
+        """Store through the wrapped backend; count the jobs and publish once they are committed.
+
+        With ``connection`` that is after the caller's transaction commits
+        (SQLAlchemy connections); a rollback leaves the cache untouched.
+        Other connection types are not counted: reconciles find those jobs.
+        """
+        began = time.monotonic()
+        ids = self.inner.enqueue_many(jobs, connection=connection)
+        if not ids:
+            return ids
+        arrivals = list(zip(jobs, ids, strict=True))
+
+        def count() -> None:
+            self._count_arrivals(arrivals, time.monotonic() - began)
+
+        if connection is None:
+            count()
+        else:
+            self._after_commit.add(connection, count)
+        return ids
+
+    def _count_arrivals(self, arrivals: Sequence[tuple[NewJob, Hashable]], elapsed: float) -> None:
+        by_queue: dict[str, list[tuple[Hashable, float, bool]]] = defaultdict(list)
+        now = datetime.now(UTC)
+        for job, job_id in arrivals:
+            delay = (job.run_at - now).total_seconds() if job.run_at is not None else job.delay_seconds
+            by_queue[job.queue].append((job_id, delay, job.dedupe_key is not None))
+        for queue, items in by_queue.items():
+            self._add(queue, items, elapsed)
+
+    def _add(self, queue: str, items: Sequence[tuple[Hashable, float, bool]], elapsed: float) -> None:
+        """Count jobs that became pending in ``queue``: (id, seconds until due, has a dedupe key)."""
+        args: list[Any] = [f"{max(elapsed, 0.0):.6f}", self.channel(queue), queue, KEEP]
+        for job_id, delay, deduped in items:
+            args += [str(job_id), f"{delay:.6f}", "1" if deduped else "0"]
+        keys = [*self._queue_keys(queue), self._dedupe_memory_key, self._known_queues_key]
+        self.redis.run(self.redis.add, keys, args, skews=[queue])
+
+    # --- consuming -------------------------------------------------------------
+    def claim(self, queues: Sequence[str], limit: int, lease: float, worker_id: str) -> list[Job]:
+        """Claim through the wrapped backend and count the jobs out of the ready counts.
+
+        A worker's claim right after an idle wait in which Redis vouched that
+        nothing was ready returns ``[]`` without a database round trip; the
+        shared safety check and rescue claim keep that honest.
+        """
+        if self._consume_idle_proof(queues):
+            return []
+        jobs = self.inner.claim(queues, limit, lease, worker_id)
+        by_queue: dict[str, list[Hashable]] = defaultdict(list)
+        for job in jobs:
+            by_queue[job.queue].append(job.id)
+        for queue, ids in by_queue.items():
+            self._take(queue, ids, count_absent=True)
+        if not jobs:
+            self._recheck_promises(queues)
+        return jobs
+
+    def _take(self, queue: str, ids: Sequence[Hashable], *, count_absent: bool) -> None:
+        args: list[Any] = ["1" if count_absent else "0", KEEP, *(str(i) for i in ids)]
+        keys = self._queue_keys(queue)
+        self.redis.run(self.redis.take, keys, args, skews=[queue])
+
+    def _recheck_promises(self, queues: Sequence[str]) -> None:
+        """An empty claim: where the cache promised work it is wrong, so rebuild those counts now."""
+        counts = self.read_counts(queues)
+        if counts is None:
+            return
+        for queue, seen in counts.items():
+            if seen.has_work and self._token("rebuild", queue, REBUILD_LOCK):
+                self._reconcile_quietly(queue)
+
+    def complete_many(self, jobs: Sequence[tuple[Job, str | None]]) -> set[Hashable]:
+        """Complete through the wrapped backend (ready counts do not change)."""
+        return self.inner.complete_many(jobs)
+
+    def fail(self, job: Job, *, error: str, errors_json: str, retry_in: float | None) -> bool:
+        """Fail through the wrapped backend; a retry counts as scheduled, due after ``retry_in``."""
+        began = time.monotonic()
+        held = self.inner.fail(job, error=error, errors_json=errors_json, retry_in=retry_in)
+        if held and retry_in is not None:
+            self._add(job.queue, [(job.id, retry_in, False)], time.monotonic() - began)
+        return held
+
+    def extend_many(self, jobs: Sequence[Job], lease: float) -> set[Hashable]:
+        """Extend through the wrapped backend."""
+        return self.inner.extend_many(jobs, lease)
+
+    def release_many(self, jobs: Sequence[Job]) -> set[Hashable]:
+        """Release through the wrapped backend; released jobs count as ready again and wake workers."""
+        lost = self.inner.release_many(jobs)
+        by_queue: dict[str, list[tuple[Hashable, float, bool]]] = defaultdict(list)
+        for job in jobs:
+            if job.id not in lost:
+                by_queue[job.queue].append((job.id, 0.0, False))
+        for queue, items in by_queue.items():
+            self._add(queue, items, 0.0)
+        return lost
+
+    # --- inspecting and managing -------------------------------------------------
+    def get(self, job_id: Hashable) -> Job | None:
+        """The job, from the wrapped backend."""
+        return self.inner.get(job_id)
+
+    def cancel(self, job_id: Hashable) -> bool:
+        """Cancel through the wrapped backend; a cancelled job leaves the ready or scheduled count."""
+        job = self.inner.get(job_id)
+        cancelled = self.inner.cancel(job_id)
+        if cancelled and job is not None:
+            due = job.run_at is None or job.run_at <= datetime.now(UTC)
+            self._take(job.queue, [job.id], count_absent=due)
+        return cancelled
+
+    def stats(self, queue: str | None = None) -> dict[str, dict[str, int]]:
+        """Exact counts from the wrapped backend."""
+        return self.inner.stats(queue)
+
+    def count_ready(self, queue: str) -> int:
+        """Exact count from the wrapped backend (``cached_depth`` is the fast one)."""
+        return self.inner.count_ready(queue)
+
+    def cached_depth(self, queue: str) -> int | None:
+        """Ready jobs of ``queue`` from Redis, rebuilt from the database first if the count expired.
+
+        None when Redis is unavailable or another process is rebuilding the
+        count right now (the caller then counts in the database).
+        """
+        counts = self.cached_counts(queue)
+        return None if counts is None or counts.ready is None else max(0, counts.ready)
+
+    def cached_counts(self, queue: str) -> CachedCounts | None:
+        """The cache's view of ``queue`` (ready and known scheduled jobs), or None when Redis is unavailable."""
+        counts = self.read_counts([queue])
+        if counts is None:
+            return None
+        seen = counts[queue]
+        if seen.ready is None and self._token("rebuild", queue, REBUILD_LOCK):
+            rebuilt = self.reconcile(queue)
+            if rebuilt is not None:
+                return rebuilt
+        return seen
+
+    def seconds_until_due(self, queues: Sequence[str]) -> float | None:
+        """From the cache when it knows every queue (a hint: 0 when work is cached), else from the database."""
+        counts = self.read_counts(queues)
+        if counts is None or any(seen.ready is None for seen in counts.values()):
+            return self.inner.seconds_until_due(queues)
+        if any(seen.ready for seen in counts.values()):
+            return 0.0
+        upcoming = [seen.next_due_in for seen in counts.values() if seen.next_due_in is not None]
+        return min(upcoming) if upcoming else None
+
+    def db_now(self) -> datetime:
+        """The database clock, from the wrapped backend."""
+        return self.inner.db_now()
+
+    def dead_jobs(self, queue: str | None, limit: int) -> list[Job]:
+        """Dead jobs, from the wrapped backend."""
+        return self.inner.dead_jobs(queue, limit)
+
+    def replay(self, ids: Iterable[Hashable] | None, queue: str | None) -> ReplayResult:
+        """Replay through the wrapped backend; the affected counts are rebuilt and workers woken."""
+        result = self.inner.replay(ids, queue)
+        if result.replayed:
+            if queue is not None:
+                touched: Iterable[str] = [queue]
+            else:
+                touched = self.redis.call(lambda r: r.smembers(self._known_queues_key)) or set()
+            self._rebuild(set(touched))
+        return result
+
+    def purge(self, status: str, older_than: float, batch_size: int) -> int:
+        """Purge through the wrapped backend (finished jobs are not counted)."""
+        return self.inner.purge(status, older_than, batch_size)
+
+    # --- the cache itself ----------------------------------------------------------
+    def read_counts(self, queues: Sequence[str]) -> dict[str, CachedCounts] | None:
+        """One Redis round trip: each queue's cached counts (scheduled jobs now due move to ready first)."""
+        keys = [key for queue in queues for key in self._queue_keys(queue)]
+        raw = self.redis.run(self.redis.read, keys, [KEEP, MARKER])
+        if raw is None:
+            return None
+        out: dict[str, CachedCounts] = {}
+        for index, queue in enumerate(queues):
+            ready, next_due, known = raw[3 * index : 3 * index + 3]
+            out[queue] = CachedCounts(
+                ready=int(ready) if ready != "" else None,
+                next_due_in=float(next_due) if next_due != "" else None,
+                scheduled=int(known),
+            )
+        return out
+
+    def reconcile(self, queue: str) -> CachedCounts | None:
+        """Rebuild ``queue``'s counts from the database; None if Redis failed or kept changing meanwhile.
+
+        The database is asked when the queue's next job falls due and, only if
+        one is due, how many are. The answer is written only if no change was
+        counted since just before the database was asked, so it never erases one.
+        """
+        keys = self._queue_keys(queue)
+        for _ in range(3):
+            snapshot = self.redis.run(self.redis.snapshot, keys[2:], [])
+            if snapshot is None:
+                return None
+            generation, redis_now = snapshot
+            due_in = self.inner.seconds_until_due([queue])
+            nothing_pending = due_in is None
+            ready = 0 if due_in is None or due_in > 0 else self.inner.count_ready(queue)
+            upcoming = due_in if due_in is not None and due_in > 0 else None
+            args: list[Any] = [
+                generation,
+                ready,
+                redis_now,
+                "" if upcoming is None else f"{upcoming:.6f}",
+                "1" if nothing_pending else "0",
+                max(1, int(self.ttl * 1000)),
+                MARKER,
+                KEEP,
+            ]
+            written = self.redis.run(self.redis.reconcile, keys, args)
+            if written is None:
+                return None
+            if written:
+                if ready:
+                    self.redis.call(lambda r: r.publish(self.channel(queue), ""))
+                fresh = self.read_counts([queue])
+                return fresh[queue] if fresh is not None else CachedCounts(ready, upcoming, 0)
+        return None
+
+    def _reconcile_quietly(self, queue: str) -> CachedCounts | None:
+        """``reconcile`` for background callers: a database outage is the worker's to report, not ours."""
+        try:
+            return self.reconcile(queue)
+        except PolyqueueError as exc:
+            log.debug("could not reconcile queue %r: %s", queue, exc)
+            return None
+
+    def _rebuild(self, queues: set[str]) -> None:
+        """Drop the counts of ``queues`` (rebuilt by their next reader) and wake their workers."""
+        if not queues:
+            return
+
+        def drop(r: Any) -> None:
+            with r.pipeline(transaction=True) as pipe:
+                for queue in queues:
+                    pipe.delete(self._counts_key(queue))
+                    pipe.incr(self._generation_key(queue))
+                    pipe.expire(self._generation_key(queue), KEEP)
+                    pipe.publish(self.channel(queue), "")
+                pipe.execute()
+
+        self.redis.call(drop, skews=queues)
+
+    # --- waiting -------------------------------------------------------------------
+    def wakeup_source(self, queues: Sequence[str]) -> WakeupSource | None:
+        """The wrapped backend's push source if it has one (it sees every producer), else Redis pub/sub."""
+        if Capability.NOTIFY in self.inner.capabilities:
+            return self.inner.wakeup_source(queues)
+        return RedisWakeups(self, queues)
+
+    def idle_verdict(self, queues: Sequence[str]) -> tuple[str, float | None]:
+        """What the cache says to an idle worker, and seconds until the next scheduled job it knows of.
+
+        Also the place where the shared safety check happens: the first idle
+        process to look after ``safety_poll`` seconds reconciles each queue
+        from the database, and one every :data:`RESCUE_INTERVAL` is told to
+        claim so expired leases are rescued.
+        """
+        counts = self.read_counts(queues)
+        if counts is None:
+            return _Verdict.DOWN, None
+        unsure = False
+        for queue in queues:
+            seen = counts[queue]
+            if seen.ready is None:
+                rebuilt = self._reconcile_quietly(queue) if self._token("rebuild", queue, REBUILD_LOCK) else None
+                if rebuilt is None:
+                    unsure = True
+                    continue
+                counts[queue] = seen = rebuilt
+            if seen.has_work:
+                return _Verdict.WORK, 0.0
+        upcoming = [seen.next_due_in for seen in counts.values() if seen.next_due_in is not None]
+        next_due = min(upcoming) if upcoming else None
+        for queue in queues:
+            if self._token("safety", queue, self.safety_poll):
+                rebuilt = self._reconcile_quietly(queue)
+                if rebuilt is not None and rebuilt.has_work:
+                    return _Verdict.WORK, 0.0
+        if self._token("rescue", "leases", RESCUE_INTERVAL):
+            return _Verdict.WORK, 0.0
+        return (_Verdict.UNSURE if unsure else _Verdict.EMPTY), next_due
+
+    def prove_idle(self, queues: Sequence[str]) -> None:
+        """Let this thread's next claim of ``queues`` return ``[]`` without the database (see ``claim``)."""
+        self._idle.proof = (tuple(queues), time.monotonic())
+
+    def _consume_idle_proof(self, queues: Sequence[str]) -> bool:
+        proof = getattr(self._idle, "proof", None)
+        self._idle.proof = None
+        # Only the claim that immediately follows the vouching wait may be skipped.
+        return proof is not None and proof[0] == tuple(queues) and time.monotonic() - proof[1] < 1.0
+
+
+class RedisWakeups:
+    """An idle worker's wake-up source: the queues' Redis channels plus a look at the cached counts each second.
+
+    ``wait`` returns True as soon as a message arrives or the counts show
+    work; at its timeout it returns False, and if Redis vouched that nothing
+    is ready, the worker's next claim is answered without the database.
+    While Redis is unreachable it waits at most :data:`OUTAGE_POLL` seconds,
+    so the worker polls the database instead.
+    """
+
+    def __init__(self, backend: DepthCachedBackend, queues: Sequence[str]) -> None:
+        self.backend = backend
+        self.queues = list(queues)
+        self._pubsub: Any = None
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True if work may be ready."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            verdict, next_due = self.backend.idle_verdict(self.queues)
+            if verdict == _Verdict.WORK:
+                return True
+            remaining = deadline - time.monotonic()
+            if verdict == _Verdict.DOWN:
+                self._unsubscribe()
+                time.sleep(max(0.0, min(remaining, OUTAGE_POLL)))
+                return False
+            if remaining <= 0:
+                if verdict == _Verdict.EMPTY:
+                    self.backend.prove_idle(self.queues)
+                return False
+            pause = min(remaining, CHECK_INTERVAL)
+            if next_due is not None:
+                pause = min(pause, max(next_due, 0.001))
+            if self._listen(pause):
+                return True
+
+    def _listen(self, seconds: float) -> bool:
+        """Wait for a message on the queues' channels; True if one came."""
+        end = time.monotonic() + seconds
+        try:
+            if self._pubsub is None:
+                self._subscribe()
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                if self._pubsub.get_message(ignore_subscribe_messages=True, timeout=left) is not None:
+                    # Debounce: one wake-up covers every message already queued.
+                    while self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0) is not None:
+                        pass
+                    return True
+        except self.backend.redis.errors as exc:
+            self.backend.redis.failed(exc)
+            self._unsubscribe()
+            time.sleep(max(0.0, end - time.monotonic()))
+            return False
+
+    def _subscribe(self) -> None:
+        pubsub = self.backend.redis.client.pubsub()
+        try:
+            pubsub.subscribe(*(self.backend.channel(queue) for queue in self.queues))
+        except BaseException:
+            pubsub.close()
+            raise
+        self._pubsub = pubsub
+
+    def _unsubscribe(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except self.backend.redis.errors:
+                pass
+            self._pubsub = None
+
+    def close(self) -> None:
+        """Close the subscription; idempotent."""
+        self._unsubscribe()
+
+
+def _positive_seconds(value: Any, what: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{what} must be a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigurationError(f"{what} must be a positive number of seconds")
+    return seconds
+
+
+@dataclass(slots=True)
+class _Pending:
+    connection: Any
+    transaction: Any
+    action: Callable[[], None]
+    since: float
+    committing: bool = False
+
+
+class _AfterCommit:
+    """Runs actions once a caller's SQLAlchemy transaction has committed; drops them if it rolls back.
+
+    SQLAlchemy's ``commit`` event fires *before* the database commits, so an
+    action waits (on a small thread) until the transaction has left its
+    connection without a rollback: only then has the commit succeeded. A
+    transaction abandoned for :data:`ABANDONED` seconds drops its actions.
+    """
+
+    ABANDONED = 600.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: weakref.WeakKeyDictionary[Any, list[_Pending]] = weakref.WeakKeyDictionary()
+        self._committing: list[_Pending] = []
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, connection: Any, action: Callable[[], None]) -> bool:
+        """Run ``action`` after ``connection``'s current transaction commits; False if that cannot be seen."""
+        from sqlalchemy import event
+        from sqlalchemy.engine import Connection
+
+        if not isinstance(connection, Connection):
+            return False
+        transaction = connection.get_transaction()
+        if transaction is None:
+            return False
+        with self._lock:
+            pending = self._watched.get(connection)
+            if pending is None:
+                pending = self._watched[connection] = []
+                event.listen(connection, "commit", self._on_commit)
+                event.listen(connection, "rollback", self._on_rollback)
+            pending[:] = [p for p in pending if time.monotonic() - p.since < self.ABANDONED]
+            pending.append(_Pending(connection, transaction, action, time.monotonic()))
+        return True
+
+    def _on_commit(self, connection: Any) -> None:
+        current = connection.get_transaction()
+        with self._lock:
+            pending = self._watched.get(connection, [])
+            ready = [p for p in pending if p.transaction is current]
+            pending[:] = [p for p in pending if p.transaction is not current]
+            for p in ready:
+                p.committing = True
+            self._committing.extend(ready)
+            if ready and self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="polyqueue-after-commit", daemon=True)
+                self._thread.start()
+        if ready:
+            self._wake.set()
+
+    def _on_rollback(self, connection: Any) -> None:
+        current = connection.get_transaction()
+        with self._lock:
+            pending = self._watched.get(connection, [])
+            pending[:] = [p for p in pending if p.transaction is not current]
+            # A failed commit is rolled back while its transaction is still the connection's current one.
+            self._committing = [p for p in self._committing if p.transaction is not current]
+
+    def _run(self) -> None:
+        while not self._closed:
+            with self._lock:
+                done = [p for p in self._committing if p.connection.get_transaction() is not p.transaction]
+                expired = [p for p in self._committing if time.monotonic() - p.since > self.ABANDONED]
+                finished = {id(p) for p in done + expired}
+                self._committing = [p for p in self._committing if id(p) not in finished]
+                idle = not self._committing
+            for p in done:
+                try:
+                    p.action()
+                except Exception:
+                    log.exception("depth cache: counting a committed transactional enqueue failed")
+            if idle:
+                self._wake.wait(1.0)
+                self._wake.clear()
+            else:
+                time.sleep(0.0002)
+
+    def close(self) -> None:
+        """Stop the thread after it runs what has committed."""
+        self._closed = True
+        self._wake.set()
