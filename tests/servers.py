@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["PrivatePostgreSQL", "PrivateServer", "ServerUnavailable", "free_port"]
+__all__ = ["PrivatePostgreSQL", "PrivateRedis", "PrivateServer", "ServerUnavailable", "free_port"]
 
 
 class ServerUnavailable(RuntimeError):
@@ -199,3 +199,46 @@ class PrivatePostgreSQL(PrivateServer):
         if done.returncode != 0:
             raise RuntimeError(f"psql failed: {done.stderr.strip()}")
         return done.stdout.strip()
+
+
+class PrivateRedis(PrivateServer):
+    """A throwaway ``redis-server``: loopback only, no persistence, so a restart comes back empty."""
+
+    kind = "redis"
+
+    def __init__(self) -> None:
+        found = shutil.which("redis-server")
+        if found is None:
+            raise ServerUnavailable("redis-server is not installed")
+        self.bin = found
+        super().__init__()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start ``redis-server`` on this instance's port and wait until it accepts connections."""
+        self.process = subprocess.Popen(
+            [self.bin, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.root), "--logfile", str(self.root / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        if not wait_for_port(self.port, 10.0):
+            self.process.kill()
+            self.process.wait(10)
+            raise ServerUnavailable(f"private Redis did not start on port {self.port}")
+        self.running = True
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: SIGTERM and wait; ``immediate``: SIGKILL, as if it crashed."""
+        if self.process is not None:
+            if mode == "immediate":
+                self.process.kill()
+            else:
+                self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+        self.running = False
