@@ -34,6 +34,7 @@ log = logging.getLogger("polyqueue.worker")
 
 Handler = Callable[[Job], Any]
 _STOP = object()
+_DUE, _WOKEN = "due", "woken"
 #: Longest uninterrupted wait on a wake-up source, so a stop request is seen within it.
 _WAKEUP_SLICE = 0.5
 
@@ -163,8 +164,11 @@ class Worker:
         return restore
 
     def _start_threads(self) -> None:
+        # A fresh hand-off queue per run: a handler thread still stuck in a job from an
+        # earlier run (past its shutdown timeout) must not pick up this run's jobs.
+        self._ready = std_queue.SimpleQueue()
         self._threads = [
-            threading.Thread(target=self._run_handlers, name=f"polyqueue-handler-{i}", daemon=True)
+            threading.Thread(target=self._run_handlers, args=(self._ready,), name=f"polyqueue-handler-{i}", daemon=True)
             for i in range(self.concurrency)
         ]
         self._threads.append(threading.Thread(target=self._complete_loop, name="polyqueue-completer", daemon=True))
@@ -178,6 +182,7 @@ class Worker:
     def _claim_loop(self, burst: bool, wakeups: Any) -> None:
         idle_sleep = self.poll_interval[0]
         outage = 0
+        should_claim, probe_said_due = True, False
         while not self._stopping.is_set():
             with self._lock:
                 while self._free_slots() <= 0 and not self._stopping.is_set():
@@ -185,6 +190,11 @@ class Worker:
                 free = self._free_slots()
             if self._stopping.is_set():
                 return
+            if not should_claim:
+                # Idle: one cheap read decides whether a claim is worth its transaction.
+                reason, idle_sleep = self._wait_for_work(wakeups, idle_sleep)
+                should_claim, probe_said_due = reason is not None, reason == _DUE
+                continue
             try:
                 jobs = self.queue.claim(
                     self.queues, limit=min(free, self.batch_size), lease=self.lease, worker_id=self.worker_id
@@ -214,7 +224,10 @@ class Worker:
                 if not self._anything_due():
                     return
                 continue
-            idle_sleep = self._wait_for_work(wakeups, idle_sleep)
+            if probe_said_due:
+                # The probe said "due" but another worker won the race: do not spin.
+                self._stopping.wait(self.poll_interval[0])
+            should_claim = False
 
     def _anything_due(self) -> bool:
         try:
@@ -223,33 +236,41 @@ class Worker:
             return True
         return wait is not None and wait <= 0
 
-    def _wait_for_work(self, wakeups: Any, idle_sleep: float) -> float:
-        """Sleep until work may be ready; returns the next back-off interval."""
+    def _wait_for_work(self, wakeups: Any, idle_sleep: float) -> tuple[str | None, float]:
+        """Wait until work may be ready; returns (why to claim now, or None; next back-off interval).
+
+        Claims only when the probe says a job is due (or a lease has expired) or a
+        wake-up arrived; a timed-out wait just probes again, so an idle worker costs
+        one small read per safety period (push wake-ups) or per poll interval.
+        """
         try:
             until_due = self.queue.backend.seconds_until_due(self.queues)
         except BackendUnavailable:
-            until_due = None
+            self._stopping.wait(idle_sleep)
+            return _DUE, min(idle_sleep * 2, self.poll_interval[1])
         if until_due is not None and until_due <= 0:
-            return self.poll_interval[0]
+            return _DUE, self.poll_interval[0]
         if wakeups is not None:
             bound = self.safety_poll if until_due is None else min(self.safety_poll, until_due)
             deadline = time.monotonic() + bound
             # Short slices, so stop() and SIGTERM are noticed promptly; a slice costs the database nothing.
             while not self._stopping.is_set():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or wakeups.wait(min(remaining, _WAKEUP_SLICE)):
-                    break
-            return self.poll_interval[0]
+                if remaining <= 0:
+                    return None, self.poll_interval[0]
+                if wakeups.wait(min(remaining, _WAKEUP_SLICE)):
+                    return _WOKEN, self.poll_interval[0]
+            return None, self.poll_interval[0]
         bound = idle_sleep if until_due is None else min(idle_sleep, until_due)
         self._stopping.wait(bound)
-        return min(idle_sleep * 2, self.poll_interval[1])
+        return None, min(idle_sleep * 2, self.poll_interval[1])
 
     # --- handler threads -----------------------------------------------------
-    def _run_handlers(self) -> None:
+    def _run_handlers(self, ready: std_queue.SimpleQueue[Any]) -> None:
         started_hook = self.queue.plugins.hook.polyqueue_job_started
         succeeded_hook = self.queue.plugins.hook.polyqueue_job_succeeded
         while True:
-            job = self._ready.get()
+            job = ready.get()
             if job is _STOP:
                 return
             if self._stopping.is_set():

@@ -165,9 +165,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def seconds_until_due(self, queues: Sequence[str]) -> float | None:
-        """Seconds from DB-now until the earliest pending job of ``queues`` is due.
+        """Seconds from DB-now until a job of ``queues`` may become claimable.
 
-        Zero or negative when one is due already; None when no job is pending.
+        That is the earliest ``run_at`` of a pending job or ``lease_expires_at``
+        of a processing one (an expired lease is claimable again). Zero or
+        negative when one is claimable already; None when there is neither.
+        Idle workers call this instead of claiming, so it must be one cheap
+        read that takes no locks.
         """
 
     @abc.abstractmethod

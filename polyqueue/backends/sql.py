@@ -287,12 +287,16 @@ class SQLBackend(Backend):
     # ------------------------------------------------------------------
     # Engine, transactions and error translation
     # ------------------------------------------------------------------
-    def _create_engine(self) -> Engine:
+    def _create_engine(self, *, autocommit: bool = False) -> Engine:
         url = self.url
         if "+" not in url.drivername and self.default_driver:
             url = url.set(drivername=self.default_driver)
         options: dict[str, Any] = {"pool_reset_on_return": None}
         options.update(self.engine_options())
+        if autocommit:
+            # A pool of its own whose connections stay in autocommit: switching a pooled
+            # connection back and forth costs a SET statement per checkout on some drivers.
+            options.update(isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8)
         try:
             engine = sa.create_engine(url, **options)
         except (ImportError, sa_exc.NoSuchModuleError) as exc:
@@ -302,7 +306,8 @@ class SQLBackend(Backend):
         except sa_exc.ArgumentError as exc:
             raise ConfigurationError(f"invalid options for {self.describe()}: {exc}") from exc
         sa.event.listen(engine, "connect", lambda dbapi_conn, _record: self.on_connect(dbapi_conn))
-        sa.event.listen(engine, "begin", self.begin_transaction)
+        if not autocommit:
+            sa.event.listen(engine, "begin", self.begin_transaction)
         sa.event.listen(engine, "handle_error", self._agree_on_disconnects)
         return engine
 
@@ -315,8 +320,10 @@ class SQLBackend(Backend):
             context.is_disconnect = True
 
     def close(self) -> None:
-        """Dispose of the connection pool."""
+        """Dispose of the connection pools."""
         self.engine.dispose()
+        if self._autocommit_engine is not None and self._autocommit_engine is not self.engine:
+            self._autocommit_engine.dispose()
 
     @contextmanager
     def _connect(self) -> Iterator[Connection]:
@@ -339,8 +346,12 @@ class SQLBackend(Backend):
     def _run_single(self, work: Callable[[Connection], T]) -> T:
         """Like :meth:`_run` for ``work`` that sends ONE statement: autocommit, so no BEGIN/COMMIT round trips."""
         if self._autocommit_engine is None:
-            self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._autocommit_engine = self.autocommit_engine()
         return self._retrying(self._autocommit_engine.begin, work, False)
+
+    def autocommit_engine(self) -> Engine:
+        """The engine for single-statement work; a dialect may return ``self.engine`` (in-memory SQLite)."""
+        return self._create_engine(autocommit=True)
 
     _autocommit_engine: Engine | None = None
 
@@ -738,13 +749,15 @@ class SQLBackend(Backend):
     def seconds_until_due(self, queues: Sequence[str]) -> float | None:
         """Earliest pending ``run_at`` of ``queues`` minus DB-now, both read in one statement."""
         j = self.jobs
-        stmt = sa.select(sa.func.min(j.c.run_at), self.now()).where(
-            j.c.status == PENDING_SQL, j.c.queue.in_(list(queues))
+        names = list(queues)
+        due = sa.select(sa.func.min(j.c.run_at)).where(j.c.status == PENDING_SQL, j.c.queue.in_(names))
+        expiry = sa.select(sa.func.min(j.c.lease_expires_at)).where(
+            j.c.status == PROCESSING_SQL, j.c.queue.in_(names)
         )
-        row = self._run(lambda conn: conn.execute(stmt).one())
-        if row[0] is None:
-            return None
-        return (row[0] - row[1]).total_seconds()  # type: ignore[no-any-return]
+        stmt = sa.select(due.scalar_subquery(), expiry.scalar_subquery(), self.now())
+        next_due, next_expiry, now = self._run_single(lambda conn: conn.execute(stmt).one())
+        moments = [m for m in (next_due, next_expiry) if m is not None]
+        return (min(moments) - now).total_seconds() if moments else None
 
     def db_now(self) -> datetime:
         """The database clock."""

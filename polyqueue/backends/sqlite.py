@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from .base import Capability
@@ -125,11 +125,17 @@ class SQLiteBackend(SQLBackend):
             return ErrorKind.MISSING_SCHEMA
         return super().classify(error)
 
-    def _run(self, work: Callable[[Connection], T], *, retry_duplicates: bool = False) -> T:
+    def _retrying(
+        self, begin: Callable[[], Any], work: Callable[[Connection], T], retry_duplicates: bool
+    ) -> T:
         if self._memory_lock is None:
-            return super()._run(work, retry_duplicates=retry_duplicates)
+            return super()._retrying(begin, work, retry_duplicates)
         with self._memory_lock:
-            return super()._run(work, retry_duplicates=retry_duplicates)
+            return super()._retrying(begin, work, retry_duplicates)
+
+    def autocommit_engine(self) -> Engine:
+        """A second pool on a file; ``:memory:`` has only its one connection."""
+        return self.engine if self.in_memory else super().autocommit_engine()
 
     @contextmanager
     def migration_lock(self, connection: Connection) -> Iterator[None]:
