@@ -1,27 +1,39 @@
-# The two quick-start commands: `make demo` and `make test`. Both set everything up on a fresh machine.
+# The two quick-start commands, `make demo` and `make test`: each sets up what it needs on a fresh machine.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+BASE := $(VENV)/.base-installed
+FULL := $(VENV)/.full-installed
 
-$(STAMP): pyproject.toml plugins/*/pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[postgresql,mysql,redis,dev,bench]'
+
+# The demo runs on the embedded SQLite default: the package alone is enough.
+$(BASE): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $(BASE)
+
+# Tests need every driver, the dev tools and the plugins.
+$(FULL): pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(BIN)/python
+	$(BIN)/pip install -q -e '.[postgresql,mysql,redis,dev]'
 	for p in plugins/*/; do $(BIN)/pip install -q -e "$$p"; done
-	touch $(STAMP)
+	touch $(BASE) $(FULL)
 
-.PHONY: install demo test lint services
-install: $(STAMP)
-
-demo: $(STAMP)
+.PHONY: demo test lint services bench
+demo: $(BASE)
 	$(BIN)/polyqueue demo
 
 services:
 	./.ci/services
 
-test: $(STAMP)
-	./.ci/services
+lint: $(FULL)
 	$(BIN)/ruff check polyqueue plugins tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+test: $(FULL) services lint
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+bench: $(FULL)
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/polyqueue bench $(BENCH_ARGS)
