@@ -161,3 +161,15 @@ def test_a_worker_runs_jobs_enqueued_while_it_waits(q: polyqueue.Queue) -> None:
     assert not runner.is_alive()
     assert sorted(seen) == [1, 2, 3]
     assert [q.require(i).result for i in ids] == [2, 4, 6]
+
+
+def test_seconds_until_due_counts_scheduled_jobs_and_lease_expiries(q: polyqueue.Queue) -> None:
+    backend = q.backend
+    assert backend.seconds_until_due(["default"]) is None
+    q.enqueue("t")
+    assert backend.seconds_until_due(["default"]) <= 0
+    q.claim(lease=60)
+    assert 55 < backend.seconds_until_due(["default"]) <= 60  # the lease: its job is claimable when it ends
+    assert backend.seconds_until_due(["other"]) is None
+    q.enqueue("t", queue="other", delay=20)
+    assert 15 < backend.seconds_until_due(["default", "other"]) <= 20

@@ -142,7 +142,7 @@ class _Store:
         self.next_id = 1
         self.ready: dict[str, list[tuple[int, int, int, int]]] = {}  # queue -> (-priority, run_at, id, entry)
         self.scheduled: dict[str, list[tuple[int, int, int]]] = {}  # queue -> (run_at, id, entry)
-        self.leases: list[tuple[int, int, int]] = []  # (lease_expires_at, id, lease_token)
+        self.leases: dict[str, list[tuple[int, int, int]]] = {}  # queue -> (lease_expires_at, id, lease_token)
         self.live_keys: dict[tuple[str, str], int] = {}
         self.pending: dict[str, set[int]] = {}
         self.counts: dict[str, dict[str, int]] = {}
@@ -193,7 +193,7 @@ class _Store:
 
     def index_lease(self, row: _Row) -> None:
         assert row.lease_expires_at is not None
-        heapq.heappush(self.leases, (row.lease_expires_at, row.id, row.lease_token))
+        heapq.heappush(self.leases.setdefault(row.queue, []), (row.lease_expires_at, row.id, row.lease_token))
 
     def signal(self, queues: Iterable[str]) -> None:
         for name in queues:
@@ -216,22 +216,24 @@ class _Store:
 
     # --- the claim path -------------------------------------------------------------
     def rescue_expired(self, now: int) -> None:
-        """Expired leases: pending again, or dead when the attempt was the last (as the SQL rescue does)."""
-        heap = self.leases
-        while heap and heap[0][0] <= now:
-            expires, row_id, token = heapq.heappop(heap)
-            row = self._held_lease(row_id, token, expires)
-            if row is None:
-                continue
-            row.last_error = f"lease expired while held by {row.locked_by or '?'}"
-            row.locked_by = None
-            row.lease_expires_at = None
-            if row.attempts >= row.max_attempts:
-                row.finished_at = now
-                self.set_status(row, JobStatus.DEAD)
-            else:
-                self.set_status(row, JobStatus.PENDING)
-                self.index_pending(row, now)
+        """Expired leases of every queue: pending again, or dead when the attempt was the last (as in SQL)."""
+        for heap in self.leases.values():
+            while heap and heap[0][0] <= now:
+                expires, row_id, token = heapq.heappop(heap)
+                row = self._held_lease(row_id, token, expires)
+                if row is not None:
+                    self._rescue(row, now)
+
+    def _rescue(self, row: _Row, now: int) -> None:
+        row.last_error = f"lease expired while held by {row.locked_by or '?'}"
+        row.locked_by = None
+        row.lease_expires_at = None
+        if row.attempts >= row.max_attempts:
+            row.finished_at = now
+            self.set_status(row, JobStatus.DEAD)
+        else:
+            self.set_status(row, JobStatus.PENDING)
+            self.index_pending(row, now)
 
     def promote_due(self, queues: Sequence[str], now: int) -> None:
         """Move scheduled rows that are due now into their queue's ready heap."""
@@ -275,8 +277,9 @@ class _Store:
             taken.append(self.rows[best[0][2]])
         return taken
 
-    def next_lease_expiry(self) -> int | None:
-        heap = self.leases
+    def next_lease_expiry(self, name: str) -> int | None:
+        """When the earliest live lease of a queue expires, dropping stale entries on the way."""
+        heap = self.leases.get(name)
         while heap and self._held_lease(heap[0][1], heap[0][2], heap[0][0]) is None:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
@@ -291,9 +294,10 @@ class MemoryWakeups:
     """Push wake-ups for idle workers of one process: a condition variable instead of LISTEN/NOTIFY.
 
     ``wait`` returns True as soon as a job is enqueued, released, retried or
-    replayed on one of its queues, or a lease expires (its job may be
-    rescued), and False on timeout. A signal between two waits is not lost:
-    each wait compares the store's counters with the ones it saw last.
+    replayed on one of its queues, and False on timeout. A signal between two
+    waits is not lost: each wait compares the store's counters with the ones
+    it saw last. (Lease expiries need no signal: the worker bounds its wait
+    by :meth:`MemoryBackend.seconds_until_due`, which counts them.)
     """
 
     def __init__(self, backend: MemoryBackend, queues: Sequence[str]) -> None:
@@ -320,12 +324,6 @@ class MemoryWakeups:
                     self._seen = seen
                     return True
                 remaining = deadline - time.monotonic()
-                expiry = store.next_lease_expiry()
-                if expiry is not None:
-                    until_expiry = (expiry - _clock().now()) / 1e6
-                    if until_expiry <= 0:
-                        return True
-                    remaining = min(remaining, until_expiry)
                 if remaining <= 0:
                     return False
                 store.changed.wait(remaining)
@@ -347,6 +345,8 @@ class MemoryBackend(Backend):
     capabilities = frozenset({Capability.DEDUPE, Capability.PRIORITIES, Capability.DELAYED, Capability.NOTIFY})
     #: Conformance tests this backend is known to fail, ``{"TestArea::test_name": "reason"}``: none.
     known_failures: ClassVar[dict[str, str]] = {}
+    #: Where ``polyqueue compat`` runs the conformance suite for this backend (it needs no server).
+    conformance_url: ClassVar[str] = "memory://conformance"
 
     def __init__(self, url: URL, options: BackendOptions) -> None:
         if "+" in url.drivername:
@@ -609,20 +609,26 @@ class MemoryBackend(Backend):
             return sum(1 for row_id in store.pending.get(queue, ()) if rows[row_id].run_at <= now)
 
     def seconds_until_due(self, queues: Sequence[str]) -> float | None:
-        """Seconds until the earliest pending job of ``queues`` is due; <= 0 if one is; None if none pending."""
+        """Seconds until a job of ``queues`` may become claimable: a pending job due, or a lease expiring.
+
+        Zero or negative when one is claimable already; None when no job is pending or processing.
+        """
         store = self._store()
         with store.lock:
             now = _clock().now()
             store.promote_due(queues, now)
-            earliest: int | None = None
+            moments: list[int] = []
             for name in queues:
                 ready = store.top_ready(name)
                 if ready is not None:
                     return (ready[1] - now) / 1e6
                 scheduled = store.top_scheduled(name)
-                if scheduled is not None and (earliest is None or scheduled[0] < earliest):
-                    earliest = scheduled[0]
-            return None if earliest is None else (earliest - now) / 1e6
+                if scheduled is not None:
+                    moments.append(scheduled[0])
+                expiry = store.next_lease_expiry(name)
+                if expiry is not None:
+                    moments.append(expiry)
+            return (min(moments) - now) / 1e6 if moments else None
 
     def db_now(self) -> datetime:
         """The process clock (see the module docstring)."""
