@@ -266,6 +266,20 @@ def test_lock_wait_timeout_is_rolled_back_and_retried(fresh_queue: MakeQueue, my
     assert q.require(job_id).status == "cancelled"
 
 
+def test_a_killed_connection_is_replaced_without_an_error(fresh_queue: MakeQueue, mysql_url: str) -> None:
+    q = fresh_queue(mysql_url)
+    backend = mysql_backend(q)
+    backend.engine.dispose()
+    with backend.engine.connect() as conn:
+        victim = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+    killer = sa.create_engine(mysql_url, poolclass=sa.pool.NullPool)
+    with killer.connect() as conn:
+        conn.exec_driver_sql(f"KILL CONNECTION {int(victim)}")
+    killer.dispose()
+    job_id = q.enqueue("t")
+    assert q.require(job_id).status == "pending"
+
+
 def test_a_real_deadlock_is_classified_transient(fresh_queue: MakeQueue, mysql_url: str) -> None:
     q = fresh_queue(mysql_url)
     backend = mysql_backend(q)
