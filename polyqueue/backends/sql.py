@@ -430,7 +430,9 @@ class SQLBackend(Backend):
     # ------------------------------------------------------------------
     # Producing
     # ------------------------------------------------------------------
-    def _row_values(self, job: NewJob) -> dict[str, Any]:
+    @staticmethod
+    def _column_values(job: NewJob) -> dict[str, Any]:
+        """The plain column values of a new job (times are added as SQL expressions)."""
         return {
             "queue": job.queue,
             "job_type": job.job_type,
@@ -441,27 +443,20 @@ class SQLBackend(Backend):
             "max_attempts": job.max_attempts,
             "lease_token": 0,
             "dedupe_key": job.dedupe_key,
-            "created_at": self.now(),
-            "run_at": (
-                sa.literal(job.run_at, self.time_type())
-                if job.run_at is not None
-                else self.seconds_from_now(sa.literal(float(job.delay_seconds), sa.Float()))
-            ),
         }
 
+    def _row_values(self, job: NewJob) -> dict[str, Any]:
+        """Values for a single-row INSERT, times from the database clock."""
+        run_at = (
+            sa.literal(job.run_at, self.time_type())
+            if job.run_at is not None
+            else self.seconds_from_now(sa.literal(float(job.delay_seconds), sa.Float()))
+        )
+        return {**self._column_values(job), "created_at": self.now(), "run_at": run_at}
+
     def _plain_insert_params(self, job: NewJob) -> dict[str, Any]:
-        return {
-            "queue": job.queue,
-            "job_type": job.job_type,
-            "payload": job.payload_json,
-            "priority": job.priority,
-            "status": JobStatus.PENDING,
-            "attempts": 0,
-            "max_attempts": job.max_attempts,
-            "lease_token": 0,
-            "dedupe_key": None,
-            "delay": float(job.delay_seconds),
-        }
+        """Parameters for :meth:`plain_insert` (no dedupe key, no absolute run_at)."""
+        return {**self._column_values(job), "delay": float(job.delay_seconds)}
 
     def _enqueue_in(self, conn: Connection, jobs: Sequence[NewJob]) -> list[Hashable]:
         ids: list[Hashable | None] = [None] * len(jobs)
