@@ -334,18 +334,19 @@ class MySQLBackend(SQLBackend):
         return ids
 
     def insert_rows(self, connection: Connection, rows: list[dict[str, Any]]) -> list[Hashable]:
-        """Multi-row INSERTs of up to 1,000 rows, bound values, statement text cached per row count.
+        """Multi-row INSERTs of up to 1,000 rows, values bound, statement text built without SQLAlchemy's compiler.
 
         Without RETURNING, an INSERT reports only ``LAST_INSERT_ID()``, the
         first id it generated. The others follow from it only when InnoDB hands
-        a multi-row INSERT consecutive values: with ``innodb_autoinc_lock_mode``
-        0 or 1 (MariaDB's default) it does, spaced by
-        ``auto_increment_increment``, so ids are computed. With mode 2 (MySQL
-        8's default) concurrent inserts interleave their values, so the rows
-        carry a random ``insert_tag`` and their ids are read back in one
+        a multi-row INSERT consecutive values, which it guarantees with
+        ``innodb_autoinc_lock_mode`` 0 or 1 (MariaDB's default): ids are then
+        computed, spaced by ``auto_increment_increment``. With mode 2 (MySQL
+        8's default) concurrent statements may interleave their values, so the
+        rows carry a random ``insert_tag`` and their ids are read back in one
         primary-key range read from the first id (ids grow in row order within
         a statement, and each statement starts above the previous one). Both
-        settings are read once per call, from the connection that inserts.
+        settings are read once per call, from the connection that inserts, so
+        a caller's connection with its own session settings is handled too.
         """
         if len(rows) == 1:
             result = connection.exec_driver_sql(self._bulk_statement(1, tagged=False), self._bulk_params(rows))
