@@ -150,17 +150,18 @@ class PostgreSQLBackend(SQLBackend):
         return sa.type_coerce(self.now().op("+")(interval), sa.DateTime(timezone=True))
 
     def engine_options(self) -> dict[str, Any]:
-        """UTC sessions, an application name to find our connections by, bounded connects, TCP keepalives."""
-        return {
-            "connect_args": {
-                "options": "-c timezone=UTC",
-                "application_name": "polyqueue",
-                "connect_timeout": 10,
-                **_KEEPALIVES,
-            },
-            "pool_size": 8,
-            "max_overflow": 32,
-        }
+        """UTC sessions, an application name to find our connections by, bounded connects, TCP keepalives.
+
+        Connection parameters given in the URL's query win over these defaults.
+        """
+        query = self.url.query
+        defaults = {"application_name": "polyqueue", "connect_timeout": 10, **_KEEPALIVES}
+        connect_args: dict[str, Any] = {k: v for k, v in defaults.items() if k not in query}
+        user_options = query.get("options")
+        connect_args["options"] = " ".join(
+            [*([user_options] if isinstance(user_options, str) else user_options or []), "-c timezone=UTC"]
+        )
+        return {"connect_args": connect_args, "pool_size": 8, "max_overflow": 32}
 
     def classify(self, error: sa_exc.DBAPIError) -> str:
         """SQLSTATE-based: 40001/40P01/55P03 transient, classes 08/57P disconnects, 42P01 missing table."""
@@ -256,7 +257,7 @@ class PostgreSQLBackend(SQLBackend):
 
     def claim(self, queues: Sequence[str], limit: int, lease: float, worker_id: str) -> list[Job]:
         """Rescue expired leases and claim up to ``limit`` ready jobs in one statement; see :class:`Backend`."""
-        params = {"queues": list(queues), "limit": limit, "worker_id": worker_id, "lease": float(lease)}
+        params = {"queues": list(dict.fromkeys(queues)), "limit": limit, "worker_id": worker_id, "lease": float(lease)}
         rows = self._run_single(lambda conn: list(conn.execute(self._claim_statement, params)))
         jobs = [self._job_from_row(r) for r in rows]
         jobs.sort(key=self._claim_order)
@@ -367,9 +368,8 @@ class PgListener:
         import psycopg
 
         args, kwargs = self.backend.engine.dialect.create_connect_args(self.backend.engine.url)
-        kwargs = {**kwargs, **_KEEPALIVES, "autocommit": True, "application_name": "polyqueue-listen"}
-        kwargs.setdefault("connect_timeout", 10)
-        kwargs.pop("options", None)
+        kwargs = {"connect_timeout": 10, **_KEEPALIVES, **kwargs, "autocommit": True}
+        kwargs["application_name"] = "polyqueue-listen"  # how operators (and tests) find this connection
         self.conn = psycopg.connect(*args, **kwargs)
         self.conn.execute(f'LISTEN "{self.backend.channel}"')
 
