@@ -78,6 +78,8 @@ KEEP = 86_400
 OUTAGE_POLL = 1.0
 #: Sorted-set member marking when the database said the next job falls due.
 MARKER = "~db"
+#: Seconds a scheduled job's cached due time may trail its real one (the Redis call after the commit).
+LATE = 0.05
 _SUPPORTED_SCHEMES = ("redis://", "rediss://", "unix://")
 
 # KEYS: counts hash, scheduled zset, generation, dedupe memory, queue set.
@@ -127,13 +129,16 @@ return ready
 
 # KEYS: counts hash, scheduled zset, generation. ARGV: '1' to count ids absent from the scheduled set as
 # ready ones that left, KEEP, then the ids. Returns the ready count left ('' when unknown).
+# A count rebuilt while jobs were ready could not learn when unseen scheduled jobs fall due, so when it
+# drains to zero it is dropped: the next reader's rebuild asks the database, and a cached zero hides nothing.
 _TAKE = """
 local gone = 0
 for i = 3, #ARGV do
   if redis.call('ZREM', KEYS[2], ARGV[i]) == 0 then gone = gone + 1 end
 end
 if ARGV[1] == '1' and gone > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'ready', -gone)
+  local left = redis.call('HINCRBY', KEYS[1], 'ready', -gone)
+  if left <= 0 and redis.call('HGET', KEYS[1], 'recheck') == '1' then redis.call('DEL', KEYS[1]) end
 end
 redis.call('INCR', KEYS[3])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
@@ -181,21 +186,40 @@ return {redis.call('GET', KEYS[1]) or '0', tostring(tonumber(t[1]) + tonumber(t[
 
 # KEYS: counts hash, scheduled zset, generation. ARGV: generation seen before asking the database, ready
 # count, Redis clock then, seconds until the next due job per the database ('' none), '1' when nothing is
-# pending at all, TTL in ms, MARKER, KEEP. Writes only if nothing changed meanwhile; returns 1 if written.
+# pending at all, TTL in ms, MARKER, KEEP, LATE. Writes only if nothing changed meanwhile; returns 1 if written.
+# Scheduled jobs due before the database was asked are in its count, so they leave the set. When it counted
+# ready jobs, jobs falling due while it was asked may be in that count too: they leave as well, and a marker
+# at the latest of their times has the count rebuilt once they are surely due, so none is counted twice.
 _RECONCILE = """
 if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local asked, now = tonumber(ARGV[3]), tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ready = tonumber(ARGV[2])
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'ready', ARGV[2])
+redis.call('HSET', KEYS[1], 'ready', ready)
+if ready > 0 then redis.call('HSET', KEYS[1], 'recheck', '1') end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 if ARGV[5] == '1' then
   redis.call('DEL', KEYS[2])
+  return 1
+end
+redis.call('ZREM', KEYS[2], ARGV[7])
+local mark = nil
+if ARGV[4] ~= '' then mark = asked + tonumber(ARGV[4]) end
+if ready > 0 then
+  local cut = now + tonumber(ARGV[9])
+  local unsure = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[3], cut, 'WITHSCORES')
+  if #unsure > 0 then
+    local latest = tonumber(unsure[#unsure])
+    if mark == nil or latest < mark then mark = latest end
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cut)
 else
-  redis.call('ZREM', KEYS[2], ARGV[7])
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
 end
-if ARGV[4] ~= '' then
-  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[7])
-  local want = math.ceil(tonumber(ARGV[4])) + tonumber(ARGV[8])
+if mark ~= nil then
+  redis.call('ZADD', KEYS[2], mark, ARGV[7])
+  local want = math.ceil(mark - now) + tonumber(ARGV[8])
   if redis.call('TTL', KEYS[2]) < want then redis.call('EXPIRE', KEYS[2], want) end
 end
 return 1
@@ -409,11 +433,25 @@ class DepthCachedBackend(Backend):
     def _dedupe_memory_key(self) -> str:
         return f"{self.key_base}:seen"
 
+    def _token_key(self, kind: str, name: str) -> str:
+        return f"{self.key_base}:{kind}:{name}"
+
     def _token(self, kind: str, name: str, seconds: float) -> bool:
         """Whether this process won the right to do ``kind`` for ``name`` for the next ``seconds``."""
-        key = f"{self.key_base}:{kind}:{name}"
+        key = self._token_key(kind, name)
         got = self.redis.call(lambda r: r.set(key, os.getpid(), nx=True, px=max(1, int(seconds * 1000))))
         return bool(got)
+
+    def _rebuild_if_first(self, queue: str) -> CachedCounts | None:
+        """Reconcile ``queue`` unless another process is doing it right now; None if this one did not."""
+        if not self._token("rebuild", queue, REBUILD_LOCK):
+            return None
+        try:
+            return self._reconcile_quietly(queue)
+        finally:
+            # The lock's expiry only covers a holder that died; a finished rebuild frees it at once.
+            key = self._token_key("rebuild", queue)
+            self.redis.call(lambda r: r.delete(key))
 
     # --- lifecycle -------------------------------------------------------------
     def migrate(self) -> None:
@@ -518,8 +556,8 @@ class DepthCachedBackend(Backend):
         if counts is None:
             return
         for queue, seen in counts.items():
-            if seen.has_work and self._token("rebuild", queue, REBUILD_LOCK):
-                self._reconcile_quietly(queue)
+            if seen.has_work:
+                self._rebuild_if_first(queue)
 
     def complete_many(self, jobs: Sequence[tuple[Job, str | None]]) -> set[Hashable]:
         """Complete through the wrapped backend (ready counts do not change)."""
@@ -585,10 +623,8 @@ class DepthCachedBackend(Backend):
         if counts is None:
             return None
         seen = counts[queue]
-        if seen.ready is None and self._token("rebuild", queue, REBUILD_LOCK):
-            rebuilt = self.reconcile(queue)
-            if rebuilt is not None:
-                return rebuilt
+        if seen.ready is None:
+            return self._rebuild_if_first(queue) or seen
         return seen
 
     def seconds_until_due(self, queues: Sequence[str]) -> float | None:
@@ -667,6 +703,7 @@ class DepthCachedBackend(Backend):
                 max(1, int(self.ttl * 1000)),
                 MARKER,
                 KEEP,
+                LATE,
             ]
             written = self.redis.run(self.redis.reconcile, keys, args)
             if written is None:
@@ -724,7 +761,7 @@ class DepthCachedBackend(Backend):
         for queue in queues:
             seen = counts[queue]
             if seen.ready is None:
-                rebuilt = self._reconcile_quietly(queue) if self._token("rebuild", queue, REBUILD_LOCK) else None
+                rebuilt = self._rebuild_if_first(queue)
                 if rebuilt is None:
                     unsure = True
                     continue
@@ -922,6 +959,8 @@ class _AfterCommit:
                 finished = {id(p) for p in done + expired}
                 self._committing = [p for p in self._committing if id(p) not in finished]
                 idle = not self._committing
+                # A commit returns within milliseconds; one that failed waits for its rollback, so look less often.
+                fresh = any(time.monotonic() - p.since < 1.0 for p in self._committing)
             for p in done:
                 try:
                     p.action()
@@ -931,7 +970,7 @@ class _AfterCommit:
                 self._wake.wait(1.0)
                 self._wake.clear()
             else:
-                time.sleep(0.0002)
+                time.sleep(0.0002 if fresh else 0.05)
 
     def close(self) -> None:
         """Stop the thread after it runs what has committed."""
