@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata, util
 from pathlib import Path
@@ -280,9 +280,11 @@ def _version_text(version: str, target: Target) -> str:
     return f"{version} + Redis {redis_version}"
 
 
-def _run_suite(run: _Run, workdir: Path, only: Sequence[str] | None, pytest_args: Sequence[str]) -> None:
+def _run_suite(
+    run: _Run, workdir: Path, only: Sequence[str] | None, pytest_args: Sequence[str], *, tag: str = ""
+) -> None:
     """Run the suite for one target in a subprocess and read its JSON report into ``run``."""
-    report = workdir / f"report-{run.target.key.replace('+', '_').replace('#', '_')}.json"
+    report = workdir / f"report-{run.target.key.replace('+', '_').replace('#', '_')}{tag}.json"
     env = {
         **os.environ,
         "POLYQUEUE_CONFORMANCE_URL": run.target.url,
@@ -592,39 +594,71 @@ def check_matrix(
     matrix_path: str | Path = "compat_matrix/matrix.json",
     columns: Iterable[str] | None = None,
     *,
-    parallel: int = 3,
+    leave_out: Iterable[str] = (),
+    shards: int = 2,
+    parallel: int = 6,
     progress: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Re-run, per column, the tests the committed matrix shows passing; return every regression found.
 
-    ``columns`` limits the check to those column keys (default: all). A
+    ``columns`` limits the check to those column keys (default: all);
+    ``leave_out`` names capabilities whose tests are not re-run (for a
+    quicker check: ``multi_process`` tests start worker processes). Each
+    column's tests are split into ``shards`` subprocesses (the suite is
+    mostly waiting on leases and timers), ``parallel`` running at once. A
     column whose server is unreachable is left out (reported as a problem
     when ``POLYQUEUE_REQUIRE_BACKENDS`` is set). A regression is a test shown
     as passing that now fails, errors, is skipped or no longer exists. An
     empty list means every checked cell still passes.
     """
+    say = progress or (lambda _message: None)
     committed = json.loads(Path(matrix_path).read_text(encoding="utf-8"))
     wanted = set(committed["backends"]) if columns is None else set(columns)
     passing: dict[str, list[str]] = {}
+    skipped_capabilities = set(leave_out)
     for name, test in committed["tests"].items():
+        if skipped_capabilities & set(test["requires"]):
+            continue
         for key, result in test["results"].items():
             if key in wanted and result["outcome"] == PASSED:
                 passing.setdefault(key, []).append(name)
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="polyqueue-compat-check-") as tmp:
-        available = {t.key: t for t in default_targets(tmp)}
+        root = Path(tmp)
+        available = {t.key: t for t in default_targets(root)}
         for key in sorted(wanted - set(available)):
             problems.append(f"column {key!r} of the committed matrix has no target here (plugin not installed?)")
-        keys = sorted(set(passing) & set(available))
-        matrix = collect_matrix([available[k] for k in keys], parallel=parallel, only=passing, progress=progress)
-    for key in keys:
-        backend = matrix["backends"][key]
-        if backend["status"] != "ran":
-            if backend["status"] == "error" or backends_required():
-                problems.append(f"{key}: {backend['status']}: {backend['reason']}")
+        work: list[tuple[_Run, list[str], str]] = []
+        for key in sorted(set(passing) & set(available)):
+            names = sorted(passing[key])
+            for i in range(max(1, shards)):
+                part = names[i :: max(1, shards)]
+                if part:
+                    shard_dir = root / f"shard-{len(work)}"
+                    shard_dir.mkdir()
+                    # A SQLite target gets a file of its own per shard; server URLs are unchanged.
+                    target = replace(available[key], url=available[key].url.replace(str(root), str(shard_dir)))
+                    work.append((_Run(target), part, f"{len(work)}"))
+
+        def one(item: tuple[_Run, list[str], str]) -> _Run:
+            run, part, tag = item
+            if _probe(run):
+                _run_suite(run, root, part, (), tag=tag)
+            say(f"{run.target.key} (shard {tag}): {_run_summary(run)}")
+            return run
+
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            list(pool.map(one, work))
+    reported: set[str] = set()
+    for run, part, _tag in work:
+        key = run.target.key
+        if run.status != "ran":
+            if (run.status == "error" or backends_required()) and key not in reported:
+                reported.add(key)
+                problems.append(f"{key}: {run.status}: {run.reason}")
             continue
-        for name in passing[key]:
-            result = matrix["tests"].get(name, {}).get("results", {}).get(key, {"outcome": MISSING})
+        for name in part:
+            result = run.results.get(name, {"outcome": MISSING})
             if result["outcome"] != PASSED:
                 why = f" ({_short_reason(result.get('reason', ''))})" if result.get("reason") else ""
                 problems.append(f"{key} {name}: committed matrix says passed, now {result['outcome']}{why}")

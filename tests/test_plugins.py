@@ -153,3 +153,13 @@ def test_a_misspelt_hook_on_a_plugin_object_is_reported(tmp_path: Path) -> None:
 
     with pytest.raises(polyqueue.ConfigurationError, match="polyqueue_job_succeded"):
         polyqueue.connect(f"sqlite:///{tmp_path / 'x.db'}", plugins=[Metrics()])
+
+
+def test_the_backend_guide_covers_every_interface_method_and_capability() -> None:
+    from polyqueue.backends.base import CAPABILITIES, Backend
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "writing-a-backend.md").read_text(encoding="utf-8")
+    methods = [name for name, value in vars(Backend).items() if callable(value) and not name.startswith("_")]
+    missing = [name for name in methods if f"`{name}(" not in guide]
+    missing += [cap for cap in sorted(CAPABILITIES) if f"| `{cap}` |" not in guide]
+    assert missing == [], "docs/writing-a-backend.md does not describe these yet"

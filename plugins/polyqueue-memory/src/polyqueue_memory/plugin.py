@@ -1,4 +1,4 @@
-"""The pluggy plugin module the ``polyqueue`` entry point ``memory`` names."""
+"""The pluggy plugin module this package's ``polyqueue`` entry point names (see pyproject.toml)."""
 
 from __future__ import annotations
 
