@@ -34,6 +34,8 @@ MAX_NAME_LENGTH = 255
 MAX_ERROR_LENGTH = 16_384
 ERROR_HISTORY_LIMIT = 20
 MAX_CLAIM_BATCH = 1000
+#: Durations beyond this (100 years) overflow some databases' date types.
+MAX_DURATION_SECONDS = 100 * 365 * 86400
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -72,6 +74,8 @@ def parse_duration(value: float | int | timedelta | str, what: str = "duration")
         raise InvalidArgument(f"{what} must be a number of seconds, a timedelta or text like '7d'")
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidArgument(f"{what} must be a finite number of seconds >= 0")
+    if seconds > MAX_DURATION_SECONDS:
+        raise InvalidArgument(f"{what} of {seconds:g}s is beyond the 100-year limit")
     return seconds
 
 

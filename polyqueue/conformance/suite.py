@@ -866,6 +866,7 @@ class TestBadInput:
             {"max_attempts": 0},
             {"delay": -1},
             {"delay": "soon"},
+            {"delay": 1e13},
             {"dedupe_key": ""},
             {"run_at": datetime(2030, 1, 1)},
         ],
