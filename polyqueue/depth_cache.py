@@ -21,10 +21,12 @@ than the cache promised, and every ``safety_poll`` seconds by one idle process
 per queue.
 
 Wake-ups: an enqueue publishes on the queue's channel after its commit. Idle
-workers on backends without their own push wake-ups listen there and read the
-cached counts once a second, so an idle pool costs the database one cheap
-check per queue every ``safety_poll`` seconds (shared by all processes) and
-one claim every :data:`RESCUE_INTERVAL` seconds to rescue expired leases.
+workers on backends without their own push wake-ups listen there, and their
+idle probe (``seconds_until_due``) and a look once a second are answered from
+Redis, so an idle pool costs the database one cheap probe per queue every
+``safety_poll`` seconds, made by whichever process comes first. That probe
+also sees expired leases (a crashed worker's jobs) and wakes a worker to
+claim them.
 
 Redis trouble never fails a call: every operation falls back to the database,
 a warning is logged once per outage, and when Redis answers again the counts
@@ -53,7 +55,6 @@ __all__ = [
     "CHECK_INTERVAL",
     "DEFAULT_SAFETY_POLL",
     "DEFAULT_TTL",
-    "RESCUE_INTERVAL",
     "CachedCounts",
     "DepthCachedBackend",
     "RedisWakeups",
@@ -68,15 +69,13 @@ DEFAULT_TTL = 10.0
 DEFAULT_SAFETY_POLL = 5.0
 #: Seconds between an idle worker's reads of the cached counts (covers lost wake-up messages).
 CHECK_INTERVAL = 1.0
-#: Seconds between claims an idle pool makes anyway, so leases of crashed workers are rescued.
-RESCUE_INTERVAL = 30.0
 #: Seconds a process may hold the right to rebuild a vanished count before another may try.
 REBUILD_LOCK = 5.0
 #: Seconds that generation counters, the dedupe memory and scheduled sets outlive their last change.
 KEEP = 86_400
 #: Seconds an idle worker polls the database between Redis retries while Redis is unreachable.
 OUTAGE_POLL = 1.0
-#: Sorted-set member marking when the database said the next job falls due.
+#: Sorted-set member marking when the database said a job may next become claimable (due or lease expired).
 MARKER = "~db"
 #: Seconds a scheduled job's cached due time may trail its real one (the Redis call after the commit).
 LATE = 0.05
@@ -231,7 +230,7 @@ class CachedCounts:
     """One queue as the cache sees it: ``ready`` None when unknown (expired, flushed)."""
 
     ready: int | None
-    #: Seconds until the next scheduled job (or database marker) falls due; None when none is known.
+    #: Seconds until the next scheduled job (or database marker) falls due, <= 0 if one has; None when none is known.
     next_due_in: float | None
     #: Scheduled jobs the cache knows of (delayed enqueues and retries it saw).
     scheduled: int
@@ -245,9 +244,8 @@ class CachedCounts:
 class _Verdict:
     """What an idle worker's look at the cache says."""
 
-    WORK = "work"  #: a job may be ready: claim from the database
-    EMPTY = "empty"  #: Redis vouches that nothing is ready: the next claim may be skipped
-    UNSURE = "unsure"  #: a count is being rebuilt elsewhere: keep waiting, but claim at the timeout
+    WORK = "work"  #: a job may be claimable: claim from the database
+    IDLE = "idle"  #: nothing is claimable as far as the cache and the shared safety probe know
     DOWN = "down"  #: Redis is unreachable: poll the database
 
 
@@ -374,11 +372,11 @@ class _Redis:
 class DepthCachedBackend(Backend):
     """Any backend plus the Redis depth cache; see the module docstring for what it keeps and why.
 
-    Every call reaches the wrapped backend as before, with three differences:
-    ``cached_depth`` answers from Redis; ``seconds_until_due`` answers from
-    Redis when it can (a hint, used by idle workers); and a worker's claim
-    that follows an idle wait in which Redis vouched nothing was ready returns
-    ``[]`` without asking the database. ``count_ready`` and ``stats`` stay exact.
+    Every call reaches the wrapped backend as before, with two differences:
+    ``cached_depth`` answers from Redis, and ``seconds_until_due`` -- the idle
+    worker's probe -- answers from Redis when the wrapped backend has no push
+    wake-ups of its own (a hint, kept honest by the shared safety probe).
+    ``count_ready`` and ``stats`` stay exact.
     """
 
     name = "depth-cached"
@@ -403,7 +401,6 @@ class DepthCachedBackend(Backend):
         # The hash tag keeps every key of one queue database in one Redis Cluster slot, so scripts may use many.
         self.key_base = f"{options.get('table_prefix', 'polyqueue_')}cache:{{{digest}}}"
         self._after_commit = _AfterCommit()
-        self._idle = threading.local()
 
     def __repr__(self) -> str:
         return f"<DepthCachedBackend {self.describe()}>"
@@ -527,14 +524,7 @@ class DepthCachedBackend(Backend):
 
     # --- consuming -------------------------------------------------------------
     def claim(self, queues: Sequence[str], limit: int, lease: float, worker_id: str) -> list[Job]:
-        """Claim through the wrapped backend and count the jobs out of the ready counts.
-
-        A worker's claim right after an idle wait in which Redis vouched that
-        nothing was ready returns ``[]`` without a database round trip; the
-        shared safety check and rescue claim keep that honest.
-        """
-        if self._consume_idle_proof(queues):
-            return []
+        """Claim through the wrapped backend and count the jobs out of the ready counts."""
         jobs = self.inner.claim(queues, limit, lease, worker_id)
         by_queue: dict[str, list[Hashable]] = defaultdict(list)
         for job in jobs:
@@ -628,7 +618,13 @@ class DepthCachedBackend(Backend):
         return seen
 
     def seconds_until_due(self, queues: Sequence[str]) -> float | None:
-        """From the cache when it knows every queue (a hint: 0 when work is cached), else from the database."""
+        """The idle probe: from the cache when it knows every queue (a hint), else from the wrapped backend.
+
+        A wrapped backend with its own push wake-ups is always asked: its probe
+        is what its workers' safety poll relies on, and it sees every producer.
+        """
+        if Capability.NOTIFY in self.inner.capabilities:
+            return self.inner.seconds_until_due(queues)
         counts = self.read_counts(queues)
         if counts is None or any(seen.ready is None for seen in counts.values()):
             return self.inner.seconds_until_due(queues)
@@ -636,6 +632,10 @@ class DepthCachedBackend(Backend):
             return 0.0
         upcoming = [seen.next_due_in for seen in counts.values() if seen.next_due_in is not None]
         return min(upcoming) if upcoming else None
+
+    def caller_transaction(self) -> Any:
+        """The wrapped backend's caller transaction (enqueues inside it are counted once it commits)."""
+        return self.inner.caller_transaction()
 
     def db_now(self) -> datetime:
         """The database clock, from the wrapped backend."""
@@ -680,9 +680,12 @@ class DepthCachedBackend(Backend):
     def reconcile(self, queue: str) -> CachedCounts | None:
         """Rebuild ``queue``'s counts from the database; None if Redis failed or kept changing meanwhile.
 
-        The database is asked when the queue's next job falls due and, only if
-        one is due, how many are. The answer is written only if no change was
-        counted since just before the database was asked, so it never erases one.
+        The database is asked when a job of the queue may next become
+        claimable (a due job or an expired lease) and, only if one may be now,
+        how many are ready. The answer is written only if no change was counted
+        since just before the database was asked, so it never erases one. A
+        claimable moment with nothing ready is an expired lease: the counts then
+        say so (``next_due_in`` <= 0) until a claim has rescued it.
         """
         keys = self._queue_keys(queue)
         for _ in range(3):
@@ -693,7 +696,7 @@ class DepthCachedBackend(Backend):
             due_in = self.inner.seconds_until_due([queue])
             nothing_pending = due_in is None
             ready = 0 if due_in is None or due_in > 0 else self.inner.count_ready(queue)
-            upcoming = due_in if due_in is not None and due_in > 0 else None
+            upcoming = due_in if due_in is not None and (due_in > 0 or not ready) else None
             args: list[Any] = [
                 generation,
                 ready,
@@ -747,84 +750,70 @@ class DepthCachedBackend(Backend):
         return RedisWakeups(self, queues)
 
     def idle_verdict(self, queues: Sequence[str]) -> tuple[str, float | None]:
-        """What the cache says to an idle worker, and seconds until the next scheduled job it knows of.
+        """What the cache says to an idle worker, and seconds until the next moment it knows of.
 
-        Also the place where the shared safety check happens: the first idle
-        process to look after ``safety_poll`` seconds reconciles each queue
-        from the database, and one every :data:`RESCUE_INTERVAL` is told to
-        claim so expired leases are rescued.
+        Also where the shared safety probe happens: the first idle process to
+        look after ``safety_poll`` seconds reconciles each queue from the
+        database, which finds what the cache cannot see (producers without
+        the cache, expired leases, a lost count).
         """
         counts = self.read_counts(queues)
         if counts is None:
             return _Verdict.DOWN, None
-        unsure = False
         for queue in queues:
             seen = counts[queue]
             if seen.ready is None:
-                rebuilt = self._rebuild_if_first(queue)
-                if rebuilt is None:
-                    unsure = True
-                    continue
-                counts[queue] = seen = rebuilt
+                counts[queue] = seen = self._rebuild_if_first(queue) or seen
             if seen.has_work:
                 return _Verdict.WORK, 0.0
-        upcoming = [seen.next_due_in for seen in counts.values() if seen.next_due_in is not None]
-        next_due = min(upcoming) if upcoming else None
         for queue in queues:
             if self._token("safety", queue, self.safety_poll):
                 rebuilt = self._reconcile_quietly(queue)
-                if rebuilt is not None and rebuilt.has_work:
-                    return _Verdict.WORK, 0.0
-        if self._token("rescue", "leases", RESCUE_INTERVAL):
-            return _Verdict.WORK, 0.0
-        return (_Verdict.UNSURE if unsure else _Verdict.EMPTY), next_due
-
-    def prove_idle(self, queues: Sequence[str]) -> None:
-        """Let this thread's next claim of ``queues`` return ``[]`` without the database (see ``claim``)."""
-        self._idle.proof = (tuple(queues), time.monotonic())
-
-    def _consume_idle_proof(self, queues: Sequence[str]) -> bool:
-        proof = getattr(self._idle, "proof", None)
-        self._idle.proof = None
-        # Only the claim that immediately follows the vouching wait may be skipped.
-        return proof is not None and proof[0] == tuple(queues) and time.monotonic() - proof[1] < 1.0
+                if rebuilt is not None:
+                    counts[queue] = rebuilt
+                    if rebuilt.has_work:
+                        return _Verdict.WORK, 0.0
+        upcoming = [seen.next_due_in for seen in counts.values() if seen.next_due_in is not None]
+        return _Verdict.IDLE, (min(upcoming) if upcoming else None)
 
 
 class RedisWakeups:
     """An idle worker's wake-up source: the queues' Redis channels plus a look at the cached counts each second.
 
-    ``wait`` returns True as soon as a message arrives or the counts show
-    work; at its timeout it returns False, and if Redis vouched that nothing
-    is ready, the worker's next claim is answered without the database.
-    While Redis is unreachable it waits at most :data:`OUTAGE_POLL` seconds,
-    so the worker polls the database instead.
+    ``wait`` returns True as soon as a message arrives or the counts (or the
+    shared safety probe) show work, else False at its timeout. While Redis is
+    unreachable it returns within :data:`OUTAGE_POLL` seconds, so the worker
+    polls the database instead.
     """
 
     def __init__(self, backend: DepthCachedBackend, queues: Sequence[str]) -> None:
         self.backend = backend
         self.queues = list(queues)
         self._pubsub: Any = None
+        self._next_look = 0.0
 
     def wait(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds; True if work may be ready."""
+        """Block up to ``timeout`` seconds; True if work may be claimable."""
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            verdict, next_due = self.backend.idle_verdict(self.queues)
-            if verdict == _Verdict.WORK:
-                return True
+            now = time.monotonic()
+            if now >= self._next_look:
+                verdict, next_due = self.backend.idle_verdict(self.queues)
+                if verdict == _Verdict.WORK:
+                    return True
+                if verdict == _Verdict.DOWN:
+                    self._unsubscribe()
+                    time.sleep(max(0.0, min(deadline - now, OUTAGE_POLL)))
+                    return False
+                # Look again in a second, or when the next known job falls due if that is sooner.
+                self._next_look = now + (
+                    CHECK_INTERVAL if next_due is None else min(CHECK_INTERVAL, max(next_due, 0.001))
+                )
             remaining = deadline - time.monotonic()
-            if verdict == _Verdict.DOWN:
-                self._unsubscribe()
-                time.sleep(max(0.0, min(remaining, OUTAGE_POLL)))
-                return False
             if remaining <= 0:
-                if verdict == _Verdict.EMPTY:
-                    self.backend.prove_idle(self.queues)
                 return False
-            pause = min(remaining, CHECK_INTERVAL)
-            if next_due is not None:
-                pause = min(pause, max(next_due, 0.001))
-            if self._listen(pause):
+            if self._listen(min(remaining, max(self._next_look - time.monotonic(), 0.001))):
+                self._next_look = 0.0
                 return True
 
     def _listen(self, seconds: float) -> bool:
