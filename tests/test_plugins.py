@@ -125,7 +125,7 @@ def test_an_unknown_plugin_name_is_a_configuration_error(tmp_path: Path) -> None
 def test_an_unknown_plugin_name_in_the_environment_is_a_configuration_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("POLYQUEUE_PLUGINS", "prometheus, no-such-plugin")
+    monkeypatch.setenv("POLYQUEUE_PLUGINS", " , no-such-plugin")
     with pytest.raises(polyqueue.ConfigurationError, match="no-such-plugin"):
         polyqueue.connect(f"sqlite:///{tmp_path / 'x.db'}")
 

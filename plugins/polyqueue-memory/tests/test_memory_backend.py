@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -137,9 +138,8 @@ def test_a_waiting_worker_is_woken_by_another_thread(q: polyqueue.Queue) -> None
 
 
 def test_a_worker_runs_jobs_enqueued_while_it_waits(q: polyqueue.Queue) -> None:
-    # Worker.stop() does not interrupt a wait on a push wake-up source, so a short safety poll keeps
-    # the shutdown at the end of this test quick; the jobs themselves arrive by push (see above).
-    worker = polyqueue.Worker(q, concurrency=2, lease=5.0, safety_poll=0.5)
+    # A safety poll far longer than the test: the jobs can only arrive in time by push.
+    worker = polyqueue.Worker(q, concurrency=2, lease=5.0, safety_poll=300)
     done = threading.Event()
     seen: list[int] = []
 
@@ -152,6 +152,7 @@ def test_a_worker_runs_jobs_enqueued_while_it_waits(q: polyqueue.Queue) -> None:
 
     runner = threading.Thread(target=worker.run)
     runner.start()
+    time.sleep(0.3)  # let the worker find the queue empty and start waiting
     try:
         ids = [q.enqueue("count", n) for n in (1, 2, 3)]
         assert done.wait(20.0)
