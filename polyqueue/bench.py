@@ -180,8 +180,9 @@ class BenchConfig:
     bulk_jobs: int = 20_000
     single_jobs: int = 2_000
     drain_jobs: int = 20_000
-    #: Jobs for the naive loop's drain; None means ``drain_jobs``. Fewer jobs flatter the naive loop (its scan is O(n)).
-    naive_drain_jobs: int | None = None
+    #: Jobs for the drains of the slow baselines (the naive loop, procrastinate); None means ``drain_jobs``.
+    #: Fewer jobs flatter the naive loop (its claim scans and sorts every pending row).
+    slow_drain_jobs: int | None = None
     processes: tuple[int, ...] = (1, 2)
     latency_rate: float = 100.0
     latency_seconds: float = 10.0
@@ -192,7 +193,7 @@ class BenchConfig:
     select1_seconds: float = 2.0
     #: polyqueue Worker threads per process and claim batch size (None: the Worker's default).
     concurrency: int = 8
-    batch_size: int | None = None
+    batch_size: int | None = 100
     procrastinate_concurrency: int = 10
     pgqueuer_batch_size: int = 100
     #: Backend name -> URL; missing ones come from the test-server defaults (POLYQUEUE_TEST_*_URL).
@@ -1015,6 +1016,8 @@ SYSTEMS: dict[str, type[System]] = {
 }
 #: Which peers run on which backend.
 PEERS = {"postgresql": ("pgqueuer", "procrastinate"), "sqlite": ("huey",), "mysql": ()}
+#: Baselines slow enough that their drains may be given fewer jobs (``slow_drain_jobs``).
+SLOW_BASELINES = ("naive", "procrastinate")
 PEER_MODULES = {"pgqueuer": ("pgqueuer", "asyncpg", "uvloop"), "procrastinate": ("procrastinate",), "huey": ("huey",)}
 
 
@@ -1307,8 +1310,8 @@ class Bench:
         for name in self._systems_for(backend):
             system = self.system(backend, name)
             n = self.config.drain_jobs
-            if name == "naive" and self.config.naive_drain_jobs:
-                n = self.config.naive_drain_jobs
+            if name in SLOW_BASELINES and self.config.slow_drain_jobs:
+                n = self.config.slow_drain_jobs
             for processes in self.config.processes:
                 variant = f"{processes} process{'es' if processes > 1 else ''}"
 
@@ -1999,7 +2002,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bulk-jobs", type=int, default=defaults.bulk_jobs)
     parser.add_argument("--single-jobs", type=int, default=defaults.single_jobs)
     parser.add_argument("--drain-jobs", type=int, default=defaults.drain_jobs)
-    parser.add_argument("--naive-drain-jobs", type=int, default=None)
+    parser.add_argument("--slow-drain-jobs", type=int, default=None, help="drain size for naive and procrastinate")
     parser.add_argument("--processes", type=lambda t: tuple(int(p) for p in _csv(t)), default=defaults.processes)
     parser.add_argument("--latency-rate", type=float, default=defaults.latency_rate)
     parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds)
@@ -2013,7 +2016,7 @@ def main(argv: list[str] | None = None) -> int:
         help="SMALL,LARGE: worker RSS after SMALL jobs and after LARGE",
     )
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--output-dir", default=defaults.output_dir)
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--label", default="")
@@ -2027,7 +2030,7 @@ def main(argv: list[str] | None = None) -> int:
             bulk_jobs=2000,
             single_jobs=200,
             drain_jobs=2000,
-            naive_drain_jobs=1000,
+            slow_drain_jobs=1000,
             latency_seconds=2,
             idle_seconds=3,
             history_rows=20_000,
