@@ -714,6 +714,10 @@ class DepthCachedBackend(Backend):
             if written:
                 if ready:
                     self.redis.call(lambda r: r.publish(self.channel(queue), ""))
+                if upcoming is not None and upcoming <= 0:
+                    # An expired lease: claimable now. Its marker is due already, so reading it back would
+                    # only drop the count again; the caller gets the answer as is.
+                    return CachedCounts(0, upcoming, 0)
                 fresh = self.read_counts([queue])
                 return fresh[queue] if fresh is not None else CachedCounts(ready, upcoming, 0)
         return None
