@@ -10,7 +10,9 @@ in Redis:
   by due time, so a cached zero never hides a job that becomes due; a marker
   member records when the database said the next unseen job falls due;
 * a generation counter that every change bumps, so a reconcile never writes
-  a count over a change it could not see.
+  a count over a change it could not see;
+* the ids of live jobs enqueued with a dedupe key, so an enqueue that returns
+  an existing live job is not counted twice.
 
 The cache is a hint, never the truth. The database commits first; each
 counter change follows it as one atomic Lua script (increment, expiry and
@@ -38,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -397,6 +400,9 @@ class DepthCachedBackend(Backend):
         self.redis = _Redis(url)
         self.redis.on_heal = self._rebuild
         identity = f"{_database_identity(inner)}|{options.get('table_prefix', '')}"
+        if Capability.MULTI_PROCESS not in inner.capabilities:
+            # A store private to this process (sqlite:///:memory:, memory://) must not share counts with others.
+            identity += f"|{socket.gethostname()}:{os.getpid()}:{id(inner)}"
         digest = hashlib.sha1(identity.encode("utf-8")).hexdigest()[:12]
         # The hash tag keeps every key of one queue database in one Redis Cluster slot, so scripts may use many.
         self.key_base = f"{options.get('table_prefix', 'polyqueue_')}cache:{{{digest}}}"
@@ -551,7 +557,16 @@ class DepthCachedBackend(Backend):
 
     def complete_many(self, jobs: Sequence[tuple[Job, str | None]]) -> set[Hashable]:
         """Complete through the wrapped backend (ready counts do not change)."""
-        return self.inner.complete_many(jobs)
+        lost = self.inner.complete_many(jobs)
+        self._forget_dedupe([job for job, _ in jobs if job.id not in lost])
+        return lost
+
+    def _forget_dedupe(self, finished: Iterable[Job]) -> None:
+        """Finished jobs free their dedupe keys: the memory of their ids is no longer needed."""
+        ids = [str(job.id) for job in finished if job.dedupe_key is not None]
+        if ids:
+            key = self._dedupe_memory_key
+            self.redis.call(lambda r: r.zrem(key, *ids))
 
     def fail(self, job: Job, *, error: str, errors_json: str, retry_in: float | None) -> bool:
         """Fail through the wrapped backend; a retry counts as scheduled, due after ``retry_in``."""
@@ -559,6 +574,8 @@ class DepthCachedBackend(Backend):
         held = self.inner.fail(job, error=error, errors_json=errors_json, retry_in=retry_in)
         if held and retry_in is not None:
             self._add(job.queue, [(job.id, retry_in, False)], time.monotonic() - began)
+        elif held:
+            self._forget_dedupe([job])
         return held
 
     def extend_many(self, jobs: Sequence[Job], lease: float) -> set[Hashable]:
@@ -588,6 +605,7 @@ class DepthCachedBackend(Backend):
         if cancelled and job is not None:
             due = job.run_at is None or job.run_at <= datetime.now(UTC)
             self._take(job.queue, [job.id], count_absent=due)
+            self._forget_dedupe([job])
         return cancelled
 
     def stats(self, queue: str | None = None) -> dict[str, dict[str, int]]:

@@ -127,6 +127,13 @@ def test_depth_equals_the_database_count_when_idle(db_url: str, cache_url: str, 
     assert q.replay([doomed.id]) == 1
     assert_depth_matches(q, "default", "other")
 
+    while claimed := q.claim(limit=10):
+        for job in claimed:
+            q.complete(job)
+    assert q.enqueue("t", dedupe_key="k") != first  # the key was freed: a new job, counted
+    assert_depth_matches(q, "default", "other")
+    assert q.depth() == 1
+
 
 def test_rolled_back_transactional_enqueue_causes_no_drift(db_url: str, cache_url: str, fresh_queue: Any) -> None:
     q = fresh_queue(db_url, depth_cache=cache_url)
