@@ -313,7 +313,7 @@ def compat(out_dir: str, urls: tuple[str, ...]) -> None:
     raise SystemExit(run_compat(list(urls) or None, out_dir))
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
 @click.argument("bench_args", nargs=-1, type=click.UNPROCESSED)
 def bench(bench_args: tuple[str, ...]) -> None:
     """Run the benchmarks (see benchmarks/README.md; --help for the options)."""
