@@ -8,7 +8,8 @@ in Redis:
   ``depth_cache_ttl`` seconds after it was last reconciled from the database;
 * the scheduled jobs it saw (delayed enqueues, retries) in a sorted set scored
   by due time, so a cached zero never hides a job that becomes due; a marker
-  member records when the database said the next unseen job falls due;
+  member records when the database said a job may next become claimable
+  (a due job the cache never saw, or an expiring lease);
 * a generation counter that every change bumps, so a reconcile never writes
   a count over a change it could not see;
 * the ids of live jobs enqueued with a dedupe key, so an enqueue that returns
@@ -19,8 +20,8 @@ counter change follows it as one atomic Lua script (increment, expiry and
 publish together). What the wrapper cannot see -- producers without the cache,
 lease rescue, a flushed or restarted Redis -- is corrected by reconciles from
 the database: when a count has expired or vanished, when a claim finds less
-than the cache promised, and every ``safety_poll`` seconds by one idle process
-per queue.
+than the cache promised, when a count rebuilt while jobs were ready drains to
+zero, and every ``safety_poll`` seconds by one idle process per queue.
 
 Wake-ups: an enqueue publishes on the queue's channel after its commit. Idle
 workers on backends without their own push wake-ups listen there, and their
@@ -87,7 +88,8 @@ _SUPPORTED_SCHEMES = ("redis://", "rediss://", "unix://")
 # KEYS: counts hash, scheduled zset, generation, dedupe memory, queue set.
 # ARGV: seconds the change took, channel, queue name, KEEP, then (id, delay, has-dedupe-key) per job.
 # New jobs that are due count as ready; delayed ones go to the scheduled set, dated from when the change
-# began so they never look due later than they are. A job id the dedupe memory has seen is not counted twice.
+# began, so they look due no later than they are but for this call's own trip (LATE). A job id the dedupe
+# memory has seen is not counted twice.
 _ADD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -249,7 +251,7 @@ class _Verdict:
 
     WORK = "work"  #: a job may be claimable: claim from the database
     IDLE = "idle"  #: nothing is claimable as far as the cache and the shared safety probe know
-    DOWN = "down"  #: Redis is unreachable: poll the database
+    DOWN = "down"  #: Redis is unreachable and the database's own probe says nothing is claimable yet
 
 
 def _mask(url: str) -> str:
@@ -315,6 +317,11 @@ class _Redis:
         self._retry_at = 0.0
         self._skewed: set[str] = set()
         self.on_heal: Callable[[set[str]], None] = lambda queues: None
+
+    @property
+    def paused(self) -> bool:
+        """Whether Redis failed recently and the pause before the next try has not passed."""
+        return self._down and time.monotonic() < self._retry_at
 
     def call(self, work: Callable[[Any], T], *, skews: Iterable[str] = ()) -> T | None:
         """Run ``work(client)``; None if Redis failed (then ``skews`` names queues whose counts are now off)."""
@@ -781,7 +788,7 @@ class DepthCachedBackend(Backend):
         """
         counts = self.read_counts(queues)
         if counts is None:
-            return _Verdict.DOWN, None
+            return self._verdict_without_redis(queues)
         for queue in queues:
             seen = counts[queue]
             if seen.ready is None:
@@ -798,14 +805,24 @@ class DepthCachedBackend(Backend):
         upcoming = [seen.next_due_in for seen in counts.values() if seen.next_due_in is not None]
         return _Verdict.IDLE, (min(upcoming) if upcoming else None)
 
+    def _verdict_without_redis(self, queues: Sequence[str]) -> tuple[str, float | None]:
+        """Redis is unreachable: the idle look becomes the database's own cheap probe."""
+        try:
+            due_in = self.inner.seconds_until_due(queues)
+        except PolyqueueError:
+            return _Verdict.WORK, 0.0  # the worker's claim meets the outage and reports it
+        if due_in is not None and due_in <= 0:
+            return _Verdict.WORK, 0.0
+        return _Verdict.DOWN, due_in
+
 
 class RedisWakeups:
     """An idle worker's wake-up source: the queues' Redis channels plus a look at the cached counts each second.
 
     ``wait`` returns True as soon as a message arrives or the counts (or the
     shared safety probe) show work, else False at its timeout. While Redis is
-    unreachable it returns within :data:`OUTAGE_POLL` seconds, so the worker
-    polls the database instead.
+    unreachable the look every :data:`OUTAGE_POLL` seconds is the database's
+    own probe instead.
     """
 
     def __init__(self, backend: DepthCachedBackend, queues: Sequence[str]) -> None:
@@ -823,18 +840,19 @@ class RedisWakeups:
                 verdict, next_due = self.backend.idle_verdict(self.queues)
                 if verdict == _Verdict.WORK:
                     return True
+                interval = CHECK_INTERVAL
                 if verdict == _Verdict.DOWN:
                     self._unsubscribe()
-                    time.sleep(max(0.0, min(deadline - now, OUTAGE_POLL)))
-                    return False
-                # Look again in a second, or when the next known job falls due if that is sooner.
-                self._next_look = now + (
-                    CHECK_INTERVAL if next_due is None else min(CHECK_INTERVAL, max(next_due, 0.001))
-                )
+                    interval = OUTAGE_POLL
+                # Look again after the interval, or when the next known job falls due if that is sooner.
+                self._next_look = now + (interval if next_due is None else min(interval, max(next_due, 0.001)))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            if self._listen(min(remaining, max(self._next_look - time.monotonic(), 0.001))):
+            pause = min(remaining, max(self._next_look - time.monotonic(), 0.001))
+            if self.backend.redis.paused:
+                time.sleep(pause)
+            elif self._listen(pause):
                 self._next_look = 0.0
                 return True
 
@@ -896,8 +914,8 @@ class _Pending:
     connection: Any
     transaction: Any
     action: Callable[[], None]
+    #: When it was added, then when its commit began.
     since: float
-    committing: bool = False
 
 
 class _AfterCommit:
@@ -946,7 +964,7 @@ class _AfterCommit:
             ready = [p for p in pending if p.transaction is current]
             pending[:] = [p for p in pending if p.transaction is not current]
             for p in ready:
-                p.committing = True
+                p.since = time.monotonic()
             self._committing.extend(ready)
             if ready and self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="polyqueue-after-commit", daemon=True)
@@ -984,6 +1002,6 @@ class _AfterCommit:
                 time.sleep(0.0002 if fresh else 0.05)
 
     def close(self) -> None:
-        """Stop the thread after it runs what has committed."""
+        """Stop the thread; actions still waiting for their commit are dropped (reconciles correct the counts)."""
         self._closed = True
         self._wake.set()
