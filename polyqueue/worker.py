@@ -35,6 +35,8 @@ log = logging.getLogger("polyqueue.worker")
 Handler = Callable[[Job], Any]
 _STOP = object()
 _DUE, _WOKEN = "due", "woken"
+#: How long a partly free worker waits for more free slots before claiming anyway.
+_REFILL_PATIENCE = 0.005
 #: Longest uninterrupted wait on a wake-up source, so a stop request is seen within it.
 _WAKEUP_SLICE = 0.5
 
@@ -47,7 +49,12 @@ class Worker:
     attempts of the jobs this worker runs. ``safety_poll`` bounds how long an
     idle worker with push wake-ups trusts them before looking at the
     database itself; ``poll_interval`` is ``(fastest, slowest)`` back-off
-    polling for backends without push wake-ups.
+    polling for backends without push wake-ups. ``batch_size`` (default
+    ``concurrency``) is the most jobs one claim takes; when it exceeds
+    ``concurrency`` the extra jobs wait in a local buffer, leased and
+    heartbeated like running ones, and are released on shutdown if they never
+    started. The worker claims again once half of that capacity is free, so
+    claims stay large instead of one job per finished handler.
     """
 
     def __init__(
@@ -177,7 +184,35 @@ class Worker:
             thread.start()
 
     def _free_slots(self) -> int:
-        return self.concurrency - len(self._held)
+        return self._capacity - len(self._held)
+
+    @property
+    def _capacity(self) -> int:
+        return max(self.concurrency, self.batch_size)
+
+    def _room_to_claim(self) -> bool:
+        # Refill at half capacity (or when nothing is held), so each claim takes a real batch.
+        free = self._free_slots()
+        return free > 0 and (not self._held or free >= (self._capacity + 1) // 2)
+
+    def _wait_for_room(self) -> None:
+        """Block (holding ``_lock``'s condition) until a claim is worth making.
+
+        With less than half the capacity free, wait briefly for more so the
+        claim is a real batch, but never leave a free slot idle for longer than
+        ``_REFILL_PATIENCE``: a few long-running jobs must not stall pickup.
+        """
+        patience_ends: float | None = None
+        while not self._room_to_claim() and not self._stopping.is_set():
+            if self._free_slots() <= 0:
+                patience_ends = None
+                self._slot_freed.wait(1.0)
+                continue
+            now = time.monotonic()
+            patience_ends = patience_ends or now + _REFILL_PATIENCE
+            if now >= patience_ends:
+                return
+            self._slot_freed.wait(patience_ends - now)
 
     def _claim_loop(self, burst: bool, wakeups: Any) -> None:
         idle_sleep = self.poll_interval[0]
@@ -185,8 +220,7 @@ class Worker:
         should_claim, probe_said_due = True, False
         while not self._stopping.is_set():
             with self._lock:
-                while self._free_slots() <= 0 and not self._stopping.is_set():
-                    self._slot_freed.wait(1.0)
+                self._wait_for_room()
                 free = self._free_slots()
             if self._stopping.is_set():
                 return
@@ -207,7 +241,8 @@ class Worker:
                 self._stopping.wait(min(5.0, 0.1 * 2 ** min(outage, 6)))
                 continue
             if jobs:
-                idle_sleep = self.poll_interval[0]
+                # Work flows: neither the back-off nor "the probe's claim came back empty" applies any more.
+                idle_sleep, probe_said_due = self.poll_interval[0], False
                 with self._lock:
                     for job in jobs:
                         self._held[job.id] = job
@@ -313,7 +348,8 @@ class Worker:
         with self._lock:
             self._running.pop(job.id, None)
             self._held.pop(job.id, None)
-            self._slot_freed.notify_all()
+            if self._room_to_claim() or not self._held or self._stopping.is_set():
+                self._slot_freed.notify_all()
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         with self._done_lock:
@@ -334,6 +370,25 @@ class Worker:
                     log.warning("job %s: could not record failure yet: %s", job.id, err)
                 time.sleep(min(2.0, 0.05 * 2**attempt))
         log.error("job %s: failure not recorded; its lease will expire and it will be retried", job.id)
+
+    def _release_unstarted(self) -> None:
+        """Give back, in one statement, the buffered jobs no handler has taken yet."""
+        unstarted: list[Job] = []
+        while True:
+            try:
+                item = self._ready.get_nowait()
+            except std_queue.Empty:
+                break
+            if item is not _STOP:
+                unstarted.append(item)
+        if not unstarted:
+            return
+        try:
+            self.queue.backend.release_many(unstarted)
+        except PolyqueueError as exc:
+            log.warning("could not release %d unstarted job(s) (%s); their leases will expire", len(unstarted), exc)
+        for job in unstarted:
+            self._finish(job)
 
     def _release_quietly(self, job: Job) -> None:
         try:
@@ -398,6 +453,7 @@ class Worker:
     def _shutdown(self) -> None:
         self._stopping.set()
         deadline = time.monotonic() + self.shutdown_timeout
+        self._release_unstarted()
         for _ in range(self.concurrency):
             self._ready.put(_STOP)
         handler_threads = self._threads[: self.concurrency]
