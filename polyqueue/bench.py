@@ -1179,6 +1179,7 @@ class Bench:
         self.notes: list[str] = []
         self.urls: dict[str, str] = {}
         self.skipped: list[str] = []
+        self.errors: list[str] = []
         self.systems: dict[tuple[str, str], System] = {}
         self.versions: dict[str, str] = {}
 
@@ -1637,6 +1638,7 @@ class Bench:
             if scenario not in SCENARIOS:
                 raise BenchError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
         self._record_versions(backends)
+        json_path = _output_base(Path(config.output_dir)).with_suffix(".json") if config.output_dir else None
         try:
             with Progress(
                 TextColumn("[bold]{task.description}"),
@@ -1651,21 +1653,30 @@ class Bench:
                     for backend in backends:
                         trials.extend(builder(backend))
                     task = progress.add_task(scenario, total=len(trials) * config.repetitions)
+                    failed: set[int] = set()
                     for rep in range(config.repetitions):
-                        for trial in trials:
-                            progress.update(
-                                task, description=f"{scenario} #{rep + 1}: {trial.system} on {trial.backend}"
-                            )
-                            self._record(trial, trial.run())
+                        for number, trial in enumerate(trials):
+                            what = f"{scenario} #{rep + 1}: {trial.system} on {trial.backend}"
+                            progress.update(task, description=what)
+                            if number not in failed:
+                                try:
+                                    self._record(trial, trial.run())
+                                except BenchError as exc:
+                                    # Keep what was measured; this trial is not run again.
+                                    failed.add(number)
+                                    self.errors.append(f"{what}: {exc}")
+                                    self.console.print(f"[red]failed[/] {what}: {exc}")
                             progress.advance(task)
                     progress.update(task, description=scenario)
+                    if json_path is not None:  # a checkpoint, so a long run that dies still leaves its figures
+                        json_path.write_text(json.dumps(self._report(started), indent=2, default=str) + "\n")
         finally:
             self._cleanup()
         report = self._report(started)
         self.console.print(render_table(report))
         self.console.print(render_checks(report))
         if config.output_dir:
-            paths = write_outputs(report, Path(config.output_dir), chart=config.chart)
+            paths = write_outputs(report, Path(config.output_dir), chart=config.chart, base=json_path)
             for path in paths:
                 self.console.print(f"wrote {path}")
             report["files"] = [str(p) for p in paths]
@@ -1735,6 +1746,7 @@ class Bench:
             "versions": self.versions,
             "config": config,
             "skipped": self.skipped,
+            "errors": self.errors,
             "figures": [f.as_dict() for f in figures],
             "ratios": compute_ratios(self.figures),
             "checks": compute_checks(self.figures),
@@ -1885,14 +1897,22 @@ def render_checks(report: dict[str, Any]) -> Any:
     return table
 
 
-def write_outputs(report: dict[str, Any], directory: Path, *, chart: bool = True) -> list[Path]:
-    """``<date>.json`` (and ``<date>.png`` when matplotlib is installed) in ``directory``."""
+def _output_base(directory: Path) -> Path:
+    """``directory/<date>`` (``<date>-2``, ``-3``... when taken), without suffix."""
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     base = directory / stamp
     suffix = itertools.count(2)
     while base.with_suffix(".json").exists():
         base = directory / f"{stamp}-{next(suffix)}"
+    return base
+
+
+def write_outputs(
+    report: dict[str, Any], directory: Path, *, chart: bool = True, base: Path | None = None
+) -> list[Path]:
+    """``<date>.json`` (and ``<date>.png`` when matplotlib is installed) in ``directory`` (or at ``base``)."""
+    base = base.with_suffix("") if base is not None else _output_base(directory)
     json_path = base.with_suffix(".json")
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     paths = [json_path]
@@ -2039,8 +2059,10 @@ def main(argv: list[str] | None = None) -> int:
             label=args.label or "quick run",
         )
     try:
-        run_bench(**options)
+        report = run_bench(**options)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    for error in report["errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if report["errors"] else 0
