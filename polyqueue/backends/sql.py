@@ -48,6 +48,8 @@ FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 SCHEMA_VERSION = 1
 #: How many rescued (lease-expired) jobs one claim handles at most.
 RESCUE_BATCH = 100
+#: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
+FENCE_CHUNK = 512
 #: How many errors of a job's history are kept.
 ERROR_HISTORY_LIMIT = 20
 
@@ -590,10 +592,23 @@ class SQLBackend(Backend):
         jobs.sort(key=self._claim_order)
         return jobs
 
+    @staticmethod
+    def _claim_pairs(jobs: Sequence[Job]) -> list[tuple[Any, int]]:
+        """``(id, lease_token)`` of ``jobs``, padded to a power of two by repeating the last pair.
+
+        Repeats change nothing in an ``IN`` list, and the padding keeps the
+        number of distinct statement texts small, so drivers' prepared
+        statement caches are reused instead of filling with one statement per
+        batch size.
+        """
+        pairs = [(job.id, job.lease_token) for job in jobs]
+        size = 1 << max(0, len(pairs) - 1).bit_length()
+        return pairs + [pairs[-1]] * (size - len(pairs)) if pairs else pairs
+
     def _fence(self, jobs: Sequence[Job]) -> sa.ColumnElement[bool]:
         j = self.jobs
         return sa.and_(
-            sa.tuple_(j.c.id, j.c.lease_token).in_([(job.id, job.lease_token) for job in jobs]),
+            sa.tuple_(j.c.id, j.c.lease_token).in_(self._claim_pairs(jobs)),
             j.c.status == PROCESSING_SQL,
             j.c.lease_expires_at > self.now(),
         )
@@ -601,7 +616,18 @@ class SQLBackend(Backend):
     def _update_fenced(
         self, conn: Connection, jobs: Sequence[Job], values: dict[str, Any], landed_status: str
     ) -> set[Hashable]:
-        """Apply ``values`` to the jobs this worker still holds; return the ids it no longer held."""
+        """Apply ``values`` to the jobs this worker still holds; return the ids it no longer held.
+
+        Large batches go in chunks of :data:`FENCE_CHUNK` (same transaction): a
+        completer that fell behind may hand over thousands of jobs, and one
+        ``IN`` list that long overflows PostgreSQL's parser stack and the
+        drivers' 65,535-parameter limit.
+        """
+        if len(jobs) > FENCE_CHUNK:
+            lost: set[Hashable] = set()
+            for start in range(0, len(jobs), FENCE_CHUNK):
+                lost |= self._update_fenced(conn, jobs[start : start + FENCE_CHUNK], values, landed_status)
+            return lost
         j = self.jobs
         wanted = {job.id for job in jobs}
         stmt = sa.update(j).where(self._fence(jobs)).values(**values)
@@ -614,7 +640,7 @@ class SQLBackend(Backend):
                 r[0]
                 for r in conn.execute(
                     sa.select(j.c.id).where(
-                        sa.tuple_(j.c.id, j.c.lease_token).in_([(job.id, job.lease_token) for job in jobs]),
+                        sa.tuple_(j.c.id, j.c.lease_token).in_(self._claim_pairs(jobs)),
                         j.c.status == landed_status,
                     )
                 )
