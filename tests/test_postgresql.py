@@ -24,23 +24,12 @@ from servers import PrivatePostgreSQL, ServerUnavailable
 
 import polyqueue
 from polyqueue.backends.postgresql import PostgreSQLBackend
+from polyqueue.conformance.suite import wait_until
 from polyqueue.testing import backends_required, drop_schema, unique_prefix
 
 psycopg = pytest.importorskip("psycopg")
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it is truthy; fail the test naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def status_of(q: polyqueue.Queue, job_id: Any) -> str | None:

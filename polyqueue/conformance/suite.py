@@ -66,15 +66,17 @@ def requires(*capabilities: str) -> pytest.MarkDecorator:
 QueueFactory = Callable[..., polyqueue.Queue]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "the condition", interval: float = 0.02
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
 
 
