@@ -103,6 +103,8 @@ class Worker:
         self._slot_freed = threading.Condition(self._lock)
         self._held: dict[Hashable, Job] = {}  # claimed, not yet finished: heartbeated
         self._running: dict[Hashable, Job] = {}  # handler running now
+        # Succeeded, waiting for the completer to record it: still leased, so still heartbeated.
+        self._completing: dict[Hashable, Job] = {}
         self._lost: set[Hashable] = set()
         self._ready: std_queue.SimpleQueue[Any] = std_queue.SimpleQueue()
         self._done: list[tuple[Job, str | None]] = []
@@ -190,10 +192,17 @@ class Worker:
     def _capacity(self) -> int:
         return max(self.concurrency, self.batch_size)
 
+    def _completion_backlog_full(self) -> bool:
+        # Back-pressure: handlers must not outrun the completer by more than one capacity's worth,
+        # or finished jobs pile up in memory and their leases run out before they are recorded.
+        return len(self._completing) >= self._capacity
+
     def _room_to_claim(self) -> bool:
         # Refill at half capacity (or when nothing is held), so each claim takes a real batch.
         free = self._free_slots()
-        return free > 0 and (not self._held or free >= (self._capacity + 1) // 2)
+        if free <= 0 or self._completion_backlog_full():
+            return False
+        return not self._held or free >= (self._capacity + 1) // 2
 
     def _wait_for_room(self) -> None:
         """Block (holding ``_lock``'s condition) until a claim is worth making.
@@ -204,7 +213,7 @@ class Worker:
         """
         patience_ends: float | None = None
         while not self._room_to_claim() and not self._stopping.is_set():
-            if self._free_slots() <= 0:
+            if self._free_slots() <= 0 or self._completion_backlog_full():
                 patience_ends = None
                 self._slot_freed.wait(1.0)
                 continue
@@ -316,9 +325,9 @@ class Worker:
             if self.max_attempts is not None:
                 job.max_attempts = min(job.max_attempts, self.max_attempts)
             started = time.perf_counter()
+            if started_hook.get_hookimpls():
+                self._call_hook(started_hook, job=job)
             try:
-                if started_hook.get_hookimpls():
-                    started_hook(queue=self.queue, job=job)
                 fn = self.handlers.get(job.job_type)
                 if fn is None:
                     raise LookupError(
@@ -330,26 +339,45 @@ class Worker:
                     None if result is None else json_codec.encode_payload(result, self.queue.max_payload_bytes)
                 )
             except BaseException as exc:
-                self._fail(job, exc)
+                try:
+                    self._fail(job, exc)
+                finally:
+                    self._finish(job)
                 if not isinstance(exc, Exception):
                     raise
-            else:
-                if succeeded_hook.get_hookimpls():
-                    succeeded_hook(queue=self.queue, job=job, duration=time.perf_counter() - started)
-                with self._done_lock:
-                    self._done.append((job, result_json))
-                    self.processed += 1
-                    if len(self._done) >= self.batch_size:
-                        self._done_flag.set()
-            finally:
-                self._finish(job)
+                continue
+            if succeeded_hook.get_hookimpls():
+                self._call_hook(succeeded_hook, job=job, duration=time.perf_counter() - started)
+            # Registered as awaiting completion before the completer can see it, so it never goes unheartbeated.
+            self._finish(job, awaiting_completion=True)
+            with self._done_lock:
+                self._done.append((job, result_json))
+                self.processed += 1
+                if len(self._done) >= self.batch_size:
+                    self._done_flag.set()
 
-    def _finish(self, job: Job) -> None:
+    def _call_hook(self, hook: Any, **kwargs: Any) -> None:
+        # A failing metrics plugin must not fail (or double-run) the job it observes.
+        try:
+            hook(queue=self.queue, **kwargs)
+        except Exception:
+            log.exception("plugin hook %s failed", hook.name)
+
+    def _finish(self, job: Job, *, awaiting_completion: bool = False) -> None:
         with self._lock:
             self._running.pop(job.id, None)
             self._held.pop(job.id, None)
+            self._lost.discard(job.id)
+            if awaiting_completion:
+                self._completing[job.id] = job
             if self._room_to_claim() or not self._held or self._stopping.is_set():
                 self._slot_freed.notify_all()
+
+    def _completed(self, batch: list[tuple[Job, str | None]]) -> None:
+        with self._lock:
+            for job, _ in batch:
+                self._completing.pop(job.id, None)
+            self._slot_freed.notify_all()
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         with self._done_lock:
@@ -415,25 +443,28 @@ class Worker:
             batch, self._done = self._done, []
         if not batch:
             return True
-        for attempt in range(200):
-            try:
-                lost = self.queue.backend.complete_many(batch)
-            except BackendUnavailable as exc:
-                if attempt == 0:
-                    log.warning("could not mark %d job(s) done yet: %s", len(batch), exc)
-                time.sleep(min(2.0, 0.05 * 2**attempt))
-                continue
-            for job_id in lost:
-                log.warning("job %s finished but its lease was lost; it may run again", job_id)
+        try:
+            for attempt in range(200):
+                try:
+                    lost = self.queue.backend.complete_many(batch)
+                except BackendUnavailable as exc:
+                    if attempt == 0:
+                        log.warning("could not mark %d job(s) done yet: %s", len(batch), exc)
+                    time.sleep(min(2.0, 0.05 * 2**attempt))
+                    continue
+                for job_id in lost:
+                    log.warning("job %s finished but its lease was lost; it may run again", job_id)
+                return True
+            log.error("gave up marking %d job(s) done; their leases will expire and they will run again", len(batch))
             return True
-        log.error("gave up marking %d job(s) done; their leases will expire and they will run again", len(batch))
-        return True
+        finally:
+            self._completed(batch)
 
     def _heartbeat_loop(self) -> None:
         interval = max(self.lease / 3.0, 0.05)
         while not self._stopping.wait(interval):
             with self._lock:
-                held = list(self._held.values())
+                held = [*self._held.values(), *self._completing.values()]
             if not held:
                 continue
             try:
@@ -442,7 +473,8 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc)
                 continue
             with self._lock:
-                # A job finished (and completed) since the snapshot above is not lost, only done.
+                # Only running or buffered jobs are reported here: a job awaiting completion whose lease
+                # was lost is reported by the completer, and one completed meanwhile is not lost at all.
                 lost = {job_id for job_id in lost if job_id in self._held}
             for job_id in lost:
                 if job_id not in self._lost:

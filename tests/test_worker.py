@@ -41,3 +41,38 @@ def test_a_free_slot_is_used_while_other_jobs_run_long(sqlite_url: str, fresh_qu
         worker.stop()
         runner.join(10)
     assert q.stats()["done"] == 4
+
+
+def test_a_slow_completer_holds_back_claims_and_keeps_finished_jobs_leased(  # type: ignore[no-untyped-def]
+    sqlite_url: str, fresh_queue
+) -> None:
+    """Finished jobs waiting to be recorded stay heartbeated, and handlers cannot outrun the completer."""
+    q = fresh_queue(sqlite_url)
+    backend = q.backend
+    record_done = backend.complete_many
+    backlog_sizes: list[int] = []
+    recorded = 0
+
+    def slow_complete_many(jobs):  # type: ignore[no-untyped-def]
+        # A completer stuck behind a busy database: each flush takes longer than the lease.
+        nonlocal recorded
+        backlog_sizes.append(sum(runs.values()) - recorded)
+        time.sleep(1.0)
+        lost = record_done(jobs)
+        recorded += len(jobs)
+        return lost
+
+    backend.complete_many = slow_complete_many  # type: ignore[method-assign]
+    runs: dict[object, int] = {}
+    worker = polyqueue.Worker(q, concurrency=2, batch_size=4, lease=0.6, poll_interval=(0.01, 0.05))
+
+    @worker.handler("quick")
+    def quick(job: polyqueue.Job) -> None:
+        runs[job.id] = runs.get(job.id, 0) + 1
+
+    ids = q.enqueue_many([{"job_type": "quick"} for _ in range(20)])
+    worker.run(burst=True)
+    assert q.stats()["done"] == 20
+    assert sorted(runs) == sorted(ids)
+    assert set(runs.values()) == {1}, "a finished job's lease ran out before its completion was recorded"
+    assert max(backlog_sizes) <= 4, f"handlers ran {max(backlog_sizes)} jobs ahead of the completer"
