@@ -26,10 +26,20 @@ def encode_payload(value: Any, max_bytes: int) -> str:
     """Encode a payload, checking type strictly (dict keys must be strings) and the size limit."""
     _check_plain(value, 0)
     text = dumps(value)
-    size = len(text.encode("utf-8"))
+    if text.isascii():  # the common case: one byte per character, nothing to encode
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidPayload("payload holds a string that is not valid Unicode (lone surrogate)") from None
     if size > max_bytes:
         raise PayloadTooLarge(f"payload is {size} bytes of JSON, over the limit of {max_bytes} bytes")
     return text
+
+
+#: Exact types that need no further look (subclasses take the slower isinstance path).
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def _check_plain(value: Any, depth: int) -> None:
@@ -37,6 +47,16 @@ def _check_plain(value: Any, depth: int) -> None:
     # so a payload would not round-trip; reject those instead of changing them.
     if depth > 200:
         raise InvalidPayload("payload nests deeper than 200 levels")
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return
+    if kind is dict:  # the usual payload: a flat dict of scalars, checked without a call per value
+        for key, item in value.items():
+            if type(key) is not str and not isinstance(key, str):
+                raise InvalidPayload(f"payload dict key {key!r} is not a string")
+            if type(item) not in _PLAIN_SCALARS:
+                _check_plain(item, depth + 1)
+        return
     if value is None or isinstance(value, (bool, int, str)):
         return
     if isinstance(value, float):

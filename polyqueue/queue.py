@@ -79,7 +79,13 @@ def parse_duration(value: float | int | timedelta | str, what: str = "duration")
     return seconds
 
 
+#: Names already found valid (queue names and job types repeat in every batch); bounded.
+_VALID_NAMES: set[str] = set()
+
+
 def _check_name(value: Any, what: str) -> str:
+    if type(value) is str and value in _VALID_NAMES:
+        return value
     if not isinstance(value, str) or not value:
         raise InvalidArgument(f"{what} must be a non-empty string")
     if len(value) > MAX_NAME_LENGTH:
@@ -90,6 +96,8 @@ def _check_name(value: Any, what: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidArgument(f"{what} is not valid Unicode text (lone surrogate)") from None
+    if type(value) is str and len(_VALID_NAMES) < 4096:
+        _VALID_NAMES.add(value)
     return value
 
 

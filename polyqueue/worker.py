@@ -99,6 +99,9 @@ class Worker:
         self.processed = 0
         self.failed = 0
         self._stopping = threading.Event()
+        # Leases are kept alive until the completer has recorded the last finished job, after _stopping.
+        self._heartbeats_end = threading.Event()
+        self._handlers_joined = False
         self._lock = threading.Lock()
         self._slot_freed = threading.Condition(self._lock)
         self._held: dict[Hashable, Job] = {}  # claimed, not yet finished: heartbeated
@@ -176,6 +179,8 @@ class Worker:
         # A fresh hand-off queue per run: a handler thread still stuck in a job from an
         # earlier run (past its shutdown timeout) must not pick up this run's jobs.
         self._ready = std_queue.SimpleQueue()
+        self._heartbeats_end.clear()
+        self._handlers_joined = False
         self._threads = [
             threading.Thread(target=self._run_handlers, args=(self._ready,), name=f"polyqueue-handler-{i}", daemon=True)
             for i in range(self.concurrency)
@@ -193,9 +198,10 @@ class Worker:
         return max(self.concurrency, self.batch_size)
 
     def _completion_backlog_full(self) -> bool:
-        # Back-pressure: handlers must not outrun the completer by more than one capacity's worth,
-        # or finished jobs pile up in memory and their leases run out before they are recorded.
-        return len(self._completing) >= self._capacity
+        # Back-pressure: handlers must not outrun the completer by more than two capacities' worth
+        # (one batch being recorded, one gathering), or finished jobs pile up in memory and their
+        # leases run out before they are recorded.
+        return len(self._completing) >= 2 * self._capacity
 
     def _room_to_claim(self) -> bool:
         # Refill at half capacity (or when nothing is held), so each claim takes a real batch.
@@ -436,7 +442,7 @@ class Worker:
                 return
 
     def _threads_done(self) -> bool:
-        return getattr(self, "_handlers_joined", False)
+        return self._handlers_joined
 
     def _flush_completions(self) -> bool:
         with self._done_lock:
@@ -462,7 +468,7 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         interval = max(self.lease / 3.0, 0.05)
-        while not self._stopping.wait(interval):
+        while not self._heartbeats_end.wait(interval):
             with self._lock:
                 held = [*self._held.values(), *self._completing.values()]
             if not held:
@@ -501,6 +507,8 @@ class Worker:
                 log.warning("could not release in-flight jobs (%s); their leases will expire", exc)
         self._handlers_joined = True
         self._done_flag.set()
-        for thread in self._threads[self.concurrency :]:
-            thread.join(5.0)
+        completer, heartbeat = self._threads[self.concurrency :]
+        completer.join(self.shutdown_timeout)
         self._flush_completions()
+        self._heartbeats_end.set()
+        heartbeat.join(5.0)

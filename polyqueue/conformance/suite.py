@@ -822,8 +822,19 @@ class TestBadInput:
 
     @pytest.mark.parametrize(
         "payload",
-        [object(), {1, 2}, b"bytes", float("nan"), float("inf"), {"k": (1, 2)}, {1: "int key"}, {"f": len}],
-        ids=["object", "set", "bytes", "nan", "inf", "tuple", "int-key", "function"],
+        [
+            object(),
+            {1, 2},
+            b"bytes",
+            float("nan"),
+            float("inf"),
+            {"k": (1, 2)},
+            {1: "int key"},
+            {"f": len},
+            {"k": [{"deep": float("-inf")}]},
+            {"text": "lone \ud800 surrogate"},
+        ],
+        ids=["object", "set", "bytes", "nan", "inf", "tuple", "int-key", "function", "nested-inf", "surrogate"],
     )
     def test_non_json_payload_is_rejected(self, queue: polyqueue.Queue, payload: Any) -> None:
         with pytest.raises(InvalidPayload):
