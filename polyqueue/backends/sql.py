@@ -11,6 +11,7 @@ classified. Nothing here asks which database it is talking to.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -179,8 +180,12 @@ class SQLBackend(Backend):
 
         Each row holds the plain column values plus ``delay`` (seconds from DB-now).
         """
-        stmt = self.plain_insert().returning(self.jobs.c.id, sort_by_parameter_order=True)
-        return [r[0] for r in connection.execute(stmt, rows)]
+        return [r[0] for r in connection.execute(self._insert_returning_ids, rows)]
+
+    @functools.cached_property
+    def _insert_returning_ids(self) -> sa.Insert:
+        # Built once: constructing and cache-keying this statement costs more than a SQLite insert.
+        return self.plain_insert().returning(self.jobs.c.id, sort_by_parameter_order=True)
 
     def plain_insert(self) -> sa.Insert:
         """The INSERT for rows given as plain values plus a ``delay`` bind parameter."""
@@ -527,6 +532,13 @@ class SQLBackend(Backend):
             except sa_exc.DBAPIError as exc:
                 raise self._translate(exc) from exc
             return ids
+
+        (only,) = jobs if len(jobs) == 1 else (None,)
+        no_follow_up = type(self).after_enqueue is SQLBackend.after_enqueue
+        if only is not None and only.dedupe_key is None and only.run_at is None and no_follow_up:
+            # One plain job is one INSERT: autocommit, no BEGIN/COMMIT round trips.
+            row = [self._plain_insert_params(only)]
+            return self._run_single(lambda conn: self.insert_rows(conn, row))
 
         def work(conn: Connection) -> list[Hashable]:
             ids = self._enqueue_in(conn, jobs)
