@@ -54,7 +54,11 @@ class Worker:
     ``concurrency`` the extra jobs wait in a local buffer, leased and
     heartbeated like running ones, and are released on shutdown if they never
     started. The worker claims again once half of that capacity is free, so
-    claims stay large instead of one job per finished handler.
+    claims stay large instead of one job per finished handler. A finished job
+    stays leased (and heartbeated) until the completer has recorded it, and the
+    worker stops claiming while two capacities' worth of finished jobs wait to
+    be recorded, so a slow database slows the handlers instead of piling up
+    completions.
     """
 
     def __init__(
