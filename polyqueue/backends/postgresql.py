@@ -231,7 +231,7 @@ class PostgreSQLBackend(SQLBackend):
         return {c: json.dumps([row[c] for row in rows], ensure_ascii=False) for c in _UNNEST_COLUMNS}
 
     @staticmethod
-    def _inserted_ids(result: Any, rows: list[dict[str, Any]]) -> list[Hashable]:
+    def _inserted_ids(result: Any, rows: Sequence[Any]) -> list[Hashable]:
         ids = sorted(r[0] for r in result)
         if len(ids) != len(rows):
             raise RuntimeError(f"inserted {len(ids)} rows for {len(rows)} jobs")
@@ -253,14 +253,35 @@ class PostgreSQLBackend(SQLBackend):
     def _bulk_insert(self) -> sa.TextClause:
         return sa.text(self._bulk_insert_sql())
 
-    @functools.cached_property
-    def _bulk_insert_and_notify(self) -> sa.TextClause:
+    def _shared_insert_sql(self) -> str:
+        # The usual batch: one queue, type, priority, attempt limit and delay for every job, so
+        # only the payloads travel as an array (one JSON array to encode and parse, not nine).
+        return (
+            f'INSERT INTO "{self.jobs.name}" (queue, job_type, payload, priority, status, attempts, max_attempts, '
+            "lease_token, created_at, run_at) "
+            "SELECT CAST(:queue AS text), CAST(:job_type AS text), payload, CAST(:priority AS int), "
+            f"{_PENDING}, 0, CAST(:max_attempts AS int), 0, now(), "
+            "now() + CAST(:delay AS float8) * interval '1 second' "
+            "FROM json_array_elements_text(CAST(:payloads AS json)) WITH ORDINALITY AS r(payload, ord) "
+            "ORDER BY ord RETURNING id"
+        )
+
+    @staticmethod
+    def _and_notify(insert_sql: str) -> sa.TextClause:
         # Data-modifying CTEs always run; the cross join runs pg_notify exactly once.
         return sa.text(
-            f"WITH inserted AS ({self._bulk_insert_sql()}), "
+            f"WITH inserted AS ({insert_sql}), "
             "woken AS (SELECT pg_notify(:channel, :notify_payload)) "
             "SELECT inserted.id FROM inserted CROSS JOIN woken"
         )
+
+    @functools.cached_property
+    def _bulk_insert_and_notify(self) -> sa.TextClause:
+        return self._and_notify(self._bulk_insert_sql())
+
+    @functools.cached_property
+    def _shared_insert_and_notify(self) -> sa.TextClause:
+        return self._and_notify(self._shared_insert_sql())
 
     def enqueue_many(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Hashable]:
         """Plain jobs outside a caller's transaction: ONE autocommit statement inserts them and sends the NOTIFY.
@@ -270,14 +291,24 @@ class PostgreSQLBackend(SQLBackend):
         """
         if connection is not None or not jobs or any(j.dedupe_key is not None or j.run_at is not None for j in jobs):
             return super().enqueue_many(jobs, connection=connection)
-        rows = [self._plain_insert_params(job) for job in jobs]
-        params = {
-            **self._bulk_params(rows),
-            "channel": self.channel,
-            "notify_payload": self._notify_payload({j.queue for j in jobs}),
-        }
-        statement = self._bulk_insert_and_notify
-        return self._run_single(lambda conn: self._inserted_ids(conn.execute(statement, params), rows))
+        shared = {(j.queue, j.job_type, j.priority, j.max_attempts, j.delay_seconds) for j in jobs}
+        params: dict[str, Any]
+        if len(shared) == 1:
+            ((queue, job_type, priority, max_attempts, delay),) = shared
+            params = {
+                "queue": queue,
+                "job_type": job_type,
+                "priority": priority,
+                "max_attempts": max_attempts,
+                "delay": delay,
+                "payloads": json.dumps([j.payload_json for j in jobs], ensure_ascii=False),
+            }
+            statement = self._shared_insert_and_notify
+        else:
+            params = self._bulk_params([self._plain_insert_params(job) for job in jobs])
+            statement = self._bulk_insert_and_notify
+        params.update(channel=self.channel, notify_payload=self._notify_payload({j.queue for j in jobs}))
+        return self._run_single(lambda conn: self._inserted_ids(conn.execute(statement, params), jobs))
 
     def after_enqueue(self, connection: Connection, queues: set[str]) -> None:
         """One tiny NOTIFY per batch, delivered when (and only if) the enqueue transaction commits.

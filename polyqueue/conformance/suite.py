@@ -162,6 +162,22 @@ class TestEnqueue:
         claimed = queue.claim(limit=60)
         assert [j.payload["i"] for j in claimed] == list(range(60))
 
+    @requires(Capability.PRIORITIES, Capability.DELAYED)
+    def test_a_mixed_batch_keeps_every_jobs_own_fields(self, queue: polyqueue.Queue) -> None:
+        specs = [
+            {"job_type": f"type-{i % 3}", "payload": {"i": i}, "queue": f"q{i % 2}", "priority": i % 4,
+             "max_attempts": 1 + i % 5, "delay": 3600 if i % 7 == 0 else 0}
+            for i in range(40)
+        ]  # fmt: skip
+        ids = queue.enqueue_many(specs)
+        for job_id, spec in zip(ids, specs, strict=True):
+            job = queue.get(job_id)
+            assert job is not None
+            got = (job.job_type, job.payload, job.queue, job.priority, job.max_attempts)
+            assert got == (spec["job_type"], spec["payload"], spec["queue"], spec["priority"], spec["max_attempts"])
+        ready = queue.claim(["q0", "q1"], limit=40)
+        assert sorted(j.payload["i"] for j in ready) == [i for i in range(40) if i % 7]
+
     def test_enqueue_many_of_nothing_stores_nothing(self, queue: polyqueue.Queue) -> None:
         assert queue.enqueue_many([]) == []
         assert queue.stats()["pending"] == 0
