@@ -74,10 +74,25 @@ TARGETS: list[dict[str, Any]] = [
         "at_least": 20.0,
     },
     {
-        "what": "PostgreSQL bulk enqueue >= 40,000 jobs/s",
-        "kind": "value",
+        "what": "PostgreSQL drain, 2 processes >= 20x procrastinate",
+        "kind": "ratio",
+        "key": ("drain", "2 processes", "postgresql", "polyqueue"),
+        "vs": ("drain", "2 processes", "postgresql", "procrastinate"),
+        "at_least": 20.0,
+    },
+    {
+        "what": "PostgreSQL bulk enqueue >= 1.5x pgqueuer",
+        "kind": "ratio",
         "key": ("enqueue", "bulk", "postgresql", "polyqueue"),
-        "at_least": 40_000,
+        "vs": ("enqueue", "bulk", "postgresql", "pgqueuer"),
+        "at_least": 1.5,
+    },
+    {
+        "what": "PostgreSQL bulk enqueue >= 1.5x procrastinate",
+        "kind": "ratio",
+        "key": ("enqueue", "bulk", "postgresql", "polyqueue"),
+        "vs": ("enqueue", "bulk", "postgresql", "procrastinate"),
+        "at_least": 1.5,
     },
     {
         "what": "PostgreSQL latency p50 <= 3 ms",
