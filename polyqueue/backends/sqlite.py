@@ -7,9 +7,11 @@ Several processes may share one file: writers queue on the file lock for up to
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
-from collections.abc import Callable, Hashable, Iterator
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -19,10 +21,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from .base import Capability
+from .base import Capability, WakeupSource
 from .sql import ErrorKind, SQLBackend
 
-__all__ = ["EpochTime", "SQLiteBackend"]
+__all__ = ["CommitWatcher", "EpochTime", "SQLiteBackend"]
 
 T = TypeVar("T")
 _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -46,6 +48,59 @@ class EpochTime(sa.types.TypeDecorator[datetime]):
         if value is None:
             return None
         return datetime.fromtimestamp(value, UTC)
+
+
+#: Bytes of the WAL-index header (the ``-shm`` file) that change with every committed transaction.
+_WAL_INDEX_HEADER = 48
+
+
+class CommitWatcher:
+    """Wakes an idle worker when any process commits to the database file, without sending SQL.
+
+    Every ``interval`` seconds it reads the WAL-index header (the first bytes
+    of the ``-shm`` file, whose change counter moves with every transaction)
+    and stats the ``-wal`` and database files (journal modes without a
+    WAL-index). Nothing reaches SQLite while nothing changes, and a new job is
+    seen within ``interval`` rather than within the back-off poll. A change may
+    be the worker's own commit: its probe then finds nothing due and it waits again.
+    """
+
+    def __init__(self, database: str, interval: float = 0.005) -> None:
+        self._database = database
+        self._interval = interval
+        self._seen = self._signature()
+
+    def _signature(self) -> tuple[Any, ...]:
+        parts: list[Any] = []
+        try:
+            with open(self._database + "-shm", "rb") as index:
+                parts.append(index.read(_WAL_INDEX_HEADER))
+        except OSError:
+            parts.append(None)
+        for path in (self._database + "-wal", self._database):
+            try:
+                st = os.stat(path)
+            except OSError:
+                parts.append(None)
+            else:
+                parts.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(parts)
+
+    def wait(self, timeout: float) -> bool:
+        """True as soon as the database has changed since the last look; False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self._signature()
+            if now != self._seen:
+                self._seen = now
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(self._interval, remaining))
+
+    def close(self) -> None:
+        """Nothing to release: it holds no connection or file open between looks."""
 
 
 class SQLiteBackend(SQLBackend):
@@ -132,6 +187,17 @@ class SQLiteBackend(SQLBackend):
             return super()._retrying(begin, work, retry_duplicates)
         with self._memory_lock:
             return super()._retrying(begin, work, retry_duplicates)
+
+    def wakeup_source(self, queues: Sequence[str]) -> WakeupSource | None:
+        """A :class:`CommitWatcher` on the database file (no SQL while idle); None for ``:memory:`` and URIs.
+
+        This is a local wake-up (processes sharing one file), not the
+        ``notify`` capability: the Redis depth cache still brings its own.
+        """
+        database = self.url.database
+        if self.in_memory or not database or database.startswith("file:"):
+            return None
+        return CommitWatcher(os.path.abspath(database))
 
     def autocommit_engine(self) -> Engine:
         """A second pool on a file; ``:memory:`` has only its one connection."""

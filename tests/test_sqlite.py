@@ -1,0 +1,71 @@
+"""SQLite specifics: an idle worker wakes on another process's commit without sending SQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+import polyqueue
+from polyqueue.backends.sqlite import CommitWatcher
+
+
+def _commit_from_another_process(url: str, prefix: str, job_type: str = "t") -> None:
+    code = (
+        "import polyqueue, sys\n"
+        "q = polyqueue.connect(sys.argv[1], table_prefix=sys.argv[2])\n"
+        "q.enqueue(sys.argv[3])\n"
+        "q.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", code, url, prefix, job_type], check=True, timeout=60)
+
+
+def test_the_watcher_wakes_on_a_commit_and_not_on_a_read(sqlite_url: str, fresh_queue: Any) -> None:
+    q = fresh_queue(sqlite_url)
+    watcher = CommitWatcher(str(Path(q.backend.url.database).resolve()))
+    try:
+        assert not watcher.wait(0.2), "woke with nothing committed"
+        q.stats()  # a read changes nothing
+        assert not watcher.wait(0.2), "a read woke it"
+        _commit_from_another_process(sqlite_url, q.backend.prefix)
+        assert watcher.wait(2.0), "another process's commit did not wake it"
+        assert not watcher.wait(0.1), "one commit woke it twice"
+    finally:
+        watcher.close()
+
+
+def test_an_idle_worker_sends_no_sql_and_starts_a_new_job_within_milliseconds(
+    sqlite_url: str, fresh_queue: Any
+) -> None:
+    q = fresh_queue(sqlite_url)
+    statements: list[str] = []
+    q.backend._run_single(lambda conn: None)  # the single-statement engine is created on first use
+    for engine in (q.backend.engine, q.backend._autocommit_engine):
+        sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    started: list[float] = []
+    worker = polyqueue.Worker(q, concurrency=1)
+    worker.register("t", lambda job: started.append(time.monotonic()))
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    try:
+        time.sleep(0.3)  # start-up: one claim finds nothing, one probe says nothing is due
+        settled = len(statements)
+        time.sleep(1.2)  # long enough for a polling worker to have backed off to its slow polls
+        idle = statements[settled:]
+        assert not idle, f"an idle worker sent {len(idle)} statements: {idle}"
+        committed = time.monotonic()
+        _commit_from_another_process(sqlite_url, q.backend.prefix)
+        committed_at_most = time.monotonic()
+        deadline = committed_at_most + 5
+        while not started and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert started, "the job never started"
+        assert started[0] - committed_at_most < 0.25, f"started {started[0] - committed:.3f}s after the enqueue"
+    finally:
+        worker.stop()
+        runner.join(10)
