@@ -69,3 +69,36 @@ def test_an_idle_worker_sends_no_sql_and_starts_a_new_job_within_milliseconds(
     finally:
         worker.stop()
         runner.join(10)
+
+
+def test_a_watching_worker_and_a_busy_producer_process_leave_the_file_intact(
+    sqlite_url: str, fresh_queue: Any
+) -> None:
+    """The watcher must never open the database's files: closing them would drop SQLite's own locks."""
+    q = fresh_queue(sqlite_url)
+    runs: dict[object, int] = {}
+    worker = polyqueue.Worker(q, concurrency=2)
+    worker.register("t", lambda job: runs.__setitem__(job.id, runs.get(job.id, 0) + 1))
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    jobs = 600
+    code = (
+        "import polyqueue, sys, time\n"
+        "q = polyqueue.connect(sys.argv[1], table_prefix=sys.argv[2])\n"
+        f"for i in range({jobs}):\n"
+        "    q.enqueue('t', i)\n"
+        "    time.sleep(0.001)\n"
+        "q.close()\n"
+    )
+    try:
+        subprocess.run([sys.executable, "-c", code, sqlite_url, q.backend.prefix], check=True, timeout=120)
+        deadline = time.monotonic() + 60
+        while q.stats()["done"] < jobs and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        runner.join(10)
+    with q.backend.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    assert q.stats()["done"] == jobs
+    assert len(runs) == jobs and set(runs.values()) == {1}

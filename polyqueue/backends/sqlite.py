@@ -50,40 +50,38 @@ class EpochTime(sa.types.TypeDecorator[datetime]):
         return datetime.fromtimestamp(value, UTC)
 
 
-#: Bytes of the WAL-index header (the ``-shm`` file) that change with every committed transaction.
-_WAL_INDEX_HEADER = 48
-
-
 class CommitWatcher:
     """Wakes an idle worker when any process commits to the database file, without sending SQL.
 
-    Every ``interval`` seconds it reads the WAL-index header (the first bytes
-    of the ``-shm`` file, whose change counter moves with every transaction)
-    and stats the ``-wal`` and database files (journal modes without a
-    WAL-index). Nothing reaches SQLite while nothing changes, and a new job is
-    seen within ``interval`` rather than within the back-off poll. A change may
-    be the worker's own commit: its probe then finds nothing due and it waits again.
+    Every ``interval`` seconds it stats the ``-wal`` file and the database
+    file: a commit appends to (or, after a checkpoint, rewrites) the WAL,
+    changing its size or modification time. Nothing reaches SQLite while
+    nothing changes, and a new job is seen within ``interval`` rather than
+    within the back-off poll. A change may be the worker's own commit: its
+    probe then finds nothing due and it waits again.
+
+    It only stats, never opens, those files: closing any descriptor of a file
+    drops every POSIX lock the process holds on it, SQLite's included (which
+    corrupts the database). Two commits rewriting the same WAL region within
+    one tick of a coarse file clock can look like one; the worker's safety
+    poll bounds how late the second is then seen (Linux 6.13+ gives a
+    fine-grained time to a file that was just looked at).
     """
 
     def __init__(self, database: str, interval: float = 0.005) -> None:
-        self._database = database
+        self._paths = (database + "-wal", database)
         self._interval = interval
         self._seen = self._signature()
 
-    def _signature(self) -> tuple[Any, ...]:
-        parts: list[Any] = []
-        try:
-            with open(self._database + "-shm", "rb") as index:
-                parts.append(index.read(_WAL_INDEX_HEADER))
-        except OSError:
-            parts.append(None)
-        for path in (self._database + "-wal", self._database):
+    def _signature(self) -> tuple[tuple[int, int, int, int] | None, ...]:
+        parts: list[tuple[int, int, int, int] | None] = []
+        for path in self._paths:
             try:
                 st = os.stat(path)
             except OSError:
                 parts.append(None)
             else:
-                parts.append((st.st_ino, st.st_size, st.st_mtime_ns))
+                parts.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         return tuple(parts)
 
     def wait(self, timeout: float) -> bool:
@@ -100,7 +98,7 @@ class CommitWatcher:
             time.sleep(min(self._interval, remaining))
 
     def close(self) -> None:
-        """Nothing to release: it holds no connection or file open between looks."""
+        """Nothing to release: it holds no connection and no file."""
 
 
 class SQLiteBackend(SQLBackend):
