@@ -534,9 +534,11 @@ class PolyqueueWorkerSide(WorkerSide):
         self.worker.register(JOB_TYPE, lambda job: self.on_job(job.payload))
 
     def trace_sqlite(self) -> None:
-        engine = self.system.q.backend.engine  # type: ignore[attr-defined]
-        engine.dispose()
-        sa.event.listen(engine, "connect", lambda dbapi_conn, _rec: dbapi_conn.set_trace_callback(self.statements))
+        backend: Any = self.system.q.backend
+        backend._run_single(lambda conn: None)  # creates the single-statement engine, so it is traced too
+        for engine in {id(e): e for e in (backend.engine, backend._autocommit_engine)}.values():
+            engine.dispose()  # connections made from now on carry the trace
+            sa.event.listen(engine, "connect", lambda dbapi_conn, _rec: dbapi_conn.set_trace_callback(self.statements))
 
     def run_burst(self, expected: int) -> None:
         self.worker.run(burst=True)
