@@ -363,7 +363,7 @@ class Worker:
             with self._done_lock:
                 self._done.append((job, result_json))
                 self.processed += 1
-                if len(self._done) >= self.batch_size:
+                if len(self._done) >= self.batch_size or self.completion_interval <= 0:
                     self._done_flag.set()
 
     def _call_hook(self, hook: Any, **kwargs: Any) -> None:
@@ -386,7 +386,9 @@ class Worker:
     def _completed(self, batch: list[tuple[Job, str | None]]) -> None:
         with self._lock:
             for job, _ in batch:
-                self._completing.pop(job.id, None)
+                # By identity: after a long outage this worker may hold the same id again, from a new claim.
+                if self._completing.get(job.id) is job:
+                    del self._completing[job.id]
             self._slot_freed.notify_all()
 
     def _fail(self, job: Job, exc: BaseException) -> None:
@@ -407,6 +409,9 @@ class Worker:
                 if attempt == 0:
                     log.warning("job %s: could not record failure yet: %s", job.id, err)
                 time.sleep(min(2.0, 0.05 * 2**attempt))
+            except Exception as err:  # refused outright: retrying will not help, and the thread must live
+                log.error("job %s: failure not recorded (%s); its lease will expire, then it runs again", job.id, err)
+                return
         log.error("job %s: failure not recorded; its lease will expire and it will be retried", job.id)
 
     def _release_unstarted(self) -> None:
@@ -431,7 +436,7 @@ class Worker:
     def _release_quietly(self, job: Job) -> None:
         try:
             self.queue.backend.release_many([job])
-        except PolyqueueError as exc:
+        except Exception as exc:
             log.warning("job %s: could not release (%s); its lease will expire", job.id, exc)
         finally:
             self._finish(job)
@@ -462,6 +467,10 @@ class Worker:
                         log.warning("could not mark %d job(s) done yet: %s", len(batch), exc)
                     time.sleep(min(2.0, 0.05 * 2**attempt))
                     continue
+                except Exception as exc:  # the database refused the batch: settle its jobs one by one
+                    log.error("could not mark %d job(s) done (%s); recording them one by one", len(batch), exc)
+                    self._complete_one_by_one(batch)
+                    return True
                 for job_id in lost:
                     log.warning("job %s finished but its lease was lost; it may run again", job_id)
                 return True
@@ -469,6 +478,24 @@ class Worker:
             return True
         finally:
             self._completed(batch)
+
+    def _complete_one_by_one(self, batch: list[tuple[Job, str | None]]) -> None:
+        """Record each job alone; one the database refuses (a result too large for it, say) is failed with why."""
+        for job, result in batch:
+            try:
+                self.queue.backend.complete_many([(job, result)])
+                continue
+            except Exception as exc:
+                refusal = exc
+            try:
+                self.queue.fail(job, f"the job succeeded but its completion could not be recorded: {refusal}")
+            except Exception as exc:
+                log.error(
+                    "job %s: neither its completion nor its failure could be recorded (%s); "
+                    "its lease will expire and it will run again",
+                    job.id,
+                    exc,
+                )
 
     def _heartbeat_loop(self) -> None:
         interval = max(self.lease / 3.0, 0.05)
@@ -479,7 +506,7 @@ class Worker:
                 continue
             try:
                 lost = self.queue.backend.extend_many(held, self.lease)
-            except PolyqueueError as exc:
+            except Exception as exc:  # never let the heartbeat die: every held lease depends on it
                 log.warning("heartbeat failed: %s", exc)
                 continue
             with self._lock:

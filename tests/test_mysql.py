@@ -166,6 +166,36 @@ def test_names_are_exact_utf8mb4_and_payloads_round_trip(fresh_queue: MakeQueue,
     assert sorted(by_queue) == sorted(NAMES)
 
 
+def test_migrating_a_version_1_table_widens_its_text_columns(fresh_queue: MakeQueue, mysql_url: str) -> None:
+    q = fresh_queue(mysql_url)
+    backend: Any = q.backend
+    table = backend.jobs.name
+
+    def column_types() -> dict[str, str]:
+        with backend.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = DATABASE() AND table_name = %s",
+                (table,),
+            )
+            return {name.lower(): kind.lower() for name, kind in rows}
+
+    with backend.engine.begin() as conn:  # the table as version 1 made it
+        conn.exec_driver_sql(
+            f"ALTER TABLE `{table}` MODIFY payload TEXT NOT NULL, MODIFY last_error TEXT NULL, "
+            "MODIFY errors TEXT NULL, MODIFY result TEXT NULL"
+        )
+        conn.execute(sa.update(backend.schema_table).values(version=1))
+    kept = q.enqueue("t", {"kept": True})
+    assert column_types()["payload"] == "text"
+    q.migrate()
+    types = column_types()
+    assert [types[c] for c in ("payload", "last_error", "errors", "result")] == ["longtext"] * 4
+    assert q.get(kept).payload == {"kept": True}  # type: ignore[union-attr]
+    with backend.engine.connect() as conn:
+        assert conn.execute(sa.select(backend.schema_table.c.version)).scalar() == 2
+
+
 def test_times_are_utc_with_microseconds(fresh_queue: MakeQueue, mysql_url: str) -> None:
     q = fresh_queue(mysql_url)
     plus_five = timezone(timedelta(hours=5, minutes=30))

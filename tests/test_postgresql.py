@@ -24,6 +24,7 @@ from servers import PrivatePostgreSQL, ServerUnavailable
 
 import polyqueue
 from polyqueue.backends.postgresql import PostgreSQLBackend
+from polyqueue.backends.sql import SCHEMA_VERSION
 from polyqueue.conformance.suite import wait_until
 from polyqueue.testing import backends_required, drop_schema, unique_prefix
 
@@ -314,7 +315,7 @@ def test_concurrent_migrate_from_two_processes(private_pg: PrivatePostgreSQL, tm
             versions = conn.exec_driver_sql(f'SELECT id, version FROM "{prefix}schema"').all()
             options = conn.exec_driver_sql("SELECT reloptions FROM pg_class WHERE relname = %s", (f"{prefix}jobs",))
             reloptions = options.scalar()
-        assert versions == [(1, 1)]
+        assert versions == [(1, SCHEMA_VERSION)]
         assert "autovacuum_vacuum_scale_factor=0.02" in (reloptions or [])
         q.migrate()  # idempotent
         assert q.claim() == [] and q.enqueue("job") is not None

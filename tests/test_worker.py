@@ -99,3 +99,27 @@ def test_a_failing_lifecycle_hook_neither_fails_nor_repeats_the_job(tmp_path, ca
     assert q.stats()["done"] == 5
     assert "metrics backend down" in caplog.text
     q.close()
+
+
+def test_a_completion_the_database_refuses_fails_that_job_and_the_worker_goes_on(  # type: ignore[no-untyped-def]
+    sqlite_url: str, fresh_queue
+) -> None:
+    q = fresh_queue(sqlite_url, max_attempts=1)
+    backend = q.backend
+    record_done = backend.complete_many
+
+    def refusing_complete_many(jobs):  # type: ignore[no-untyped-def]
+        # As MySQL refuses a value too long for its column: the whole statement fails, not one row.
+        if any(result is not None and "poison" in result for _, result in jobs):
+            raise polyqueue.PolyqueueError("rejected the operation: Data too long for column 'result'")
+        return record_done(jobs)
+
+    backend.complete_many = refusing_complete_many  # type: ignore[method-assign]
+    worker = polyqueue.Worker(q, concurrency=2, batch_size=8, completion_interval=0.05)
+    worker.register("t", lambda job: "poison" if job.payload == 3 else job.payload)
+    ids = q.enqueue_many([{"job_type": "t", "payload": i} for i in range(20)])
+    worker.run(burst=True)
+    stats = q.stats()
+    assert (stats["done"], stats["dead"], stats["processing"]) == (19, 1, 0)
+    dead = q.get(ids[3])
+    assert dead is not None and "completion could not be recorded" in (dead.last_error or "")

@@ -192,6 +192,14 @@ class MySQLBackend(SQLBackend):
             table.dialect_kwargs["mysql_collate"] = collation
         super().migrate()
 
+    def upgrade_schema(self, connection: Connection, from_version: int | None) -> None:
+        """Version 2: the text columns become LONGTEXT (TEXT held 64 KB, less than the 1 MiB payload limit)."""
+        if from_version is not None and from_version < 2:
+            connection.exec_driver_sql(
+                f"ALTER TABLE `{self.jobs.name}` MODIFY payload LONGTEXT NOT NULL, MODIFY last_error LONGTEXT NULL, "
+                "MODIFY errors LONGTEXT NULL, MODIFY result LONGTEXT NULL"
+            )
+
     @contextmanager
     def migration_lock(self, connection: Connection) -> Iterator[None]:
         """``GET_LOCK``: MySQL DDL is not transactional, so a named lock serialises migrations."""

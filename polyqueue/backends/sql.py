@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import URL, Connection, Engine
 
 from .. import json_codec
@@ -29,7 +30,7 @@ from ..errors import BackendUnavailable, ConfigurationError, PolyqueueError, Sch
 from ..job import FINISHED_STATUSES, LIVE_STATUSES, Job, JobStatus, NewJob, ReplayResult
 from .base import Backend, BackendOptions
 
-__all__ = ["SCHEMA_VERSION", "ErrorKind", "SQLBackend"]
+__all__ = ["LONG_TEXT", "SCHEMA_VERSION", "ErrorKind", "SQLBackend"]
 
 log = logging.getLogger("polyqueue.sql")
 T = TypeVar("T")
@@ -46,7 +47,10 @@ LIVE_SQL = [status_literal(s) for s in LIVE_STATUSES]
 FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 
 #: Bumped whenever ``migrate`` has new work to do.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Payloads, results and error histories: unbounded text (MySQL's TEXT stops at 64 KB, below ``max_payload_bytes``).
+LONG_TEXT = sa.Text().with_variant(mysql_types.LONGTEXT(), "mysql", "mariadb")
 #: How many rescued (lease-expired) jobs one claim handles at most.
 RESCUE_BATCH = 100
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
@@ -248,7 +252,7 @@ class SQLBackend(Backend):
             sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
             sa.Column("queue", sa.String(255), nullable=False),
             sa.Column("job_type", sa.String(255), nullable=False),
-            sa.Column("payload", sa.Text, nullable=False),
+            sa.Column("payload", LONG_TEXT, nullable=False),
             sa.Column("priority", sa.Integer, nullable=False, default=0),
             sa.Column("status", sa.String(16), nullable=False, default=JobStatus.PENDING),
             sa.Column("attempts", sa.Integer, nullable=False, default=0),
@@ -259,10 +263,10 @@ class SQLBackend(Backend):
             sa.Column("locked_by", sa.String(255), nullable=True),
             sa.Column("lease_expires_at", when(), nullable=True),
             sa.Column("lease_token", sa.BigInteger, nullable=False, default=0),
-            sa.Column("last_error", sa.Text, nullable=True),
-            sa.Column("errors", sa.Text, nullable=True),
+            sa.Column("last_error", LONG_TEXT, nullable=True),
+            sa.Column("errors", LONG_TEXT, nullable=True),
             sa.Column("dedupe_key", sa.String(255), nullable=True),
-            sa.Column("result", sa.Text, nullable=True),
+            sa.Column("result", LONG_TEXT, nullable=True),
             *self.extra_columns(),
         )
 
@@ -305,7 +309,8 @@ class SQLBackend(Backend):
         if autocommit:
             # A pool of its own whose connections stay in autocommit: switching a pooled
             # connection back and forth costs a SET statement per checkout on some drivers.
-            options.update(isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8)
+            # As large as the transactional pool: a worker's handlers, completer and heartbeat all use it.
+            options.update(isolation_level="AUTOCOMMIT")
         try:
             engine = sa.create_engine(url, **options)
         except (ImportError, sa_exc.NoSuchModuleError) as exc:
@@ -374,6 +379,8 @@ class SQLBackend(Backend):
             try:
                 with begin() as conn:
                     return work(conn)
+            except sa_exc.TimeoutError as exc:  # the pool had no connection to lend within pool_timeout
+                raise BackendUnavailable(f"{self.describe()} is unavailable: no free connection ({exc})") from exc
             except sa_exc.DBAPIError as exc:
                 kind = self.classify(exc)
                 if kind == ErrorKind.TRANSIENT or (kind == ErrorKind.DUPLICATE and retry_duplicates):
@@ -656,6 +663,9 @@ class SQLBackend(Backend):
         drivers' 65,535-parameter limit.
         """
         if len(jobs) > FENCE_CHUNK:
+            # In id order, so that a chunked heartbeat and a completion of overlapping rows take their
+            # row locks in the same order more often than not (PostgreSQL retries a deadlock after 1 s).
+            jobs = sorted(jobs, key=lambda job: int(job.id))  # type: ignore[call-overload]
             lost: set[Hashable] = set()
             for start in range(0, len(jobs), FENCE_CHUNK):
                 lost |= self._update_fenced(conn, jobs[start : start + FENCE_CHUNK], values, landed_status)

@@ -162,6 +162,15 @@ class TestEnqueue:
         claimed = queue.claim(limit=60)
         assert [j.payload["i"] for j in claimed] == list(range(60))
 
+    def test_payloads_and_results_up_to_the_size_limit_round_trip(self, queue: polyqueue.Queue) -> None:
+        big = {"blob": "é" + "x" * 900_000}  # well over 64 KB, under the default 1 MiB limit
+        job_id = queue.enqueue("t", big)
+        (job,) = queue.claim()
+        assert job.id == job_id and job.payload == big
+        queue.complete(job, result=big)
+        done = queue.get(job_id)
+        assert done is not None and done.result == big
+
     @requires(Capability.PRIORITIES, Capability.DELAYED)
     def test_a_mixed_batch_keeps_every_jobs_own_fields(self, queue: polyqueue.Queue) -> None:
         specs = [
