@@ -14,19 +14,20 @@ from polyqueue.bench import run_bench
 
 
 def test_tiny_sqlite_bench_writes_a_verified_report(tmp_path: Path) -> None:
-    report = run_bench(
-        backends=("sqlite",),
-        scenarios=("enqueue", "drain"),
-        baselines=("naive",),
-        repetitions=1,
-        bulk_jobs=200,
-        single_jobs=20,
-        drain_jobs=300,
-        processes=(1,),
-        output_dir=str(tmp_path),
-        chart=False,
-        console=Console(file=open(tmp_path / "out.txt", "w"), width=150),  # noqa: SIM115 - closed with the process
-    )
+    with open(tmp_path / "out.txt", "w") as out:
+        report = run_bench(
+            backends=("sqlite",),
+            scenarios=("enqueue", "drain"),
+            baselines=("naive",),
+            repetitions=1,
+            bulk_jobs=200,
+            single_jobs=20,
+            drain_jobs=300,
+            processes=(1,),
+            output_dir=str(tmp_path),
+            chart=False,
+            console=Console(file=out, width=150),
+        )
     figures = {(f["scenario"], f["variant"], f["system"]): f for f in report["figures"]}
     for key in [("drain", "1 process", "polyqueue"), ("drain", "1 process", "naive"), ("enqueue", "bulk", "polyqueue")]:
         assert key in figures and figures[key]["median"] > 0, key
