@@ -447,11 +447,8 @@ class Worker:
             self._done_flag.wait(self.completion_interval if self.completion_interval > 0 else None)
             self._done_flag.clear()
             finished = self._flush_completions()
-            if finished and self._stopping.is_set() and self._threads_done():
+            if finished and self._stopping.is_set() and self._handlers_joined:
                 return
-
-    def _threads_done(self) -> bool:
-        return self._handlers_joined
 
     def _flush_completions(self) -> bool:
         with self._done_lock:

@@ -11,6 +11,7 @@ classified. Nothing here asks which database it is talking to.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import random
@@ -48,6 +49,10 @@ FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 
 #: Bumped whenever ``migrate`` has new work to do.
 SCHEMA_VERSION = 2
+
+#: Job's fields in declaration order: rows are read in this order and passed to Job positionally.
+_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
+_DECODED_FIELDS = tuple(_JOB_FIELDS.index(name) for name in ("payload", "result", "errors"))
 
 #: Payloads, results and error histories: unbounded text (MySQL's TEXT stops at 64 KB, below ``max_payload_bytes``).
 LONG_TEXT = sa.Text().with_variant(mysql_types.LONGTEXT(), "mysql", "mariadb")
@@ -99,7 +104,7 @@ class SQLBackend(Backend):
             index._set_parent(self.jobs)
         self._columns = list(self.jobs.c)
         names = [c.name for c in self._columns]
-        self._job_field_positions = tuple(names.index(name) for name in self._JOB_FIELDS)
+        self._job_field_positions = tuple(names.index(name) for name in _JOB_FIELDS)
         self.engine = self._create_engine()
 
     # ------------------------------------------------------------------
@@ -416,42 +421,14 @@ class SQLBackend(Backend):
     # ------------------------------------------------------------------
     # Row <-> Job
     # ------------------------------------------------------------------
-    _JOB_FIELDS = (
-        "id", "queue", "job_type", "payload", "priority", "status", "attempts", "max_attempts", "run_at",
-        "created_at", "finished_at", "locked_by", "lease_expires_at", "last_error", "dedupe_key", "result",
-        "lease_token", "errors",
-    )  # fmt: skip
-
     def _job_from_row(self, row: Any) -> Job:
         """A :class:`Job` from a row selecting ``self._columns`` (positional: this runs once per claimed job)."""
-        if len(row) == len(self._columns):
-            values = [row[i] for i in self._job_field_positions]
-        else:  # a statement selecting other columns: look them up by name
-            m = row._mapping
-            values = [m[name] for name in self._JOB_FIELDS]
-        (job_id, queue, job_type, payload, priority, status, attempts, max_attempts, run_at,
-         created_at, finished_at, locked_by, lease_expires_at, last_error, dedupe_key, result,
-         lease_token, errors) = values  # fmt: skip
-        return Job(
-            id=job_id,
-            queue=queue,
-            job_type=job_type,
-            payload=json_codec.loads(payload),
-            priority=priority,
-            status=status,
-            attempts=attempts,
-            max_attempts=max_attempts,
-            run_at=run_at,
-            created_at=created_at,
-            finished_at=finished_at,
-            locked_by=locked_by,
-            lease_expires_at=lease_expires_at,
-            last_error=last_error,
-            dedupe_key=dedupe_key,
-            result=json_codec.loads(result) if result is not None else None,
-            lease_token=lease_token,
-            errors=json_codec.loads(errors) if errors else [],
-        )
+        values = [row[i] for i in self._job_field_positions]
+        payload, result, errors = _DECODED_FIELDS
+        values[payload] = json_codec.loads(values[payload])
+        values[result] = json_codec.loads(values[result]) if values[result] is not None else None
+        values[errors] = json_codec.loads(values[errors]) if values[errors] else []
+        return Job(*values)
 
     @staticmethod
     def _claim_order(job: Job) -> tuple[int, datetime, Any]:
