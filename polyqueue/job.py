@@ -7,7 +7,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["FINISHED_STATUSES", "LIVE_STATUSES", "STATUSES", "Job", "JobStatus", "NewJob", "ReplayResult"]
+__all__ = [
+    "FINISHED_STATUSES",
+    "LIVE_STATUSES",
+    "MAX_INT_ID",
+    "STATUSES",
+    "Job",
+    "JobStatus",
+    "NewJob",
+    "ReplayResult",
+    "int_job_id",
+]
 
 
 class JobStatus:
@@ -83,3 +93,27 @@ class ReplayResult:
 
     replayed: int
     skipped: dict[Hashable, str] = field(default_factory=dict)
+
+
+#: The largest id a SQL BIGINT (and so every built-in backend) hands out.
+MAX_INT_ID = 2**63 - 1
+
+
+def int_job_id(job_id: Hashable) -> int | None:
+    """The integer id an int or its ASCII decimal text names; None for anything else or out of range.
+
+    Backends with integer ids answer None (``get``) or False (``cancel``)
+    for such ids instead of passing them to a driver that would raise.
+    """
+    if isinstance(job_id, bool):
+        return None
+    if isinstance(job_id, int):
+        value = job_id
+    elif isinstance(job_id, str):
+        text = job_id.strip()
+        if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
+            return None
+        value = int(text)
+    else:
+        return None
+    return value if 0 < value <= MAX_INT_ID else None

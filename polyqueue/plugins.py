@@ -6,6 +6,7 @@ name a URL asks for, so one broken plugin cannot break other backends.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from typing import Any, cast
@@ -15,9 +16,10 @@ import pluggy
 from . import hookspecs
 from .errors import ConfigurationError
 
-__all__ = ["ENTRY_POINT_GROUP", "backend_class_for", "known_schemes", "make_plugin_manager"]
+__all__ = ["ENTRY_POINT_GROUP", "backend_class_for", "call_hook", "known_schemes", "make_plugin_manager"]
 
 ENTRY_POINT_GROUP = "polyqueue"
+log = logging.getLogger("polyqueue.plugins")
 
 
 def make_plugin_manager(plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
@@ -116,3 +118,19 @@ def backend_class_for(pm: pluggy.PluginManager, scheme: str) -> type:
             f"{ENTRY_POINT_GROUP!r} (pip install the plugin package)"
         )
     return table[scheme][0]
+
+
+def call_hook(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> None:
+    """Call the lifecycle hook ``name`` when some plugin implements it.
+
+    A plugin that raises is logged and ignored: a metrics or tracing plugin
+    must never fail, repeat or undo the work it observes (an enqueue that
+    already committed, a job that already ran).
+    """
+    hook = getattr(pm.hook, name)
+    if not hook.get_hookimpls():
+        return
+    try:
+        hook(**kwargs)
+    except Exception:
+        log.exception("plugin hook %s failed; the operation it observed stands", name)

@@ -1,11 +1,9 @@
-"""The public Queue: input validation and queue policy (retries, backoff, dead-lettering) over a backend."""
+"""The public Queue: input validation over a backend, with consumer calls through one fenced session."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
 import re
 import socket
 import threading
@@ -19,133 +17,69 @@ import pluggy
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from . import json_codec
-from .backends.base import Backend
-from .errors import ConfigurationError, InvalidArgument, InvalidPayload, JobNotFound, LeaseLost
+from . import json_codec, policy
+from .backends.base import (
+    Backend,
+    CancelRequest,
+    DeadJobsQuery,
+    EnqueueBatch,
+    JobLookup,
+    OptionParser,
+    PurgeRequest,
+    ReadyCount,
+    ReplayRequest,
+    StatsRequest,
+)
+from .errors import ConfigurationError, InvalidArgument, InvalidPayload, JobNotFound
 from .job import FINISHED_STATUSES, Job, NewJob, ReplayResult
-from .plugins import backend_class_for, make_plugin_manager
+from .plugins import backend_class_for, call_hook, make_plugin_manager
+from .session import ConsumerSession, lease_lost
+from .validation import (
+    check_int,
+    check_job_types,
+    check_name,
+    check_seconds,
+    parse_duration,
+    queue_list,
+)
 
-__all__ = ["DEFAULT_URL", "Queue", "connect", "parse_duration"]
+__all__ = ["CORE_OPTIONS", "DEFAULT_URL", "Queue", "connect", "parse_duration"]
 
 log = logging.getLogger("polyqueue")
 
 DEFAULT_URL = "sqlite:///polyqueue.db"
-MAX_NAME_LENGTH = 255
-MAX_ERROR_LENGTH = 16_384
-ERROR_HISTORY_LIMIT = 20
 MAX_CLAIM_BATCH = 1000
-#: Durations beyond this (100 years) overflow some databases' date types.
-MAX_DURATION_SECONDS = 100 * 365 * 86400
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
-_DURATION_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
-#: Options polyqueue itself understands (as keywords or URL query parameters), with their parsers.
-_OPTION_PARSERS: dict[str, Any] = {
+#: Options polyqueue itself understands on every backend (as keywords or URL query parameters), with their parsers.
+#: A backend adds its own in ``Backend.connect_options``.
+CORE_OPTIONS: dict[str, OptionParser] = {
     "table_prefix": str,
     "max_payload_bytes": int,
     "max_attempts": int,
     "depth_cache": str,
+    "depth_cache_ttl": float,
     "backoff_base": float,
     "backoff_max": float,
-    "reconnect_seconds": float,
-    "transient_retries": int,
-    "sqlite_synchronous": str,
     "safety_poll": float,
-    "depth_cache_ttl": float,
 }
 
 
-def parse_duration(value: float | int | timedelta | str, what: str = "duration") -> float:
-    """Seconds from a number, a timedelta or text such as ``"90"``, ``"30m"``, ``"7d"``."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool):
-        raise InvalidArgument(f"{what} must be a number of seconds, a timedelta or text like '7d'")
-    elif isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        match = _DURATION_RE.match(value)
-        if not match:
-            raise InvalidArgument(f"{what} {value!r} is not a duration like '45s', '30m', '12h' or '7d'")
-        unit = match.group(2)
-        seconds = float(match.group(1)) * _DURATION_UNITS[unit.lower() if unit else None]
-    else:
-        raise InvalidArgument(f"{what} must be a number of seconds, a timedelta or text like '7d'")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidArgument(f"{what} must be a finite number of seconds >= 0")
-    if seconds > MAX_DURATION_SECONDS:
-        raise InvalidArgument(f"{what} of {seconds:g}s is beyond the 100-year limit")
-    return seconds
-
-
-#: Names already found valid (queue names and job types repeat in every batch); bounded.
-_VALID_NAMES: set[str] = set()
-
-
-def _check_name(value: Any, what: str) -> str:
-    if type(value) is str and value in _VALID_NAMES:
-        return value
-    if not isinstance(value, str) or not value:
-        raise InvalidArgument(f"{what} must be a non-empty string")
-    if len(value) > MAX_NAME_LENGTH:
-        raise InvalidArgument(f"{what} is {len(value)} characters; the limit is {MAX_NAME_LENGTH}")
-    if "\x00" in value:
-        raise InvalidArgument(f"{what} must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgument(f"{what} is not valid Unicode text (lone surrogate)") from None
-    if type(value) is str and len(_VALID_NAMES) < 4096:
-        _VALID_NAMES.add(value)
-    return value
-
-
-def _check_int(value: Any, what: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"{what} must be an integer")
-    if not low <= value <= high:
-        raise InvalidArgument(f"{what} must be between {low} and {high}")
-    return value
-
-
-def _check_seconds(value: Any, what: str, *, positive: bool = False) -> float:
-    seconds = parse_duration(value, what)
-    if positive and seconds <= 0:
-        raise InvalidArgument(f"{what} must be greater than zero")
-    return seconds
-
-
-def _queue_list(queues: str | Iterable[str]) -> list[str]:
-    names = [queues] if isinstance(queues, str) else list(queues)
-    if not names:
-        raise InvalidArgument("queues must name at least one queue")
-    return [_check_name(q, "queue name") for q in dict.fromkeys(names)]
-
-
-def _error_text(error: BaseException | str | None) -> str:
-    if isinstance(error, BaseException):
-        text = f"{type(error).__name__}: {error}"
-    elif error is None:
-        text = "failed"
-    else:
-        text = str(error)
-    return text[:MAX_ERROR_LENGTH]
-
-
-def _split_options(url: URL, options: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
-    """Take polyqueue's own options out of the URL query; keyword options win."""
+def _split_options(
+    url: URL, options: dict[str, Any], parsers: Mapping[str, OptionParser]
+) -> tuple[URL, dict[str, Any]]:
+    """Take the options ``parsers`` knows out of the URL query and parse them; keyword options win."""
     merged: dict[str, Any] = {}
     query = dict(url.query)
     for key in list(query):
-        if key in _OPTION_PARSERS:
+        if key in parsers:
             raw = query.pop(key)
             merged[key] = raw[-1] if isinstance(raw, tuple) else raw
     merged.update({k: v for k, v in options.items() if v is not None})
-    unknown = set(merged) - set(_OPTION_PARSERS)
+    unknown = set(merged) - set(parsers)
     if unknown:
-        raise ConfigurationError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_OPTION_PARSERS)}")
-    for key, parse in _OPTION_PARSERS.items():
+        raise ConfigurationError(f"unknown option(s) {sorted(unknown)}; known: {sorted(parsers)}")
+    for key, parse in parsers.items():
         if key in merged:
             try:
                 merged[key] = parse(merged[key])
@@ -160,8 +94,10 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
     ``url`` None reads ``POLYQUEUE_URL``, else uses ``sqlite:///polyqueue.db``.
     Options (also accepted as URL query parameters): ``table_prefix``,
     ``max_payload_bytes``, ``max_attempts``, ``depth_cache`` (a ``redis://``
-    URL), ``backoff_base``, ``backoff_max``, ``reconnect_seconds``,
-    ``safety_poll``, ``sqlite_synchronous``. ``plugins`` are lifecycle plugin
+    URL), ``depth_cache_ttl``, ``backoff_base``, ``backoff_max``,
+    ``safety_poll``, plus the backend's own (``Backend.connect_options``:
+    ``reconnect_seconds`` and ``transient_retries`` on SQL backends,
+    ``sqlite_synchronous`` on SQLite). ``plugins`` are lifecycle plugin
     objects or entry-point names. Raises :class:`ConfigurationError` for an
     unknown scheme or a bad option; never echoes a password.
     """
@@ -178,15 +114,14 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
             ) from None
     else:
         raise ConfigurationError("url must be a string, a SQLAlchemy URL or None")
-    parsed, opts = _split_options(parsed, options)
+    pm = make_plugin_manager(list(plugins) + _env_plugins())
+    backend_cls: type[Backend] = backend_class_for(pm, parsed.drivername.split("+", 1)[0])
+    parsed, opts = _split_options(parsed, options, {**CORE_OPTIONS, **backend_cls.connect_options})
     prefix = opts.setdefault("table_prefix", "polyqueue_")
     if not _PREFIX_RE.match(prefix):
         raise ConfigurationError("table_prefix must be a plain identifier: letters, digits and _ (max 40)")
     opts["max_payload_bytes"] = _positive(opts.get("max_payload_bytes", 1 << 20), "max_payload_bytes")
     opts["max_attempts"] = _positive(opts.get("max_attempts", 5), "max_attempts")
-    pm = make_plugin_manager(list(plugins) + _env_plugins())
-    scheme = parsed.drivername.split("+", 1)[0]
-    backend_cls = backend_class_for(pm, scheme)
     backend: Backend = backend_cls(parsed, opts)
     if opts.get("depth_cache"):
         from .depth_cache import DepthCachedBackend
@@ -207,6 +142,21 @@ def _env_plugins() -> list[str]:
     return [name.strip() for name in os.environ.get("POLYQUEUE_PLUGINS", "").split(",") if name.strip()]
 
 
+def default_worker_id() -> str:
+    """``host:pid:random``: names the process that holds a job (``Job.locked_by``)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _positive_seconds_option(value: Any, what: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{what} must be a number of seconds") from None
+    if not 0 < seconds < float("inf"):
+        raise ConfigurationError(f"{what} must be a positive number of seconds")
+    return seconds
+
+
 class Queue:
     """A job queue on one database. Thread-safe; share one per process.
 
@@ -221,9 +171,12 @@ class Queue:
         self.options = dict(options)
         self.max_payload_bytes: int = self.options["max_payload_bytes"]
         self.max_attempts: int = self.options["max_attempts"]
-        self.backoff_base: float = float(self.options.get("backoff_base", 1.0))
-        self.backoff_max: float = float(self.options.get("backoff_max", 3600.0))
-        self._default_worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: Retry delays after a failed attempt: exponential with jitter (options ``backoff_base``, ``backoff_max``).
+        self.retry_backoff = policy.Backoff(
+            _positive_seconds_option(self.options.get("backoff_base", 1.0), "backoff_base"),
+            _positive_seconds_option(self.options.get("backoff_max", 3600.0), "backoff_max"),
+        )
+        self._session = ConsumerSession(self, worker_id=default_worker_id())
         self._closed = threading.Event()
         self._url = ""
 
@@ -238,7 +191,7 @@ class Queue:
     @property
     def capabilities(self) -> frozenset[str]:
         """The backend's optional features (see :class:`~polyqueue.backends.base.Capability`)."""
-        return self.backend.capabilities
+        return frozenset(self.backend.capabilities)
 
     def migrate(self) -> None:
         """Create or upgrade the schema. Idempotent and safe when processes race."""
@@ -258,6 +211,20 @@ class Queue:
     ) -> None:
         self.close()
 
+    def consumer_session(
+        self, worker_id: str | None = None, *, max_attempts: int | None = None, outage_patience: float = 0.0
+    ) -> ConsumerSession:
+        """A :class:`~polyqueue.session.ConsumerSession` for one consumer (what a Worker uses).
+
+        ``max_attempts`` lowers the attempt limit of every job it claims;
+        ``outage_patience`` is how long its settlements and heartbeats wait
+        out a database outage before raising.
+        """
+        worker = default_worker_id() if worker_id is None else check_name(worker_id, "worker_id")
+        cap = None if max_attempts is None else check_int(max_attempts, "max_attempts", 1, 10_000)
+        patience = check_seconds(outage_patience, "outage_patience")
+        return ConsumerSession(self, worker_id=worker, max_attempts=cap, outage_patience=patience)
+
     # --- producing -----------------------------------------------------------
     def _new_job(
         self,
@@ -271,15 +238,15 @@ class Queue:
         max_attempts: Any = None,
         dedupe_key: Any = None,
     ) -> NewJob:
-        job_type = _check_name(job_type, "job_type")
-        queue = _check_name(queue, "queue name")
-        priority = _check_int(priority, "priority", -(2**31), 2**31 - 1)
-        attempts = self.max_attempts if max_attempts is None else _check_int(max_attempts, "max_attempts", 1, 10_000)
+        job_type = check_name(job_type, "job_type")
+        queue = check_name(queue, "queue name")
+        priority = check_int(priority, "priority", -(2**31), 2**31 - 1)
+        attempts = self.max_attempts if max_attempts is None else check_int(max_attempts, "max_attempts", 1, 10_000)
         if dedupe_key is not None:
-            dedupe_key = _check_name(dedupe_key, "dedupe_key")
+            dedupe_key = check_name(dedupe_key, "dedupe_key")
         if delay is not None and run_at is not None:
             raise InvalidArgument("give delay or run_at, not both")
-        delay_seconds = 0.0 if delay is None else _check_seconds(delay, "delay")
+        delay_seconds = 0.0 if delay is None else check_seconds(delay, "delay")
         if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
             raise InvalidArgument("run_at must be a timezone-aware datetime")
         payload_json = json_codec.encode_payload(payload, self.max_payload_bytes)
@@ -346,10 +313,15 @@ class Queue:
     def _store(self, batch: list[NewJob], connection: Any) -> list[Hashable]:
         if connection is not None and "transactional_enqueue" not in self.capabilities:
             raise ConfigurationError(f"{self.backend.name} does not support transactional enqueue (connection=)")
-        ids = self.backend.enqueue_many(batch, connection=connection)
-        if ids and self.plugins.hook.polyqueue_job_enqueued.get_hookimpls():
-            self.plugins.hook.polyqueue_job_enqueued(
-                queue=self, job_ids=ids, queue_names=sorted({j.queue for j in batch})
+        ids = self.backend.enqueue(EnqueueBatch(batch, connection))
+        if ids:
+            # After the commit: a plugin that raises here must not make a stored job look unstored.
+            call_hook(
+                self.plugins,
+                "polyqueue_job_enqueued",
+                queue=self,
+                job_ids=ids,
+                queue_names=sorted({j.queue for j in batch}),
             )
         return ids
 
@@ -361,17 +333,21 @@ class Queue:
         limit: int = 1,
         lease: float = 30.0,
         worker_id: str | None = None,
+        job_types: Iterable[str] | None = None,
     ) -> list[Job]:
         """Atomically take up to ``limit`` ready jobs (priority, then oldest run_at, then id).
 
         Each comes back ``processing`` with ``attempts`` counted and a lease of
-        ``lease`` seconds from the database clock. ``[]`` when nothing is ready.
+        ``lease`` seconds from the database clock. ``job_types`` takes only
+        jobs of those types (the others stay pending, untouched). ``[]`` when
+        nothing is ready.
         """
-        names = _queue_list(queues)
-        limit = _check_int(limit, "limit", 1, MAX_CLAIM_BATCH)
-        lease = _check_seconds(lease, "lease", positive=True)
-        worker = self._default_worker_id if worker_id is None else _check_name(worker_id, "worker_id")
-        return self.backend.claim(names, limit, lease, worker)
+        names = queue_list(queues)
+        limit = check_int(limit, "limit", 1, MAX_CLAIM_BATCH)
+        lease = check_seconds(lease, "lease", positive=True)
+        worker = None if worker_id is None else check_name(worker_id, "worker_id")
+        types = check_job_types(job_types)
+        return self._session.claim(names, limit=limit, lease=lease, job_types=types, worker_id=worker)
 
     @staticmethod
     def _check_job(job: Any) -> Job:
@@ -381,26 +357,20 @@ class Queue:
 
     def complete(self, job: Job, result: Any = None) -> None:
         """Mark a claimed job done, storing ``result`` (JSON). Raises :class:`LeaseLost` if no longer held."""
-        self._check_job(job)
-        result_json = None if result is None else json_codec.encode_payload(result, self.max_payload_bytes)
-        self.complete_many([(job, result_json)])
+        self._session.complete(self._check_job(job), result)
 
     def complete_many(self, jobs: Sequence[tuple[Job, str | None]]) -> None:
         """Mark many claimed jobs done in one statement; results are JSON text or None.
 
         Raises :class:`LeaseLost` naming the jobs no longer held; the others are done.
         """
-        lost = self.backend.complete_many(jobs)
-        if lost:
-            raise LeaseLost(f"lease lost for job(s) {sorted(map(str, lost))}: another claim holds them or they expired")
-        for job, result in jobs:
-            job.status = "done"
-            job.result = None if result is None else json_codec.loads(result)
+        for job, _ in jobs:
+            self._check_job(job)
+        self._raise_if_lost(self._session.complete_many(jobs))
 
     def backoff(self, attempts: int) -> float:
         """Seconds before retry number ``attempts``: exponential with jitter, capped at ``backoff_max``."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** min(max(attempts - 1, 0), 60))
-        return random.uniform(ceiling / 2, ceiling)
+        return self.retry_backoff.delay(attempts)
 
     def fail(
         self,
@@ -415,76 +385,67 @@ class Queue:
         Raises :class:`LeaseLost` if this claim no longer holds the job.
         """
         self._check_job(job)
-        text = _error_text(error)
-        delay = None if retry_in is None else _check_seconds(retry_in, "retry_in")
-        final = dead or job.attempts >= job.max_attempts
-        if final:
-            delay = None
-        elif delay is None:
-            delay = self.backoff(job.attempts)
-        history = [*job.errors, {"attempt": job.attempts, "error": text, "worker": job.locked_by}]
-        history = history[-ERROR_HISTORY_LIMIT:]
-        if not self.backend.fail(job, error=text, errors_json=json_codec.dumps(history), retry_in=delay):
-            raise LeaseLost(f"lease lost for job {job.id}: another claim holds it or it expired")
-        job.errors, job.last_error = history, text
-        job.status = "dead" if final else "pending"
-        hook = self.plugins.hook
-        if hook.polyqueue_job_failed.get_hookimpls():
-            hook.polyqueue_job_failed(queue=self, job=job, error=text, retry_in=delay)
-        if final and hook.polyqueue_job_dead.get_hookimpls():
-            hook.polyqueue_job_dead(queue=self, job=job, error=text)
+        delay = None if retry_in is None else check_seconds(retry_in, "retry_in")
+        self._session.fail(job, error, retry_in=delay, dead=bool(dead))
 
     def extend(self, job: Job, lease: float) -> None:
         """Heartbeat: push the lease out to DB-now + ``lease``. Raises :class:`LeaseLost`."""
         self._check_job(job)
-        lease = _check_seconds(lease, "lease", positive=True)
-        if self.backend.extend_many([job], lease):
-            raise LeaseLost(f"lease lost for job {job.id}: another claim holds it or it expired")
+        lease = check_seconds(lease, "lease", positive=True)
+        self._raise_if_lost(self._session.extend([job], lease))
 
     def release(self, job: Job) -> None:
         """Give a claimed job back unrun; the attempt is not charged. Raises :class:`LeaseLost`."""
-        self._check_job(job)
-        if self.backend.release_many([job]):
-            raise LeaseLost(f"lease lost for job {job.id}: another claim holds it or it expired")
-        job.status = "pending"
+        self._raise_if_lost(self._session.release([self._check_job(job)]))
+
+    @staticmethod
+    def _raise_if_lost(lost: set[Hashable]) -> None:
+        if lost:
+            raise lease_lost(lost)
 
     # --- inspecting and managing -------------------------------------------
     def get(self, job_id: Hashable) -> Job | None:
         """The job with this id, or None."""
-        return self.backend.get(job_id)
+        return self.backend.get(JobLookup(job_id))
 
     def cancel(self, job_id: Hashable) -> bool:
         """Cancel a pending job; True if it was pending and is now cancelled."""
-        return self.backend.cancel(job_id)
+        return self.backend.cancel(CancelRequest(job_id))
 
     def stats(self, queue: str | None = None) -> dict[str, int]:
         """Counts by status plus ``scheduled``, for one queue or all queues together."""
         if queue is not None:
-            queue = _check_name(queue, "queue name")
+            queue = check_name(queue, "queue name")
         totals = dict.fromkeys(("pending", "scheduled", "processing", "done", "dead", "cancelled"), 0)
-        for counts in self.backend.stats(queue).values():
+        for counts in self.backend.stats(StatsRequest(queue)).values():
             for key, value in counts.items():
                 totals[key] = totals.get(key, 0) + value
         return totals
 
     def stats_by_queue(self) -> dict[str, dict[str, int]]:
         """``{queue: counts}`` as :meth:`stats` gives them, for every queue that has jobs."""
-        return self.backend.stats(None)
+        return self.backend.stats(StatsRequest())
+
+    def stats_by_type(self, queue: str | None = None) -> dict[str, dict[str, dict[str, int]]]:
+        """``{queue: {job_type: counts}}``: shows jobs of a type no worker handles (they stay pending)."""
+        if queue is not None:
+            queue = check_name(queue, "queue name")
+        return self.backend.stats(StatsRequest(queue, by_type=True))
 
     def depth(self, queue: str = "default", *, exact: bool = False) -> int:
         """Ready jobs in ``queue``: O(1) from the Redis depth cache when configured (a hint), else counted.
 
         ``exact`` always counts in the database.
         """
-        name = _check_name(queue, "queue name")
+        name = check_name(queue, "queue name")
         cached = None if exact else self.backend.cached_depth(name)
-        return cached if cached is not None else self.backend.count_ready(name)
+        return cached if cached is not None else self.backend.count_ready(ReadyCount(name))
 
     def dead_jobs(self, queue: str | None = None, limit: int = 100) -> list[Job]:
         """Dead jobs, most recently finished first."""
         if queue is not None:
-            queue = _check_name(queue, "queue name")
-        return self.backend.dead_jobs(queue, _check_int(limit, "limit", 1, 1_000_000))
+            queue = check_name(queue, "queue name")
+        return self.backend.dead_jobs(DeadJobsQuery(queue, check_int(limit, "limit", 1, 1_000_000)))
 
     def replay(self, ids: Iterable[Hashable] | None = None, queue: str | None = None) -> int:
         """Make dead jobs pending again (attempts reset, error history kept); returns how many.
@@ -496,10 +457,10 @@ class Queue:
     def replay_detailed(self, ids: Iterable[Hashable] | None = None, queue: str | None = None) -> ReplayResult:
         """Like :meth:`replay` but also says which jobs were skipped and why."""
         if queue is not None:
-            queue = _check_name(queue, "queue name")
+            queue = check_name(queue, "queue name")
         if isinstance(ids, (str, bytes)):
             raise InvalidArgument("ids must be an iterable of job ids")
-        result = self.backend.replay(None if ids is None else list(ids), queue)
+        result = self.backend.replay(ReplayRequest(None if ids is None else list(ids), queue))
         for job_id, reason in result.skipped.items():
             log.warning("replay skipped job %s: %s", job_id, reason)
         return result
@@ -509,7 +470,7 @@ class Queue:
         if status not in FINISHED_STATUSES:
             raise InvalidArgument(f"purge status must be one of {', '.join(FINISHED_STATUSES)}")
         seconds = parse_duration(older_than, "older_than")
-        return self.backend.purge(status, seconds, _check_int(batch_size, "batch_size", 1, 100_000))
+        return self.backend.purge(PurgeRequest(status, seconds, check_int(batch_size, "batch_size", 1, 100_000)))
 
     def require(self, job_id: Hashable) -> Job:
         """Like :meth:`get` but raises :class:`JobNotFound`."""

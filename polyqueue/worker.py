@@ -1,32 +1,31 @@
 """The Worker: claims in batches, runs handlers on threads, heartbeats, retries, waits politely, stops gracefully.
 
-All consumer policy lives here, once, above the backends: batch sizing to free
-slots, a completer that marks finished jobs done in batches every few
-milliseconds, lease heartbeats, backoff on failure (through
-:meth:`Queue.fail`), push wake-ups when the backend (or the depth cache) has
-them and adaptive back-off polling when it does not, and graceful shutdown
-on SIGTERM/SIGINT.
+What a job's failure or expiry means is :mod:`polyqueue.policy`'s; the
+Worker reaches the database only through its
+:class:`~polyqueue.session.ConsumerSession`. What lives here is how a
+process runs jobs: claims sized to free slots and only of the job types it
+has handlers for, a completer that marks finished jobs done in batches every
+few milliseconds, lease heartbeats, push wake-ups when the backend (or the
+depth cache) has them and adaptive back-off polling when it does not, and
+graceful shutdown on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue as std_queue
 import signal
-import socket
 import threading
 import time
-import traceback
-import uuid
 from collections.abc import Callable, Hashable, Iterable
 from types import FrameType
 from typing import Any
 
-from . import json_codec
-from .errors import BackendUnavailable, InvalidArgument, InvalidPayload, LeaseLost, PolyqueueError
-from .job import Job
-from .queue import Queue, _check_int, _check_name, _check_seconds, _queue_list
+from . import policy
+from .errors import BackendUnavailable, ConfigurationError, InvalidArgument, InvalidPayload, LeaseLost, PolyqueueError
+from .job import Job, JobStatus
+from .queue import Queue, default_worker_id
+from .validation import check_int, check_name, check_seconds, queue_list
 
 __all__ = ["Handler", "Worker"]
 
@@ -39,14 +38,21 @@ _DUE, _WOKEN = "due", "woken"
 _REFILL_PATIENCE = 0.005
 #: Longest uninterrupted wait on a wake-up source, so a stop request is seen within it.
 _WAKEUP_SLICE = 0.5
+#: How long recording a settlement or heartbeat waits out a database outage before giving up (the lease decides).
+_OUTAGE_PATIENCE = 120.0
 
 
 class Worker:
     """Runs handlers for jobs of ``queues`` with ``concurrency`` threads.
 
+    It claims only jobs of the types it has handlers for: a job of another
+    type stays pending and untouched for a worker that handles it (a rolling
+    deploy, or two applications sharing a queue).
+
     ``lease`` is the claim lease in seconds; leases of running jobs are
-    extended every ``lease / 3`` s. ``max_attempts``, when given, caps the
-    attempts of the jobs this worker runs. ``safety_poll`` bounds how long an
+    extended every ``lease / 3`` s. ``max_attempts``, when given, lowers the
+    stored attempt limit of every job this worker claims, so a failure and an
+    expired lease both end the job after that many attempts. ``safety_poll`` bounds how long an
     idle worker with push wake-ups trusts them before looking at the
     database itself; ``poll_interval`` is ``(fastest, slowest)`` back-off
     polling for backends without push wake-ups. ``batch_size`` (default
@@ -79,25 +85,24 @@ class Worker:
         if not isinstance(queue, Queue):
             raise InvalidArgument("Worker needs a polyqueue.Queue from polyqueue.connect()")
         self.queue = queue
-        self.queues = _queue_list(queues)
-        self.concurrency = _check_int(concurrency, "concurrency", 1, 1024)
-        self.lease = _check_seconds(lease, "lease", positive=True)
-        self.max_attempts = None if max_attempts is None else _check_int(max_attempts, "max_attempts", 1, 10_000)
-        self.batch_size = _check_int(batch_size if batch_size is not None else self.concurrency, "batch_size", 1, 1000)
-        low, high = (_check_seconds(v, "poll_interval", positive=True) for v in poll_interval)
+        self.queues = queue_list(queues)
+        self.concurrency = check_int(concurrency, "concurrency", 1, 1024)
+        self.lease = check_seconds(lease, "lease", positive=True)
+        self.max_attempts = None if max_attempts is None else check_int(max_attempts, "max_attempts", 1, 10_000)
+        self.batch_size = check_int(batch_size if batch_size is not None else self.concurrency, "batch_size", 1, 1000)
+        low, high = (check_seconds(v, "poll_interval", positive=True) for v in poll_interval)
         if low > high:
             raise InvalidArgument("poll_interval must be (fastest, slowest)")
         self.poll_interval = (low, high)
         default_safety = float(queue.options.get("safety_poll", 30.0 if "notify" in queue.capabilities else 5.0))
-        self.safety_poll = _check_seconds(
+        self.safety_poll = check_seconds(
             safety_poll if safety_poll is not None else default_safety, "safety_poll", positive=True
         )
-        self.shutdown_timeout = _check_seconds(shutdown_timeout, "shutdown_timeout")
-        self.completion_interval = _check_seconds(completion_interval, "completion_interval")
-        self.worker_id = (
-            _check_name(worker_id, "worker_id")
-            if worker_id is not None
-            else f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.shutdown_timeout = check_seconds(shutdown_timeout, "shutdown_timeout")
+        self.completion_interval = check_seconds(completion_interval, "completion_interval")
+        self.worker_id = check_name(worker_id, "worker_id") if worker_id is not None else default_worker_id()
+        self.session = queue.consumer_session(
+            self.worker_id, max_attempts=self.max_attempts, outage_patience=_OUTAGE_PATIENCE
         )
         self.handlers: dict[str, Handler] = {}
         self.processed = 0
@@ -125,7 +130,7 @@ class Worker:
     # --- handlers -------------------------------------------------------------
     def register(self, job_type: str, fn: Handler) -> Handler:
         """Run ``fn(job)`` for jobs of ``job_type``; its return value (JSON) becomes ``job.result``."""
-        _check_name(job_type, "job_type")
+        check_name(job_type, "job_type")
         if not callable(fn):
             raise InvalidArgument("handler must be callable")
         self.handlers[job_type] = fn
@@ -146,11 +151,14 @@ class Worker:
         """Process jobs until stopped (SIGTERM/SIGINT or :meth:`stop`); with ``burst``, until nothing is ready.
 
         Returns the number of jobs whose handler succeeded during this call.
+        Raises :class:`ConfigurationError` when no handler is registered.
         """
+        if not self.handlers:
+            raise ConfigurationError("the worker has no handlers: register one with worker.register() first")
         self._stopping.clear()
         succeeded_before = self.processed
         restore = self._install_signal_handlers()
-        wakeups = None if burst else self.queue.backend.wakeup_source(self.queues)
+        wakeups = None if burst else self.session.wakeup_source(self.queues, self.job_types)
         self._start_threads()
         try:
             self._claim_loop(burst, wakeups)
@@ -193,6 +201,11 @@ class Worker:
         self._threads.append(threading.Thread(target=self._heartbeat_loop, name="polyqueue-heartbeat", daemon=True))
         for thread in self._threads:
             thread.start()
+
+    @property
+    def job_types(self) -> frozenset[str]:
+        """The job types this worker claims: those it has handlers for."""
+        return frozenset(self.handlers)
 
     def _free_slots(self) -> int:
         return self._capacity - len(self._held)
@@ -249,15 +262,15 @@ class Worker:
                 should_claim, probe_said_due = reason is not None, reason == _DUE
                 continue
             try:
-                jobs = self.queue.claim(
-                    self.queues, limit=min(free, self.batch_size), lease=self.lease, worker_id=self.worker_id
+                jobs = self.session.claim(
+                    self.queues, limit=min(free, self.batch_size), lease=self.lease, job_types=self.job_types
                 )
                 outage = 0
             except BackendUnavailable as exc:
                 outage += 1
                 if outage == 1:
                     log.warning("database unavailable, retrying: %s", exc)
-                self._stopping.wait(min(5.0, 0.1 * 2 ** min(outage, 6)))
+                self._stopping.wait(policy.OUTAGE.delay(outage))
                 continue
             if jobs:
                 # Work flows: neither the back-off nor "the probe's claim came back empty" applies any more.
@@ -285,7 +298,7 @@ class Worker:
 
     def _anything_due(self) -> bool:
         try:
-            wait = self.queue.backend.seconds_until_due(self.queues)
+            wait = self.session.seconds_until_due(self.queues, self.job_types)
         except BackendUnavailable:
             return True
         return wait is not None and wait <= 0
@@ -298,7 +311,7 @@ class Worker:
         one small read per safety period (push wake-ups) or per poll interval.
         """
         try:
-            until_due = self.queue.backend.seconds_until_due(self.queues)
+            until_due = self.session.seconds_until_due(self.queues, self.job_types)
         except BackendUnavailable:
             self._stopping.wait(idle_sleep)
             return _DUE, min(idle_sleep * 2, self.poll_interval[1])
@@ -321,8 +334,6 @@ class Worker:
 
     # --- handler threads -----------------------------------------------------
     def _run_handlers(self, ready: std_queue.SimpleQueue[Any]) -> None:
-        started_hook = self.queue.plugins.hook.polyqueue_job_started
-        succeeded_hook = self.queue.plugins.hook.polyqueue_job_succeeded
         while True:
             job = ready.get()
             if job is _STOP:
@@ -332,22 +343,13 @@ class Worker:
                 continue
             with self._lock:
                 self._running[job.id] = job
-            if self.max_attempts is not None:
-                job.max_attempts = min(job.max_attempts, self.max_attempts)
             started = time.perf_counter()
-            if started_hook.get_hookimpls():
-                self._call_hook(started_hook, job=job)
+            self.session.fire("polyqueue_job_started", job=job)
             try:
                 fn = self.handlers.get(job.job_type)
-                if fn is None:
-                    raise LookupError(
-                        f"no handler registered for job type {job.job_type!r} "
-                        f"(this worker handles: {', '.join(sorted(self.handlers)) or 'nothing'})"
-                    )
-                result = fn(job)
-                result_json = (
-                    None if result is None else json_codec.encode_payload(result, self.queue.max_payload_bytes)
-                )
+                if fn is None:  # unregistered while the job was buffered
+                    raise LookupError(f"no handler registered for job type {job.job_type!r}")
+                result_json = self.session.encode_result(fn(job))
             except BaseException as exc:
                 try:
                     self._fail(job, exc)
@@ -356,8 +358,7 @@ class Worker:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            if succeeded_hook.get_hookimpls():
-                self._call_hook(succeeded_hook, job=job, duration=time.perf_counter() - started)
+            self.session.fire("polyqueue_job_succeeded", job=job, duration=time.perf_counter() - started)
             # Registered as awaiting completion before the completer can see it, so it never goes unheartbeated.
             self._finish(job, awaiting_completion=True)
             with self._done_lock:
@@ -365,13 +366,6 @@ class Worker:
                 self.processed += 1
                 if len(self._done) >= self.batch_size or self.completion_interval <= 0:
                     self._done_flag.set()
-
-    def _call_hook(self, hook: Any, **kwargs: Any) -> None:
-        # A failing metrics plugin must not fail (or double-run) the job it observes.
-        try:
-            hook(queue=self.queue, **kwargs)
-        except Exception:
-            log.exception("plugin hook %s failed", hook.name)
 
     def _finish(self, job: Job, *, awaiting_completion: bool = False) -> None:
         with self._lock:
@@ -394,25 +388,32 @@ class Worker:
     def _fail(self, job: Job, exc: BaseException) -> None:
         with self._done_lock:
             self.failed += 1
-        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=20))
-        error = f"{type(exc).__name__}: {exc}\n\n{detail}"
         if isinstance(exc, InvalidPayload):
-            error = f"handler result is not storable: {exc}"
-        for attempt in range(50):
-            try:
-                self.queue.fail(job, error)
-                return
-            except LeaseLost:
-                log.warning("job %s: lease lost before its failure could be recorded", job.id)
-                return
-            except BackendUnavailable as err:
-                if attempt == 0:
-                    log.warning("job %s: could not record failure yet: %s", job.id, err)
-                time.sleep(min(2.0, 0.05 * 2**attempt))
-            except Exception as err:  # refused outright: retrying will not help, and the thread must live
-                log.error("job %s: failure not recorded (%s); its lease will expire, then it runs again", job.id, err)
-                return
-        log.error("job %s: failure not recorded; its lease will expire and it will be retried", job.id)
+            error: BaseException | str = f"handler result is not storable: {exc}"
+        else:
+            error = policy.error_text(exc, with_traceback=True)
+        try:
+            settlement = self.session.fail(job, error)
+        except LeaseLost:
+            log.warning("job %s (%s) failed; its lease was lost before the failure was recorded", job.id, job.job_type)
+            return
+        except Exception as err:  # refused outright or an outage past patience; the thread must live
+            log.error("job %s: failure not recorded (%s); its lease will expire, then it runs again", job.id, err)
+            return
+        outcome = "dead" if settlement.status == JobStatus.DEAD else f"retry in {settlement.run_in or 0:.1f}s"
+        summary = policy.error_text(exc)
+        # The traceback goes with the record, unless the exception's text would break log handlers
+        # (a lone surrogate cannot be written as UTF-8): then the escaped traceback is in the message.
+        try:
+            printable = policy.storable_text(str(exc)) == str(exc)
+        except Exception:  # a broken __str__
+            printable = False
+        log.warning(
+            "job %s (%s) attempt %d/%d failed, %s: %s",
+            job.id, job.job_type, job.attempts, job.max_attempts, outcome,
+            summary if printable else policy.error_text(exc, with_traceback=True),
+            exc_info=exc if printable else None,
+        )  # fmt: skip
 
     def _release_unstarted(self) -> None:
         """Give back, in one statement, the buffered jobs no handler has taken yet."""
@@ -427,7 +428,7 @@ class Worker:
         if not unstarted:
             return
         try:
-            self.queue.backend.release_many(unstarted)
+            self.session.release(unstarted)
         except PolyqueueError as exc:
             log.warning("could not release %d unstarted job(s) (%s); their leases will expire", len(unstarted), exc)
         for job in unstarted:
@@ -435,7 +436,7 @@ class Worker:
 
     def _release_quietly(self, job: Job) -> None:
         try:
-            self.queue.backend.release_many([job])
+            self.session.release([job])
         except Exception as exc:
             log.warning("job %s: could not release (%s); its lease will expire", job.id, exc)
         finally:
@@ -456,36 +457,30 @@ class Worker:
         if not batch:
             return True
         try:
-            for attempt in range(200):
-                try:
-                    lost = self.queue.backend.complete_many(batch)
-                except BackendUnavailable as exc:
-                    if attempt == 0:
-                        log.warning("could not mark %d job(s) done yet: %s", len(batch), exc)
-                    time.sleep(min(2.0, 0.05 * 2**attempt))
-                    continue
-                except Exception as exc:  # the database refused the batch: settle its jobs one by one
-                    log.error("could not mark %d job(s) done (%s); recording them one by one", len(batch), exc)
-                    self._complete_one_by_one(batch)
-                    return True
-                for job_id in lost:
-                    log.warning("job %s finished but its lease was lost; it may run again", job_id)
-                return True
-            log.error("gave up marking %d job(s) done; their leases will expire and they will run again", len(batch))
-            return True
+            lost = self.session.complete_many(batch)
+        except BackendUnavailable as exc:
+            log.error("gave up marking %d job(s) done (%s); their leases will expire and they will run again",
+                      len(batch), exc)  # fmt: skip
+        except Exception as exc:  # the database refused the batch: settle its jobs one by one
+            log.error("could not mark %d job(s) done (%s); recording them one by one", len(batch), exc)
+            self._complete_one_by_one(batch)
+        else:
+            for job_id in lost:
+                log.warning("job %s finished but its lease was lost; it may run again", job_id)
         finally:
             self._completed(batch)
+        return True
 
     def _complete_one_by_one(self, batch: list[tuple[Job, str | None]]) -> None:
         """Record each job alone; one the database refuses (a result too large for it, say) is failed with why."""
         for job, result in batch:
             try:
-                self.queue.backend.complete_many([(job, result)])
+                self.session.complete_many([(job, result)])
                 continue
             except Exception as exc:
                 refusal = exc
             try:
-                self.queue.fail(job, f"the job succeeded but its completion could not be recorded: {refusal}")
+                self.session.fail(job, f"the job succeeded but its completion could not be recorded: {refusal}")
             except Exception as exc:
                 log.error(
                     "job %s: neither its completion nor its failure could be recorded (%s); "
@@ -502,7 +497,7 @@ class Worker:
             if not held:
                 continue
             try:
-                lost = self.queue.backend.extend_many(held, self.lease)
+                lost = self.session.extend(held, self.lease)
             except Exception as exc:  # never let the heartbeat die: every held lease depends on it
                 log.warning("heartbeat failed: %s", exc)
                 continue
@@ -530,7 +525,7 @@ class Worker:
         if leftovers:
             log.warning("releasing %d job(s) still running after %.0fs", len(leftovers), self.shutdown_timeout)
             try:
-                self.queue.backend.release_many(leftovers)
+                self.session.release(leftovers)
             except PolyqueueError as exc:
                 log.warning("could not release in-flight jobs (%s); their leases will expire", exc)
         self._handlers_joined = True

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 import polyqueue
 from polyqueue import json_codec
 from polyqueue.backends.mysql import _EXACT_COLLATIONS, _SQL_MODE, MySQLBackend, check_server_version
-from polyqueue.backends.sql import ErrorKind
+from polyqueue.backends.sql import SCHEMA_VERSION, ErrorKind
 from polyqueue.testing import drop_schema, unique_prefix
 
 MakeQueue = Callable[..., polyqueue.Queue]
@@ -98,7 +98,7 @@ def test_claim_locking_read_uses_the_ready_index_in_claim_order(fresh_queue: Mak
     q.enqueue_many([{"job_type": "t", "priority": i % 3} for i in range(300)])
     with backend.engine.begin() as conn:
         conn.exec_driver_sql(f"ANALYZE TABLE `{backend.jobs.name}`").all()
-    (plan,) = explain(q, backend.ready_in("default", 10))
+    (plan,) = explain(q, backend.ready_in("default", "t", 10))
     assert plan["key"] == f"{backend.prefix}jobs_ready", plan
     assert "filesort" not in (plan["Extra"] or ""), plan
     assert "temporary" not in (plan["Extra"] or ""), plan
@@ -115,7 +115,7 @@ def test_finished_rows_do_not_lengthen_the_claim_scan(fresh_queue: MakeQueue, my
         before = handler_reads(conn)
         baseline = handler_reads(conn) - before
         start = handler_reads(conn)
-        ids = [r.id for r in conn.execute(backend.ready_in("default", 5))]
+        ids = [r.id for r in conn.execute(backend.ready_in("default", "t", 5))]
         reads = handler_reads(conn) - start - baseline
     assert len(ids) == 5
     assert reads <= 20, f"the claim read {reads} rows for 5 jobs among 10,000 finished ones"
@@ -193,7 +193,7 @@ def test_migrating_a_version_1_table_widens_its_text_columns(fresh_queue: MakeQu
     assert [types[c] for c in ("payload", "last_error", "errors", "result")] == ["longtext"] * 4
     assert q.get(kept).payload == {"kept": True}  # type: ignore[union-attr]
     with backend.engine.connect() as conn:
-        assert conn.execute(sa.select(backend.schema_table.c.version)).scalar() == 2
+        assert conn.execute(sa.select(backend.schema_table.c.version)).scalar() == SCHEMA_VERSION
 
 
 def test_times_are_utc_with_microseconds(fresh_queue: MakeQueue, mysql_url: str) -> None:

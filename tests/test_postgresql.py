@@ -124,7 +124,7 @@ def test_claim_is_one_statement_served_by_the_partial_ready_index(pg_queue: poly
 
     sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
     try:
-        claimed = pg_queue.claim(limit=5)
+        claimed = pg_queue.claim(limit=5, job_types=["new"])  # as a Worker claims: the types it handles
     finally:
         sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
 

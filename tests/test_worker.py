@@ -49,20 +49,20 @@ def test_a_slow_completer_holds_back_claims_and_keeps_finished_jobs_leased(  # t
     """Finished jobs waiting to be recorded stay heartbeated, and handlers cannot outrun the completer."""
     q = fresh_queue(sqlite_url)
     backend = q.backend
-    record_done = backend.complete_many
+    record = backend.settle
     backlog_sizes: list[int] = []
     recorded = 0
 
-    def slow_complete_many(jobs):  # type: ignore[no-untyped-def]
+    def slow_settle(request):  # type: ignore[no-untyped-def]
         # A completer stuck behind a busy database: each flush takes longer than the lease.
         nonlocal recorded
         backlog_sizes.append(sum(runs.values()) - recorded)
         time.sleep(1.0)
-        lost = record_done(jobs)
-        recorded += len(jobs)
+        lost = record(request)
+        recorded += len(request.settlements)
         return lost
 
-    backend.complete_many = slow_complete_many  # type: ignore[method-assign]
+    backend.settle = slow_settle  # type: ignore[method-assign]
     runs: dict[object, int] = {}
     worker = polyqueue.Worker(q, concurrency=2, batch_size=4, lease=0.6, poll_interval=(0.01, 0.05))
 
@@ -106,15 +106,15 @@ def test_a_completion_the_database_refuses_fails_that_job_and_the_worker_goes_on
 ) -> None:
     q = fresh_queue(sqlite_url, max_attempts=1)
     backend = q.backend
-    record_done = backend.complete_many
+    record = backend.settle
 
-    def refusing_complete_many(jobs):  # type: ignore[no-untyped-def]
+    def refusing_settle(request):  # type: ignore[no-untyped-def]
         # As MySQL refuses a value too long for its column: the whole statement fails, not one row.
-        if any(result is not None and "poison" in result for _, result in jobs):
+        if any(s.result_json is not None and "poison" in s.result_json for s in request.settlements):
             raise polyqueue.PolyqueueError("rejected the operation: Data too long for column 'result'")
-        return record_done(jobs)
+        return record(request)
 
-    backend.complete_many = refusing_complete_many  # type: ignore[method-assign]
+    backend.settle = refusing_settle  # type: ignore[method-assign]
     worker = polyqueue.Worker(q, concurrency=2, batch_size=8, completion_interval=0.05)
     worker.register("t", lambda job: "poison" if job.payload == 3 else job.payload)
     ids = q.enqueue_many([{"job_type": "t", "payload": i} for i in range(20)])

@@ -1,27 +1,66 @@
-"""The backend interface (SPI): the small set of storage operations every backend provides.
+"""The backend interface (SPI): what every store provides, as data in and data out.
 
-Policy -- retries, backoff, dead-lettering decisions, heartbeats, waiting and
-shutdown -- lives in :mod:`polyqueue.queue` and :mod:`polyqueue.worker`, once.
-A backend only stores and fetches. Every method states its contract:
-atomicity, what it returns when there is nothing, and what it raises.
+A backend stores and fetches; it decides nothing. Every decision -- what a
+failure, a release or an expired lease does to a job, retry delays, claim
+order, the fence -- is made in :mod:`polyqueue.policy` and reaches the backend
+as a value to write. Each operation takes ONE parameter object (a frozen
+dataclass), so a field added later never breaks a plugin: a backend that
+does not know a new field simply never reads it, and a capability says
+whether it honours it.
+
+Every method's docstring states its contract: atomic or not, idempotent or
+not, what it returns when there is nothing, what it raises. Every method may
+raise :class:`~polyqueue.errors.BackendUnavailable` when the store cannot be
+reached and :class:`~polyqueue.errors.SchemaMissing` when ``migrate`` has
+not run; neither leaves anything half-done.
+
+Operations only the conformance suite needs (dropping a schema, opening a
+caller transaction) are not here: see :mod:`polyqueue.conformance.support`.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Hashable, Iterable, Sequence
+import enum
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 from ..job import Job, NewJob, ReplayResult
 
-__all__ = ["CAPABILITIES", "Backend", "BackendOptions", "Capability", "WakeupSource"]
+__all__ = [
+    "CAPABILITIES",
+    "Backend",
+    "BackendOptions",
+    "CancelRequest",
+    "Capability",
+    "ClaimRequest",
+    "ClaimResult",
+    "DeadJobsQuery",
+    "DueProbe",
+    "EnqueueBatch",
+    "ExtendRequest",
+    "JobLookup",
+    "OptionParser",
+    "PurgeRequest",
+    "ReadyCount",
+    "ReplayRequest",
+    "SettleRequest",
+    "Settlement",
+    "StatsRequest",
+    "WakeupRequest",
+    "WakeupSource",
+]
 
 
-class Capability:
-    """Names of optional features; a backend lists the ones it has in ``capabilities``."""
+class Capability(enum.StrEnum):
+    """Optional features; a backend lists the ones it has in ``capabilities``.
 
-    NOTIFY = "notify"  #: push wake-ups for idle workers (wakeup_source returns a source)
+    Members are strings, so ``"notify" in backend.capabilities`` works too.
+    """
+
+    NOTIFY = "notify"  #: push wake-ups for idle workers that see every producer
     DEDUPE = "dedupe"  #: dedupe_key held while the job is live
     PRIORITIES = "priorities"  #: claim honours priority
     DELAYED = "delayed"  #: delay / run_at
@@ -30,12 +69,166 @@ class Capability:
     DEPTH_CACHE = "depth_cache"  #: depth() answered from a cache
 
 
-CAPABILITIES = frozenset(
-    v for k, v in vars(Capability).items() if k.isupper() and isinstance(v, str)
-)
+CAPABILITIES = frozenset(Capability)
 
-#: Options every backend receives (already validated by ``connect``).
+#: Options a backend receives: the core's, validated by ``connect``, plus its own ``connect_options``.
 BackendOptions = dict[str, Any]
+#: Turns an option's raw value (a keyword argument or URL query text) into its value; raises ValueError.
+OptionParser = Callable[[Any], Any]
+
+
+# --- parameter objects ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class EnqueueBatch:
+    """Jobs to store, already validated and encoded; ``connection`` is the caller's open transaction or None."""
+
+    jobs: Sequence[NewJob]
+    connection: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What one claim takes, and what it writes on each job it takes.
+
+    ``job_types`` None means every type; otherwise only jobs of those types
+    are taken (the others stay untouched). ``token`` is the fencing token the
+    claim writes on every job it takes (chosen by the policy, unique per
+    claim). ``max_attempts`` None leaves each job's limit as stored; otherwise
+    the claim lowers a larger stored limit to it, so every later decision
+    (a failure, an expired lease) reads the same limit.
+    """
+
+    queues: Sequence[str]
+    limit: int
+    lease: float
+    worker_id: str
+    token: int
+    job_types: frozenset[str] | None = None
+    max_attempts: int | None = None
+
+
+@dataclass(slots=True)
+class ClaimResult:
+    """The jobs a claim took, in claim order, and the jobs its lease rescue made dead (for the ``dead`` hook)."""
+
+    jobs: list[Job]
+    expired_dead: list[Job] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The end of one claim on one job, as decided by :mod:`polyqueue.policy`: the values to write.
+
+    The backend applies it only while the claim still holds the job (the
+    fence: ``job.lease_token`` still stored, status ``processing``, lease not
+    expired) and then writes exactly this: ``status``; ``finished_at`` =
+    DB-now when ``finished``; ``run_at`` = DB-now + ``run_in`` when
+    ``run_in`` is not None; ``attempts - 1`` when ``refund_attempt``;
+    ``result``, ``last_error`` and ``errors`` when not None; and always
+    ``locked_by`` and ``lease_expires_at`` cleared and a lease token no claim
+    holds. Build one with the named constructors of :mod:`polyqueue.policy`.
+    """
+
+    job: Job
+    status: str
+    finished: bool = False
+    run_in: float | None = None
+    refund_attempt: bool = False
+    result_json: str | None = None
+    last_error: str | None = None
+    errors_json: str | None = None
+
+    @property
+    def plain(self) -> bool:
+        """No per-job value to write: settlements of the same status and ``run_in`` can share one statement."""
+        return self.result_json is None and self.last_error is None and self.errors_json is None
+
+
+@dataclass(frozen=True, slots=True)
+class SettleRequest:
+    """Settlements to apply, each fenced on its own; ``token`` is written on every settled job."""
+
+    settlements: Sequence[Settlement]
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendRequest:
+    """Heartbeat: push the leases of ``jobs`` out to DB-now + ``lease``, fenced."""
+
+    jobs: Sequence[Job]
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobLookup:
+    """One job by id (any hashable; the backend answers None for ids it could never have issued)."""
+
+    job_id: Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """Cancel one pending job."""
+
+    job_id: Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRequest:
+    """Counts for one queue (``queue``) or all; ``by_type`` splits each queue's counts by job type."""
+
+    queue: str | None = None
+    by_type: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyCount:
+    """Pending, due jobs of one queue (of ``job_types`` only, when given)."""
+
+    queue: str
+    job_types: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DueProbe:
+    """An idle worker's question: how long until a job of these queues (and types) may be claimable?"""
+
+    queues: Sequence[str]
+    job_types: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadJobsQuery:
+    """Dead jobs, most recently finished first."""
+
+    queue: str | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """Dead jobs to make pending again: ``ids`` None means every dead job (of ``queue`` when given)."""
+
+    ids: Sequence[Hashable] | None = None
+    queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeRequest:
+    """Finished jobs of ``status`` older than ``older_than`` seconds, deleted ``batch_size`` at a time."""
+
+    status: str
+    older_than: float
+    batch_size: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class WakeupRequest:
+    """Which queues (and job types) an idle worker waits for."""
+
+    queues: Sequence[str]
+    job_types: frozenset[str] | None = None
 
 
 class WakeupSource(Protocol):
@@ -48,20 +241,28 @@ class WakeupSource(Protocol):
         """Release the connection or subscription; idempotent."""
 
 
+# --- the interface ------------------------------------------------------------------------------
 class Backend(abc.ABC):
     """Storage for one queue database.
 
     Subclasses must declare ``capabilities`` themselves (checked when the
     class is created) so that no backend inherits a feature it lacks.
     Job ids are backend-defined, hashable and ``str()``-able.
-    Every method may raise :class:`~polyqueue.errors.BackendUnavailable` when
-    the store cannot be reached and :class:`~polyqueue.errors.SchemaMissing`
-    when ``migrate`` has not run; neither leaves anything half-done.
     """
 
     #: URL scheme names this class serves (for messages only; registration is by hook).
     name: ClassVar[str] = "abstract"
-    capabilities: ClassVar[frozenset[str]] = frozenset()
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: Options this backend understands beyond the core's, with their parsers (``{"sqlite_synchronous": str}``).
+    #: ``connect`` accepts them as keywords or URL query parameters and passes them in ``options``.
+    connect_options: ClassVar[Mapping[str, OptionParser]] = {}
+    #: Conformance tests this backend is known to fail, ``{"TestArea::test_name": "why"}``: run as strict xfails.
+    known_failures: ClassVar[Mapping[str, str]] = {}
+    #: Where ``polyqueue compat`` runs the conformance suite for this backend without configuration, or None.
+    conformance_url: ClassVar[str | None] = None
+
+    def __init__(self, url: Any, options: BackendOptions) -> None:  # noqa: B027 - the constructor every backend has
+        """Open the store a URL names (a SQLAlchemy ``URL``), with the validated ``options``; connect lazily."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -69,7 +270,7 @@ class Backend(abc.ABC):
             return
         if "capabilities" not in cls.__dict__:
             raise TypeError(f"{cls.__name__} must declare its own `capabilities` set")
-        unknown = set(cls.capabilities) - CAPABILITIES
+        unknown = {str(c) for c in cls.capabilities} - {str(c) for c in CAPABILITIES}
         if unknown:
             raise TypeError(f"{cls.__name__} declares unknown capabilities {sorted(unknown)}")
 
@@ -92,80 +293,84 @@ class Backend(abc.ABC):
 
     # --- producing -------------------------------------------------------
     @abc.abstractmethod
-    def enqueue_many(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Hashable]:
-        """Store ``jobs`` atomically (all or none) and return their ids in input order.
+    def enqueue(self, batch: EnqueueBatch) -> list[Hashable]:
+        """Store ``batch.jobs`` atomically (all or none) and return their ids in input order.
 
         A job whose ``(queue, dedupe_key)`` matches a live job -- stored before or
         earlier in the same batch -- is not stored; the live job's id is returned
-        in its place. With ``connection`` (only with the ``transactional_enqueue``
-        capability) the rows are written inside that caller-owned transaction and
-        nothing is committed here. An empty list returns ``[]``.
+        in its place. With ``batch.connection`` (only with the
+        ``transactional_enqueue`` capability) the rows are written inside that
+        caller-owned transaction and nothing is committed here. An empty batch
+        returns ``[]``.
         """
+
+    def run_after_commit(self, connection: Any, action: Callable[[], None]) -> bool:
+        """Run ``action`` once ``connection``'s current transaction has committed; drop it on rollback.
+
+        Returns False when this backend cannot watch that connection (then
+        the caller cannot know when its enqueue becomes visible).
+        """
+        return False
 
     # --- consuming -------------------------------------------------------
     @abc.abstractmethod
-    def claim(self, queues: Sequence[str], limit: int, lease: float, worker_id: str) -> list[Job]:
-        """Atomically take up to ``limit`` ready jobs and return them in claim order.
+    def claim(self, request: ClaimRequest) -> ClaimResult:
+        """Atomically take up to ``request.limit`` ready jobs and return them in claim order.
 
-        Claim order: higher priority first, then oldest ``run_at``, then id.
-        Before claiming, processing jobs whose lease has expired (DB-now >=
-        ``lease_expires_at``) are rescued: made pending again, or ``dead`` with
-        ``last_error`` saying the lease expired when ``attempts >= max_attempts``.
-        Each claimed job gets status ``processing``, ``attempts + 1``, a new
-        ``lease_token`` and ``lease_expires_at`` = DB-now + ``lease``.
-        Returns ``[]`` when nothing is ready. Never blocks on rows others hold.
+        Ready: pending, due, of ``request.queues`` (and ``request.job_types``).
+        Claim order is :func:`polyqueue.policy.claim_order_key`. Before
+        claiming, processing jobs whose lease has expired (DB-now >=
+        ``lease_expires_at``) are rescued as :func:`polyqueue.policy.expired_lease_status`
+        says, at most :data:`polyqueue.policy.RESCUE_BATCH` per claim, and the
+        ones made dead are returned in ``expired_dead``. Each claimed job gets
+        status ``processing``, ``attempts + 1``, ``lease_token = request.token``,
+        ``locked_by = request.worker_id`` and ``lease_expires_at`` = DB-now +
+        ``request.lease`` (and its limit lowered to ``request.max_attempts``).
+        Returns no jobs when nothing is ready. Never blocks on rows others hold.
         """
 
     @abc.abstractmethod
-    def complete_many(self, jobs: Sequence[tuple[Job, str | None]]) -> set[Hashable]:
-        """Mark each claimed job ``done`` with its JSON result text, atomically for the batch.
+    def settle(self, request: SettleRequest) -> set[Hashable]:
+        """Apply each settlement while its claim still holds the job (see :class:`Settlement`).
 
-        Fenced: a job is completed only while this claim (its ``lease_token``)
-        still holds an unexpired lease. Returns the ids that were *not* completed
-        because the claim was lost (empty set when all succeeded).
+        Each job is settled or not on its own (a lost claim never blocks the
+        others). Returns the ids that were *not* settled because their claim
+        no longer held them (empty when all were); a second settlement of the
+        same claim is such a loss. Idempotent in effect: a repeated request
+        changes nothing and reports every job lost.
         """
 
     @abc.abstractmethod
-    def fail(self, job: Job, *, error: str, errors_json: str, retry_in: float | None) -> bool:
-        """Record a failed attempt. Fenced like ``complete_many``; returns False if the claim was lost.
-
-        ``retry_in`` None: the job becomes ``dead`` (finished). Otherwise it
-        becomes ``pending`` with ``run_at`` = DB-now + ``retry_in``.
-        ``errors_json`` replaces the stored error history.
-        """
-
-    @abc.abstractmethod
-    def extend_many(self, jobs: Sequence[Job], lease: float) -> set[Hashable]:
-        """Push each lease out to DB-now + ``lease``. Fenced; returns the ids whose claim was lost."""
-
-    @abc.abstractmethod
-    def release_many(self, jobs: Sequence[Job]) -> set[Hashable]:
-        """Give claimed jobs back unrun: pending, ``attempts - 1``. Fenced; returns lost ids."""
+    def extend(self, request: ExtendRequest) -> set[Hashable]:
+        """Push each lease still held out to DB-now + ``request.lease``; returns the ids whose claim was lost."""
 
     # --- inspecting and managing -------------------------------------------
     @abc.abstractmethod
-    def get(self, job_id: Hashable) -> Job | None:
-        """The job with this id, or None. Ids of the wrong type or form give None."""
+    def get(self, lookup: JobLookup) -> Job | None:
+        """The job with this id, or None. Ids of the wrong type or form give None, never an error."""
 
     @abc.abstractmethod
-    def cancel(self, job_id: Hashable) -> bool:
-        """Cancel a pending job (status ``cancelled``, dedupe key released). False if not pending."""
+    def cancel(self, request: CancelRequest) -> bool:
+        """Cancel a pending job (status ``cancelled``, dedupe key released). False if it is not pending."""
 
     @abc.abstractmethod
-    def stats(self, queue: str | None = None) -> dict[str, dict[str, int]]:
-        """Counts per queue: ``{queue: {status: n, ..., "scheduled": n}}``; queues with no jobs absent."""
+    def stats(self, request: StatsRequest) -> dict[str, dict[str, Any]]:
+        """Counts per queue: ``{queue: {status: n, ..., "scheduled": n}}``; queues with no jobs absent.
+
+        With ``by_type``: ``{queue: {job_type: {status: n, ..., "scheduled": n}}}``.
+        """
 
     @abc.abstractmethod
-    def count_ready(self, queue: str) -> int:
-        """The number of pending jobs in ``queue`` that are due now (exact)."""
+    def count_ready(self, request: ReadyCount) -> int:
+        """The number of pending jobs in the queue that are due now (exact)."""
 
     def cached_depth(self, queue: str) -> int | None:
         """``count_ready`` from a cache in O(1) (a hint), or None when there is no cache to ask."""
         return None
 
     @abc.abstractmethod
-    def seconds_until_due(self, queues: Sequence[str]) -> float | None:
-        """Seconds from DB-now until a job of ``queues`` may become claimable.
+    def seconds_until_due(self, probe: DueProbe) -> float | None:
+        """Seconds from DB-now until a job of the probe's queues (and types) may become claimable.
 
         That is the earliest ``run_at`` of a pending job or ``lease_expires_at``
         of a processing one (an expired lease is claimable again). Zero or
@@ -179,39 +384,25 @@ class Backend(abc.ABC):
         """The database clock, aware UTC."""
 
     @abc.abstractmethod
-    def dead_jobs(self, queue: str | None, limit: int) -> list[Job]:
-        """Dead jobs, most recently finished first, at most ``limit``."""
+    def dead_jobs(self, query: DeadJobsQuery) -> list[Job]:
+        """Dead jobs, most recently finished first, at most ``query.limit``."""
 
     @abc.abstractmethod
-    def replay(self, ids: Iterable[Hashable] | None, queue: str | None) -> ReplayResult:
+    def replay(self, request: ReplayRequest) -> ReplayResult:
         """Make dead jobs pending again with ``attempts = 0``, keeping their error history.
 
-        ``ids`` None means every dead job (of ``queue`` when given). A job whose
-        dedupe key is held by a live job is skipped, and the result says why.
+        A job whose dedupe key is held by a live job is skipped, and the result says why.
         """
 
     @abc.abstractmethod
-    def purge(self, status: str, older_than: float, batch_size: int) -> int:
-        """Delete ``status`` jobs finished more than ``older_than`` seconds ago.
+    def purge(self, request: PurgeRequest) -> int:
+        """Delete jobs of ``request.status`` finished more than ``request.older_than`` seconds ago.
 
-        Works in batches of ``batch_size`` rows, each its own short transaction,
-        so it can run online; returns the number deleted.
+        Works in batches of ``request.batch_size`` rows, each its own short
+        transaction, so it can run online; returns the number deleted.
         """
 
     # --- waiting ---------------------------------------------------------
-    def wakeup_source(self, queues: Sequence[str]) -> WakeupSource | None:
+    def wakeup_source(self, request: WakeupRequest) -> WakeupSource | None:
         """A push wake-up source for idle workers, or None (the worker then polls)."""
         return None
-
-    def caller_transaction(self) -> Any:
-        """A context manager opening a transaction of the caller's kind, yielding what ``connection=`` accepts.
-
-        Needed only with the ``transactional_enqueue`` capability (the conformance
-        suite uses it to test commit and rollback); it commits on success and
-        rolls back on an exception.
-        """
-        raise NotImplementedError(f"{type(self).__name__} has no caller transactions")
-
-    def drop_schema(self) -> None:
-        """Remove everything ``migrate`` created (for tests and uninstalling). Optional."""
-        raise NotImplementedError(f"{type(self).__name__} cannot drop its schema")

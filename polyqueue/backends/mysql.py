@@ -3,9 +3,10 @@
 MySQL has neither ``RETURNING`` nor partial indexes, so this dialect differs
 from the shared layer in four places:
 
-* Claims lock ready ids with ``SELECT ... FOR UPDATE SKIP LOCKED`` through
-  ``jobs_ready`` in claim order, update those ids and read the rows back, in
-  one short READ COMMITTED transaction.
+* Claims lock ready ids with one ``SELECT ... FOR UPDATE SKIP LOCKED`` per
+  (queue, job type) pair, sent as one ``UNION ALL`` statement, each an
+  ordered range of ``jobs_ready``; the best ``limit`` of them are updated
+  and read back, in one short READ COMMITTED transaction.
 * Indexes lead with ``status``, so finished rows sit in their own part of
   each index and never lengthen a claim's scan. The dedupe key's uniqueness
   among live jobs comes from a generated column that is NULL once the job is
@@ -32,10 +33,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
+from .. import policy
 from ..errors import ConfigurationError, PolyqueueError
-from ..job import JobStatus, NewJob
-from .base import Capability
-from .sql import LIVE_SQL, PENDING_SQL, ErrorKind, SQLBackend
+from ..job import JobStatus
+from .base import Capability, EnqueueBatch
+from .sql import LIVE_SQL, PENDING_SQL, ErrorKind, SQLBackend, UpdateValues
 
 __all__ = ["MySQLBackend", "UTCDateTime", "check_server_version", "exact_collation"]
 
@@ -164,11 +166,11 @@ class MySQLBackend(SQLBackend):
             sa.Column("insert_tag", sa.BigInteger, nullable=True),
         ]
 
-    def _indexes(self, jobs: sa.Table) -> list[sa.Index]:
+    def indexes(self, jobs: sa.Table) -> list[sa.Index]:
         """``status`` leads each index, so finished rows never sit among ready or leased ones."""
         p, c = self.prefix, jobs.c
         return [
-            sa.Index(f"{p}jobs_ready", c.status, c.queue, c.claim_priority, c.run_at, c.id),
+            sa.Index(f"{p}jobs_ready", c.status, c.queue, c.job_type, c.claim_priority, c.run_at, c.id),
             sa.Index(f"{p}jobs_leases", c.status, c.lease_expires_at),
             sa.Index(f"{p}jobs_dedupe", c.queue, c.live_dedupe_key, unique=True),
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at),
@@ -194,6 +196,7 @@ class MySQLBackend(SQLBackend):
 
     def upgrade_schema(self, connection: Connection, from_version: int | None) -> None:
         """Version 2: the text columns become LONGTEXT (TEXT held 64 KB, less than the 1 MiB payload limit)."""
+        super().upgrade_schema(connection, from_version)
         if from_version is not None and from_version < 2:
             connection.exec_driver_sql(
                 f"ALTER TABLE `{self.jobs.name}` MODIFY payload LONGTEXT NOT NULL, MODIFY last_error LONGTEXT NULL, "
@@ -255,57 +258,54 @@ class MySQLBackend(SQLBackend):
     # ------------------------------------------------------------------
     # Claims
     # ------------------------------------------------------------------
-    def ready_in(self, queue: str, limit: int) -> sa.Select[Any]:
-        """The locking read of one queue's ready jobs, in claim order, served by ``jobs_ready``.
+    def ready_in(self, queue: str, job_type: str, limit: int) -> sa.Select[Any]:
+        """The locking read of one (queue, job type)'s ready jobs, in claim order, served by ``jobs_ready``.
 
-        With ``status`` and ``queue`` fixed, the index yields rows already in
-        claim order, so InnoDB stops after ``limit`` unlocked rows instead of
-        locking every ready row for a sort. The index is forced so a plan
-        change on skewed statistics cannot bring that sort back.
+        With ``status``, ``queue`` and ``job_type`` fixed, the index yields rows
+        already in claim order, so InnoDB stops after ``limit`` unlocked rows
+        instead of locking every ready row for a sort. The index is forced so
+        a plan change on skewed statistics cannot bring that sort back.
         """
         j = self.jobs
         return (
             sa.select(j.c.id, j.c.priority, j.c.run_at)
             .with_hint(j, f"FORCE INDEX (`{self.prefix}jobs_ready`)", "mysql")
-            .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.run_at <= self.now())
+            .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.job_type == job_type, j.c.run_at <= self.now())
             .order_by(j.c.claim_priority, j.c.run_at, j.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
 
     def claim_ready(
-        self, connection: Connection, queues: Sequence[str], limit: int, values: dict[str, Any]
+        self, connection: Connection, pairs: Sequence[tuple[str, str]], limit: int, values: UpdateValues
     ) -> list[Any]:
-        """Lock ready ids queue by queue, keep the best ``limit``, update them and read them back.
+        """Lock ready ids pair by pair in one statement, keep the best ``limit``, update them and read them back.
 
-        One locking read per queue, because ``queue IN (...)`` cannot be read
-        from the index in claim order. With several queues the surplus rows
-        (at most ``limit`` per extra queue) stay locked, unchanged, until this
-        short transaction ends.
+        One locking read per (queue, job type) pair, because ``IN`` lists
+        cannot be read from the index in claim order; they travel as one
+        ``UNION ALL`` of parenthesised locking reads. With several pairs the
+        surplus rows (at most ``limit`` per extra pair) stay locked, unchanged,
+        until this short transaction ends.
         """
-        found: list[Any] = []
-        for name in queues:
-            found.extend(connection.execute(self.ready_in(name, limit)))
-        if len(queues) > 1:
-            found.sort(key=lambda r: (-r.priority, r.run_at, r.id))
+        reads = [self.ready_in(queue, job_type, limit) for queue, job_type in pairs]
+        statement = reads[0] if len(reads) == 1 else sa.union_all(*reads)
+        found = list(connection.execute(statement))
+        if len(reads) > 1:
+            found.sort(key=lambda r: policy.claim_order_key(r.priority, r.run_at, r.id))
         return self._update_ids(connection, [r.id for r in found[:limit]], values, returning=True)
 
     def update_locked(
-        self,
-        connection: Connection,
-        candidates: sa.Select[Any],
-        values: dict[str, Any],
-        returning: bool,
+        self, connection: Connection, candidates: sa.Select[Any], values: UpdateValues, returning: bool
     ) -> list[Any]:
         """``SELECT id ... FOR UPDATE SKIP LOCKED``, ``UPDATE ... WHERE id IN``, then read the rows back."""
         ids = [r[0] for r in connection.execute(candidates.with_for_update(skip_locked=True))]
         return self._update_ids(connection, ids, values, returning)
 
-    def _update_ids(self, connection: Connection, ids: list[Any], values: dict[str, Any], returning: bool) -> list[Any]:
+    def _update_ids(self, connection: Connection, ids: list[Any], values: UpdateValues, returning: bool) -> list[Any]:
         if not ids:
             return []
         j = self.jobs
-        connection.execute(sa.update(j).where(j.c.id.in_(ids)).values(**values))
+        connection.execute(sa.update(j).where(j.c.id.in_(ids)).ordered_values(*values))
         if not returning:
             return []
         return list(connection.execute(sa.select(*self._columns).where(j.c.id.in_(ids))))
@@ -313,21 +313,22 @@ class MySQLBackend(SQLBackend):
     # ------------------------------------------------------------------
     # Producing
     # ------------------------------------------------------------------
-    def enqueue_many(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Hashable]:
+    def enqueue(self, batch: EnqueueBatch) -> list[Hashable]:
         """As the shared layer, but inside a SAVEPOINT when writing a batch into the caller's transaction.
 
         A failed MySQL statement undoes only itself, so without the savepoint a
         batch that fails half-way would leave its first rows in the caller's
         transaction, to be committed with it.
         """
-        if len(jobs) < 2 or not isinstance(connection, Connection) or not connection.in_transaction():
-            return super().enqueue_many(jobs, connection=connection)
+        connection = batch.connection
+        if len(batch.jobs) < 2 or not isinstance(connection, Connection) or not connection.in_transaction():
+            return super().enqueue(batch)
         try:
             savepoint = connection.begin_nested()
         except sa_exc.DBAPIError as exc:
             raise self._translate(exc) from exc
         try:
-            ids = super().enqueue_many(jobs, connection=connection)
+            ids = super().enqueue(batch)
         except BaseException:
             if savepoint.is_active:
                 try:

@@ -34,10 +34,11 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
+from .. import policy
 from ..errors import ConfigurationError
-from ..job import Job, JobStatus, NewJob
-from .base import Capability, WakeupSource
-from .sql import RESCUE_BATCH, ErrorKind, SQLBackend
+from ..job import Job, JobStatus
+from .base import Capability, ClaimRequest, ClaimResult, EnqueueBatch, WakeupRequest, WakeupSource
+from .sql import ErrorKind, SQLBackend
 
 _BIGINT_ARRAY = pg.ARRAY(sa.BigInteger())
 
@@ -57,40 +58,56 @@ _TUNED_SINCE = 1
 
 _PENDING, _PROCESSING, _DEAD = (f"'{s}'" for s in (JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.DEAD))
 
-# One statement, one round trip. `expired` and `ready` lock their rows with
-# SKIP LOCKED; `chosen` keeps the best `limit` of the ready rows and of the
-# expired rows that still have attempts left; `marked` adds the other expired
-# rows, which go back to pending or, on their final attempt, to dead. Ready
-# rows are read queue by queue so each lookup is an ordered scan of the
-# partial ready index that stops after `limit` rows.
+
+def _sql(expression: sa.ColumnElement[Any]) -> str:
+    """A policy expression as PostgreSQL text, for the claim statement (its values are constants, never input)."""
+    return str(expression.compile(dialect=pg.dialect(), compile_kwargs={"literal_binds": True}))
+
+
+def _columns(prefix: str = "") -> dict[str, Any]:
+    return {name: sa.literal_column(prefix + name) for name in ("priority", "run_at", "id")}
+
+
+_CLAIM_ORDER = ", ".join(_sql(clause) for clause in policy.claim_order_sql(_columns()))
+_MERGE_ORDER = ", ".join(_sql(clause) for clause in policy.claim_order_sql(_columns("c.")))
+_FINAL = _sql(policy.final_attempt_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts")))
+_EXPIRED_STATUS = _sql(
+    policy.expired_lease_status_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts"))
+)
+_EXPIRED_ERROR = _sql(policy.expired_lease_error_sql(sa.literal_column("j.locked_by")))
+_CAPPED = _sql(
+    policy.capped_max_attempts_sql(sa.literal_column("j.max_attempts"), sa.literal_column("CAST(:cap AS integer)"))
+)
+_CLAIMABLE_EXPIRED = _sql(
+    sa.not_(policy.final_attempt_sql(sa.literal_column("attempts"), sa.literal_column("max_attempts")))
+)
+
+# One statement, one round trip. `expired` and `ready` lock their rows with SKIP LOCKED; `chosen`
+# keeps the best `limit` of the ready rows and of the expired rows (of the asked queues and types)
+# that still have attempts left; `marked` adds the other expired rows, which the policy's expiry
+# rule sends back to pending or, on their final attempt, to dead. Ready rows are read pair by pair
+# of (queue, job type), each an ordered range of the partial ready index (see `_ready_sql`). The
+# rules -- claim order, the final attempt, the expiry outcome and its error, the attempt cap --
+# are the policy module's expressions, rendered once.
 _CLAIM_SQL = f"""
 WITH expired AS MATERIALIZED (
-    SELECT id, queue, priority, run_at, attempts, max_attempts
+    SELECT id, queue, job_type, priority, run_at, attempts, max_attempts
     FROM {{jobs}}
     WHERE status = {_PROCESSING} AND lease_expires_at <= now()
     ORDER BY lease_expires_at
-    LIMIT {RESCUE_BATCH}
+    LIMIT {policy.RESCUE_BATCH}
     FOR UPDATE SKIP LOCKED
 ), ready AS MATERIALIZED (
-    SELECT r.id, r.priority, r.run_at
-    FROM unnest(CAST(:queues AS text[])) AS wanted(queue)
-    CROSS JOIN LATERAL (
-        SELECT id, priority, run_at
-        FROM {{jobs}}
-        WHERE status = {_PENDING} AND queue = wanted.queue AND run_at <= now()
-        ORDER BY priority DESC, run_at, id
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    ) AS r
+    {{ready}}
 ), chosen AS MATERIALIZED (
     SELECT id, was_expired
     FROM (
         SELECT id, priority, run_at, false AS was_expired FROM ready
         UNION ALL
         SELECT id, priority, run_at, true FROM expired
-        WHERE queue = ANY(CAST(:queues AS text[])) AND attempts < max_attempts
+        WHERE queue = ANY(CAST(:queues AS text[])) {{expired_of_types}} AND {_CLAIMABLE_EXPIRED}
     ) AS candidates
-    ORDER BY priority DESC, run_at, id
+    ORDER BY {_CLAIM_ORDER}
     LIMIT :limit
 ), marked AS (
     SELECT id, true AS claimed, was_expired FROM chosen
@@ -98,22 +115,48 @@ WITH expired AS MATERIALIZED (
     SELECT id, false, true FROM expired WHERE id NOT IN (SELECT id FROM chosen)
 ), changed AS (
     UPDATE {{jobs}} AS j SET
-        status = CASE WHEN m.claimed THEN {_PROCESSING}
-                      WHEN j.attempts >= j.max_attempts THEN {_DEAD}
-                      ELSE {_PENDING} END,
+        status = CASE WHEN m.claimed THEN {_PROCESSING} ELSE {_EXPIRED_STATUS} END,
         attempts = j.attempts + CASE WHEN m.claimed THEN 1 ELSE 0 END,
-        lease_token = j.lease_token + CASE WHEN m.claimed THEN 1 ELSE 0 END,
+        max_attempts = CASE WHEN m.claimed THEN {_CAPPED} ELSE j.max_attempts END,
+        lease_token = CASE WHEN m.claimed THEN CAST(:token AS bigint) ELSE j.lease_token END,
         locked_by = CASE WHEN m.claimed THEN CAST(:worker_id AS text) END,
         lease_expires_at = CASE WHEN m.claimed THEN now() + CAST(:lease AS float8) * interval '1 second' END,
-        finished_at = CASE WHEN NOT m.claimed AND j.attempts >= j.max_attempts THEN now() ELSE j.finished_at END,
-        last_error = CASE WHEN m.was_expired THEN 'lease expired while held by ' || coalesce(j.locked_by, '?')
-                          ELSE j.last_error END
+        finished_at = CASE WHEN NOT m.claimed AND {_FINAL} THEN now() ELSE j.finished_at END,
+        last_error = CASE WHEN m.was_expired THEN {_EXPIRED_ERROR} ELSE j.last_error END
     FROM marked AS m
     WHERE j.id = m.id
     RETURNING j.*, m.claimed
 )
-SELECT {{columns}} FROM changed WHERE claimed
+SELECT {{columns}}, claimed FROM changed WHERE claimed OR status = {_DEAD}
 """
+
+
+def _ready_sql(jobs: str, pairs: int) -> str:
+    """The locking read of the best ``:limit`` ready jobs over ``pairs`` (queue, job type) pairs.
+
+    One pair is one ordered range of the ready index, locked as it is read.
+    Several pairs are merged in claim order (a Merge Append of index ranges)
+    and each row is locked as the merge yields it: the claim locks at most
+    ``:limit`` rows and reads past rows others hold, however many pairs it
+    asks for.
+    """
+
+    def arm(n: int) -> str:
+        return (
+            f"SELECT id, priority, run_at FROM {jobs} WHERE status = {_PENDING} "
+            f"AND queue = CAST(:q{n} AS text) AND job_type = CAST(:t{n} AS text) AND run_at <= now()"
+        )
+
+    if pairs == 0:
+        return "SELECT CAST(NULL AS bigint) AS id, CAST(NULL AS integer) AS priority, now() AS run_at WHERE false"
+    if pairs == 1:
+        return f"{arm(0)} ORDER BY {_CLAIM_ORDER} LIMIT :limit FOR UPDATE SKIP LOCKED"
+    arms = " UNION ALL ".join(f"({arm(n)})" for n in range(pairs))
+    return (
+        f"SELECT c.id, c.priority, c.run_at FROM (SELECT * FROM ({arms}) AS u ORDER BY {_CLAIM_ORDER}) AS c "
+        f"CROSS JOIN LATERAL (SELECT id FROM {jobs} AS l WHERE l.id = c.id AND l.status = {_PENDING}) AS l "
+        f"ORDER BY {_MERGE_ORDER} LIMIT :limit FOR UPDATE OF l SKIP LOCKED"
+    )
 
 
 #: The columns a plain bulk insert sends as JSON arrays (``delay`` becomes ``run_at``).
@@ -197,6 +240,7 @@ class PostgreSQLBackend(SQLBackend):
 
     def upgrade_schema(self, connection: Connection, from_version: int | None) -> None:
         """Tune autovacuum for a high-churn table: vacuum after 2% dead rows, not the default 20%."""
+        super().upgrade_schema(connection, from_version)
         if from_version is None or from_version < _TUNED_SINCE:
             connection.exec_driver_sql(
                 f'ALTER TABLE "{self.jobs.name}" SET (autovacuum_vacuum_scale_factor = 0.02, '
@@ -283,14 +327,16 @@ class PostgreSQLBackend(SQLBackend):
     def _shared_insert_and_notify(self) -> sa.TextClause:
         return self._and_notify(self._shared_insert_sql())
 
-    def enqueue_many(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Hashable]:
+    def enqueue(self, batch: EnqueueBatch) -> list[Hashable]:
         """Plain jobs outside a caller's transaction: ONE autocommit statement inserts them and sends the NOTIFY.
 
         Jobs with a dedupe key or an absolute ``run_at``, and enqueues inside
         the caller's transaction, take the general path (one transaction).
         """
-        if connection is not None or not jobs or any(j.dedupe_key is not None or j.run_at is not None for j in jobs):
-            return super().enqueue_many(jobs, connection=connection)
+        jobs = batch.jobs
+        special = any(j.dedupe_key is not None or j.run_at is not None for j in jobs)
+        if batch.connection is not None or not jobs or special:
+            return super().enqueue(batch)
         shared = {(j.queue, j.job_type, j.priority, j.max_attempts, j.delay_seconds) for j in jobs}
         params: dict[str, Any]
         if len(shared) == 1:
@@ -353,17 +399,22 @@ class PostgreSQLBackend(SQLBackend):
     # ------------------------------------------------------------------
     # Consuming
     # ------------------------------------------------------------------
+    def _claim_statement(self, pairs: int, typed: bool) -> sa.TextClause:
+        """The claim over ``pairs`` (queue, job type) pairs; built once per shape (a prepared statement each)."""
+        key = (pairs, typed)
+        if key not in self._claim_statements:
+            jobs = f'"{self.jobs.name}"'
+            columns = ", ".join(f'"{c.name}"' for c in self._columns)
+            of_types = "AND job_type = ANY(CAST(:types AS text[]))" if typed else ""
+            ready = _ready_sql(jobs, pairs)
+            text = _CLAIM_SQL.format(jobs=jobs, ready=ready, expired_of_types=of_types, columns=columns)
+            columns_read = [*self._columns, sa.column("claimed", sa.Boolean())]
+            self._claim_statements[key] = sa.text(text).columns(*columns_read)  # type: ignore[assignment]
+        return self._claim_statements[key]
+
     @functools.cached_property
-    def _claim_statement(self) -> sa.TextClause:
-        columns = ", ".join(f'"{c.name}"' for c in self._columns)
-        stmt = sa.text(_CLAIM_SQL.format(jobs=f'"{self.jobs.name}"', columns=columns))
-        stmt = stmt.bindparams(
-            sa.bindparam("queues", type_=pg.ARRAY(sa.Text())),
-            sa.bindparam("limit", type_=sa.Integer()),
-            sa.bindparam("worker_id", type_=sa.Text()),
-            sa.bindparam("lease", type_=sa.Float()),
-        )
-        return stmt.columns(*self._columns)  # type: ignore[return-value]
+    def _claim_statements(self) -> dict[tuple[int, bool], sa.TextClause]:
+        return {}
 
     def held_by_claim(self, jobs: Sequence[Job]) -> sa.ColumnElement[bool]:
         """``id = ANY(ids) AND (id, lease_token) IN (SELECT * FROM unnest(ids, tokens))``: one short statement.
@@ -381,20 +432,45 @@ class PostgreSQLBackend(SQLBackend):
         pairs = sa.select(held.c.id, held.c.token)
         return sa.and_(j.c.id == sa.func.any(ids), sa.tuple_(j.c.id, j.c.lease_token).in_(pairs))
 
-    def claim(self, queues: Sequence[str], limit: int, lease: float, worker_id: str) -> list[Job]:
-        """Rescue expired leases and claim up to ``limit`` ready jobs in one statement; see :class:`Backend`."""
-        params = {"queues": list(dict.fromkeys(queues)), "limit": limit, "worker_id": worker_id, "lease": float(lease)}
-        rows = self._run_single(lambda conn: list(conn.execute(self._claim_statement, params)))
-        jobs = [self._job_from_row(r) for r in rows]
-        jobs.sort(key=self._claim_order)
-        return jobs
+    def claim(self, request: ClaimRequest) -> ClaimResult:
+        """Rescue expired leases and claim up to ``request.limit`` ready jobs in one statement; see :class:`Backend`.
+
+        Without ``job_types`` the pairs to read are found first (one cheap
+        loose index scan), so such a claim is two statements.
+        """
+        queues = list(dict.fromkeys(request.queues))
+        if request.job_types is None:
+            pairs = self._run_single(lambda conn: self.pending_pairs(conn, queues))
+        else:
+            types = sorted(request.job_types)
+            pairs = [(q, t) for q in queues for t in types]
+        params: dict[str, Any] = {
+            "queues": queues,
+            "limit": request.limit,
+            "worker_id": request.worker_id,
+            "lease": float(request.lease),
+            "token": request.token,
+            "cap": request.max_attempts,
+        }
+        if request.job_types is not None:
+            params["types"] = sorted(request.job_types)
+        for n, (queue, job_type) in enumerate(pairs):
+            params[f"q{n}"], params[f"t{n}"] = queue, job_type
+        statement = self._claim_statement(len(pairs), request.job_types is not None)
+        rows = self._run_single(lambda conn: list(conn.execute(statement, params)))
+        claimed: list[Job] = []
+        dead: list[Job] = []
+        for row in rows:
+            (claimed if row[-1] else dead).append(self._job_from_row(row))
+        claimed.sort(key=policy.job_claim_key)
+        return ClaimResult(claimed, dead)
 
     # ------------------------------------------------------------------
     # Waiting
     # ------------------------------------------------------------------
-    def wakeup_source(self, queues: Sequence[str]) -> WakeupSource | None:
-        """A dedicated LISTEN connection that wakes for ``queues``."""
-        return PgListener(self, queues)
+    def wakeup_source(self, request: WakeupRequest) -> WakeupSource | None:
+        """A dedicated LISTEN connection that wakes for the request's queues."""
+        return PgListener(self, request.queues)
 
 
 def _check_borrowable(raw: Any) -> None:
@@ -529,7 +605,7 @@ class PgListener:
                 if self._failures == 1:
                     log.warning("LISTEN connection lost (%s); reconnecting", type(exc).__name__)
                 self._close_quietly()
-                time.sleep(max(0.0, min(deadline - time.monotonic(), 0.05 * 2 ** min(self._failures, 4))))
+                time.sleep(max(0.0, min(deadline - time.monotonic(), policy.LISTEN_RECONNECT.delay(self._failures))))
 
     def _close_quietly(self) -> None:
         try:

@@ -1,24 +1,28 @@
-"""The shared SQL implementation behind the SQLite, PostgreSQL and MySQL backends.
+"""The shared SQL store behind the SQLite, PostgreSQL and MySQL backends.
 
-One SQLAlchemy-Core implementation of the backend interface. A dialect
-subclass supplies only what differs per database, as class attributes and
-small overridable methods: the column type for times, the database clock,
-how a transaction begins, how locked rows are updated (one ``UPDATE ...
-RETURNING`` or ``SELECT ... FOR UPDATE SKIP LOCKED`` then ``UPDATE``), the
-indexes, how a duplicate dedupe key is ignored, and how driver errors are
-classified. Nothing here asks which database it is talking to.
+One SQLAlchemy-Core implementation of the backend interface. It decides
+nothing: claim order, the lease-expiry rule and the fence come from
+:mod:`polyqueue.policy` as SQL expressions, and settlements arrive as values
+to write. A dialect subclass supplies only what differs per database, as
+class attributes and small overridable methods: the column type for times,
+the database clock, how a transaction begins, how locked rows are updated
+(one ``UPDATE ... RETURNING`` or ``SELECT ... FOR UPDATE SKIP LOCKED`` then
+``UPDATE``), the indexes, how a duplicate dedupe key is ignored, and how
+driver errors are classified. Nothing here asks which database it is
+talking to.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
-import random
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
@@ -26,15 +30,37 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import URL, Connection, Engine
 
-from .. import json_codec
+from .. import json_codec, policy
 from ..errors import BackendUnavailable, ConfigurationError, PolyqueueError, SchemaMissing
-from ..job import FINISHED_STATUSES, LIVE_STATUSES, Job, JobStatus, NewJob, ReplayResult
-from .base import Backend, BackendOptions
+from ..job import FINISHED_STATUSES, LIVE_STATUSES, STATUSES, Job, JobStatus, NewJob, ReplayResult, int_job_id
+from .after_commit import AfterCommitWatcher
+from .base import (
+    Backend,
+    BackendOptions,
+    CancelRequest,
+    ClaimRequest,
+    ClaimResult,
+    DeadJobsQuery,
+    DueProbe,
+    EnqueueBatch,
+    ExtendRequest,
+    JobLookup,
+    OptionParser,
+    PurgeRequest,
+    ReadyCount,
+    ReplayRequest,
+    Settlement,
+    SettleRequest,
+    StatsRequest,
+)
 
-__all__ = ["LONG_TEXT", "SCHEMA_VERSION", "ErrorKind", "SQLBackend"]
+__all__ = ["LONG_TEXT", "SCHEMA_VERSION", "ErrorKind", "SQLBackend", "UpdateValues", "status_literal"]
 
 log = logging.getLogger("polyqueue.sql")
 T = TypeVar("T")
+#: Column assignments of an UPDATE, in the order they are written (MySQL assigns left to right).
+UpdateValues = list[tuple[sa.Column[Any], Any]]
+
 
 def status_literal(status: str) -> sa.ColumnElement[str]:
     """A status as an inline SQL literal, so planners can match partial indexes even in prepared plans."""
@@ -47,8 +73,8 @@ PROCESSING_SQL = status_literal(JobStatus.PROCESSING)
 LIVE_SQL = [status_literal(s) for s in LIVE_STATUSES]
 FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 
-#: Bumped whenever ``migrate`` has new work to do.
-SCHEMA_VERSION = 2
+#: Bumped whenever ``migrate`` has new work to do. 3: the ready index leads with (queue, job_type).
+SCHEMA_VERSION = 3
 
 #: Job's fields in declaration order: rows are read in this order and passed to Job positionally.
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
@@ -56,12 +82,8 @@ _DECODED_FIELDS = tuple(_JOB_FIELDS.index(name) for name in ("payload", "result"
 
 #: Payloads, results and error histories: unbounded text (MySQL's TEXT stops at 64 KB, below ``max_payload_bytes``).
 LONG_TEXT = sa.Text().with_variant(mysql_types.LONGTEXT(), "mysql", "mariadb")
-#: How many rescued (lease-expired) jobs one claim handles at most.
-RESCUE_BATCH = 100
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
 FENCE_CHUNK = 512
-#: How many errors of a job's history are kept.
-ERROR_HISTORY_LIMIT = 20
 
 
 class ErrorKind:
@@ -79,6 +101,7 @@ class SQLBackend(Backend):
 
     name = "sql"
     capabilities = frozenset()
+    connect_options: ClassVar[dict[str, OptionParser]] = {"reconnect_seconds": float, "transient_retries": int}
     #: The SQLAlchemy driver used when the URL names none (``postgresql`` -> ``postgresql+psycopg``).
     default_driver: ClassVar[str] = ""
     #: The pip extra that installs the driver, named in the missing-driver error.
@@ -100,11 +123,12 @@ class SQLBackend(Backend):
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("version", sa.Integer, nullable=False),
         )
-        for index in self._indexes(self.jobs):
+        for index in self.indexes(self.jobs):
             index._set_parent(self.jobs)
         self._columns = list(self.jobs.c)
         names = [c.name for c in self._columns]
         self._job_field_positions = tuple(names.index(name) for name in _JOB_FIELDS)
+        self._order_columns = {"priority": self.jobs.c.priority, "run_at": self.jobs.c.run_at, "id": self.jobs.c.id}
         self.engine = self._create_engine()
 
     # ------------------------------------------------------------------
@@ -151,11 +175,14 @@ class SQLBackend(Backend):
     #: The ``Index`` keyword for a partial-index predicate (``postgresql_where``), or "" if none.
     partial_index_keyword: ClassVar[str] = ""
 
-    def _indexes(self, jobs: sa.Table) -> list[sa.Index]:
+    def indexes(self, jobs: sa.Table) -> list[sa.Index]:
         """Indexes for ready-job lookups, lease rescue, dedupe and purge.
 
         The default uses partial indexes, so finished rows never enter the
-        indexes that claims, rescues and dedupe checks read.
+        indexes that claims, rescues and dedupe checks read. The ready index
+        leads with (queue, job_type): a claim reads each pair it asks for in
+        claim order and stops after ``limit`` rows, however many jobs of
+        other types wait.
         """
         p, c = self.prefix, jobs.c
 
@@ -163,7 +190,15 @@ class SQLBackend(Backend):
             return {self.partial_index_keyword: predicate}
 
         return [
-            sa.Index(f"{p}jobs_ready", c.queue, c.priority.desc(), c.run_at, c.id, **where(c.status == PENDING_SQL)),
+            sa.Index(
+                f"{p}jobs_ready",
+                c.queue,
+                c.job_type,
+                c.priority.desc(),
+                c.run_at,
+                c.id,
+                **where(c.status == PENDING_SQL),
+            ),
             sa.Index(f"{p}jobs_leases", c.lease_expires_at, **where(c.status == PROCESSING_SQL)),
             sa.Index(
                 f"{p}jobs_dedupe",
@@ -203,23 +238,18 @@ class SQLBackend(Backend):
         )
 
     def update_locked(
-        self,
-        connection: Connection,
-        candidates: sa.Select[Any],
-        values: dict[str, Any],
-        returning: bool,
+        self, connection: Connection, candidates: sa.Select[Any], values: UpdateValues, returning: bool
     ) -> list[Any]:
-        """Update the rows ``candidates`` selects, skipping rows other transactions hold.
+        """Update the rows ``candidates`` (a select of ids) names, skipping rows other transactions hold.
 
         Returns the updated rows (all columns) when ``returning``, else []. The
         default is one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP
-        LOCKED) RETURNING``; dialects without RETURNING or without LIMIT in
-        ``IN`` subqueries override this.
+        LOCKED) RETURNING``; dialects without RETURNING override this.
         """
         stmt = (
             sa.update(self.jobs)
             .where(self.jobs.c.id.in_(candidates.with_for_update(skip_locked=True).scalar_subquery()))
-            .values(**values)
+            .ordered_values(*values)
         )
         if returning:
             return list(connection.execute(stmt.returning(*self._columns)))
@@ -227,14 +257,14 @@ class SQLBackend(Backend):
         return []
 
     def claim_ready(
-        self, connection: Connection, queues: Sequence[str], limit: int, values: dict[str, Any]
+        self, connection: Connection, pairs: Sequence[tuple[str, str]], limit: int, values: UpdateValues
     ) -> list[Any]:
-        """Apply the claim ``values`` to up to ``limit`` ready jobs of ``queues`` no other transaction holds.
+        """Apply the claim ``values`` to up to ``limit`` ready jobs of ``(queue, job_type)`` ``pairs``.
 
         Returns the claimed rows (all columns), in any order. The default is
-        one :meth:`update_locked` over ``_ready``; MySQL locks queue by queue.
+        one :meth:`update_locked` over :meth:`ready_ids`; MySQL locks pair by pair.
         """
-        return self.update_locked(connection, self._ready(queues, limit), values, returning=True)
+        return self.update_locked(connection, self.ready_ids(pairs, limit), values, returning=True)
 
     def describe(self) -> str:
         """The URL with its password masked."""
@@ -292,14 +322,22 @@ class SQLBackend(Backend):
         self._run(work, retry_duplicates=True)
 
     def upgrade_schema(self, connection: Connection, from_version: int | None) -> None:
-        """Dialect-specific schema work, inside ``migrate``'s lock, when the schema is new (None) or older."""
+        """Schema work inside ``migrate``'s lock when the schema is new (None) or older.
+
+        Version 3 rebuilds the ready index to lead with (queue, job_type).
+        Dialects add their own steps and call this.
+        """
+        if from_version is not None and from_version < 3:
+            ready = next(index for index in self.jobs.indexes if index.name == f"{self.prefix}jobs_ready")
+            ready.drop(connection, checkfirst=True)
+            ready.create(connection)
 
     def caller_transaction(self) -> Any:
-        """``engine.begin()``: a SQLAlchemy Connection in a transaction, as an application would hold."""
+        """``engine.begin()``: a SQLAlchemy Connection in a transaction, as an application would hold (tests)."""
         return self.engine.begin()
 
     def drop_schema(self) -> None:
-        """Drop the tables and indexes of this prefix."""
+        """Drop the tables and indexes of this prefix (tests and uninstalling)."""
         self._run(lambda conn: self.metadata.drop_all(conn, checkfirst=True))
 
     # ------------------------------------------------------------------
@@ -339,7 +377,9 @@ class SQLBackend(Backend):
             context.is_disconnect = True
 
     def close(self) -> None:
-        """Dispose of the connection pools."""
+        """Dispose of the connection pools and stop watching callers' transactions."""
+        if self._after_commit is not None:
+            self._after_commit.close()
         self.engine.dispose()
         if self._autocommit_engine is not None and self._autocommit_engine is not self.engine:
             self._autocommit_engine.dispose()
@@ -373,8 +413,17 @@ class SQLBackend(Backend):
         return self._create_engine(autocommit=True)
 
     _autocommit_engine: Engine | None = None
+    _after_commit: AfterCommitWatcher | None = None
 
-    def _retrying(
+    def serialized(self) -> AbstractContextManager[Any]:
+        """Held around every call's transactions; a dialect whose connection cannot be shared takes turns here."""
+        return nullcontext()
+
+    def _retrying(self, begin: Callable[[], Any], work: Callable[[Connection], T], retry_duplicates: bool) -> T:
+        with self.serialized():
+            return self._retrying_unserialized(begin, work, retry_duplicates)
+
+    def _retrying_unserialized(
         self, begin: Callable[[], Any], work: Callable[[Connection], T], retry_duplicates: bool
     ) -> T:
         deadline: float | None = None
@@ -390,13 +439,13 @@ class SQLBackend(Backend):
                 kind = self.classify(exc)
                 if kind == ErrorKind.TRANSIENT or (kind == ErrorKind.DUPLICATE and retry_duplicates):
                     if attempt <= self.transient_retries:
-                        time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
+                        time.sleep(policy.TRANSIENT.delay(attempt))
                         continue
                 elif kind == ErrorKind.DISCONNECT:
                     now = time.monotonic()
                     deadline = deadline or now + self.reconnect_seconds
                     if now < deadline:
-                        time.sleep(min(0.05 * 2 ** min(attempt, 3), max(0.0, deadline - now)))
+                        time.sleep(min(policy.RECONNECT.delay(attempt), max(0.0, deadline - now)))
                         continue
                 raise self._translate(exc) from exc
 
@@ -429,10 +478,6 @@ class SQLBackend(Backend):
         values[result] = json_codec.loads(values[result]) if values[result] is not None else None
         values[errors] = json_codec.loads(values[errors]) if values[errors] else []
         return Job(*values)
-
-    @staticmethod
-    def _claim_order(job: Job) -> tuple[int, datetime, Any]:
-        return (-job.priority, job.run_at or datetime.min.replace(tzinfo=UTC), job.id)
 
     # ------------------------------------------------------------------
     # Producing
@@ -504,8 +549,9 @@ class SQLBackend(Backend):
                 return existing  # type: ignore[no-any-return]
         raise BackendUnavailable("could not settle a dedupe key race after 10 tries")
 
-    def enqueue_many(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Hashable]:
+    def enqueue(self, batch: EnqueueBatch) -> list[Hashable]:
         """Insert the batch in one transaction (or the caller's); see :class:`Backend`."""
+        jobs, connection = batch.jobs, batch.connection
         if not jobs:
             return []
         if connection is not None:
@@ -546,66 +592,122 @@ class SQLBackend(Backend):
             f"connection= must be a SQLAlchemy Connection for {self.name}, got {type(connection).__name__}"
         )
 
+    def run_after_commit(self, connection: Any, action: Callable[[], None]) -> bool:
+        """Run ``action`` once a caller's SQLAlchemy ``Connection`` has committed its current transaction."""
+        if not isinstance(connection, Connection):
+            return False
+        if self._after_commit is None:
+            self._after_commit = AfterCommitWatcher()
+        return self._after_commit.add(connection, action)
+
     # ------------------------------------------------------------------
-    # Consuming
+    # Consuming: claims
     # ------------------------------------------------------------------
-    def _ready(self, queues: Sequence[str], limit: int) -> sa.Select[Any]:
+    def _ready_arm(self, queue: str, job_type: str) -> sa.Select[Any]:
+        """Ready jobs of one (queue, job_type): an ordered range of the ``jobs_ready`` index."""
         j = self.jobs
-        return (
-            sa.select(j.c.id)
-            .where(j.c.status == PENDING_SQL, j.c.queue.in_(list(queues)), j.c.run_at <= self.now())
-            .order_by(j.c.priority.desc(), j.c.run_at, j.c.id)
-            .limit(limit)
+        return sa.select(j.c.id, j.c.priority, j.c.run_at).where(
+            j.c.status == PENDING_SQL, j.c.queue == queue, j.c.job_type == job_type, j.c.run_at <= self.now()
         )
 
-    def _rescue_expired(self, conn: Connection) -> None:
+    def ready_ids(self, pairs: Sequence[tuple[str, str]], limit: int) -> sa.Select[Any]:
+        """The ids of the best ``limit`` ready jobs of ``pairs``, in claim order.
+
+        One ordered index range per pair, merged: the cost depends on
+        ``limit`` and the number of pairs, not on how many jobs wait.
+        """
+        if len(pairs) == 1:
+            arm = self._ready_arm(*pairs[0])
+            return arm.with_only_columns(self.jobs.c.id).order_by(*self._claim_order()).limit(limit)
+        merged = sa.union_all(*(self._ready_arm(q, t) for q, t in pairs)).subquery("ready")
+        return sa.select(merged.c.id).order_by(*policy.claim_order_sql(merged.c)).limit(limit)
+
+    def _claim_order(self) -> list[sa.ColumnElement[Any]]:
+        return policy.claim_order_sql(self._order_columns)
+
+    def pending_pairs(self, connection: Connection, queues: Sequence[str]) -> list[tuple[str, str]]:
+        """The (queue, job_type) pairs that have pending jobs, in one statement.
+
+        A loose index scan: each step asks the ready index for the next job
+        type of a queue, so the cost is the number of types, not of jobs.
+        """
+        j = self.jobs
+        names = sa.union_all(*(sa.select(sa.literal(q, sa.String()).label("queue")) for q in queues)).subquery("names")
+
+        def first_type_after(queue: Any, after: Any | None) -> sa.ScalarSelect[Any]:
+            found = sa.select(sa.func.min(j.c.job_type)).where(j.c.status == PENDING_SQL, j.c.queue == queue)
+            return (found.where(j.c.job_type > after) if after is not None else found).scalar_subquery()
+
+        anchor = sa.select(names.c.queue, first_type_after(names.c.queue, None).label("job_type"))
+        types = anchor.cte("pending_types", recursive=True)
+        step = sa.select(types.c.queue, first_type_after(types.c.queue, types.c.job_type)).where(
+            types.c.job_type.is_not(None)
+        )
+        types = types.union_all(step)
+        stmt = sa.select(types.c.queue, types.c.job_type).where(types.c.job_type.is_not(None))
+        return [(row[0], row[1]) for row in connection.execute(stmt)]
+
+    def _claim_pairs(self, connection: Connection, request: ClaimRequest) -> list[tuple[str, str]]:
+        if request.job_types is None:
+            return self.pending_pairs(connection, request.queues)
+        return list(itertools.product(request.queues, sorted(request.job_types)))
+
+    def _claim_values(self, request: ClaimRequest) -> UpdateValues:
+        """What a claim writes on each job it takes (see :class:`ClaimRequest`)."""
+        c = self.jobs.c
+        values: UpdateValues = [
+            (c.status, JobStatus.PROCESSING),
+            (c.attempts, c.attempts + 1),
+            (c.lease_token, request.token),
+            (c.locked_by, request.worker_id),
+            (c.lease_expires_at, self.seconds_from_now(sa.literal(float(request.lease), sa.Float()))),
+        ]
+        if request.max_attempts is not None:
+            values.append((c.max_attempts, policy.capped_max_attempts_sql(c.max_attempts, request.max_attempts)))
+        return values
+
+    def _rescue_values(self) -> UpdateValues:
+        """What a rescue writes on an expired lease, as the policy decides (``last_error`` before ``locked_by``)."""
+        c = self.jobs.c
+        final = policy.final_attempt_sql(c.attempts, c.max_attempts)
+        return [
+            (c.last_error, policy.expired_lease_error_sql(c.locked_by)),
+            (c.status, policy.expired_lease_status_sql(c.attempts, c.max_attempts)),
+            (c.finished_at, sa.case((final, self.now()), else_=None)),
+            (c.locked_by, None),
+            (c.lease_expires_at, None),
+        ]
+
+    def _rescue_expired(self, conn: Connection) -> list[Job]:
+        """Rescue expired leases as the policy says; returns the jobs that became dead."""
         j = self.jobs
         expired = (
             sa.select(j.c.id)
             .where(j.c.status == PROCESSING_SQL, j.c.lease_expires_at <= self.now())
             .order_by(j.c.lease_expires_at)
-            .limit(RESCUE_BATCH)
+            .limit(policy.RESCUE_BATCH)
         )
-        final = j.c.attempts >= j.c.max_attempts
-        self.update_locked(
-            conn,
-            expired,
-            {
-                "status": sa.case((final, JobStatus.DEAD), else_=JobStatus.PENDING),
-                "finished_at": sa.case((final, self.now()), else_=None),
-                "last_error": sa.literal("lease expired while held by ") + sa.func.coalesce(j.c.locked_by, "?"),
-                "locked_by": None,
-                "lease_expires_at": None,
-            },
-            returning=False,
-        )
+        rows = self.update_locked(conn, expired, self._rescue_values(), returning=True)
+        rescued = [self._job_from_row(r) for r in rows]
+        return [job for job in rescued if job.status == JobStatus.DEAD]
 
-    def claim(self, queues: Sequence[str], limit: int, lease: float, worker_id: str) -> list[Job]:
-        """Rescue expired leases, then claim up to ``limit`` ready jobs; see :class:`Backend`."""
-        j = self.jobs
+    def claim(self, request: ClaimRequest) -> ClaimResult:
+        """Rescue expired leases, then claim up to ``request.limit`` ready jobs; see :class:`Backend`."""
 
-        def work(conn: Connection) -> list[Job]:
-            self._rescue_expired(conn)
-            rows = self.claim_ready(
-                conn,
-                queues,
-                limit,
-                {
-                    "status": JobStatus.PROCESSING,
-                    "attempts": j.c.attempts + 1,
-                    "lease_token": j.c.lease_token + 1,
-                    "locked_by": worker_id,
-                    "lease_expires_at": self.seconds_from_now(sa.literal(float(lease), sa.Float())),
-                },
-            )
-            return rows
+        def work(conn: Connection) -> tuple[list[Job], list[Any]]:
+            dead = self._rescue_expired(conn)
+            pairs = self._claim_pairs(conn, request)
+            rows = self.claim_ready(conn, pairs, request.limit, self._claim_values(request)) if pairs else []
+            return dead, rows
 
-        jobs = [self._job_from_row(r) for r in self._run(work)]
-        jobs.sort(key=self._claim_order)
-        return jobs
+        dead, rows = self._run(work)
+        return ClaimResult(sorted((self._job_from_row(r) for r in rows), key=policy.job_claim_key), dead)
 
+    # ------------------------------------------------------------------
+    # Consuming: the fence, settling and heartbeats
+    # ------------------------------------------------------------------
     @staticmethod
-    def _claim_pairs(jobs: Sequence[Job]) -> list[tuple[Any, int]]:
+    def _claim_pairs_padded(jobs: Sequence[Job]) -> list[tuple[Any, int]]:
         """``(id, lease_token)`` of ``jobs``, padded to a power of two by repeating the last pair.
 
         Repeats change nothing in an ``IN`` list, and the padding keeps the
@@ -623,21 +725,27 @@ class SQLBackend(Backend):
         The portable form is a row-value ``IN`` list; a dialect with array
         parameters overrides it with one short statement whatever the batch size.
         """
-        return sa.tuple_(self.jobs.c.id, self.jobs.c.lease_token).in_(self._claim_pairs(jobs))
+        return sa.tuple_(self.jobs.c.id, self.jobs.c.lease_token).in_(self._claim_pairs_padded(jobs))
 
     def _fence(self, jobs: Sequence[Job]) -> sa.ColumnElement[bool]:
         j = self.jobs
-        return sa.and_(self.held_by_claim(jobs), j.c.status == PROCESSING_SQL, j.c.lease_expires_at > self.now())
+        return policy.holds_claim_sql(j.c.status, j.c.lease_expires_at, self.now(), self.held_by_claim(jobs))
 
     def _update_fenced(
-        self, conn: Connection, jobs: Sequence[Job], values: dict[str, Any], landed_status: str
+        self,
+        conn: Connection,
+        jobs: Sequence[Job],
+        values: dict[str, Any],
+        changed_here: Callable[[Sequence[Job]], sa.ColumnElement[bool]],
     ) -> set[Hashable]:
-        """Apply ``values`` to the jobs this worker still holds; return the ids it no longer held.
+        """Apply ``values`` to the jobs their claims still hold; return the ids not held.
 
-        Large batches go in chunks of :data:`FENCE_CHUNK` (same transaction): a
-        completer that fell behind may hand over thousands of jobs, and one
-        ``IN`` list that long overflows PostgreSQL's parser stack and the
-        drivers' 65,535-parameter limit.
+        ``changed_here(jobs)`` is true, after the update, exactly for the rows
+        this update changed: dialects without RETURNING read it back when the
+        matched-row count says some were not held. Large batches go in chunks
+        of :data:`FENCE_CHUNK` (same transaction): a completer that fell behind
+        may hand over thousands of jobs, and one ``IN`` list that long
+        overflows PostgreSQL's parser stack and the drivers' parameter limit.
         """
         if len(jobs) > FENCE_CHUNK:
             # In id order, so that a chunked heartbeat and a completion of overlapping rows take their
@@ -645,7 +753,7 @@ class SQLBackend(Backend):
             jobs = sorted(jobs, key=lambda job: int(job.id))  # type: ignore[call-overload]
             lost: set[Hashable] = set()
             for start in range(0, len(jobs), FENCE_CHUNK):
-                lost |= self._update_fenced(conn, jobs[start : start + FENCE_CHUNK], values, landed_status)
+                lost |= self._update_fenced(conn, jobs[start : start + FENCE_CHUNK], values, changed_here)
             return lost
         j = self.jobs
         wanted = {job.id for job in jobs}
@@ -655,115 +763,90 @@ class SQLBackend(Backend):
         elif conn.execute(stmt).rowcount == len(wanted):
             done = wanted  # rowcount counts matched rows: every job was still held
         else:
-            done = {
-                r[0]
-                for r in conn.execute(
-                    sa.select(j.c.id).where(self.held_by_claim(jobs), j.c.status == landed_status)
-                )
-            }
+            ids = sorted(wanted)  # type: ignore[type-var]
+            done = {r[0] for r in conn.execute(sa.select(j.c.id).where(j.c.id.in_(ids), changed_here(jobs)))}
         return wanted - done
 
-    def _run_fenced(self, jobs: Sequence[Job], values: dict[str, Any], landed_status: str) -> set[Hashable]:
-        """:meth:`_update_fenced` on its own: one autocommit statement when the batch fits one chunk.
+    def _run_fenced(
+        self,
+        statements: Sequence[tuple[Sequence[Job], dict[str, Any]]],
+        changed_here: Callable[[Sequence[Job]], sa.ColumnElement[bool]],
+    ) -> set[Hashable]:
+        """Run fenced updates: one autocommit statement when there is one that fits a chunk, else one transaction.
 
         The fence makes each row's update all-or-nothing on its own, so a
-        single statement needs no BEGIN/COMMIT round trips; bigger batches keep
-        one transaction across their chunks.
+        single statement needs no BEGIN/COMMIT round trips.
         """
 
         def work(conn: Connection) -> set[Hashable]:
-            return self._update_fenced(conn, jobs, values, landed_status)
-
-        return self._run_single(work) if len(jobs) <= FENCE_CHUNK else self._run(work)
-
-    def complete_many(self, jobs: Sequence[tuple[Job, str | None]]) -> set[Hashable]:
-        """Mark held jobs done, grouped so jobs without a result share one statement."""
-        if not jobs:
-            return set()
-        done_values = {
-            "status": JobStatus.DONE,
-            "finished_at": self.now(),
-            "locked_by": None,
-            "lease_expires_at": None,
-        }
-
-        plain = [job for job, result in jobs if result is None]
-        if len(plain) == len(jobs):  # the common case: no results to store, one statement
-            return self._run_fenced(plain, done_values, JobStatus.DONE)
-
-        def work(conn: Connection) -> set[Hashable]:
             lost: set[Hashable] = set()
-            if plain:
-                lost |= self._update_fenced(conn, plain, done_values, JobStatus.DONE)
-            for job, result in jobs:
-                if result is not None:
-                    lost |= self._update_fenced(conn, [job], {**done_values, "result": result}, JobStatus.DONE)
+            for jobs, values in statements:
+                lost |= self._update_fenced(conn, jobs, values, changed_here)
             return lost
 
-        return self._run(work)
+        single = len(statements) == 1 and len(statements[0][0]) <= FENCE_CHUNK
+        return self._run_single(work) if single else self._run(work)
 
-    def fail(self, job: Job, *, error: str, errors_json: str, retry_in: float | None) -> bool:
-        """Record a failed attempt: pending again after ``retry_in`` seconds, or dead."""
+    def _settlement_values(self, settlement: Settlement, token: int) -> dict[str, Any]:
+        """The columns a settlement writes (see :class:`Settlement`)."""
+        c = self.jobs.c
         values: dict[str, Any] = {
-            "last_error": error,
-            "errors": errors_json,
+            "status": settlement.status,
+            "finished_at": self.now() if settlement.finished else None,
             "locked_by": None,
             "lease_expires_at": None,
+            "lease_token": token,
         }
-        if retry_in is None:
-            values.update(status=JobStatus.DEAD, finished_at=self.now())
-            landed = JobStatus.DEAD
-        else:
-            values.update(
-                status=JobStatus.PENDING, run_at=self.seconds_from_now(sa.literal(float(retry_in), sa.Float()))
-            )
-            landed = JobStatus.PENDING
-        return not self._run_fenced([job], values, landed)
+        if settlement.run_in is not None:
+            values["run_at"] = self.seconds_from_now(sa.literal(float(settlement.run_in), sa.Float()))
+        if settlement.refund_attempt:
+            values["attempts"] = c.attempts - 1
+        if settlement.result_json is not None:
+            values["result"] = settlement.result_json
+        if settlement.last_error is not None:
+            values["last_error"] = settlement.last_error
+        if settlement.errors_json is not None:
+            values["errors"] = settlement.errors_json
+        return values
 
-    def extend_many(self, jobs: Sequence[Job], lease: float) -> set[Hashable]:
-        """Push held leases out to DB-now + ``lease``."""
-        if not jobs:
+    def settle(self, request: SettleRequest) -> set[Hashable]:
+        """Apply settlements, fenced; plain ones of the same kind share one statement. See :class:`Backend`."""
+        if not request.settlements:
             return set()
-        values = {"lease_expires_at": self.seconds_from_now(sa.literal(float(lease), sa.Float()))}
-        return self._run_fenced(jobs, values, JobStatus.PROCESSING)
+        shared: dict[tuple[Any, ...], list[Settlement]] = defaultdict(list)
+        statements: list[tuple[Sequence[Job], dict[str, Any]]] = []
+        for settlement in request.settlements:
+            if settlement.plain:
+                kind = (settlement.status, settlement.finished, settlement.run_in, settlement.refund_attempt)
+                shared[kind].append(settlement)
+            else:
+                statements.append(([settlement.job], self._settlement_values(settlement, request.token)))
+        for group in shared.values():
+            statements.append(([s.job for s in group], self._settlement_values(group[0], request.token)))
+        token_column = self.jobs.c.lease_token
+        return self._run_fenced(statements, lambda jobs: token_column == request.token)
 
-    def release_many(self, jobs: Sequence[Job]) -> set[Hashable]:
-        """Return held jobs to pending without charging the attempt."""
-        if not jobs:
+    def extend(self, request: ExtendRequest) -> set[Hashable]:
+        """Push held leases out to DB-now + ``request.lease``."""
+        if not request.jobs:
             return set()
-        j = self.jobs
-        values = {
-            "status": JobStatus.PENDING,
-            "attempts": j.c.attempts - 1,
-            "locked_by": None,
-            "lease_expires_at": None,
-        }
-        return self._run_fenced(jobs, values, JobStatus.PENDING)
+        values = {"lease_expires_at": self.seconds_from_now(sa.literal(float(request.lease), sa.Float()))}
+        return self._run_fenced([(request.jobs, values)], self._fence)
 
     # ------------------------------------------------------------------
     # Inspecting and managing
     # ------------------------------------------------------------------
-    @staticmethod
-    def _as_int_id(job_id: Hashable) -> int | None:
-        if isinstance(job_id, bool):
-            return None
-        if isinstance(job_id, int):
-            return job_id
-        if isinstance(job_id, str) and job_id.strip().isdigit():
-            return int(job_id)
-        return None
-
-    def get(self, job_id: Hashable) -> Job | None:
+    def get(self, lookup: JobLookup) -> Job | None:
         """The job row with this id, or None."""
-        key = self._as_int_id(job_id)
+        key = int_job_id(lookup.job_id)
         if key is None:
             return None
         row = self._run(lambda conn: conn.execute(sa.select(*self._columns).where(self.jobs.c.id == key)).first())
         return self._job_from_row(row) if row is not None else None
 
-    def cancel(self, job_id: Hashable) -> bool:
+    def cancel(self, request: CancelRequest) -> bool:
         """Cancel a pending job; False when it is not pending (or does not exist)."""
-        key = self._as_int_id(job_id)
+        key = int_job_id(request.job_id)
         if key is None:
             return False
         j = self.jobs
@@ -774,37 +857,47 @@ class SQLBackend(Backend):
         )
         return bool(self._run(lambda conn: conn.execute(stmt).rowcount))
 
-    def stats(self, queue: str | None = None) -> dict[str, dict[str, int]]:
-        """Counts per queue and status, plus ``scheduled`` (pending, not yet due)."""
+    def stats(self, request: StatsRequest) -> dict[str, dict[str, Any]]:
+        """Counts per queue (and job type) and status, plus ``scheduled`` (pending, not yet due)."""
         j = self.jobs
         not_due = sa.and_(j.c.status == JobStatus.PENDING, j.c.run_at > self.now())
         scheduled = sa.func.sum(sa.case((not_due, 1), else_=0))
-        stmt = sa.select(j.c.queue, j.c.status, sa.func.count(), scheduled).group_by(j.c.queue, j.c.status)
-        if queue is not None:
-            stmt = stmt.where(j.c.queue == queue)
-        out: dict[str, dict[str, int]] = {}
-        for q, status, count, sched in self._run(lambda conn: list(conn.execute(stmt))):
-            counts = out.setdefault(q, {s: 0 for s in (*STATUS_KEYS, "scheduled")})
+        keys = [j.c.queue, j.c.job_type] if request.by_type else [j.c.queue]
+        stmt = sa.select(*keys, j.c.status, sa.func.count(), scheduled).group_by(*keys, j.c.status)
+        if request.queue is not None:
+            stmt = stmt.where(j.c.queue == request.queue)
+        out: dict[str, dict[str, Any]] = {}
+        for row in self._run(lambda conn: list(conn.execute(stmt))):
+            *names, status, count, sched = row
+            home: dict[str, Any] = out
+            for name in names[:-1]:
+                home = home.setdefault(name, {})
+            counts = home.setdefault(names[-1], {s: 0 for s in (*STATUSES, "scheduled")})
             counts[status] = int(count)
             if status == JobStatus.PENDING:
                 counts["scheduled"] = int(sched or 0)
         return out
 
-    def count_ready(self, queue: str) -> int:
-        """Exact count of due pending jobs in ``queue``."""
+    def _of_types(self, job_types: frozenset[str] | None) -> list[sa.ColumnElement[bool]]:
+        return [] if job_types is None else [self.jobs.c.job_type.in_(sorted(job_types))]
+
+    def count_ready(self, request: ReadyCount) -> int:
+        """Exact count of due pending jobs in the queue (of the request's types)."""
         j = self.jobs
         stmt = sa.select(sa.func.count()).where(
-            j.c.status == PENDING_SQL, j.c.queue == queue, j.c.run_at <= self.now()
-        )
+            j.c.status == PENDING_SQL, j.c.queue == request.queue, j.c.run_at <= self.now(),
+            *self._of_types(request.job_types),
+        )  # fmt: skip
         return int(self._run(lambda conn: conn.execute(stmt).scalar() or 0))
 
-    def seconds_until_due(self, queues: Sequence[str]) -> float | None:
-        """Earliest pending ``run_at`` of ``queues`` minus DB-now, both read in one statement."""
+    def seconds_until_due(self, probe: DueProbe) -> float | None:
+        """Earliest pending ``run_at`` or lease expiry of the probe's queues and types, minus DB-now: one statement."""
         j = self.jobs
-        names = list(queues)
-        due = sa.select(sa.func.min(j.c.run_at)).where(j.c.status == PENDING_SQL, j.c.queue.in_(names))
+        names = list(probe.queues)
+        of_types = self._of_types(probe.job_types)
+        due = sa.select(sa.func.min(j.c.run_at)).where(j.c.status == PENDING_SQL, j.c.queue.in_(names), *of_types)
         expiry = sa.select(sa.func.min(j.c.lease_expires_at)).where(
-            j.c.status == PROCESSING_SQL, j.c.queue.in_(names)
+            j.c.status == PROCESSING_SQL, j.c.queue.in_(names), *of_types
         )
         stmt = sa.select(due.scalar_subquery(), expiry.scalar_subquery(), self.now())
         next_due, next_expiry, now = self._run_single(lambda conn: conn.execute(stmt).one())
@@ -816,23 +909,23 @@ class SQLBackend(Backend):
         now: datetime = self._run(lambda conn: conn.execute(sa.select(self.now())).scalar_one())
         return now
 
-    def dead_jobs(self, queue: str | None, limit: int) -> list[Job]:
+    def dead_jobs(self, query: DeadJobsQuery) -> list[Job]:
         """Dead jobs, newest first."""
         j = self.jobs
         stmt = sa.select(*self._columns).where(j.c.status == JobStatus.DEAD)
-        if queue is not None:
-            stmt = stmt.where(j.c.queue == queue)
-        stmt = stmt.order_by(j.c.finished_at.desc(), j.c.id.desc()).limit(limit)
+        if query.queue is not None:
+            stmt = stmt.where(j.c.queue == query.queue)
+        stmt = stmt.order_by(j.c.finished_at.desc(), j.c.id.desc()).limit(query.limit)
         return [self._job_from_row(r) for r in self._run(lambda conn: list(conn.execute(stmt)))]
 
-    def replay(self, ids: Iterable[Hashable] | None, queue: str | None) -> ReplayResult:
+    def replay(self, request: ReplayRequest) -> ReplayResult:
         """Dead jobs back to pending, one short transaction per job so a held dedupe key only skips that job."""
         j = self.jobs
         stmt = sa.select(j.c.id, j.c.queue, j.c.dedupe_key).where(j.c.status == JobStatus.DEAD)
-        if queue is not None:
-            stmt = stmt.where(j.c.queue == queue)
-        if ids is not None:
-            wanted = [k for k in (self._as_int_id(i) for i in ids) if k is not None]
+        if request.queue is not None:
+            stmt = stmt.where(j.c.queue == request.queue)
+        if request.ids is not None:
+            wanted = [k for k in (int_job_id(i) for i in request.ids) if k is not None]
             if not wanted:
                 return ReplayResult(0)
             stmt = stmt.where(j.c.id.in_(wanted))
@@ -867,16 +960,17 @@ class SQLBackend(Backend):
     def _rowcount_of(stmt: sa.Executable) -> Callable[[Connection], int]:
         return lambda conn: int(conn.execute(stmt).rowcount)
 
-    def purge(self, status: str, older_than: float, batch_size: int) -> int:
-        """Delete finished rows in batches of ``batch_size``, each its own transaction."""
+    def purge(self, request: PurgeRequest) -> int:
+        """Delete finished rows in batches of ``request.batch_size``, each its own transaction."""
         j = self.jobs
+        status = request.status
         select_batch = (
             sa.select(j.c.id)
             .where(
                 j.c.status == status,
-                j.c.finished_at < self.seconds_before_now(sa.literal(float(older_than), sa.Float())),
+                j.c.finished_at < self.seconds_before_now(sa.literal(float(request.older_than), sa.Float())),
             )
-            .limit(batch_size)
+            .limit(request.batch_size)
         )
         total = 0
         while True:
@@ -891,7 +985,3 @@ class SQLBackend(Backend):
             total += deleted
             if deleted == 0:
                 return total
-
-
-STATUS_KEYS = (JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.DONE, JobStatus.DEAD, JobStatus.CANCELLED)
-assert set(FINISHED_STATUSES) < set(STATUS_KEYS)

@@ -11,17 +11,18 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Hashable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from .base import Capability, WakeupSource
+from ..errors import ConfigurationError
+from .base import Capability, OptionParser, WakeupRequest, WakeupSource
 from .sql import ErrorKind, SQLBackend
 
 __all__ = ["CommitWatcher", "EpochTime", "SQLiteBackend"]
@@ -114,6 +115,7 @@ class SQLiteBackend(SQLBackend):
             Capability.MULTI_PROCESS,
         }
     )
+    connect_options: ClassVar[dict[str, OptionParser]] = {**SQLBackend.connect_options, "sqlite_synchronous": str}
     default_driver = "sqlite+pysqlite"
     driver_extra = ""
     partial_index_keyword = "sqlite_where"
@@ -127,8 +129,6 @@ class SQLiteBackend(SQLBackend):
             self._memory_lock = None
         self.synchronous = str(options.get("sqlite_synchronous", "FULL")).upper()
         if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            from ..errors import ConfigurationError
-
             raise ConfigurationError("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
         super().__init__(url, options)
 
@@ -178,15 +178,11 @@ class SQLiteBackend(SQLBackend):
             return ErrorKind.MISSING_SCHEMA
         return super().classify(error)
 
-    def _retrying(
-        self, begin: Callable[[], Any], work: Callable[[Connection], T], retry_duplicates: bool
-    ) -> T:
-        if self._memory_lock is None:
-            return super()._retrying(begin, work, retry_duplicates)
-        with self._memory_lock:
-            return super()._retrying(begin, work, retry_duplicates)
+    def serialized(self) -> AbstractContextManager[Any]:
+        """``:memory:`` has one shared connection: its transactions take turns across threads."""
+        return self._memory_lock if self._memory_lock is not None else nullcontext()
 
-    def wakeup_source(self, queues: Sequence[str]) -> WakeupSource | None:
+    def wakeup_source(self, request: WakeupRequest) -> WakeupSource | None:
         """A :class:`CommitWatcher` on the database file (no SQL while idle); None for ``:memory:`` and URIs.
 
         This is a local wake-up (processes sharing one file), not the

@@ -37,6 +37,8 @@ from polyqueue import (
 from polyqueue.backends.base import Capability
 from polyqueue.testing import unique_prefix
 
+from .support import caller_transaction, drop_schema
+
 __all__ = [
     "TestBadInput",
     "TestCancel",
@@ -47,6 +49,8 @@ __all__ = [
     "TestDedupe",
     "TestDelayed",
     "TestEnqueue",
+    "TestFencing",
+    "TestJobTypes",
     "TestLeases",
     "TestMigrate",
     "TestPurge",
@@ -325,6 +329,87 @@ class TestLeases:
 
 
 # ---------------------------------------------------------------------------
+_SETTLE_ACTIONS: dict[str, Callable[[polyqueue.Queue, Job], Any]] = {
+    "complete": lambda q, job: q.complete(job, "late"),
+    "fail": lambda q, job: q.fail(job, "late failure"),
+    "extend": lambda q, job: q.extend(job, 60),
+    "release": lambda q, job: q.release(job),
+}
+
+
+class TestFencing:
+    """A claim that no longer holds its job -- expired, rescued, re-claimed or already settled -- changes nothing."""
+
+    def _expired_claim(self, q: polyqueue.Queue) -> Job:
+        q.enqueue("t", queue="fenced")
+        (job,) = q.claim("fenced", lease=0.3, worker_id="stale-worker")
+        sleep_past(q, job.lease_expires_at)
+        return job
+
+    @pytest.mark.parametrize("action", sorted(_SETTLE_ACTIONS))
+    def test_an_expired_claim_is_lease_lost(self, queue: polyqueue.Queue, action: str) -> None:
+        job = self._expired_claim(queue)
+        with pytest.raises(LeaseLost):
+            _SETTLE_ACTIONS[action](queue, job)
+        stored = queue.get(job.id)
+        assert stored is not None and (stored.status, stored.attempts, stored.result) == ("processing", 1, None)
+
+    @pytest.mark.parametrize("action", sorted(_SETTLE_ACTIONS))
+    def test_a_rescued_claim_is_lease_lost(self, queue: polyqueue.Queue, action: str) -> None:
+        job = self._expired_claim(queue)
+        assert queue.claim("another-queue") == []  # any claim rescues expired leases
+        rescued = queue.get(job.id)
+        assert rescued is not None and (rescued.status, rescued.attempts) == ("pending", 1)
+        with pytest.raises(LeaseLost):
+            _SETTLE_ACTIONS[action](queue, job)
+        stored = queue.get(job.id)
+        assert stored is not None and (stored.status, stored.attempts, stored.result) == ("pending", 1, None)
+
+    @pytest.mark.parametrize("action", sorted(_SETTLE_ACTIONS))
+    def test_a_reclaimed_job_is_fenced_from_its_old_claim(self, queue: polyqueue.Queue, action: str) -> None:
+        job = self._expired_claim(queue)
+        (fresh,) = queue.claim("fenced", lease=30, worker_id="new-worker")
+        with pytest.raises(LeaseLost):
+            _SETTLE_ACTIONS[action](queue, job)
+        stored = queue.get(job.id)
+        assert stored is not None and (stored.status, stored.locked_by, stored.attempts) == (
+            "processing", "new-worker", 2,
+        )  # fmt: skip
+        assert close_to(stored.lease_expires_at, fresh.lease_expires_at or datetime.now(UTC), 0.01)
+
+    @pytest.mark.parametrize("first", ["complete", "fail", "release"])
+    @pytest.mark.parametrize("action", sorted(_SETTLE_ACTIONS))
+    def test_a_settled_claim_is_lease_lost(self, queue: polyqueue.Queue, first: str, action: str) -> None:
+        queue.enqueue("t", max_attempts=3)
+        (job,) = queue.claim(lease=30)
+        _SETTLE_ACTIONS[first](queue, job)
+        before = queue.get(job.id)
+        with pytest.raises(LeaseLost):
+            _SETTLE_ACTIONS[action](queue, job)
+        after = queue.get(job.id)
+        assert before is not None and after is not None
+        assert (after.status, after.attempts, after.result, after.errors) == (
+            before.status, before.attempts, before.result, before.errors,
+        )  # fmt: skip
+
+    def test_the_rescue_names_the_worker_that_held_the_job(self, queue: polyqueue.Queue) -> None:
+        job = self._expired_claim(queue)
+        queue.claim("another-queue")
+        stored = queue.get(job.id)
+        assert stored is not None and stored.last_error == "lease expired while held by stale-worker"
+
+    def test_a_batch_settles_the_held_jobs_and_reports_the_rest(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue_many([{"job_type": "t"} for _ in range(4)])
+        held = queue.claim(limit=2, lease=30)
+        queue.enqueue("t", queue="fenced")
+        (stale,) = queue.claim("fenced", lease=0.3)
+        sleep_past(queue, stale.lease_expires_at)
+        with pytest.raises(LeaseLost, match=str(stale.id)):
+            queue.complete_many([(j, None) for j in [*held, stale]])
+        assert [queue.get(j.id).status for j in held] == ["done", "done"]  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------
 class TestRetries:
     """Failure policy: backoff with jitter, retry_in, dead-lettering."""
 
@@ -372,6 +457,73 @@ class TestRetries:
         assert stored is not None and (stored.status, stored.attempts) == ("dead", 3)
         assert [e["error"] for e in stored.errors] == ["failure 0", "failure 1", "failure 2"]
         assert queue.claim() == []
+
+
+    @pytest.mark.parametrize(
+        "error",
+        ["bad \ud800 surrogate", "nul \x00 inside", ValueError("cannot parse " + os.fsdecode(b"caf\xe9"))],
+        ids=["surrogate", "nul", "fsdecoded-exception"],
+    )
+    def test_error_text_the_database_cannot_store_is_recorded_escaped(
+        self, queue: polyqueue.Queue, error: Any
+    ) -> None:
+        queue.enqueue("t")
+        (job,) = queue.claim()
+        queue.fail(job, error, retry_in=0)
+        stored = queue.get(job.id)
+        assert stored is not None and (stored.status, stored.attempts) == ("pending", 1)
+        text = stored.last_error or ""
+        assert text and text == stored.errors[-1]["error"]
+        assert "\x00" not in text
+        text.encode("utf-8")  # storable text, escaped where the original was not
+
+
+# ---------------------------------------------------------------------------
+class TestJobTypes:
+    """Claims of some job types leave every other type untouched."""
+
+    def test_claim_takes_only_the_asked_types_in_claim_order(self, queue: polyqueue.Queue) -> None:
+        ids = queue.enqueue_many([{"job_type": t, "payload": {"i": i}} for i, t in enumerate("abcabcabc")])
+        got = queue.claim(limit=10, job_types=["a", "c"])
+        assert [j.id for j in got] == [ids[i] for i in (0, 2, 3, 5, 6, 8)]
+        assert {j.job_type for j in got} == {"a", "c"}
+        assert all(queue.get(ids[i]).attempts == 0 for i in (1, 4, 7))  # type: ignore[union-attr]
+        assert queue.claim(job_types=["a", "c"]) == []
+        assert [j.job_type for j in queue.claim(limit=5)] == ["b", "b", "b"]
+
+    @requires(Capability.PRIORITIES)
+    def test_priority_orders_across_types(self, queue: polyqueue.Queue) -> None:
+        low = queue.enqueue("a", priority=0)
+        high = queue.enqueue("b", priority=9)
+        mid = queue.enqueue("c", priority=5)
+        assert [j.id for j in queue.claim(limit=3, job_types=["a", "b", "c"])] == [high, mid, low]
+
+    def test_claim_across_queues_and_types(self, queue: polyqueue.Queue) -> None:
+        wanted = [queue.enqueue("a", queue="q1"), queue.enqueue("b", queue="q2")]
+        queue.enqueue("c", queue="q1")
+        queue.enqueue("a", queue="q3")
+        got = queue.claim(["q1", "q2"], limit=10, job_types=["a", "b"])
+        assert {j.id for j in got} == set(wanted) and len(got) == 2
+
+    def test_expired_leases_of_other_types_are_not_taken(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("other")
+        (job,) = queue.claim(lease=0.3)
+        sleep_past(queue, job.lease_expires_at)
+        assert queue.claim(job_types=["mine"]) == []
+        again = queue.get(job.id)
+        assert again is not None and again.status == "pending" and again.attempts == 1
+
+    def test_the_idle_probe_counts_only_the_asked_types(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("other")
+        session = queue.consumer_session()
+        assert session.seconds_until_due(["default"], frozenset({"mine"})) is None
+        due = session.seconds_until_due(["default"], frozenset({"other"}))
+        assert due is not None and due <= 0
+
+    def test_job_types_must_be_names(self, queue: polyqueue.Queue) -> None:
+        for bad in ([], [""], [5], ["x" * 256]):
+            with pytest.raises(InvalidArgument):
+                queue.claim(job_types=bad)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------
@@ -631,13 +783,49 @@ class TestWorker:
         assert "ValueError: never works" in (d.last_error or "")
         assert seen == {"flaky": 2, "doomed": 2}
 
-    def test_job_type_without_handler_fails_naming_it(self, queue: polyqueue.Queue) -> None:
-        job_id = queue.enqueue("unheard_of", max_attempts=1)
+    def test_unhandled_job_types_stay_pending_and_untouched(self, queue: polyqueue.Queue) -> None:
+        resize = queue.enqueue_many([{"job_type": "resize", "payload": {"i": i}} for i in range(20)])
+        email = queue.enqueue("send_email")
+        worker = polyqueue.Worker(queue, concurrency=2)
+        worker.register("send_email", lambda job: "sent")
+        assert worker.run(burst=True) == 1
+        assert queue.get(email).status == "done"  # type: ignore[union-attr]
+        for job_id in resize:
+            job = queue.get(job_id)
+            assert job is not None and (job.status, job.attempts, job.last_error) == ("pending", 0, None)
+        by_type = queue.stats_by_type()["default"]
+        assert by_type["resize"]["pending"] == 20 and by_type["send_email"]["done"] == 1
+        assert queue.stats()["pending"] == 20
+
+    def test_a_worker_without_handlers_refuses_to_run(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t")
+        with pytest.raises(polyqueue.ConfigurationError, match="no handlers"):
+            polyqueue.Worker(queue).run(burst=True)
+        job = queue.get(job_id)
+        assert job is not None and (job.status, job.attempts) == ("pending", 0)
+
+    def test_worker_max_attempts_holds_when_a_handler_fails(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory(backoff_base=0.01)
+        job_id = q.enqueue("doomed", max_attempts=5)
+        worker = polyqueue.Worker(q, concurrency=1, max_attempts=2)
+        worker.register("doomed", lambda job: 1 / 0)
+        run_until_settled(worker, q)
+        dead = q.get(job_id)
+        assert dead is not None and (dead.status, dead.attempts, dead.max_attempts) == ("dead", 2, 2)
+
+    def test_unstorable_error_text_from_a_handler_is_recorded(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("parse", max_attempts=1)
         worker = polyqueue.Worker(queue, concurrency=1)
-        worker.register("known", lambda job: None)
+
+        @worker.handler("parse")
+        def parse(job: Job) -> None:
+            raise ValueError("cannot parse " + os.fsdecode(b"caf\xe9") + " nul\x00here")
+
         worker.run(burst=True)
         job = queue.get(job_id)
-        assert job is not None and job.status == "dead" and "unheard_of" in (job.last_error or "")
+        assert job is not None and (job.status, job.attempts) == ("dead", 1)
+        assert "cannot parse caf" in (job.last_error or "") and "\x00" not in (job.last_error or "")
+        assert job.errors and "cannot parse caf" in job.errors[-1]["error"]
 
     def test_unstorable_result_fails_the_job(self, queue: polyqueue.Queue) -> None:
         job_id = queue.enqueue("t", max_attempts=1)
@@ -697,6 +885,39 @@ class TestWorker:
         run_until_settled(worker, q)
         names = Counter(name for name, _ in recorder.calls)
         assert names == {"enqueued": 1, "started": 3, "succeeded": 1, "failed": 2, "dead": 1}
+
+
+    def test_a_lease_expiring_on_the_final_attempt_fires_the_dead_hook(self, queue_factory: QueueFactory) -> None:
+        recorder = _Recorder()
+        q = queue_factory(plugins=[recorder])
+        job_id = q.enqueue("poison", max_attempts=1)
+        (job,) = q.claim(lease=0.3)
+        sleep_past(q, job.lease_expires_at)
+        assert q.claim() == []
+        assert q.get(job_id).status == "dead"  # type: ignore[union-attr]
+        assert ("dead", "poison") in recorder.calls
+
+    def test_a_raising_enqueue_hook_does_not_fail_a_committed_enqueue(self, queue_factory: QueueFactory) -> None:
+        class BrokenMetrics:
+            @polyqueue.hookimpl
+            def polyqueue_job_enqueued(self, queue: Any, job_ids: Any, queue_names: Any) -> None:
+                raise RuntimeError("metrics backend down")
+
+        q = queue_factory(plugins=[BrokenMetrics()])
+        job_id = q.enqueue("t", {"n": 1})
+        ids = q.enqueue_many([{"job_type": "t"}, {"job_type": "t"}])
+        assert q.get(job_id) is not None and len(ids) == 2
+        assert q.stats()["pending"] == 3
+
+    def test_worker_max_attempts_holds_when_the_lease_expires(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("hang", max_attempts=5)
+        session = queue.consumer_session("capped-worker", max_attempts=1)
+        (job,) = session.claim(["default"], limit=1, lease=0.3, job_types=frozenset({"hang"}))
+        assert job.max_attempts == 1
+        sleep_past(queue, job.lease_expires_at)
+        assert queue.claim() == []
+        dead = queue.get(job_id)
+        assert dead is not None and (dead.status, dead.attempts, dead.max_attempts) == ("dead", 1, 1)
 
 
 # ---------------------------------------------------------------------------
@@ -826,7 +1047,7 @@ class TestMigrate:
             assert [p.wait(60) for p in procs] == [0, 0]
             assert fresh.get(fresh.enqueue("t")) is not None
         finally:
-            fresh.backend.drop_schema()
+            drop_schema(fresh)
 
 
 # ---------------------------------------------------------------------------
@@ -932,14 +1153,14 @@ class TestTransactionalEnqueue:
     """The job exists if and only if the caller's transaction commits."""
 
     def test_commit_makes_the_job_visible(self, queue: polyqueue.Queue) -> None:
-        with queue.backend.caller_transaction() as conn:
+        with caller_transaction(queue) as conn:
             job_id = queue.enqueue("t", {"n": 1}, connection=conn)
             ids = queue.enqueue_many([{"job_type": "t"}, {"job_type": "t"}], connection=conn)
         assert queue.get(job_id) is not None
         assert len(queue.claim(limit=5)) == 1 + len(ids)
 
     def test_rollback_leaves_no_job(self, queue: polyqueue.Queue) -> None:
-        with pytest.raises(RuntimeError), queue.backend.caller_transaction() as conn:
+        with pytest.raises(RuntimeError), caller_transaction(queue) as conn:
             job_id = queue.enqueue("t", connection=conn)
             raise RuntimeError("the application's transaction fails")
         assert queue.get(job_id) is None

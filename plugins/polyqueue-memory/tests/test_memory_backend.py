@@ -12,6 +12,7 @@ import pytest
 from polyqueue_memory import MemoryBackend
 
 import polyqueue
+from polyqueue.backends.base import DueProbe, WakeupRequest
 
 
 @pytest.fixture
@@ -114,7 +115,7 @@ def test_concurrent_claims_hand_each_job_out_exactly_once(q: polyqueue.Queue) ->
 
 
 def test_wakeups_report_an_enqueue_even_one_made_between_two_waits(q: polyqueue.Queue) -> None:
-    source = q.backend.wakeup_source(["default"])
+    source = q.backend.wakeup_source(WakeupRequest(["default"]))
     try:
         assert source.wait(0.01) is False
         q.enqueue("t", queue="other")
@@ -127,7 +128,7 @@ def test_wakeups_report_an_enqueue_even_one_made_between_two_waits(q: polyqueue.
 
 
 def test_a_waiting_worker_is_woken_by_another_thread(q: polyqueue.Queue) -> None:
-    source = q.backend.wakeup_source(["default"])
+    source = q.backend.wakeup_source(WakeupRequest(["default"]))
     woke: list[bool] = []
     waiter = threading.Thread(target=lambda: woke.append(source.wait(30.0)))
     waiter.start()
@@ -166,11 +167,11 @@ def test_a_worker_runs_jobs_enqueued_while_it_waits(q: polyqueue.Queue) -> None:
 
 def test_seconds_until_due_counts_scheduled_jobs_and_lease_expiries(q: polyqueue.Queue) -> None:
     backend = q.backend
-    assert backend.seconds_until_due(["default"]) is None
+    assert backend.seconds_until_due(DueProbe(["default"])) is None
     q.enqueue("t")
-    assert backend.seconds_until_due(["default"]) <= 0
+    assert backend.seconds_until_due(DueProbe(["default"])) <= 0
     q.claim(lease=60)
-    assert 55 < backend.seconds_until_due(["default"]) <= 60  # the lease: its job is claimable when it ends
-    assert backend.seconds_until_due(["other"]) is None
+    assert 55 < backend.seconds_until_due(DueProbe(["default"])) <= 60  # the lease: its job is claimable when it ends
+    assert backend.seconds_until_due(DueProbe(["other"])) is None
     q.enqueue("t", queue="other", delay=20)
-    assert 15 < backend.seconds_until_due(["default", "other"]) <= 20
+    assert 15 < backend.seconds_until_due(DueProbe(["default", "other"])) <= 20

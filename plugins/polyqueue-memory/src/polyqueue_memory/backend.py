@@ -34,10 +34,28 @@ from typing import Any, ClassVar
 
 from sqlalchemy.engine import URL
 
-from polyqueue import json_codec
-from polyqueue.backends.base import Backend, BackendOptions, Capability
+from polyqueue import json_codec, policy
+from polyqueue.backends.base import (
+    Backend,
+    BackendOptions,
+    CancelRequest,
+    Capability,
+    ClaimRequest,
+    ClaimResult,
+    DeadJobsQuery,
+    DueProbe,
+    EnqueueBatch,
+    ExtendRequest,
+    JobLookup,
+    PurgeRequest,
+    ReadyCount,
+    ReplayRequest,
+    SettleRequest,
+    StatsRequest,
+    WakeupRequest,
+)
 from polyqueue.errors import ConfigurationError, SchemaMissing
-from polyqueue.job import Job, JobStatus, NewJob, ReplayResult
+from polyqueue.job import STATUSES, Job, JobStatus, ReplayResult, int_job_id
 
 __all__ = ["MemoryBackend", "MemoryWakeups"]
 
@@ -124,8 +142,9 @@ class _Row:
         )
 
 
-_STATUS_KEYS = (JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.DONE, JobStatus.DEAD, JobStatus.CANCELLED)
 _LIVE = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
+#: A (queue, job type) pair: the ready and scheduled heaps are kept per pair, as SQL's ready index is ordered.
+Pair = tuple[str, str]
 
 
 class _Store:
@@ -140,8 +159,9 @@ class _Store:
         self.changed = threading.Condition(self.lock)
         self.rows: dict[int, _Row] = {}
         self.next_id = 1
-        self.ready: dict[str, list[tuple[int, int, int, int]]] = {}  # queue -> (-priority, run_at, id, entry)
-        self.scheduled: dict[str, list[tuple[int, int, int]]] = {}  # queue -> (run_at, id, entry)
+        # (queue, job_type) -> (claim order key..., entry): the policy's claim order, then the entry generation.
+        self.ready: dict[Pair, list[tuple[Any, ...]]] = {}
+        self.scheduled: dict[Pair, list[tuple[int, int, int]]] = {}  # (queue, job_type) -> (run_at, id, entry)
         self.leases: dict[str, list[tuple[int, int, int]]] = {}  # queue -> (lease_expires_at, id, lease_token)
         self.live_keys: dict[tuple[str, str], int] = {}
         self.pending: dict[str, set[int]] = {}
@@ -153,7 +173,7 @@ class _Store:
     def set_status(self, row: _Row, status: str) -> None:
         """Move ``row`` to ``status``, keeping the counts, the pending sets and the live dedupe keys right."""
         old = row.status
-        counts = self.counts.setdefault(row.queue, dict.fromkeys(_STATUS_KEYS, 0))
+        counts = self.counts.setdefault(row.queue, dict.fromkeys(STATUSES, 0))
         counts[old] -= 1
         counts[status] += 1
         row.status = status
@@ -170,7 +190,7 @@ class _Store:
 
     def insert(self, row: _Row, now: int) -> None:
         self.rows[row.id] = row
-        counts = self.counts.setdefault(row.queue, dict.fromkeys(_STATUS_KEYS, 0))
+        counts = self.counts.setdefault(row.queue, dict.fromkeys(STATUSES, 0))
         counts[row.status] += 1
         self.pending.setdefault(row.queue, set()).add(row.id)
         if row.dedupe_key is not None:
@@ -186,10 +206,12 @@ class _Store:
     def index_pending(self, row: _Row, now: int) -> None:
         """Make a pending row findable: in the ready heap when due, else in the scheduled heap."""
         row.entry += 1
+        pair = (row.queue, row.job_type)
         if row.run_at <= now:
-            heapq.heappush(self.ready.setdefault(row.queue, []), (-row.priority, row.run_at, row.id, row.entry))
+            key = policy.claim_order_key(row.priority, row.run_at, row.id)
+            heapq.heappush(self.ready.setdefault(pair, []), (*key, row.entry))
         else:
-            heapq.heappush(self.scheduled.setdefault(row.queue, []), (row.run_at, row.id, row.entry))
+            heapq.heappush(self.scheduled.setdefault(pair, []), (row.run_at, row.id, row.entry))
 
     def index_lease(self, row: _Row) -> None:
         assert row.lease_expires_at is not None
@@ -214,75 +236,90 @@ class _Store:
             return None
         return row
 
+    def pairs(self, queues: Sequence[str], job_types: frozenset[str] | None) -> list[Pair]:
+        """The (queue, job_type) pairs of ``queues`` (and ``job_types``) that have ever had pending jobs."""
+        wanted = set(queues)
+        known = set(self.ready) | set(self.scheduled)
+        return [p for p in known if p[0] in wanted and (job_types is None or p[1] in job_types)]
+
     # --- the claim path -------------------------------------------------------------
-    def rescue_expired(self, now: int) -> None:
-        """Expired leases of every queue: pending again, or dead when the attempt was the last (as in SQL)."""
+    def rescue_expired(self, now: int) -> list[_Row]:
+        """Expired leases of every queue, as the policy's expiry rule says; returns the rows made dead."""
+        dead: list[_Row] = []
         for heap in self.leases.values():
-            while heap and heap[0][0] <= now:
+            while heap and heap[0][0] <= now and len(dead) < policy.RESCUE_BATCH:
                 expires, row_id, token = heapq.heappop(heap)
                 row = self._held_lease(row_id, token, expires)
-                if row is not None:
-                    self._rescue(row, now)
+                if row is not None and self._rescue(row, now) == JobStatus.DEAD:
+                    dead.append(row)
+        return dead
 
-    def _rescue(self, row: _Row, now: int) -> None:
-        row.last_error = f"lease expired while held by {row.locked_by or '?'}"
+    def _rescue(self, row: _Row, now: int) -> str:
+        row.last_error = policy.expired_lease_error(row.locked_by)
         row.locked_by = None
         row.lease_expires_at = None
-        if row.attempts >= row.max_attempts:
+        status = policy.expired_lease_status(row.attempts, row.max_attempts)
+        if status == JobStatus.DEAD:
             row.finished_at = now
-            self.set_status(row, JobStatus.DEAD)
-        else:
-            self.set_status(row, JobStatus.PENDING)
+        self.set_status(row, status)
+        if status == JobStatus.PENDING:
             self.index_pending(row, now)
+        return status
 
-    def promote_due(self, queues: Sequence[str], now: int) -> None:
-        """Move scheduled rows that are due now into their queue's ready heap."""
-        for name in queues:
-            heap = self.scheduled.get(name)
+    def promote_due(self, pairs: Sequence[Pair], now: int) -> None:
+        """Move scheduled rows that are due now into their pair's ready heap."""
+        for pair in pairs:
+            heap = self.scheduled.get(pair)
             while heap and heap[0][0] <= now:
                 _run_at, row_id, entry = heapq.heappop(heap)
                 row = self._indexed(row_id, entry)
                 if row is not None:
                     self.index_pending(row, now)
 
-    def top_ready(self, name: str) -> tuple[int, int, int, int] | None:
-        """The first valid ready entry of a queue, dropping stale ones on the way."""
-        heap = self.ready.get(name)
+    def top_ready(self, pair: Pair) -> tuple[Any, ...] | None:
+        """The first valid ready entry of a pair, dropping stale ones on the way."""
+        heap = self.ready.get(pair)
         while heap:
-            if self._indexed(heap[0][2], heap[0][3]) is not None:
+            if self._indexed(heap[0][-2], heap[0][-1]) is not None:
                 return heap[0]
             heapq.heappop(heap)
         return None
 
-    def top_scheduled(self, name: str) -> tuple[int, int, int] | None:
-        heap = self.scheduled.get(name)
+    def top_scheduled(self, pair: Pair) -> tuple[int, int, int] | None:
+        heap = self.scheduled.get(pair)
         while heap:
             if self._indexed(heap[0][1], heap[0][2]) is not None:
                 return heap[0]
             heapq.heappop(heap)
         return None
 
-    def take_ready(self, queues: Sequence[str], limit: int) -> list[_Row]:
-        """Pop up to ``limit`` ready rows across ``queues``: priority, then run_at, then id."""
+    def take_ready(self, pairs: Sequence[Pair], limit: int) -> list[_Row]:
+        """Pop up to ``limit`` ready rows across ``pairs``, in claim order (a merge of the pairs' heaps)."""
         taken: list[_Row] = []
         while len(taken) < limit:
-            best: tuple[tuple[int, int, int, int], str] | None = None
-            for name in queues:
-                top = self.top_ready(name)
+            best: tuple[tuple[Any, ...], Pair] | None = None
+            for pair in pairs:
+                top = self.top_ready(pair)
                 if top is not None and (best is None or top < best[0]):
-                    best = (top, name)
+                    best = (top, pair)
             if best is None:
                 break
             heapq.heappop(self.ready[best[1]])
-            taken.append(self.rows[best[0][2]])
+            taken.append(self.rows[best[0][-2]])
         return taken
 
-    def next_lease_expiry(self, name: str) -> int | None:
-        """When the earliest live lease of a queue expires, dropping stale entries on the way."""
+    def next_lease_expiry(self, name: str, job_types: frozenset[str] | None) -> int | None:
+        """When the earliest live lease of a queue (of ``job_types``) expires, dropping stale entries on the way."""
         heap = self.leases.get(name)
         while heap and self._held_lease(heap[0][1], heap[0][2], heap[0][0]) is None:
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        if not heap:
+            return None
+        if job_types is None:
+            return heap[0][0]
+        held = (self._held_lease(row_id, token, expires) for expires, row_id, token in heap)
+        moments = [row.lease_expires_at for row in held if row is not None and row.job_type in job_types]
+        return min(moments) if moments else None  # type: ignore[type-var]
 
 
 #: Every store of the process, by (URL scheme, name, table_prefix). Guarded by _REGISTRY_LOCK.
@@ -343,10 +380,8 @@ class MemoryBackend(Backend):
 
     name = "memory"
     capabilities = frozenset({Capability.DEDUPE, Capability.PRIORITIES, Capability.DELAYED, Capability.NOTIFY})
-    #: Conformance tests this backend is known to fail, ``{"TestArea::test_name": "reason"}``: none.
-    known_failures: ClassVar[dict[str, str]] = {}
     #: Where ``polyqueue compat`` runs the conformance suite for this backend (it needs no server).
-    conformance_url: ClassVar[str] = "memory://conformance"
+    conformance_url: ClassVar[str | None] = "memory://conformance"
 
     def __init__(self, url: URL, options: BackendOptions) -> None:
         if "+" in url.drivername:
@@ -404,10 +439,11 @@ class MemoryBackend(Backend):
         """Nothing to release: the jobs stay, as they would in a database, until ``drop_schema``."""
 
     # --- producing ------------------------------------------------------------------
-    def enqueue_many(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Hashable]:
+    def enqueue(self, batch: EnqueueBatch) -> list[Hashable]:
         """Store the batch atomically under the store's lock; live duplicates return the live job's id."""
-        if connection is not None:
+        if batch.connection is not None:
             raise ConfigurationError("the memory backend has no transactions to enqueue into (connection=)")
+        jobs = batch.jobs
         if not jobs:
             return []
         store = self._store()
@@ -441,128 +477,92 @@ class MemoryBackend(Backend):
         return ids
 
     # --- consuming ------------------------------------------------------------------
-    def claim(self, queues: Sequence[str], limit: int, lease: float, worker_id: str) -> list[Job]:
+    def claim(self, request: ClaimRequest) -> ClaimResult:
         """Rescue expired leases, then take up to ``limit`` ready jobs in claim order; see :class:`Backend`."""
         store = self._store()
         with store.lock:
             now = _clock().now()
-            store.rescue_expired(now)
-            store.promote_due(queues, now)
-            rows = store.take_ready(queues, limit)
-            expires = now + _seconds_to_us(lease)
+            dead = store.rescue_expired(now)
+            pairs = store.pairs(request.queues, request.job_types)
+            store.promote_due(pairs, now)
+            rows = store.take_ready(pairs, request.limit)
+            expires = now + _seconds_to_us(request.lease)
             for row in rows:
                 store.set_status(row, JobStatus.PROCESSING)
                 row.attempts += 1
-                row.lease_token += 1
-                row.locked_by = worker_id
+                row.max_attempts = policy.capped_max_attempts(row.max_attempts, request.max_attempts)
+                row.lease_token = request.token
+                row.locked_by = request.worker_id
                 row.lease_expires_at = expires
                 store.index_lease(row)
-            return [row.to_job() for row in rows]
+            return ClaimResult([row.to_job() for row in rows], [row.to_job() for row in dead])
 
     @staticmethod
     def _held(store: _Store, job: Job, now: int) -> _Row | None:
-        """The row if this claim still holds it: same lease token, processing, lease not expired."""
+        """The row if this claim still holds it (the policy's fence)."""
         row = store.rows.get(job.id) if isinstance(job.id, int) else None
-        if row is None or row.status != JobStatus.PROCESSING or row.lease_token != job.lease_token:
+        if row is None:
             return None
-        if row.lease_expires_at is None or row.lease_expires_at <= now:
-            return None
-        return row
+        held = policy.holds_claim(row.status, row.lease_token, row.lease_expires_at, job.lease_token, now)
+        return row if held else None
 
-    def complete_many(self, jobs: Sequence[tuple[Job, str | None]]) -> set[Hashable]:
-        """Mark held jobs done with their results, atomically for the batch; returns the lost ids."""
-        if not jobs:
+    def settle(self, request: SettleRequest) -> set[Hashable]:
+        """Apply each settlement to the jobs their claims still hold, atomically; returns the lost ids."""
+        if not request.settlements:
             return set()
         store = self._store()
         lost: set[Hashable] = set()
+        woken: set[str] = set()
         with store.lock:
             now = _clock().now()
-            for job, result in jobs:
-                row = self._held(store, job, now)
+            for settlement in request.settlements:
+                row = self._held(store, settlement.job, now)
                 if row is None:
-                    lost.add(job.id)
+                    lost.add(settlement.job.id)
                     continue
-                row.result = result
-                row.finished_at = now
                 row.locked_by = None
                 row.lease_expires_at = None
-                store.set_status(row, JobStatus.DONE)
+                row.lease_token = request.token
+                row.finished_at = now if settlement.finished else None
+                if settlement.refund_attempt:
+                    row.attempts -= 1
+                if settlement.result_json is not None:
+                    row.result = settlement.result_json
+                if settlement.last_error is not None:
+                    row.last_error = settlement.last_error
+                if settlement.errors_json is not None:
+                    row.errors = settlement.errors_json
+                if settlement.run_in is not None:
+                    row.run_at = now + _seconds_to_us(settlement.run_in)
+                store.set_status(row, settlement.status)
+                if settlement.status == JobStatus.PENDING:
+                    store.index_pending(row, now)
+                    woken.add(row.queue)
+            if woken:
+                store.signal(woken)
         return lost
 
-    def fail(self, job: Job, *, error: str, errors_json: str, retry_in: float | None) -> bool:
-        """Record a failed attempt: dead when ``retry_in`` is None, else pending at now + ``retry_in``."""
-        store = self._store()
-        with store.lock:
-            now = _clock().now()
-            row = self._held(store, job, now)
-            if row is None:
-                return False
-            row.last_error = error
-            row.errors = errors_json
-            row.locked_by = None
-            row.lease_expires_at = None
-            if retry_in is None:
-                row.finished_at = now
-                store.set_status(row, JobStatus.DEAD)
-            else:
-                row.run_at = now + _seconds_to_us(retry_in)
-                store.set_status(row, JobStatus.PENDING)
-                store.index_pending(row, now)
-                store.signal([row.queue])
-            return True
-
-    def extend_many(self, jobs: Sequence[Job], lease: float) -> set[Hashable]:
+    def extend(self, request: ExtendRequest) -> set[Hashable]:
         """Push held leases out to now + ``lease``; returns the lost ids."""
-        if not jobs:
+        if not request.jobs:
             return set()
         store = self._store()
         lost: set[Hashable] = set()
         with store.lock:
             now = _clock().now()
-            for job in jobs:
+            for job in request.jobs:
                 row = self._held(store, job, now)
                 if row is None:
                     lost.add(job.id)
                     continue
-                row.lease_expires_at = now + _seconds_to_us(lease)
+                row.lease_expires_at = now + _seconds_to_us(request.lease)
                 store.index_lease(row)
         return lost
 
-    def release_many(self, jobs: Sequence[Job]) -> set[Hashable]:
-        """Give held jobs back unrun: pending, attempt not charged; returns the lost ids."""
-        if not jobs:
-            return set()
-        store = self._store()
-        lost: set[Hashable] = set()
-        with store.lock:
-            now = _clock().now()
-            for job in jobs:
-                row = self._held(store, job, now)
-                if row is None:
-                    lost.add(job.id)
-                    continue
-                row.attempts -= 1
-                row.locked_by = None
-                row.lease_expires_at = None
-                store.set_status(row, JobStatus.PENDING)
-                store.index_pending(row, now)
-            store.signal({job.queue for job in jobs})
-        return lost
-
     # --- inspecting and managing ---------------------------------------------------
-    @staticmethod
-    def _as_id(job_id: Hashable) -> int | None:
-        if isinstance(job_id, bool):
-            return None
-        if isinstance(job_id, int):
-            return job_id
-        if isinstance(job_id, str) and job_id.strip().isdigit():
-            return int(job_id)
-        return None
-
-    def get(self, job_id: Hashable) -> Job | None:
+    def get(self, lookup: JobLookup) -> Job | None:
         """The job with this id (an int or its decimal text), or None."""
-        key = self._as_id(job_id)
+        key = int_job_id(lookup.job_id)
         store = self._store()
         if key is None:
             return None
@@ -570,9 +570,9 @@ class MemoryBackend(Backend):
             row = store.rows.get(key)
             return None if row is None else row.to_job()
 
-    def cancel(self, job_id: Hashable) -> bool:
+    def cancel(self, request: CancelRequest) -> bool:
         """Cancel a pending job (due or scheduled), releasing its dedupe key; False if it is not pending."""
-        key = self._as_id(job_id)
+        key = int_job_id(request.job_id)
         store = self._store()
         if key is None:
             return False
@@ -584,13 +584,15 @@ class MemoryBackend(Backend):
             store.set_status(row, JobStatus.CANCELLED)
             return True
 
-    def stats(self, queue: str | None = None) -> dict[str, dict[str, int]]:
-        """Counts per queue and status plus ``scheduled``; queues without jobs are absent."""
+    def stats(self, request: StatsRequest) -> dict[str, dict[str, Any]]:
+        """Counts per queue (and job type) and status plus ``scheduled``; queues without jobs are absent."""
         store = self._store()
         with store.lock:
             now = _clock().now()
-            names = [queue] if queue is not None else list(store.counts)
-            out: dict[str, dict[str, int]] = {}
+            if request.by_type:
+                return self._stats_by_type(store, request.queue, now)
+            names = [request.queue] if request.queue is not None else list(store.counts)
+            out: dict[str, dict[str, Any]] = {}
             for name in names:
                 counts = store.counts.get(name)
                 if counts is None:
@@ -600,32 +602,52 @@ class MemoryBackend(Backend):
                 out[name] = {**counts, "scheduled": scheduled}
             return out
 
-    def count_ready(self, queue: str) -> int:
-        """Pending jobs of ``queue`` that are due now."""
+    @staticmethod
+    def _stats_by_type(store: _Store, queue: str | None, now: int) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for row in store.rows.values():
+            if queue is not None and row.queue != queue:
+                continue
+            by_type = out.setdefault(row.queue, {})
+            counts = by_type.setdefault(row.job_type, dict.fromkeys((*STATUSES, "scheduled"), 0))
+            counts[row.status] += 1
+            if row.status == JobStatus.PENDING and row.run_at > now:
+                counts["scheduled"] += 1
+        return out
+
+    def count_ready(self, request: ReadyCount) -> int:
+        """Pending jobs of the queue (of the request's types) that are due now."""
         store = self._store()
+        types = request.job_types
         with store.lock:
             now = _clock().now()
             rows = store.rows
-            return sum(1 for row_id in store.pending.get(queue, ()) if rows[row_id].run_at <= now)
+            return sum(
+                1
+                for row_id in store.pending.get(request.queue, ())
+                if rows[row_id].run_at <= now and (types is None or rows[row_id].job_type in types)
+            )
 
-    def seconds_until_due(self, queues: Sequence[str]) -> float | None:
-        """Seconds until a job of ``queues`` may become claimable: a pending job due, or a lease expiring.
+    def seconds_until_due(self, probe: DueProbe) -> float | None:
+        """Seconds until a job of the probe's queues and types may become claimable: one due, or a lease expiring.
 
         Zero or negative when one is claimable already; None when no job is pending or processing.
         """
         store = self._store()
         with store.lock:
             now = _clock().now()
-            store.promote_due(queues, now)
+            pairs = store.pairs(probe.queues, probe.job_types)
+            store.promote_due(pairs, now)
             moments: list[int] = []
-            for name in queues:
-                ready = store.top_ready(name)
+            for pair in pairs:
+                ready = store.top_ready(pair)
                 if ready is not None:
                     return (ready[1] - now) / 1e6
-                scheduled = store.top_scheduled(name)
+                scheduled = store.top_scheduled(pair)
                 if scheduled is not None:
                     moments.append(scheduled[0])
-                expiry = store.next_lease_expiry(name)
+            for name in probe.queues:
+                expiry = store.next_lease_expiry(name, probe.job_types)
                 if expiry is not None:
                     moments.append(expiry)
             return (min(moments) - now) / 1e6 if moments else None
@@ -637,27 +659,28 @@ class MemoryBackend(Backend):
         assert now is not None
         return now
 
-    def dead_jobs(self, queue: str | None, limit: int) -> list[Job]:
+    def dead_jobs(self, query: DeadJobsQuery) -> list[Job]:
         """Dead jobs, most recently finished first."""
         store = self._store()
         with store.lock:
             dead = [
                 row
                 for row in store.rows.values()
-                if row.status == JobStatus.DEAD and (queue is None or row.queue == queue)
+                if row.status == JobStatus.DEAD and (query.queue is None or row.queue == query.queue)
             ]
             dead.sort(key=lambda row: (row.finished_at or 0, row.id), reverse=True)
-            return [row.to_job() for row in dead[:limit]]
+            return [row.to_job() for row in dead[: query.limit]]
 
-    def replay(self, ids: Iterable[Hashable] | None, queue: str | None) -> ReplayResult:
+    def replay(self, request: ReplayRequest) -> ReplayResult:
         """Dead jobs back to pending with attempts 0, error history kept; held dedupe keys skip their job."""
         store = self._store()
         result = ReplayResult(0)
+        queue = request.queue
         with store.lock:
-            if ids is None:
+            if request.ids is None:
                 wanted = sorted(row.id for row in store.rows.values() if row.status == JobStatus.DEAD)
             else:
-                wanted = sorted({key for key in map(self._as_id, ids) if key is not None})
+                wanted = sorted({key for key in map(int_job_id, request.ids) if key is not None})
         for start in range(0, len(wanted), _BATCH):
             with store.lock:
                 now = _clock().now()
@@ -682,20 +705,21 @@ class MemoryBackend(Backend):
                     store.signal(revived)
         return result
 
-    def purge(self, status: str, older_than: float, batch_size: int) -> int:
-        """Delete ``status`` jobs finished before now - ``older_than``, ``batch_size`` per lock hold."""
+    def purge(self, request: PurgeRequest) -> int:
+        """Delete jobs of the request's status finished before now - ``older_than``, ``batch_size`` per lock hold."""
         store = self._store()
+        status = request.status
         with store.lock:
-            cutoff = _clock().now() - _seconds_to_us(older_than)
+            cutoff = _clock().now() - _seconds_to_us(request.older_than)
             doomed = [
                 row.id
                 for row in store.rows.values()
                 if row.status == status and row.finished_at is not None and row.finished_at < cutoff
             ]
         deleted = 0
-        for start in range(0, len(doomed), batch_size):
+        for start in range(0, len(doomed), request.batch_size):
             with store.lock:
-                for row_id in doomed[start : start + batch_size]:
+                for row_id in doomed[start : start + request.batch_size]:
                     row = store.rows.get(row_id)
                     if row is not None and row.status == status:
                         store.delete(row)
@@ -703,6 +727,6 @@ class MemoryBackend(Backend):
         return deleted
 
     # --- waiting --------------------------------------------------------------------
-    def wakeup_source(self, queues: Sequence[str]) -> MemoryWakeups:
+    def wakeup_source(self, request: WakeupRequest) -> MemoryWakeups:
         """A condition-variable wake-up source for workers of this process."""
-        return MemoryWakeups(self, queues)
+        return MemoryWakeups(self, request.queues)

@@ -1,0 +1,277 @@
+"""Every decision about a job's life, made once; backends only store what it decides.
+
+This module owns the rules:
+
+* **claim order** -- higher priority first, then oldest ``run_at``, then id;
+* **the final-attempt rule** -- an attempt is the last when ``attempts >= max_attempts``;
+* **lease expiry** -- an expired lease goes back to pending, or dead on the final attempt,
+  with ``last_error`` naming the worker that held it;
+* **the fence** -- a claim may change its job only while the job is processing, still
+  carries the claim's token, and its lease has not expired;
+* **transitions** -- completed, failed (retry at t or dead), released, as
+  :class:`~polyqueue.backends.base.Settlement` values for the backend to write;
+* **back-off** -- one exponential schedule with jitter, for job retries and for
+  every wait on an outage (database, Redis, a dropped LISTEN connection);
+* **storable error text** -- what a failure records, whatever the exception held.
+
+Where SQL must apply a rule inside one statement (the PostgreSQL claim
+rescues expired leases as it claims), it takes the expression from the
+``*_sql`` function beside the Python form here; the test suite proves each
+pair agrees on every backend.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import secrets
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from .backends.base import Settlement
+from .job import Job, JobStatus
+
+__all__ = [
+    "CACHE_OUTAGE",
+    "CLAIM_ORDER",
+    "ERROR_HISTORY_LIMIT",
+    "LISTEN_RECONNECT",
+    "MAX_ERROR_LENGTH",
+    "OUTAGE",
+    "RECONNECT",
+    "RECORD_RETRY",
+    "RESCUE_BATCH",
+    "TRANSIENT",
+    "Backoff",
+    "Jitter",
+    "capped_max_attempts",
+    "capped_max_attempts_sql",
+    "claim_order_key",
+    "claim_order_sql",
+    "completed",
+    "error_history",
+    "error_text",
+    "expired_lease_error",
+    "expired_lease_error_sql",
+    "expired_lease_status",
+    "expired_lease_status_sql",
+    "failed",
+    "final_attempt_sql",
+    "holds_claim",
+    "holds_claim_sql",
+    "is_final_attempt",
+    "job_claim_key",
+    "new_token",
+    "released",
+    "storable_text",
+]
+
+#: How many expired leases one claim rescues at most (the rest wait for the next claim).
+RESCUE_BATCH = 100
+#: Longest error text stored per failure.
+MAX_ERROR_LENGTH = 16_384
+#: How many failures of a job's error history are kept (newest last).
+ERROR_HISTORY_LIMIT = 20
+
+
+# --- back-off ----------------------------------------------------------------------------------------
+class Jitter(enum.StrEnum):
+    """How a back-off delay is spread below its ceiling."""
+
+    NONE = "none"  #: exactly the ceiling
+    EQUAL = "equal"  #: uniform between half the ceiling and the ceiling
+    FULL = "full"  #: uniform between zero and the ceiling
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential back-off: ``base * 2**(attempt-1)``, capped at ``cap``, spread by ``jitter``."""
+
+    base: float
+    cap: float
+    jitter: Jitter = Jitter.EQUAL
+
+    def ceiling(self, attempt: int) -> float:
+        """The undisturbed delay before try number ``attempt`` (1 is the first retry)."""
+        return min(self.cap, self.base * 2 ** min(max(attempt - 1, 0), 60))
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before try number ``attempt``."""
+        ceiling = self.ceiling(attempt)
+        if self.jitter is Jitter.NONE:
+            return ceiling
+        uniform = (rng or random).uniform
+        return uniform(ceiling / 2, ceiling) if self.jitter is Jitter.EQUAL else uniform(0.0, ceiling)
+
+
+#: A worker whose claims meet a database outage.
+OUTAGE = Backoff(0.2, 5.0)
+#: Recording a failure or completion while the database is unavailable.
+RECORD_RETRY = Backoff(0.05, 2.0)
+#: A deadlock, serialization failure or busy database: run the transaction again soon.
+TRANSIENT = Backoff(0.004, 0.2, Jitter.FULL)
+#: A lost connection, inside one call's reconnect window.
+RECONNECT = Backoff(0.1, 0.4, Jitter.NONE)
+#: Redis (the depth cache) unreachable: pause before trying it again.
+CACHE_OUTAGE = Backoff(0.5, 5.0, Jitter.NONE)
+#: A dropped LISTEN connection.
+LISTEN_RECONNECT = Backoff(0.1, 0.8, Jitter.NONE)
+
+
+def new_token() -> int:
+    """A fencing token: random, positive, 62 bits, so no two claims or settlements share one."""
+    return secrets.randbits(62) + 1
+
+
+# --- claim order -------------------------------------------------------------------------------------
+#: Claim order as (column, descending) pairs, best first.
+CLAIM_ORDER: tuple[tuple[str, bool], ...] = (("priority", True), ("run_at", False), ("id", False))
+
+
+def claim_order_key(priority: int, run_at: Any, job_id: Any) -> tuple[Any, ...]:
+    """Sort key of claim order (smaller claims first): priority descending, then run_at, then id."""
+    return (-priority, run_at, job_id)
+
+
+def job_claim_key(job: Job) -> tuple[Any, ...]:
+    """:func:`claim_order_key` of a :class:`Job`."""
+    return claim_order_key(job.priority, job.run_at, job.id)
+
+
+def claim_order_sql(columns: Mapping[str, Any] | Any) -> list[sa.ColumnElement[Any]]:
+    """ORDER BY clauses of claim order over ``columns`` (a dict, or a table's ``c``, holding each column by name)."""
+    return [columns[name].desc() if descending else columns[name].asc() for name, descending in CLAIM_ORDER]
+
+
+# --- attempts and lease expiry ------------------------------------------------------------------------
+def is_final_attempt(attempts: int, max_attempts: int) -> bool:
+    """Whether the attempt numbered ``attempts`` is the job's last."""
+    return attempts >= max_attempts
+
+
+def final_attempt_sql(attempts: Any, max_attempts: Any) -> sa.ColumnElement[bool]:
+    """:func:`is_final_attempt` as SQL."""
+    return attempts >= max_attempts  # type: ignore[no-any-return]
+
+
+def capped_max_attempts(stored: int, cap: int | None) -> int:
+    """The attempt limit a claim writes: the stored one, lowered to a worker's ``cap``."""
+    return stored if cap is None or stored <= cap else cap
+
+
+def capped_max_attempts_sql(stored: Any, cap: Any) -> sa.ColumnElement[int]:
+    """:func:`capped_max_attempts` as SQL, ``cap`` a bound integer (never NULL: pass the column when uncapped)."""
+    return sa.case((stored > cap, cap), else_=stored)
+
+
+def expired_lease_status(attempts: int, max_attempts: int) -> str:
+    """Where a job goes when its lease expires: pending again, or dead when that was its final attempt."""
+    return JobStatus.DEAD if is_final_attempt(attempts, max_attempts) else JobStatus.PENDING
+
+
+def expired_lease_status_sql(attempts: Any, max_attempts: Any) -> sa.ColumnElement[str]:
+    """:func:`expired_lease_status` as SQL."""
+    return sa.case((final_attempt_sql(attempts, max_attempts), JobStatus.DEAD), else_=JobStatus.PENDING)
+
+
+_EXPIRED_PREFIX = "lease expired while held by "
+
+
+def expired_lease_error(locked_by: str | None) -> str:
+    """The ``last_error`` of a job whose lease expired."""
+    return _EXPIRED_PREFIX + (locked_by or "?")
+
+
+def expired_lease_error_sql(locked_by: Any) -> sa.ColumnElement[str]:
+    """:func:`expired_lease_error` as SQL (set it before ``locked_by`` is cleared: MySQL assigns left to right)."""
+    return sa.literal(_EXPIRED_PREFIX, sa.String()) + sa.func.coalesce(locked_by, "?")
+
+
+# --- the fence ---------------------------------------------------------------------------------------
+def holds_claim(status: str, stored_token: int, lease_expires_at: Any, claim_token: int, now: Any) -> bool:
+    """Whether a claim with ``claim_token`` still holds a job stored with these values at ``now``."""
+    return (
+        status == JobStatus.PROCESSING
+        and stored_token == claim_token
+        and lease_expires_at is not None
+        and lease_expires_at > now
+    )
+
+
+def holds_claim_sql(
+    status: Any, lease_expires_at: Any, now: Any, token_matches: sa.ColumnElement[bool]
+) -> sa.ColumnElement[bool]:
+    """:func:`holds_claim` as SQL; ``token_matches`` says the stored token is the claim's (per backend form)."""
+    return sa.and_(token_matches, status == JobStatus.PROCESSING, lease_expires_at > now)
+
+
+# --- transitions -------------------------------------------------------------------------------------
+def completed(job: Job, result_json: str | None = None) -> Settlement:
+    """The handler succeeded: done, with its result."""
+    return Settlement(job, JobStatus.DONE, finished=True, result_json=result_json)
+
+
+def released(job: Job) -> Settlement:
+    """Given back unrun (graceful shutdown): pending at once, the attempt not charged."""
+    return Settlement(job, JobStatus.PENDING, run_in=0.0, refund_attempt=True)
+
+
+def failed(
+    job: Job, error: str, *, backoff: Backoff, retry_in: float | None = None, dead: bool = False
+) -> Settlement:
+    """A failed attempt: pending again after ``retry_in`` (else the back-off) while attempts remain, else dead.
+
+    ``error`` is the storable text (:func:`error_text`); it becomes
+    ``last_error`` and the newest entry of the kept error history.
+    """
+    history = error_history(job, error)
+    if dead or is_final_attempt(job.attempts, job.max_attempts):
+        return Settlement(job, JobStatus.DEAD, finished=True, last_error=error, errors_json=history)
+    delay = backoff.delay(job.attempts) if retry_in is None else retry_in
+    return Settlement(job, JobStatus.PENDING, run_in=delay, last_error=error, errors_json=history)
+
+
+def error_history(job: Job, error: str) -> str:
+    """The job's error history with this failure appended, as the JSON text to store."""
+    from . import json_codec
+
+    entry = {"attempt": job.attempts, "error": error, "worker": job.locked_by}
+    return json_codec.dumps([*job.errors, entry][-ERROR_HISTORY_LIMIT:])
+
+
+def storable_text(text: str) -> str:
+    """``text`` as every database can store it: lone surrogates and NULs escaped (``\\ud800``, ``\\x00``)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def error_text(error: BaseException | str | None, *, with_traceback: bool = False) -> str:
+    """What a failure records: ``Type: message`` of an exception (and its traceback), or the text given.
+
+    Always storable (see :func:`storable_text`) and at most :data:`MAX_ERROR_LENGTH` characters.
+    """
+    if isinstance(error, BaseException):
+        try:
+            text = f"{type(error).__name__}: {error}"
+        except Exception:  # a broken __str__ must not hide the failure itself
+            text = f"{type(error).__name__}: <unprintable error>"
+        if with_traceback and error.__traceback__ is not None:
+            try:
+                text += "\n\n" + "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=20))
+            except Exception:  # the same broken __str__, met again while formatting
+                pass
+    elif error is None:
+        text = "failed"
+    else:
+        text = str(error)
+    return storable_text(text[:MAX_ERROR_LENGTH])
+

@@ -1,0 +1,115 @@
+"""Input checks shared by every public entry point: names, integers, durations, queue and type lists.
+
+Each check returns the value it accepted (normalised) or raises
+:class:`~polyqueue.errors.InvalidArgument` with a message naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from .errors import InvalidArgument
+
+__all__ = [
+    "MAX_DURATION_SECONDS",
+    "MAX_NAME_LENGTH",
+    "check_int",
+    "check_job_types",
+    "check_name",
+    "check_seconds",
+    "parse_duration",
+    "queue_list",
+]
+
+MAX_NAME_LENGTH = 255
+#: Durations beyond this (100 years) overflow some databases' date types.
+MAX_DURATION_SECONDS = 100 * 365 * 86400
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: float | int | timedelta | str, what: str = "duration") -> float:
+    """Seconds from a number, a timedelta or text such as ``"90"``, ``"30m"``, ``"7d"``."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be a number of seconds, a timedelta or text like '7d'")
+    elif isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if not match:
+            raise InvalidArgument(f"{what} {value!r} is not a duration like '45s', '30m', '12h' or '7d'")
+        unit = match.group(2)
+        seconds = float(match.group(1)) * _DURATION_UNITS[unit.lower() if unit else None]
+    else:
+        raise InvalidArgument(f"{what} must be a number of seconds, a timedelta or text like '7d'")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidArgument(f"{what} must be a finite number of seconds >= 0")
+    if seconds > MAX_DURATION_SECONDS:
+        raise InvalidArgument(f"{what} of {seconds:g}s is beyond the 100-year limit")
+    return seconds
+
+
+#: Names already found valid (queue names and job types repeat in every batch); bounded.
+_VALID_NAMES: set[str] = set()
+
+
+def check_name(value: Any, what: str) -> str:
+    """A queue name, job type, dedupe key or worker id: non-empty text of at most 255 characters, no NUL."""
+    if type(value) is str and value in _VALID_NAMES:
+        return value
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{what} must be a non-empty string")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgument(f"{what} is {len(value)} characters; the limit is {MAX_NAME_LENGTH}")
+    if "\x00" in value:
+        raise InvalidArgument(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} is not valid Unicode text (lone surrogate)") from None
+    if type(value) is str and len(_VALID_NAMES) < 4096:
+        _VALID_NAMES.add(value)
+    return value
+
+
+def check_int(value: Any, what: str, low: int, high: int) -> int:
+    """An integer (not a bool) between ``low`` and ``high`` inclusive."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{what} must be an integer")
+    if not low <= value <= high:
+        raise InvalidArgument(f"{what} must be between {low} and {high}")
+    return value
+
+
+def check_seconds(value: Any, what: str, *, positive: bool = False) -> float:
+    """A duration in seconds (see :func:`parse_duration`); ``positive`` refuses zero."""
+    seconds = parse_duration(value, what)
+    if positive and seconds <= 0:
+        raise InvalidArgument(f"{what} must be greater than zero")
+    return seconds
+
+
+def queue_list(queues: str | Iterable[str]) -> list[str]:
+    """One queue name or several, checked, duplicates dropped, order kept."""
+    names = [queues] if isinstance(queues, str) else list(queues)
+    if not names:
+        raise InvalidArgument("queues must name at least one queue")
+    return [check_name(q, "queue name") for q in dict.fromkeys(names)]
+
+
+def check_job_types(job_types: Iterable[str] | None) -> frozenset[str] | None:
+    """None (every type) or a non-empty set of checked job types."""
+    if job_types is None:
+        return None
+    if isinstance(job_types, str):
+        job_types = [job_types]
+    types = frozenset(check_name(t, "job_type") for t in job_types)
+    if not types:
+        raise InvalidArgument("job_types must name at least one job type (or be None for all)")
+    return types

@@ -1,0 +1,214 @@
+"""The policy module: its rules tested once, fast; each SQL form proved equal to its Python form per SQL backend."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import polyqueue
+from polyqueue import json_codec, policy
+from polyqueue.backends import postgresql
+from polyqueue.backends.sql import SQLBackend
+from polyqueue.job import Job, JobStatus
+
+
+def _job(**fields: Any) -> Job:
+    base: dict[str, Any] = dict(
+        id=7, queue="q", job_type="t", payload=None, priority=0, status="processing", attempts=1,
+        max_attempts=3, run_at=datetime.now(UTC), created_at=datetime.now(UTC), locked_by="w-1",
+    )  # fmt: skip
+    return Job(**{**base, **fields})
+
+
+# --- the rules, in Python ---------------------------------------------------------------------------
+def test_backoff_is_exponential_capped_and_jittered_as_asked() -> None:
+    rng = random.Random(1)
+    equal = policy.Backoff(1.0, 100.0)
+    for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (7, 64), (8, 100), (10_000, 100)]:
+        values = [equal.delay(attempt, rng) for _ in range(50)]
+        assert all(ceiling / 2 <= v <= ceiling for v in values) and len(set(values)) > 1
+    assert policy.Backoff(0.1, 5.0, policy.Jitter.NONE).delay(3) == pytest.approx(0.4)
+    full = [policy.Backoff(1.0, 8.0, policy.Jitter.FULL).delay(4, rng) for _ in range(200)]
+    assert min(full) < 4 and all(0 <= v <= 8 for v in full)
+
+
+def test_a_failure_retries_until_the_final_attempt_then_dies() -> None:
+    backoff = policy.Backoff(2.0, 60.0)
+    retry = policy.failed(_job(attempts=1), "boom", backoff=backoff)
+    assert retry.status == JobStatus.PENDING and 1.0 <= (retry.run_in or 0) <= 2.0 and not retry.finished
+    assert policy.failed(_job(attempts=1), "boom", backoff=backoff, retry_in=0.0).run_in == 0.0
+    final = policy.failed(_job(attempts=3), "boom", backoff=backoff, retry_in=5.0)
+    assert (final.status, final.finished, final.run_in) == (JobStatus.DEAD, True, None)
+    forced = policy.failed(_job(attempts=1), "boom", backoff=backoff, dead=True)
+    assert forced.status == JobStatus.DEAD
+
+
+def test_a_failure_appends_to_a_bounded_error_history() -> None:
+    history = [{"attempt": n, "error": f"e{n}", "worker": "w"} for n in range(25)]
+    settled = policy.failed(_job(attempts=2, errors=history), "latest", backoff=policy.Backoff(1, 1))
+    kept = json_codec.loads(settled.errors_json or "[]")
+    assert len(kept) == policy.ERROR_HISTORY_LIMIT
+    assert kept[-1] == {"attempt": 2, "error": "latest", "worker": "w-1"}
+    assert settled.last_error == "latest"
+
+
+def test_completed_and_released_write_what_they_say() -> None:
+    done = policy.completed(_job(), '{"ok":1}')
+    assert (done.status, done.finished, done.result_json) == (JobStatus.DONE, True, '{"ok":1}')
+    back = policy.released(_job())
+    assert (back.status, back.refund_attempt, back.run_in, back.finished) == (JobStatus.PENDING, True, 0.0, False)
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ("plain", "plain"),
+        (None, "failed"),
+        (ValueError("bad \ud800 value"), "ValueError: bad \\ud800 value"),
+        ("nul \x00 here", "nul \\x00 here"),
+        (_Unprintable(), "_Unprintable: <unprintable error>"),
+    ],
+)
+def test_error_text_is_always_storable(error: Any, expected: str) -> None:
+    text = policy.error_text(error)
+    assert text == expected
+    text.encode("utf-8")
+
+
+def test_error_text_is_bounded_and_may_carry_the_traceback() -> None:
+    assert len(policy.error_text("x" * 100_000)) == policy.MAX_ERROR_LENGTH
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        text = policy.error_text(exc, with_traceback=True)
+    assert text.startswith("KeyError: 'missing'") and "Traceback" in text and "test_policy.py" in text
+
+
+def test_the_fence_needs_status_token_and_an_unexpired_lease() -> None:
+    now = datetime.now(UTC)
+    later, earlier = now + timedelta(seconds=1), now - timedelta(seconds=1)
+    assert policy.holds_claim("processing", 5, later, 5, now)
+    assert not policy.holds_claim("processing", 5, later, 6, now)
+    assert not policy.holds_claim("processing", 5, earlier, 5, now)
+    assert not policy.holds_claim("processing", 5, now, 5, now)
+    assert not policy.holds_claim("pending", 5, later, 5, now)
+    assert not policy.holds_claim("processing", 5, None, 5, now)
+
+
+def test_tokens_are_positive_62_bit_and_distinct() -> None:
+    tokens = {policy.new_token() for _ in range(1000)}
+    assert len(tokens) == 1000 and all(0 < t < 2**62 + 2 for t in tokens)
+
+
+# --- each SQL form agrees with its Python form, on every SQL backend ----------------------------------
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def sql_queue(request: pytest.FixtureRequest, sqlite_url: str, fresh_queue: Any) -> polyqueue.Queue:
+    if request.param == "sqlite":
+        return fresh_queue(sqlite_url)  # type: ignore[no-any-return]
+    return fresh_queue(request.getfixturevalue({"postgresql": "pg_url", "mysql": "mysql_url"}[request.param]))  # type: ignore[no-any-return]
+
+
+def _backend(q: polyqueue.Queue) -> SQLBackend:
+    assert isinstance(q.backend, SQLBackend)
+    return q.backend
+
+
+def _evaluate(q: polyqueue.Queue, expression: sa.ColumnElement[Any]) -> Any:
+    with _backend(q).engine.connect() as conn:
+        return conn.execute(sa.select(expression)).scalar_one()
+
+
+def test_the_final_attempt_and_expiry_rules_agree(sql_queue: polyqueue.Queue) -> None:
+    for attempts, max_attempts in itertools.product(range(0, 7), range(1, 6)):
+        a, m = sa.literal(attempts, sa.Integer()), sa.literal(max_attempts, sa.Integer())
+        final = bool(_evaluate(sql_queue, sa.case((policy.final_attempt_sql(a, m), 1), else_=0)))
+        assert final == policy.is_final_attempt(attempts, max_attempts), (attempts, max_attempts)
+        status = _evaluate(sql_queue, policy.expired_lease_status_sql(a, m))
+        assert status == policy.expired_lease_status(attempts, max_attempts), (attempts, max_attempts)
+
+
+def test_the_attempt_cap_agrees(sql_queue: polyqueue.Queue) -> None:
+    for stored, cap in itertools.product(range(1, 7), range(1, 7)):
+        expression = policy.capped_max_attempts_sql(sa.literal(stored, sa.Integer()), sa.literal(cap, sa.Integer()))
+        assert _evaluate(sql_queue, expression) == policy.capped_max_attempts(stored, cap)
+
+
+@pytest.mark.parametrize("worker", ["w-1", None, "host:12:ab", "it's 😀"])
+def test_the_expiry_error_agrees(sql_queue: polyqueue.Queue, worker: str | None) -> None:
+    held_by = sa.literal(worker, sa.String()) if worker is not None else sa.null()
+    assert _evaluate(sql_queue, policy.expired_lease_error_sql(held_by)) == policy.expired_lease_error(worker)
+
+
+def test_the_fence_agrees(sql_queue: polyqueue.Queue) -> None:
+    backend = _backend(sql_queue)
+    now = backend.db_now()
+    moments = {"expired": now - timedelta(seconds=30), "held": now + timedelta(seconds=30), "none": None}
+    for status, token_matches, moment in itertools.product(("processing", "pending", "done"), (True, False), moments):
+        expires = moments[moment]
+        expression = policy.holds_claim_sql(
+            sa.literal(status, sa.String()),
+            sa.literal(expires, backend.time_type()) if expires is not None else sa.null(),
+            backend.now(),
+            sa.literal(1, sa.Integer()) == (1 if token_matches else 2),
+        )
+        in_sql = bool(_evaluate(sql_queue, sa.case((expression, 1), else_=0)))
+        in_python = policy.holds_claim(status, 1, expires, 1 if token_matches else 2, now)
+        assert in_sql == in_python, (status, token_matches, moment)
+
+
+def test_claim_order_agrees(sql_queue: polyqueue.Queue) -> None:
+    backend = _backend(sql_queue)
+    base = backend.db_now() - timedelta(hours=1)
+    rng = random.Random(3)
+    moments = [base + timedelta(seconds=n) for n in range(4)]
+    priorities = [-5, 0, 0, 3, 9]
+    specs = [{"job_type": "t", "priority": rng.choice(priorities), "run_at": rng.choice(moments)} for _ in range(60)]
+    sql_queue.enqueue_many(specs)
+    jobs = backend.jobs
+    with backend.engine.connect() as conn:
+        in_sql = [r[0] for r in conn.execute(sa.select(jobs.c.id).order_by(*policy.claim_order_sql(jobs.c)))]
+    stored = [sql_queue.get(i) for i in in_sql]
+    in_python = [job.id for job in sorted(stored, key=policy.job_claim_key)]  # type: ignore[arg-type]
+    assert in_sql == in_python
+    assert [j.id for j in sql_queue.claim(limit=60)] == in_python
+
+
+def test_the_postgresql_claim_renders_the_same_rules(pg_url: str) -> None:
+    """The one-statement claim splices the policy's expressions in as text: evaluate that text against Python."""
+    engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            for attempts, max_attempts in itertools.product(range(0, 5), range(1, 4)):
+                row = conn.execute(
+                    sa.text(
+                        f"SELECT {postgresql._EXPIRED_STATUS}, {postgresql._FINAL}, "
+                        f"{postgresql._CAPPED.replace('CAST(:cap AS integer)', ':cap')} "
+                        "FROM (SELECT CAST(:a AS int) AS attempts, CAST(:m AS int) AS max_attempts, "
+                        "CAST(:who AS text) AS locked_by) AS j"
+                    ),
+                    {"a": attempts, "m": max_attempts, "cap": 2, "who": "w"},
+                ).one()
+                assert row[0] == policy.expired_lease_status(attempts, max_attempts)
+                assert row[1] == policy.is_final_attempt(attempts, max_attempts)
+                assert row[2] == policy.capped_max_attempts(max_attempts, 2)
+            order = conn.execute(
+                sa.text(
+                    "SELECT id FROM (VALUES (1, 0, 10), (2, 5, 30), (3, 5, 20), (4, 0, 5), (5, 5, 20)) "
+                    f"AS v(id, priority, run_at) ORDER BY {postgresql._CLAIM_ORDER}"
+                )
+            ).scalars()
+            rows = {1: (0, 10), 2: (5, 30), 3: (5, 20), 4: (0, 5), 5: (5, 20)}
+            expected = sorted(rows, key=lambda i: policy.claim_order_key(rows[i][0], rows[i][1], i))
+            assert list(order) == expected
+    finally:
+        engine.dispose()
