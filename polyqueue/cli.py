@@ -19,16 +19,15 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from .errors import PolyqueueError
 from .queue import Queue, connect, parse_duration
+from .tables import dead_table, stats_table
 
 __all__ = ["cli", "main"]
 
 console = Console()
 err_console = Console(stderr=True)
-STATUS_COLUMNS = ("pending", "scheduled", "processing", "done", "dead", "cancelled")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -176,57 +175,26 @@ def worker(ctx: click.Context, module: str, queues: str, concurrency: int, lease
         err_console.print(f"worker stopped: {done} job(s) succeeded, {w.failed} failed", highlight=False)
 
 
-def stats_table(by_queue: dict[str, dict[str, int]], title: str = "polyqueue stats") -> Table:
-    """A rich table: one row per queue, one column per status."""
-    table = Table(title=title)
-    table.add_column("queue", overflow="fold")
-    for column in STATUS_COLUMNS:
-        table.add_column(column, justify="right")
-    totals = dict.fromkeys(STATUS_COLUMNS, 0)
-    for name in sorted(by_queue):
-        counts = by_queue[name]
-        table.add_row(name, *(str(counts.get(c, 0)) for c in STATUS_COLUMNS))
-        for c in STATUS_COLUMNS:
-            totals[c] += counts.get(c, 0)
-    if len(by_queue) > 1:
-        table.add_row("[bold]total[/]", *(f"[bold]{totals[c]}[/]" for c in STATUS_COLUMNS))
-    return table
-
-
-def dead_table(jobs: list[Any], title: str = "dead letters") -> Table:
-    """A rich table of dead jobs."""
-    table = Table(title=title)
-    for column in ("id", "queue", "job_type", "attempts", "finished_at", "last_error"):
-        table.add_column(column, overflow="fold")
-    for job in jobs:
-        error = (job.last_error or "").strip().splitlines()
-        table.add_row(
-            str(job.id),
-            job.queue,
-            job.job_type,
-            f"{job.attempts}/{job.max_attempts}",
-            job.finished_at.strftime("%Y-%m-%d %H:%M:%S") if job.finished_at else "",
-            error[0][:80] if error else "",
-        )
-    return table
-
-
 @cli.command()
 @click.option("--queue", "queue_name", default=None, help="Only this queue.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--by-type", is_flag=True, help="One row per queue and job type (shows types no worker handles).")
 @click.pass_context
-def stats(ctx: click.Context, queue_name: str | None, as_json: bool) -> None:
+def stats(ctx: click.Context, queue_name: str | None, as_json: bool, by_type: bool) -> None:
     """Jobs per queue and status."""
     with opened(ctx) as q:
-        by_queue = q.stats_by_queue()
+        counts: dict[str, Any] = q.stats_by_type(queue_name) if by_type else q.stats_by_queue()
     if queue_name is not None:
-        by_queue = {k: v for k, v in by_queue.items() if k == queue_name}
+        counts = {k: v for k, v in counts.items() if k == queue_name}
     if as_json:
-        click.echo(json.dumps(by_queue, indent=2, sort_keys=True))
-    elif not by_queue:
+        click.echo(json.dumps(counts, indent=2, sort_keys=True))
+    elif not counts:
         console.print("no jobs")
+    elif by_type:
+        rows = {f"{name} / {job_type}": c for name, types in counts.items() for job_type, c in types.items()}
+        console.print(stats_table(rows, title="polyqueue stats by job type"))
     else:
-        console.print(stats_table(by_queue))
+        console.print(stats_table(counts))
 
 
 @cli.command()
@@ -298,7 +266,7 @@ def demo(ctx: click.Context, count: int, workers: int) -> None:
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
 def conformance(url: str, pytest_args: tuple[str, ...]) -> None:
     """Run the conformance suite against URL (extra arguments go to pytest)."""
-    from .compat import run_conformance
+    from .conformance.matrix import run_conformance
 
     raise SystemExit(run_conformance(url, list(pytest_args)))
 
@@ -308,7 +276,7 @@ def conformance(url: str, pytest_args: tuple[str, ...]) -> None:
 @click.argument("urls", nargs=-1)
 def compat(out_dir: str, urls: tuple[str, ...]) -> None:
     """Run the suite on every configured backend and write compat_matrix/ (README.md and matrix.json)."""
-    from .compat import run_compat
+    from .conformance.matrix import run_compat
 
     raise SystemExit(run_compat(list(urls) or None, out_dir))
 

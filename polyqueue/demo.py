@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .job import Job
 from .queue import connect
+from .tables import dead_table, stats_table
 from .worker import Worker
 
 __all__ = ["DEMO_QUEUES", "run_demo"]
@@ -130,7 +131,6 @@ def _settled(counts: dict[str, int]) -> int:
 
 def run_demo(url: str | None, *, count: int = 240, concurrency: int = 8, console: Console | None = None) -> None:
     """Run the demo and print what happened."""
-    from .cli import dead_table, stats_table
 
     console = console or Console()
     rng = random.Random(42)

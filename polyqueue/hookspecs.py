@@ -10,13 +10,14 @@ Lifecycle hooks are called only when some plugin implements them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
-if TYPE_CHECKING:
-    from .job import Job
-    from .queue import Queue
+from .job import Job
+
+#: The ``polyqueue.Queue`` a lifecycle hook is called for (typed loosely: the hook specs sit below the Queue).
+QueueArg = Any
 
 hookspec = pluggy.HookspecMarker("polyqueue")
 hookimpl = pluggy.HookimplMarker("polyqueue")
@@ -35,25 +36,25 @@ def polyqueue_backends() -> Mapping[str, Any] | None:
 
 
 @hookspec
-def polyqueue_job_enqueued(queue: Queue, job_ids: Sequence[Any], queue_names: Sequence[str]) -> None:
+def polyqueue_job_enqueued(queue: QueueArg, job_ids: Sequence[Any], queue_names: Sequence[str]) -> None:
     """Jobs were committed (or written into a caller's transaction)."""
 
 
 @hookspec
-def polyqueue_job_started(queue: Queue, job: Job) -> None:
+def polyqueue_job_started(queue: QueueArg, job: Job) -> None:
     """A worker is about to run ``job``'s handler."""
 
 
 @hookspec
-def polyqueue_job_succeeded(queue: Queue, job: Job, duration: float) -> None:
+def polyqueue_job_succeeded(queue: QueueArg, job: Job, duration: float) -> None:
     """``job``'s handler returned; the job is (being) marked done."""
 
 
 @hookspec
-def polyqueue_job_failed(queue: Queue, job: Job, error: str, retry_in: float | None) -> None:
+def polyqueue_job_failed(queue: QueueArg, job: Job, error: str, retry_in: float | None) -> None:
     """``job``'s attempt failed; it will be retried in ``retry_in`` seconds, or None if it is dead."""
 
 
 @hookspec
-def polyqueue_job_dead(queue: Queue, job: Job, error: str) -> None:
+def polyqueue_job_dead(queue: QueueArg, job: Job, error: str) -> None:
     """``job`` was dead-lettered after its final attempt (or ``dead=True``)."""

@@ -17,23 +17,25 @@ This module owns the rules:
 Where SQL must apply a rule inside one statement (the PostgreSQL claim
 rescues expired leases as it claims), it takes the expression from the
 ``*_sql`` function beside the Python form here; the test suite proves each
-pair agrees on every backend.
+pair agrees on every backend. (Those functions import SQLAlchemy themselves:
+``import polyqueue`` does not load it until a SQL backend is opened.)
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import random
-import secrets
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import Settlement
 from .job import Job, JobStatus
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 __all__ = [
     "CACHE_OUTAGE",
@@ -124,7 +126,7 @@ LISTEN_RECONNECT = Backoff(0.1, 0.8, Jitter.NONE)
 
 def new_token() -> int:
     """A fencing token: random, positive, 62 bits, so no two claims or settlements share one."""
-    return secrets.randbits(62) + 1
+    return (int.from_bytes(os.urandom(8)) >> 2) + 1
 
 
 # --- claim order -------------------------------------------------------------------------------------
@@ -142,9 +144,22 @@ def job_claim_key(job: Job) -> tuple[Any, ...]:
     return claim_order_key(job.priority, job.run_at, job.id)
 
 
-def claim_order_sql(columns: Mapping[str, Any] | Any) -> list[sa.ColumnElement[Any]]:
-    """ORDER BY clauses of claim order over ``columns`` (a dict, or a table's ``c``, holding each column by name)."""
-    return [columns[name].desc() if descending else columns[name].asc() for name, descending in CLAIM_ORDER]
+def claim_order_sql(
+    columns: Mapping[str, Any] | Any, *, negated: Mapping[str, Any] | None = None
+) -> list[sa.ColumnElement[Any]]:
+    """ORDER BY clauses (or index columns) of claim order over ``columns`` (a dict, or a table's ``c``, by name).
+
+    ``negated`` maps a descending key to a column holding its negation,
+    ordered ascending instead: for an index on a server that ignores DESC in
+    index definitions (MariaDB before 10.8).
+    """
+    clauses: list[sa.ColumnElement[Any]] = []
+    for name, descending in CLAIM_ORDER:
+        if descending and negated is not None and name in negated:
+            clauses.append(negated[name].asc())
+        else:
+            clauses.append(columns[name].desc() if descending else columns[name].asc())
+    return clauses
 
 
 # --- attempts and lease expiry ------------------------------------------------------------------------
@@ -164,8 +179,10 @@ def capped_max_attempts(stored: int, cap: int | None) -> int:
 
 
 def capped_max_attempts_sql(stored: Any, cap: Any) -> sa.ColumnElement[int]:
-    """:func:`capped_max_attempts` as SQL, ``cap`` a bound integer (never NULL: pass the column when uncapped)."""
-    return sa.case((stored > cap, cap), else_=stored)
+    """:func:`capped_max_attempts` as SQL, ``cap`` a bound integer (a NULL cap keeps the stored limit)."""
+    from sqlalchemy import case
+
+    return case((stored > cap, cap), else_=stored)
 
 
 def expired_lease_status(attempts: int, max_attempts: int) -> str:
@@ -175,7 +192,9 @@ def expired_lease_status(attempts: int, max_attempts: int) -> str:
 
 def expired_lease_status_sql(attempts: Any, max_attempts: Any) -> sa.ColumnElement[str]:
     """:func:`expired_lease_status` as SQL."""
-    return sa.case((final_attempt_sql(attempts, max_attempts), JobStatus.DEAD), else_=JobStatus.PENDING)
+    from sqlalchemy import case
+
+    return case((final_attempt_sql(attempts, max_attempts), JobStatus.DEAD), else_=JobStatus.PENDING)
 
 
 _EXPIRED_PREFIX = "lease expired while held by "
@@ -188,7 +207,9 @@ def expired_lease_error(locked_by: str | None) -> str:
 
 def expired_lease_error_sql(locked_by: Any) -> sa.ColumnElement[str]:
     """:func:`expired_lease_error` as SQL (set it before ``locked_by`` is cleared: MySQL assigns left to right)."""
-    return sa.literal(_EXPIRED_PREFIX, sa.String()) + sa.func.coalesce(locked_by, "?")
+    from sqlalchemy import String, func, literal
+
+    return literal(_EXPIRED_PREFIX, String()) + func.coalesce(locked_by, "?")
 
 
 # --- the fence ---------------------------------------------------------------------------------------
@@ -206,7 +227,9 @@ def holds_claim_sql(
     status: Any, lease_expires_at: Any, now: Any, token_matches: sa.ColumnElement[bool]
 ) -> sa.ColumnElement[bool]:
     """:func:`holds_claim` as SQL; ``token_matches`` says the stored token is the claim's (per backend form)."""
-    return sa.and_(token_matches, status == JobStatus.PROCESSING, lease_expires_at > now)
+    from sqlalchemy import and_
+
+    return and_(token_matches, status == JobStatus.PROCESSING, lease_expires_at > now)
 
 
 # --- transitions -------------------------------------------------------------------------------------

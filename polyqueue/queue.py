@@ -11,11 +11,9 @@ import uuid
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
 from . import json_codec, policy
 from .backends.base import (
@@ -42,6 +40,9 @@ from .validation import (
     parse_duration,
     queue_list,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 __all__ = ["CORE_OPTIONS", "DEFAULT_URL", "Queue", "connect", "parse_duration"]
 
@@ -101,6 +102,9 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
     objects or entry-point names. Raises :class:`ConfigurationError` for an
     unknown scheme or a bad option; never echoes a password.
     """
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
     raw = url if url is not None else os.environ.get("POLYQUEUE_URL") or DEFAULT_URL
     if isinstance(raw, URL):
         parsed = raw
@@ -226,30 +230,22 @@ class Queue:
         return ConsumerSession(self, worker_id=worker, max_attempts=cap, outage_patience=patience)
 
     # --- producing -----------------------------------------------------------
-    def _new_job(
-        self,
-        job_type: Any,
-        payload: Any = None,
-        *,
-        queue: Any = "default",
-        priority: Any = 0,
-        delay: Any = None,
-        run_at: Any = None,
-        max_attempts: Any = None,
-        dedupe_key: Any = None,
-    ) -> NewJob:
-        job_type = check_name(job_type, "job_type")
-        queue = check_name(queue, "queue name")
-        priority = check_int(priority, "priority", -(2**31), 2**31 - 1)
+    def _new_job(self, spec: Mapping[str, Any]) -> NewJob:
+        """A validated, encoded job from ``enqueue``'s arguments (a dict with its keyword names)."""
+        job_type = check_name(spec.get("job_type"), "job_type")
+        queue = check_name(spec.get("queue", "default"), "queue name")
+        priority = check_int(spec.get("priority", 0), "priority", -(2**31), 2**31 - 1)
+        max_attempts, dedupe_key = spec.get("max_attempts"), spec.get("dedupe_key")
         attempts = self.max_attempts if max_attempts is None else check_int(max_attempts, "max_attempts", 1, 10_000)
         if dedupe_key is not None:
             dedupe_key = check_name(dedupe_key, "dedupe_key")
+        delay, run_at = spec.get("delay"), spec.get("run_at")
         if delay is not None and run_at is not None:
             raise InvalidArgument("give delay or run_at, not both")
         delay_seconds = 0.0 if delay is None else check_seconds(delay, "delay")
         if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
             raise InvalidArgument("run_at must be a timezone-aware datetime")
-        payload_json = json_codec.encode_payload(payload, self.max_payload_bytes)
+        payload_json = json_codec.encode_payload(spec.get("payload"), self.max_payload_bytes)
         return NewJob(queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at)
 
     def enqueue(
@@ -271,17 +267,9 @@ class Queue:
         :class:`InvalidPayload` / :class:`PayloadTooLarge`, nothing stored).
         ``connection`` writes the job inside the caller's open transaction.
         """
-        job = self._new_job(
-            job_type,
-            payload,
-            queue=queue,
-            priority=priority,
-            delay=delay,
-            run_at=run_at,
-            max_attempts=max_attempts,
-            dedupe_key=dedupe_key,
-        )
-        return self._store([job], connection)[0]
+        spec = {"job_type": job_type, "payload": payload, "queue": queue, "priority": priority, "delay": delay}
+        spec.update(run_at=run_at, max_attempts=max_attempts, dedupe_key=dedupe_key)
+        return self._store([self._new_job(spec)], connection)[0]
 
     _JOB_KEYS = frozenset({"job_type", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "dedupe_key"})
 
@@ -303,7 +291,7 @@ class Queue:
             if "job_type" not in spec:
                 raise InvalidArgument(f"job #{index} has no job_type")
             try:
-                batch.append(self._new_job(**spec))
+                batch.append(self._new_job(spec))
             except InvalidPayload as exc:
                 raise type(exc)(f"job #{index}: {exc}") from None
             except InvalidArgument as exc:

@@ -14,10 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
+
+import pluggy
 
 from . import json_codec, policy
 from .backends.base import (
+    Backend,
     ClaimRequest,
     DueProbe,
     ExtendRequest,
@@ -30,10 +33,7 @@ from .errors import BackendUnavailable, LeaseLost
 from .job import Job, JobStatus
 from .plugins import call_hook
 
-if TYPE_CHECKING:
-    from .queue import Queue
-
-__all__ = ["ConsumerSession", "lease_lost"]
+__all__ = ["ConsumerSession", "QueueHost", "lease_lost"]
 
 log = logging.getLogger("polyqueue.session")
 T = TypeVar("T")
@@ -45,6 +45,15 @@ def lease_lost(ids: Iterable[Hashable]) -> LeaseLost:
     return LeaseLost(
         f"lease lost for job(s) {names}: another claim holds them, they expired or they were already settled"
     )
+
+
+class QueueHost(Protocol):
+    """What a session needs of its :class:`~polyqueue.Queue`: the store, the plugins, and two of its settings."""
+
+    backend: Backend
+    plugins: pluggy.PluginManager
+    max_payload_bytes: int
+    retry_backoff: policy.Backoff
 
 
 class ConsumerSession:
@@ -59,7 +68,7 @@ class ConsumerSession:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: QueueHost,
         *,
         worker_id: str,
         max_attempts: int | None = None,

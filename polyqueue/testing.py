@@ -58,11 +58,16 @@ def unique_prefix() -> str:
     return f"pqt_{uuid.uuid4().hex[:10]}_"
 
 
-def drop_schema(queue: Any) -> None:
-    """Remove what ``migrate`` created for this queue's prefix (tests only; nothing if the backend cannot)."""
-    from .conformance.support import drop_schema as drop
-
-    drop(queue)
+def drop_schema(queue: Any) -> bool:
+    """Remove what ``migrate`` created for this queue's prefix, if its backend can (``drop_schema()``); False if not."""
+    drop = getattr(queue.backend, "drop_schema", None)
+    if drop is None:
+        return False
+    try:
+        drop()
+    except NotImplementedError:
+        return False
+    return True
 
 
 def require_server(kind: str) -> str:

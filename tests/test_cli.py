@@ -41,6 +41,7 @@ def test_full_cycle(tmp_path: Path) -> None:
     first = run("enqueue", "greet", '{"name": "ada"}', "--queue", "q1", url=url)
     assert first.returncode == 0 and first.stdout.strip().isdigit()
     assert run("enqueue", "boom", "--queue", "q1", "--max-attempts", "1", url=url).returncode == 0
+    assert run("enqueue", "resize", "--queue", "q1", url=url).returncode == 0  # no handler for it anywhere
     delayed = run("enqueue", "greet", '{"name": "later"}', "--queue", "q1", "--delay", "1h", url=url)
     assert delayed.returncode == 0
     (tmp_path / "handlers.py").write_text(HANDLERS)
@@ -50,6 +51,9 @@ def test_full_cycle(tmp_path: Path) -> None:
     assert stats["q1"]["done"] == 1 and stats["q1"]["dead"] == 1 and stats["q1"]["scheduled"] == 1
     table = run("stats", url=url).stdout
     assert "q1" in table and "scheduled" in table
+    by_type = json.loads(run("stats", "--by-type", "--json", url=url).stdout)
+    assert by_type["q1"]["resize"]["pending"] == 1 and by_type["q1"]["greet"]["done"] == 1
+    assert "q1 / resize" in run("stats", "--by-type", url=url).stdout
     dead = run("dead", url=url)
     assert "ZeroDivisionError" in dead.stdout
     replayed = run("replay", "--all", url=url)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from polyqueue import compat
+from polyqueue.conformance import matrix as compat
 from polyqueue.conformance import suite
 
 ROOT = Path(__file__).resolve().parent.parent

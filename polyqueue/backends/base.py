@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,7 @@ __all__ = [
     "BackendOptions",
     "CancelRequest",
     "Capability",
+    "ChangeWatcher",
     "ClaimRequest",
     "ClaimResult",
     "DeadJobsQuery",
@@ -239,6 +241,47 @@ class WakeupSource(Protocol):
 
     def close(self) -> None:
         """Release the connection or subscription; idempotent."""
+
+
+class ChangeWatcher(abc.ABC):
+    """A wake-up source that wakes when something it observes differs from what it saw at its last wake-up.
+
+    Comparing with the last value seen, not waiting for an event, means a
+    change between two waits is never lost. Subclasses say what to observe
+    and how to pause between looks (a sleep, a condition variable).
+    """
+
+    def __init__(self) -> None:
+        self._seen = self.observe()
+
+    @abc.abstractmethod
+    def observe(self) -> Hashable:
+        """The current value of what is watched (file signatures, change counters)."""
+
+    @abc.abstractmethod
+    def pause(self, seconds: float) -> None:
+        """Wait up to ``seconds`` before the next look."""
+
+    def stopped(self) -> bool:
+        """True when waiting is pointless (closed, or the store is gone): ``wait`` returns False."""
+        return False
+
+    def wait(self, timeout: float) -> bool:
+        """True as soon as the observed value has changed since the last wake-up; False after ``timeout``."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not self.stopped():
+            now = self.observe()
+            if now != self._seen:
+                self._seen = now
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.pause(remaining)
+        return False
+
+    def close(self) -> None:  # noqa: B027 - most watchers hold nothing to release
+        """Nothing to release by default; idempotent."""
 
 
 # --- the interface ------------------------------------------------------------------------------

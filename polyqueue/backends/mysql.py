@@ -36,8 +36,8 @@ from sqlalchemy.engine import Connection
 from .. import policy
 from ..errors import ConfigurationError, PolyqueueError
 from ..job import JobStatus
-from .base import Capability, EnqueueBatch
-from .sql import LIVE_SQL, PENDING_SQL, ErrorKind, SQLBackend, UpdateValues
+from .base import EnqueueBatch
+from .sql import LIVE_SQL, PENDING_SQL, SQL_CAPABILITIES, AwareUTCTime, ErrorKind, SQLBackend, UpdateValues
 
 __all__ = ["MySQLBackend", "UTCDateTime", "check_server_version", "exact_collation"]
 
@@ -88,36 +88,26 @@ def exact_collation(available: Sequence[str]) -> str:
     raise ConfigurationError("the server has no binary utf8mb4 collation (utf8mb4_bin)")
 
 
-class UTCDateTime(sa.types.TypeDecorator[datetime]):
+class UTCDateTime(AwareUTCTime):
     """``DATETIME(6)`` holding UTC; reads back as aware UTC datetimes, microseconds kept."""
 
     impl = mysql.DATETIME(fsp=6)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetimes are ambiguous; pass an aware datetime")
-        return value.astimezone(UTC).replace(tzinfo=None)
+    def to_stored(self, moment: datetime) -> datetime:
+        """Naive UTC, as DATETIME holds it."""
+        return moment.replace(tzinfo=None)
 
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=UTC)
+    def from_stored(self, value: datetime) -> datetime:
+        """DATETIME's naive UTC, made aware."""
+        return value.replace(tzinfo=UTC)
 
 
 class MySQLBackend(SQLBackend):
     """MySQL 8.0.1+ and MariaDB 10.6+ through PyMySQL."""
 
     name = "mysql"
-    capabilities = frozenset(
-        {
-            Capability.DEDUPE,
-            Capability.PRIORITIES,
-            Capability.DELAYED,
-            Capability.TRANSACTIONAL_ENQUEUE,
-            Capability.MULTI_PROCESS,
-        }
-    )
+    capabilities = SQL_CAPABILITIES
     default_driver = "mysql+pymysql"
     driver_extra = "mysql"
     supports_returning = False
@@ -170,7 +160,7 @@ class MySQLBackend(SQLBackend):
         """``status`` leads each index, so finished rows never sit among ready or leased ones."""
         p, c = self.prefix, jobs.c
         return [
-            sa.Index(f"{p}jobs_ready", c.status, c.queue, c.job_type, c.claim_priority, c.run_at, c.id),
+            sa.Index(f"{p}jobs_ready", c.status, c.queue, c.job_type, *self._claim_order_indexable()),
             sa.Index(f"{p}jobs_leases", c.status, c.lease_expires_at),
             sa.Index(f"{p}jobs_dedupe", c.queue, c.live_dedupe_key, unique=True),
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at),
@@ -258,6 +248,11 @@ class MySQLBackend(SQLBackend):
     # ------------------------------------------------------------------
     # Claims
     # ------------------------------------------------------------------
+    def _claim_order_indexable(self) -> list[sa.ColumnElement[Any]]:
+        """Claim order with ``claim_priority`` (ascending) standing for ``priority`` descending."""
+        c = self.jobs.c
+        return policy.claim_order_sql(c, negated={"priority": c.claim_priority})
+
     def ready_in(self, queue: str, job_type: str, limit: int) -> sa.Select[Any]:
         """The locking read of one (queue, job type)'s ready jobs, in claim order, served by ``jobs_ready``.
 
@@ -271,7 +266,7 @@ class MySQLBackend(SQLBackend):
             sa.select(j.c.id, j.c.priority, j.c.run_at)
             .with_hint(j, f"FORCE INDEX (`{self.prefix}jobs_ready`)", "mysql")
             .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.job_type == job_type, j.c.run_at <= self.now())
-            .order_by(j.c.claim_priority, j.c.run_at, j.c.id)
+            .order_by(*self._claim_order_indexable())
             .limit(limit)
             .with_for_update(skip_locked=True)
         )

@@ -38,7 +38,7 @@ from .. import policy
 from ..errors import ConfigurationError
 from ..job import Job, JobStatus
 from .base import Capability, ClaimRequest, ClaimResult, EnqueueBatch, WakeupRequest, WakeupSource
-from .sql import ErrorKind, SQLBackend
+from .sql import SQL_CAPABILITIES, ErrorKind, SQLBackend
 
 _BIGINT_ARRAY = pg.ARRAY(sa.BigInteger())
 
@@ -151,7 +151,8 @@ def _ready_sql(jobs: str, pairs: int) -> str:
         return "SELECT CAST(NULL AS bigint) AS id, CAST(NULL AS integer) AS priority, now() AS run_at WHERE false"
     if pairs == 1:
         return f"{arm(0)} ORDER BY {_CLAIM_ORDER} LIMIT :limit FOR UPDATE SKIP LOCKED"
-    arms = " UNION ALL ".join(f"({arm(n)})" for n in range(pairs))
+    # Each arm ordered as the index reads it, so the planner merges them (Merge Append) instead of sorting all.
+    arms = " UNION ALL ".join(f"({arm(n)} ORDER BY {_CLAIM_ORDER})" for n in range(pairs))
     return (
         f"SELECT c.id, c.priority, c.run_at FROM (SELECT * FROM ({arms}) AS u ORDER BY {_CLAIM_ORDER}) AS c "
         f"CROSS JOIN LATERAL (SELECT id FROM {jobs} AS l WHERE l.id = c.id AND l.status = {_PENDING}) AS l "
@@ -169,16 +170,7 @@ class PostgreSQLBackend(SQLBackend):
     """PostgreSQL 12+ through psycopg 3."""
 
     name = "postgresql"
-    capabilities = frozenset(
-        {
-            Capability.NOTIFY,
-            Capability.DEDUPE,
-            Capability.PRIORITIES,
-            Capability.DELAYED,
-            Capability.TRANSACTIONAL_ENQUEUE,
-            Capability.MULTI_PROCESS,
-        }
-    )
+    capabilities = SQL_CAPABILITIES | {Capability.NOTIFY}
     default_driver = "postgresql+psycopg"
     driver_extra = "postgresql"
     partial_index_keyword = "postgresql_where"

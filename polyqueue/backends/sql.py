@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
@@ -33,28 +33,20 @@ from sqlalchemy.engine import URL, Connection, Engine
 from .. import json_codec, policy
 from ..errors import BackendUnavailable, ConfigurationError, PolyqueueError, SchemaMissing
 from ..job import FINISHED_STATUSES, LIVE_STATUSES, STATUSES, Job, JobStatus, NewJob, ReplayResult, int_job_id
+from . import base as spi
 from .after_commit import AfterCommitWatcher
-from .base import (
-    Backend,
-    BackendOptions,
-    CancelRequest,
-    ClaimRequest,
-    ClaimResult,
-    DeadJobsQuery,
-    DueProbe,
-    EnqueueBatch,
-    ExtendRequest,
-    JobLookup,
-    OptionParser,
-    PurgeRequest,
-    ReadyCount,
-    ReplayRequest,
-    Settlement,
-    SettleRequest,
-    StatsRequest,
-)
+from .base import Backend, BackendOptions, Capability, OptionParser
 
-__all__ = ["LONG_TEXT", "SCHEMA_VERSION", "ErrorKind", "SQLBackend", "UpdateValues", "status_literal"]
+__all__ = [
+    "LONG_TEXT",
+    "SCHEMA_VERSION",
+    "SQL_CAPABILITIES",
+    "AwareUTCTime",
+    "ErrorKind",
+    "SQLBackend",
+    "UpdateValues",
+    "status_literal",
+]
 
 log = logging.getLogger("polyqueue.sql")
 T = TypeVar("T")
@@ -82,8 +74,45 @@ _DECODED_FIELDS = tuple(_JOB_FIELDS.index(name) for name in ("payload", "result"
 
 #: Payloads, results and error histories: unbounded text (MySQL's TEXT stops at 64 KB, below ``max_payload_bytes``).
 LONG_TEXT = sa.Text().with_variant(mysql_types.LONGTEXT(), "mysql", "mariadb")
+#: What every SQL dialect of the shared layer has; a dialect declares these (plus its own) on its class.
+SQL_CAPABILITIES = frozenset(
+    {
+        Capability.DEDUPE,
+        Capability.PRIORITIES,
+        Capability.DELAYED,
+        Capability.TRANSACTIONAL_ENQUEUE,
+        Capability.MULTI_PROCESS,
+    }
+)
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
 FENCE_CHUNK = 512
+
+
+class AwareUTCTime(sa.types.TypeDecorator[datetime]):
+    """Base of a dialect's time column: binds aware datetimes only, as UTC, and reads back aware UTC.
+
+    A dialect subclass sets ``impl`` and converts with :meth:`to_stored` and :meth:`from_stored`.
+    """
+
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass an aware datetime")
+        return self.to_stored(value.astimezone(UTC))
+
+    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
+        return None if value is None else self.from_stored(value)
+
+    def to_stored(self, moment: datetime) -> Any:
+        """An aware UTC datetime as the column stores it."""
+        raise NotImplementedError
+
+    def from_stored(self, value: Any) -> datetime:
+        """The stored value as an aware UTC datetime."""
+        raise NotImplementedError
 
 
 class ErrorKind:
@@ -191,13 +220,7 @@ class SQLBackend(Backend):
 
         return [
             sa.Index(
-                f"{p}jobs_ready",
-                c.queue,
-                c.job_type,
-                c.priority.desc(),
-                c.run_at,
-                c.id,
-                **where(c.status == PENDING_SQL),
+                f"{p}jobs_ready", c.queue, c.job_type, *policy.claim_order_sql(c), **where(c.status == PENDING_SQL)
             ),
             sa.Index(f"{p}jobs_leases", c.lease_expires_at, **where(c.status == PROCESSING_SQL)),
             sa.Index(
@@ -549,7 +572,7 @@ class SQLBackend(Backend):
                 return existing  # type: ignore[no-any-return]
         raise BackendUnavailable("could not settle a dedupe key race after 10 tries")
 
-    def enqueue(self, batch: EnqueueBatch) -> list[Hashable]:
+    def enqueue(self, batch: spi.EnqueueBatch) -> list[Hashable]:
         """Insert the batch in one transaction (or the caller's); see :class:`Backend`."""
         jobs, connection = batch.jobs, batch.connection
         if not jobs:
@@ -619,8 +642,11 @@ class SQLBackend(Backend):
         if len(pairs) == 1:
             arm = self._ready_arm(*pairs[0])
             return arm.with_only_columns(self.jobs.c.id).order_by(*self._claim_order()).limit(limit)
-        merged = sa.union_all(*(self._ready_arm(q, t) for q, t in pairs)).subquery("ready")
-        return sa.select(merged.c.id).order_by(*policy.claim_order_sql(merged.c)).limit(limit)
+        arms = sa.union_all(*(self._ready_arm(q, t) for q, t in pairs))
+        # ORDER BY and LIMIT on the compound itself, so the planner merges the ordered ranges (SQLite:
+        # MERGE (UNION ALL)) and stops after `limit` rows instead of sorting every ready job.
+        best = arms.order_by(*policy.claim_order_sql(arms.selected_columns)).limit(limit).subquery("ready")
+        return sa.select(best.c.id)
 
     def _claim_order(self) -> list[sa.ColumnElement[Any]]:
         return policy.claim_order_sql(self._order_columns)
@@ -647,13 +673,13 @@ class SQLBackend(Backend):
         stmt = sa.select(types.c.queue, types.c.job_type).where(types.c.job_type.is_not(None))
         return [(row[0], row[1]) for row in connection.execute(stmt)]
 
-    def _claim_pairs(self, connection: Connection, request: ClaimRequest) -> list[tuple[str, str]]:
+    def _claim_pairs(self, connection: Connection, request: spi.ClaimRequest) -> list[tuple[str, str]]:
         if request.job_types is None:
             return self.pending_pairs(connection, request.queues)
         return list(itertools.product(request.queues, sorted(request.job_types)))
 
-    def _claim_values(self, request: ClaimRequest) -> UpdateValues:
-        """What a claim writes on each job it takes (see :class:`ClaimRequest`)."""
+    def _claim_values(self, request: spi.ClaimRequest) -> UpdateValues:
+        """What a claim writes on each job it takes (see :class:`spi.ClaimRequest`)."""
         c = self.jobs.c
         values: UpdateValues = [
             (c.status, JobStatus.PROCESSING),
@@ -691,7 +717,7 @@ class SQLBackend(Backend):
         rescued = [self._job_from_row(r) for r in rows]
         return [job for job in rescued if job.status == JobStatus.DEAD]
 
-    def claim(self, request: ClaimRequest) -> ClaimResult:
+    def claim(self, request: spi.ClaimRequest) -> spi.ClaimResult:
         """Rescue expired leases, then claim up to ``request.limit`` ready jobs; see :class:`Backend`."""
 
         def work(conn: Connection) -> tuple[list[Job], list[Any]]:
@@ -701,7 +727,7 @@ class SQLBackend(Backend):
             return dead, rows
 
         dead, rows = self._run(work)
-        return ClaimResult(sorted((self._job_from_row(r) for r in rows), key=policy.job_claim_key), dead)
+        return spi.ClaimResult(sorted((self._job_from_row(r) for r in rows), key=policy.job_claim_key), dead)
 
     # ------------------------------------------------------------------
     # Consuming: the fence, settling and heartbeats
@@ -787,8 +813,8 @@ class SQLBackend(Backend):
         single = len(statements) == 1 and len(statements[0][0]) <= FENCE_CHUNK
         return self._run_single(work) if single else self._run(work)
 
-    def _settlement_values(self, settlement: Settlement, token: int) -> dict[str, Any]:
-        """The columns a settlement writes (see :class:`Settlement`)."""
+    def _settlement_values(self, settlement: spi.Settlement, token: int) -> dict[str, Any]:
+        """The columns a settlement writes (see :class:`~polyqueue.backends.base.Settlement`)."""
         c = self.jobs.c
         values: dict[str, Any] = {
             "status": settlement.status,
@@ -809,11 +835,11 @@ class SQLBackend(Backend):
             values["errors"] = settlement.errors_json
         return values
 
-    def settle(self, request: SettleRequest) -> set[Hashable]:
+    def settle(self, request: spi.SettleRequest) -> set[Hashable]:
         """Apply settlements, fenced; plain ones of the same kind share one statement. See :class:`Backend`."""
         if not request.settlements:
             return set()
-        shared: dict[tuple[Any, ...], list[Settlement]] = defaultdict(list)
+        shared: dict[tuple[Any, ...], list[spi.Settlement]] = defaultdict(list)
         statements: list[tuple[Sequence[Job], dict[str, Any]]] = []
         for settlement in request.settlements:
             if settlement.plain:
@@ -826,7 +852,7 @@ class SQLBackend(Backend):
         token_column = self.jobs.c.lease_token
         return self._run_fenced(statements, lambda jobs: token_column == request.token)
 
-    def extend(self, request: ExtendRequest) -> set[Hashable]:
+    def extend(self, request: spi.ExtendRequest) -> set[Hashable]:
         """Push held leases out to DB-now + ``request.lease``."""
         if not request.jobs:
             return set()
@@ -836,7 +862,7 @@ class SQLBackend(Backend):
     # ------------------------------------------------------------------
     # Inspecting and managing
     # ------------------------------------------------------------------
-    def get(self, lookup: JobLookup) -> Job | None:
+    def get(self, lookup: spi.JobLookup) -> Job | None:
         """The job row with this id, or None."""
         key = int_job_id(lookup.job_id)
         if key is None:
@@ -844,7 +870,7 @@ class SQLBackend(Backend):
         row = self._run(lambda conn: conn.execute(sa.select(*self._columns).where(self.jobs.c.id == key)).first())
         return self._job_from_row(row) if row is not None else None
 
-    def cancel(self, request: CancelRequest) -> bool:
+    def cancel(self, request: spi.CancelRequest) -> bool:
         """Cancel a pending job; False when it is not pending (or does not exist)."""
         key = int_job_id(request.job_id)
         if key is None:
@@ -857,7 +883,7 @@ class SQLBackend(Backend):
         )
         return bool(self._run(lambda conn: conn.execute(stmt).rowcount))
 
-    def stats(self, request: StatsRequest) -> dict[str, dict[str, Any]]:
+    def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
         """Counts per queue (and job type) and status, plus ``scheduled`` (pending, not yet due)."""
         j = self.jobs
         not_due = sa.and_(j.c.status == JobStatus.PENDING, j.c.run_at > self.now())
@@ -881,7 +907,7 @@ class SQLBackend(Backend):
     def _of_types(self, job_types: frozenset[str] | None) -> list[sa.ColumnElement[bool]]:
         return [] if job_types is None else [self.jobs.c.job_type.in_(sorted(job_types))]
 
-    def count_ready(self, request: ReadyCount) -> int:
+    def count_ready(self, request: spi.ReadyCount) -> int:
         """Exact count of due pending jobs in the queue (of the request's types)."""
         j = self.jobs
         stmt = sa.select(sa.func.count()).where(
@@ -890,7 +916,7 @@ class SQLBackend(Backend):
         )  # fmt: skip
         return int(self._run(lambda conn: conn.execute(stmt).scalar() or 0))
 
-    def seconds_until_due(self, probe: DueProbe) -> float | None:
+    def seconds_until_due(self, probe: spi.DueProbe) -> float | None:
         """Earliest pending ``run_at`` or lease expiry of the probe's queues and types, minus DB-now: one statement."""
         j = self.jobs
         names = list(probe.queues)
@@ -909,7 +935,7 @@ class SQLBackend(Backend):
         now: datetime = self._run(lambda conn: conn.execute(sa.select(self.now())).scalar_one())
         return now
 
-    def dead_jobs(self, query: DeadJobsQuery) -> list[Job]:
+    def dead_jobs(self, query: spi.DeadJobsQuery) -> list[Job]:
         """Dead jobs, newest first."""
         j = self.jobs
         stmt = sa.select(*self._columns).where(j.c.status == JobStatus.DEAD)
@@ -918,7 +944,7 @@ class SQLBackend(Backend):
         stmt = stmt.order_by(j.c.finished_at.desc(), j.c.id.desc()).limit(query.limit)
         return [self._job_from_row(r) for r in self._run(lambda conn: list(conn.execute(stmt)))]
 
-    def replay(self, request: ReplayRequest) -> ReplayResult:
+    def replay(self, request: spi.ReplayRequest) -> ReplayResult:
         """Dead jobs back to pending, one short transaction per job so a held dedupe key only skips that job."""
         j = self.jobs
         stmt = sa.select(j.c.id, j.c.queue, j.c.dedupe_key).where(j.c.status == JobStatus.DEAD)
@@ -960,7 +986,7 @@ class SQLBackend(Backend):
     def _rowcount_of(stmt: sa.Executable) -> Callable[[Connection], int]:
         return lambda conn: int(conn.execute(stmt).rowcount)
 
-    def purge(self, request: PurgeRequest) -> int:
+    def purge(self, request: spi.PurgeRequest) -> int:
         """Delete finished rows in batches of ``request.batch_size``, each its own transaction."""
         j = self.jobs
         status = request.status

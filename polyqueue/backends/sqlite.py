@@ -22,8 +22,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError
-from .base import Capability, OptionParser, WakeupRequest, WakeupSource
-from .sql import ErrorKind, SQLBackend
+from .base import ChangeWatcher, OptionParser, WakeupRequest, WakeupSource
+from .sql import SQL_CAPABILITIES, AwareUTCTime, ErrorKind, SQLBackend
 
 __all__ = ["CommitWatcher", "EpochTime", "SQLiteBackend"]
 
@@ -32,26 +32,22 @@ _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 _EPOCH_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
-class EpochTime(sa.types.TypeDecorator[datetime]):
+class EpochTime(AwareUTCTime):
     """An aware UTC datetime stored as REAL seconds since the Unix epoch."""
 
     impl = sa.Float
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> float | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetimes are ambiguous; pass an aware datetime")
-        return value.timestamp()
+    def to_stored(self, moment: datetime) -> float:
+        """Seconds since the epoch."""
+        return moment.timestamp()
 
-    def process_result_value(self, value: float | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
+    def from_stored(self, value: float) -> datetime:
+        """Back from seconds since the epoch."""
         return datetime.fromtimestamp(value, UTC)
 
 
-class CommitWatcher:
+class CommitWatcher(ChangeWatcher):
     """Wakes an idle worker when any process commits to the database file, without sending SQL.
 
     Every ``interval`` seconds it stats the ``-wal`` file and the database
@@ -72,9 +68,10 @@ class CommitWatcher:
     def __init__(self, database: str, interval: float = 0.005) -> None:
         self._paths = (database + "-wal", database)
         self._interval = interval
-        self._seen = self._signature()
+        super().__init__()
 
-    def _signature(self) -> tuple[tuple[int, int, int, int] | None, ...]:
+    def observe(self) -> tuple[tuple[int, int, int, int] | None, ...]:
+        """The identity, size and times of the ``-wal`` and database files."""
         parts: list[tuple[int, int, int, int] | None] = []
         for path in self._paths:
             try:
@@ -85,36 +82,16 @@ class CommitWatcher:
                 parts.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         return tuple(parts)
 
-    def wait(self, timeout: float) -> bool:
-        """True as soon as the database has changed since the last look; False after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            now = self._signature()
-            if now != self._seen:
-                self._seen = now
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            time.sleep(min(self._interval, remaining))
-
-    def close(self) -> None:
-        """Nothing to release: it holds no connection and no file."""
+    def pause(self, seconds: float) -> None:
+        """Sleep one interval (or what is left of the wait)."""
+        time.sleep(min(self._interval, seconds))
 
 
 class SQLiteBackend(SQLBackend):
     """The embedded backend; ``sqlite:///:memory:`` is single-process."""
 
     name = "sqlite"
-    capabilities = frozenset(
-        {
-            Capability.DEDUPE,
-            Capability.PRIORITIES,
-            Capability.DELAYED,
-            Capability.TRANSACTIONAL_ENQUEUE,
-            Capability.MULTI_PROCESS,
-        }
-    )
+    capabilities = SQL_CAPABILITIES
     connect_options: ClassVar[dict[str, OptionParser]] = {**SQLBackend.connect_options, "sqlite_synchronous": str}
     default_driver = "sqlite+pysqlite"
     driver_extra = ""

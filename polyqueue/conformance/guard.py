@@ -9,7 +9,7 @@ once, naming the missing marker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -43,8 +43,8 @@ class CapabilityGuardQueue(Queue):
             message = f"suite test uses capability {capability!r} without @requires({capability!r})"
             pytest.fail(message, pytrace=False)
 
-    def _new_job(self, job_type: Any, payload: Any = None, **spec: Any) -> Any:
-        job = super()._new_job(job_type, payload, **spec)  # invalid input raises before any feature is "used"
+    def _new_job(self, spec: Mapping[str, Any]) -> Any:
+        job = super()._new_job(spec)  # invalid input raises before any feature is "used"
         if spec.get("dedupe_key") is not None:
             self.uses(Capability.DEDUPE)
         if spec.get("delay") or spec.get("run_at") is not None:

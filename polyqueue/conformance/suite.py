@@ -346,13 +346,19 @@ class TestFencing:
         sleep_past(q, job.lease_expires_at)
         return job
 
+    @staticmethod
+    def _refused(q: polyqueue.Queue, job: Job, action: str) -> tuple[str, int, Any]:
+        """Run ``action`` with a claim that lost its job; it must raise LeaseLost. Returns the job as stored."""
+        with pytest.raises(LeaseLost):
+            _SETTLE_ACTIONS[action](q, job)
+        stored = q.get(job.id)
+        assert stored is not None
+        return stored.status, stored.attempts, stored.result
+
     @pytest.mark.parametrize("action", sorted(_SETTLE_ACTIONS))
     def test_an_expired_claim_is_lease_lost(self, queue: polyqueue.Queue, action: str) -> None:
         job = self._expired_claim(queue)
-        with pytest.raises(LeaseLost):
-            _SETTLE_ACTIONS[action](queue, job)
-        stored = queue.get(job.id)
-        assert stored is not None and (stored.status, stored.attempts, stored.result) == ("processing", 1, None)
+        assert self._refused(queue, job, action) == ("processing", 1, None)
 
     @pytest.mark.parametrize("action", sorted(_SETTLE_ACTIONS))
     def test_a_rescued_claim_is_lease_lost(self, queue: polyqueue.Queue, action: str) -> None:
@@ -360,10 +366,7 @@ class TestFencing:
         assert queue.claim("another-queue") == []  # any claim rescues expired leases
         rescued = queue.get(job.id)
         assert rescued is not None and (rescued.status, rescued.attempts) == ("pending", 1)
-        with pytest.raises(LeaseLost):
-            _SETTLE_ACTIONS[action](queue, job)
-        stored = queue.get(job.id)
-        assert stored is not None and (stored.status, stored.attempts, stored.result) == ("pending", 1, None)
+        assert self._refused(queue, job, action) == ("pending", 1, None)
 
     @pytest.mark.parametrize("action", sorted(_SETTLE_ACTIONS))
     def test_a_reclaimed_job_is_fenced_from_its_old_claim(self, queue: polyqueue.Queue, action: str) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
+from polyqueue import testing
+
 __all__ = ["DropsSchema", "OpensCallerTransactions", "caller_transaction", "drop_schema"]
 
 
@@ -36,16 +38,7 @@ class OpensCallerTransactions(Protocol):
         """An open transaction of the caller's kind: commits on success, rolls back on an exception."""
 
 
-def drop_schema(queue: Any) -> bool:
-    """Drop ``queue``'s schema if its backend can; False if it cannot."""
-    backend = queue.backend
-    if not isinstance(backend, DropsSchema):
-        return False
-    try:
-        backend.drop_schema()
-    except NotImplementedError:
-        return False
-    return True
+drop_schema = testing.drop_schema
 
 
 def caller_transaction(queue: Any) -> AbstractContextManager[Any]:

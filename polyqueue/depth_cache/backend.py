@@ -12,26 +12,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ..backends.base import (
-    Backend,
-    BackendOptions,
-    CancelRequest,
-    Capability,
-    ClaimRequest,
-    ClaimResult,
-    DeadJobsQuery,
-    DueProbe,
-    EnqueueBatch,
-    ExtendRequest,
-    JobLookup,
-    PurgeRequest,
-    ReadyCount,
-    ReplayRequest,
-    SettleRequest,
-    StatsRequest,
-    WakeupRequest,
-    WakeupSource,
-)
+from ..backends import base as spi
+from ..backends.base import Backend, BackendOptions, Capability, WakeupSource
 from ..errors import ConfigurationError, PolyqueueError
 from ..job import Job, JobStatus, NewJob, ReplayResult
 from .client import CacheClient, database_identity
@@ -82,36 +64,27 @@ class DepthCachedBackend(Backend):
         return f"<DepthCachedBackend {self.describe()}>"
 
     # --- keys ------------------------------------------------------------------
-    def _counts_key(self, queue: str) -> str:
-        return f"{self.key_base}:ready:{queue}"
+    def _key(self, *parts: str) -> str:
+        """A key of this queue database's cache: ``<base>:<part>:...`` (the base carries the cluster hash tag)."""
+        return ":".join((self.key_base, *parts))
 
-    def _scheduled_key(self, queue: str) -> str:
-        return f"{self.key_base}:scheduled:{queue}"
+    def _counts_key(self, queue: str) -> str:
+        return self._key("ready", queue)
 
     def _generation_key(self, queue: str) -> str:
-        return f"{self.key_base}:generation:{queue}"
+        return self._key("generation", queue)
 
     def _queue_keys(self, queue: str) -> list[str]:
-        return [self._counts_key(queue), self._scheduled_key(queue), self._generation_key(queue)]
+        """The counts hash, scheduled set and generation counter of ``queue`` (the scripts' KEYS)."""
+        return [self._counts_key(queue), self._key("scheduled", queue), self._generation_key(queue)]
 
     def channel(self, queue: str) -> str:
         """The pub/sub channel an enqueue to ``queue`` publishes on after its commit."""
-        return f"{self.key_base}:wake:{queue}"
-
-    @property
-    def _known_queues_key(self) -> str:
-        return f"{self.key_base}:queues"
-
-    @property
-    def _dedupe_memory_key(self) -> str:
-        return f"{self.key_base}:seen"
-
-    def _token_key(self, kind: str, name: str) -> str:
-        return f"{self.key_base}:{kind}:{name}"
+        return self._key("wake", queue)
 
     def _token(self, kind: str, name: str, seconds: float) -> bool:
         """Whether this process won the right to do ``kind`` for ``name`` for the next ``seconds``."""
-        key = self._token_key(kind, name)
+        key = self._key(kind, name)
         got = self.redis.call(lambda r: r.set(key, os.getpid(), nx=True, px=max(1, int(seconds * 1000))))
         return bool(got)
 
@@ -123,7 +96,7 @@ class DepthCachedBackend(Backend):
             return self._reconcile_quietly(queue)
         finally:
             # The lock's expiry only covers a holder that died; a finished rebuild frees it at once.
-            key = self._token_key("rebuild", queue)
+            key = self._key("rebuild", queue)
             self.redis.call(lambda r: r.delete(key))
 
     # --- lifecycle -------------------------------------------------------------
@@ -161,7 +134,7 @@ class DepthCachedBackend(Backend):
         self.redis.call(drop_keys)
 
     # --- producing -------------------------------------------------------------
-    def enqueue(self, batch: EnqueueBatch) -> list[Hashable]:
+    def enqueue(self, batch: spi.EnqueueBatch) -> list[Hashable]:
         """Store through the wrapped backend; count the jobs and publish once they are committed.
 
         With ``batch.connection`` that is after the caller's transaction
@@ -202,11 +175,11 @@ class DepthCachedBackend(Backend):
         args: list[Any] = [f"{max(elapsed, 0.0):.6f}", self.channel(queue), queue, KEEP]
         for job_id, delay, deduped in items:
             args += [str(job_id), f"{delay:.6f}", "1" if deduped else "0"]
-        keys = [*self._queue_keys(queue), self._dedupe_memory_key, self._known_queues_key]
+        keys = [*self._queue_keys(queue), self._key("seen"), self._key("queues")]
         self.redis.run(self.redis.add, keys, args, skews=[queue])
 
     # --- consuming -------------------------------------------------------------
-    def claim(self, request: ClaimRequest) -> ClaimResult:
+    def claim(self, request: spi.ClaimRequest) -> spi.ClaimResult:
         """Claim through the wrapped backend and count the jobs out of the ready counts.
 
         An empty claim of every type where the cache promised work means the
@@ -237,7 +210,7 @@ class DepthCachedBackend(Backend):
             if seen.has_work:
                 self._rebuild_if_first(queue)
 
-    def settle(self, request: SettleRequest) -> set[Hashable]:
+    def settle(self, request: spi.SettleRequest) -> set[Hashable]:
         """Settle through the wrapped backend; what goes back to pending is counted (as scheduled when delayed).
 
         Released jobs count as ready again and wake workers; retries count as
@@ -265,21 +238,21 @@ class DepthCachedBackend(Backend):
         """Finished jobs free their dedupe keys: the memory of their ids is no longer needed."""
         ids = [str(job.id) for job in finished if job.dedupe_key is not None]
         if ids:
-            key = self._dedupe_memory_key
+            key = self._key("seen")
             self.redis.call(lambda r: r.zrem(key, *ids))
 
-    def extend(self, request: ExtendRequest) -> set[Hashable]:
+    def extend(self, request: spi.ExtendRequest) -> set[Hashable]:
         """Extend through the wrapped backend."""
         return self.inner.extend(request)
 
     # --- inspecting and managing -------------------------------------------------
-    def get(self, lookup: JobLookup) -> Job | None:
+    def get(self, lookup: spi.JobLookup) -> Job | None:
         """The job, from the wrapped backend."""
         return self.inner.get(lookup)
 
-    def cancel(self, request: CancelRequest) -> bool:
+    def cancel(self, request: spi.CancelRequest) -> bool:
         """Cancel through the wrapped backend; a cancelled job leaves the ready or scheduled count."""
-        job = self.inner.get(JobLookup(request.job_id))
+        job = self.inner.get(spi.JobLookup(request.job_id))
         cancelled = self.inner.cancel(request)
         if cancelled and job is not None:
             due = job.run_at is None or job.run_at <= datetime.now(UTC)
@@ -287,11 +260,11 @@ class DepthCachedBackend(Backend):
             self._forget_dedupe([job])
         return cancelled
 
-    def stats(self, request: StatsRequest) -> dict[str, dict[str, Any]]:
+    def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
         """Exact counts from the wrapped backend."""
         return self.inner.stats(request)
 
-    def count_ready(self, request: ReadyCount) -> int:
+    def count_ready(self, request: spi.ReadyCount) -> int:
         """Exact count from the wrapped backend (``cached_depth`` is the fast one)."""
         return self.inner.count_ready(request)
 
@@ -314,7 +287,7 @@ class DepthCachedBackend(Backend):
             return self._rebuild_if_first(queue) or seen
         return seen
 
-    def seconds_until_due(self, probe: DueProbe) -> float | None:
+    def seconds_until_due(self, probe: spi.DueProbe) -> float | None:
         """The idle probe: from the cache when it knows every queue (a hint), else from the wrapped backend.
 
         A wrapped backend with its own push wake-ups is always asked: its probe
@@ -343,22 +316,22 @@ class DepthCachedBackend(Backend):
         """The database clock, from the wrapped backend."""
         return self.inner.db_now()
 
-    def dead_jobs(self, query: DeadJobsQuery) -> list[Job]:
+    def dead_jobs(self, query: spi.DeadJobsQuery) -> list[Job]:
         """Dead jobs, from the wrapped backend."""
         return self.inner.dead_jobs(query)
 
-    def replay(self, request: ReplayRequest) -> ReplayResult:
+    def replay(self, request: spi.ReplayRequest) -> ReplayResult:
         """Replay through the wrapped backend; the affected counts are rebuilt and workers woken."""
         result = self.inner.replay(request)
         if result.replayed:
             if request.queue is not None:
                 touched: Iterable[str] = [request.queue]
             else:
-                touched = self.redis.call(lambda r: r.smembers(self._known_queues_key)) or set()
+                touched = self.redis.call(lambda r: r.smembers(self._key("queues"))) or set()
             self._rebuild(set(touched))
         return result
 
-    def purge(self, request: PurgeRequest) -> int:
+    def purge(self, request: spi.PurgeRequest) -> int:
         """Purge through the wrapped backend (finished jobs are not counted)."""
         return self.inner.purge(request)
 
@@ -396,9 +369,9 @@ class DepthCachedBackend(Backend):
             if snapshot is None:
                 return None
             generation, redis_now = snapshot
-            due_in = self.inner.seconds_until_due(DueProbe([queue]))
+            due_in = self.inner.seconds_until_due(spi.DueProbe([queue]))
             nothing_pending = due_in is None
-            ready = 0 if due_in is None or due_in > 0 else self.inner.count_ready(ReadyCount(queue))
+            ready = 0 if due_in is None or due_in > 0 else self.inner.count_ready(spi.ReadyCount(queue))
             upcoming = due_in if due_in is not None and (due_in > 0 or not ready) else None
             args: list[Any] = [
                 generation,
@@ -450,7 +423,7 @@ class DepthCachedBackend(Backend):
         self.redis.call(drop, skews=queues)
 
     # --- waiting -------------------------------------------------------------------
-    def wakeup_source(self, request: WakeupRequest) -> WakeupSource | None:
+    def wakeup_source(self, request: spi.WakeupRequest) -> WakeupSource | None:
         """The wrapped backend's push source if it has one (it sees every producer), else Redis pub/sub."""
         if Capability.NOTIFY in self.inner.capabilities:
             return self.inner.wakeup_source(request)
@@ -491,7 +464,7 @@ class DepthCachedBackend(Backend):
     def _verdict_without_redis(self, queues: Sequence[str]) -> tuple[str, float | None]:
         """Redis is unreachable: the idle look becomes the database's own cheap probe."""
         try:
-            due_in = self.inner.seconds_until_due(DueProbe(queues))
+            due_in = self.inner.seconds_until_due(spi.DueProbe(queues))
         except PolyqueueError:
             return Verdict.WORK, 0.0  # the worker's claim meets the outage and reports it
         if due_in is not None and due_in <= 0:

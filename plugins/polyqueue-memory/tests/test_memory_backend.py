@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -92,26 +91,6 @@ def test_the_clock_never_runs_backwards(q: polyqueue.Queue) -> None:
     readings = [q.backend.db_now() for _ in range(2000)]
     assert readings == sorted(readings)
     assert readings[0].utcoffset() is not None and readings[0].utcoffset().total_seconds() == 0
-
-
-def test_concurrent_claims_hand_each_job_out_exactly_once(q: polyqueue.Queue) -> None:
-    q.enqueue_many([{"job_type": "t", "payload": i} for i in range(2000)])
-    seen: list[int] = []
-    lock = threading.Lock()
-
-    def consume() -> None:
-        while jobs := q.claim(limit=7):
-            q.complete_many([(job, None) for job in jobs])
-            with lock:
-                seen.extend(job.payload for job in jobs)
-
-    threads = [threading.Thread(target=consume) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert Counter(seen) == Counter(range(2000))
-    assert q.stats()["done"] == 2000
 
 
 def test_wakeups_report_an_enqueue_even_one_made_between_two_waits(q: polyqueue.Queue) -> None:

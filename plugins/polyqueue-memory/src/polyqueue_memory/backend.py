@@ -35,25 +35,8 @@ from typing import Any, ClassVar
 from sqlalchemy.engine import URL
 
 from polyqueue import json_codec, policy
-from polyqueue.backends.base import (
-    Backend,
-    BackendOptions,
-    CancelRequest,
-    Capability,
-    ClaimRequest,
-    ClaimResult,
-    DeadJobsQuery,
-    DueProbe,
-    EnqueueBatch,
-    ExtendRequest,
-    JobLookup,
-    PurgeRequest,
-    ReadyCount,
-    ReplayRequest,
-    SettleRequest,
-    StatsRequest,
-    WakeupRequest,
-)
+from polyqueue.backends import base as spi
+from polyqueue.backends.base import Backend, BackendOptions, Capability, ChangeWatcher
 from polyqueue.errors import ConfigurationError, SchemaMissing
 from polyqueue.job import STATUSES, Job, JobStatus, ReplayResult, int_job_id
 
@@ -327,7 +310,7 @@ _STORES: dict[tuple[str, str, str], _Store] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-class MemoryWakeups:
+class MemoryWakeups(ChangeWatcher):
     """Push wake-ups for idle workers of one process: a condition variable instead of LISTEN/NOTIFY.
 
     ``wait`` returns True as soon as a job is enqueued, released, retried or
@@ -341,30 +324,32 @@ class MemoryWakeups:
         self._backend = backend
         self._queues = list(queues)
         self._closed = threading.Event()
-        store = backend._store_or_none()
-        self._seen = self._generations(store) if store is not None else None
+        super().__init__()
 
-    def _generations(self, store: _Store) -> tuple[int, ...]:
-        return tuple(store.generation.get(name, 0) for name in self._queues)
+    def observe(self) -> tuple[int, ...] | None:
+        """The store's change counters of the watched queues (None when there is no store)."""
+        store = self._backend._store_or_none()
+        return None if store is None else tuple(store.generation.get(name, 0) for name in self._queues)
+
+    def stopped(self) -> bool:
+        """Closed, or the store was dropped."""
+        store = self._backend._store_or_none()
+        return self._closed.is_set() or store is None or store.dropped
+
+    def pause(self, seconds: float) -> None:
+        """Wait on the store's condition (held by :meth:`wait`) until something changes."""
+        store = self._backend._store_or_none()
+        if store is not None:
+            store.changed.wait(seconds)
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds; True if woken because work may be ready."""
-        deadline = time.monotonic() + max(0.0, timeout)
         store = self._backend._store_or_none()
         if store is None:
             self._closed.wait(timeout)
             return False
         with store.changed:
-            while not self._closed.is_set() and not store.dropped:
-                seen = self._generations(store)
-                if seen != self._seen:
-                    self._seen = seen
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                store.changed.wait(remaining)
-        return False
+            return super().wait(timeout)
 
     def close(self) -> None:
         """Stop waiting; idempotent."""
@@ -439,7 +424,7 @@ class MemoryBackend(Backend):
         """Nothing to release: the jobs stay, as they would in a database, until ``drop_schema``."""
 
     # --- producing ------------------------------------------------------------------
-    def enqueue(self, batch: EnqueueBatch) -> list[Hashable]:
+    def enqueue(self, batch: spi.EnqueueBatch) -> list[Hashable]:
         """Store the batch atomically under the store's lock; live duplicates return the live job's id."""
         if batch.connection is not None:
             raise ConfigurationError("the memory backend has no transactions to enqueue into (connection=)")
@@ -477,7 +462,7 @@ class MemoryBackend(Backend):
         return ids
 
     # --- consuming ------------------------------------------------------------------
-    def claim(self, request: ClaimRequest) -> ClaimResult:
+    def claim(self, request: spi.ClaimRequest) -> spi.ClaimResult:
         """Rescue expired leases, then take up to ``limit`` ready jobs in claim order; see :class:`Backend`."""
         store = self._store()
         with store.lock:
@@ -495,7 +480,7 @@ class MemoryBackend(Backend):
                 row.locked_by = request.worker_id
                 row.lease_expires_at = expires
                 store.index_lease(row)
-            return ClaimResult([row.to_job() for row in rows], [row.to_job() for row in dead])
+            return spi.ClaimResult([row.to_job() for row in rows], [row.to_job() for row in dead])
 
     @staticmethod
     def _held(store: _Store, job: Job, now: int) -> _Row | None:
@@ -506,7 +491,7 @@ class MemoryBackend(Backend):
         held = policy.holds_claim(row.status, row.lease_token, row.lease_expires_at, job.lease_token, now)
         return row if held else None
 
-    def settle(self, request: SettleRequest) -> set[Hashable]:
+    def settle(self, request: spi.SettleRequest) -> set[Hashable]:
         """Apply each settlement to the jobs their claims still hold, atomically; returns the lost ids."""
         if not request.settlements:
             return set()
@@ -542,7 +527,7 @@ class MemoryBackend(Backend):
                 store.signal(woken)
         return lost
 
-    def extend(self, request: ExtendRequest) -> set[Hashable]:
+    def extend(self, request: spi.ExtendRequest) -> set[Hashable]:
         """Push held leases out to now + ``lease``; returns the lost ids."""
         if not request.jobs:
             return set()
@@ -560,31 +545,31 @@ class MemoryBackend(Backend):
         return lost
 
     # --- inspecting and managing ---------------------------------------------------
-    def get(self, lookup: JobLookup) -> Job | None:
+    @staticmethod
+    def _row(store: _Store, job_id: Hashable) -> _Row | None:
+        """The stored row an id (an int or its decimal text) names, or None; hold the store's lock."""
+        key = int_job_id(job_id)
+        return None if key is None else store.rows.get(key)
+
+    def get(self, lookup: spi.JobLookup) -> Job | None:
         """The job with this id (an int or its decimal text), or None."""
-        key = int_job_id(lookup.job_id)
         store = self._store()
-        if key is None:
-            return None
         with store.lock:
-            row = store.rows.get(key)
+            row = self._row(store, lookup.job_id)
             return None if row is None else row.to_job()
 
-    def cancel(self, request: CancelRequest) -> bool:
+    def cancel(self, request: spi.CancelRequest) -> bool:
         """Cancel a pending job (due or scheduled), releasing its dedupe key; False if it is not pending."""
-        key = int_job_id(request.job_id)
         store = self._store()
-        if key is None:
-            return False
         with store.lock:
-            row = store.rows.get(key)
+            row = self._row(store, request.job_id)
             if row is None or row.status != JobStatus.PENDING:
                 return False
             row.finished_at = _clock().now()
             store.set_status(row, JobStatus.CANCELLED)
             return True
 
-    def stats(self, request: StatsRequest) -> dict[str, dict[str, Any]]:
+    def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
         """Counts per queue (and job type) and status plus ``scheduled``; queues without jobs are absent."""
         store = self._store()
         with store.lock:
@@ -615,7 +600,7 @@ class MemoryBackend(Backend):
                 counts["scheduled"] += 1
         return out
 
-    def count_ready(self, request: ReadyCount) -> int:
+    def count_ready(self, request: spi.ReadyCount) -> int:
         """Pending jobs of the queue (of the request's types) that are due now."""
         store = self._store()
         types = request.job_types
@@ -628,7 +613,7 @@ class MemoryBackend(Backend):
                 if rows[row_id].run_at <= now and (types is None or rows[row_id].job_type in types)
             )
 
-    def seconds_until_due(self, probe: DueProbe) -> float | None:
+    def seconds_until_due(self, probe: spi.DueProbe) -> float | None:
         """Seconds until a job of the probe's queues and types may become claimable: one due, or a lease expiring.
 
         Zero or negative when one is claimable already; None when no job is pending or processing.
@@ -659,7 +644,7 @@ class MemoryBackend(Backend):
         assert now is not None
         return now
 
-    def dead_jobs(self, query: DeadJobsQuery) -> list[Job]:
+    def dead_jobs(self, query: spi.DeadJobsQuery) -> list[Job]:
         """Dead jobs, most recently finished first."""
         store = self._store()
         with store.lock:
@@ -671,7 +656,7 @@ class MemoryBackend(Backend):
             dead.sort(key=lambda row: (row.finished_at or 0, row.id), reverse=True)
             return [row.to_job() for row in dead[: query.limit]]
 
-    def replay(self, request: ReplayRequest) -> ReplayResult:
+    def replay(self, request: spi.ReplayRequest) -> ReplayResult:
         """Dead jobs back to pending with attempts 0, error history kept; held dedupe keys skip their job."""
         store = self._store()
         result = ReplayResult(0)
@@ -705,7 +690,7 @@ class MemoryBackend(Backend):
                     store.signal(revived)
         return result
 
-    def purge(self, request: PurgeRequest) -> int:
+    def purge(self, request: spi.PurgeRequest) -> int:
         """Delete jobs of the request's status finished before now - ``older_than``, ``batch_size`` per lock hold."""
         store = self._store()
         status = request.status
@@ -727,6 +712,6 @@ class MemoryBackend(Backend):
         return deleted
 
     # --- waiting --------------------------------------------------------------------
-    def wakeup_source(self, request: WakeupRequest) -> MemoryWakeups:
+    def wakeup_source(self, request: spi.WakeupRequest) -> MemoryWakeups:
         """A condition-variable wake-up source for workers of this process."""
         return MemoryWakeups(self, request.queues)

@@ -13,7 +13,7 @@
 Subprocesses get the URL through the environment, never the command line, so
 a password never shows in a process listing; the matrix stores only masked
 descriptions. Each subprocess loads this module as a pytest plugin (``-p
-polyqueue.compat``), which writes a JSON report of every test's outcome.
+polyqueue.conformance.matrix``), which writes a JSON report of every test's outcome.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any, cast
 
 from sqlalchemy.engine import make_url
 
-from .errors import PolyqueueError
-from .testing import backends_required, reachable, server_url, unique_prefix
+from ..errors import PolyqueueError
+from ..testing import backends_required, reachable, server_url, unique_prefix
 
 __all__ = [
     "MARIADB_NOTE",
@@ -149,7 +149,7 @@ def plugin_targets() -> list[Target]:
     attribute ``conformance_url``; others are listed as not run, with the
     command that runs them. A plugin that fails to import is listed with the error.
     """
-    from .plugins import ENTRY_POINT_GROUP, make_plugin_manager
+    from ..plugins import ENTRY_POINT_GROUP, make_plugin_manager
 
     targets: list[Target] = []
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -302,7 +302,7 @@ def _run_suite(
         "pytest",
         str(_suite_file()),
         "-p",
-        "polyqueue.compat",
+        "polyqueue.conformance.matrix",
         "-p",
         "no:cacheprovider",
         "-q",
@@ -369,13 +369,13 @@ def _run_summary(run: _Run) -> str:
 
 
 def _area_order() -> list[str]:
-    from .conformance import suite
+    from . import suite
 
     return [name for name in suite.__all__ if name.startswith("Test")]
 
 
 def _area_doc(area: str) -> str:
-    from .conformance import suite
+    from . import suite
 
     cls = getattr(suite, area, None)
     doc = (cls.__doc__ or "").strip().splitlines() if cls is not None else []
@@ -536,7 +536,7 @@ def render_readme(matrix: Mapping[str, Any]) -> str:
 
 
 def _all_capabilities() -> set[str]:
-    from .backends.base import CAPABILITIES
+    from ..backends.base import CAPABILITIES
 
     return set(CAPABILITIES)
 
@@ -666,7 +666,7 @@ def check_matrix(
 
 
 # ---------------------------------------------------------------------------
-# The pytest plugin each subprocess loads (-p polyqueue.compat)
+# The pytest plugin each subprocess loads (-p polyqueue.conformance.matrix)
 # ---------------------------------------------------------------------------
 def _test_key(nodeid: str) -> str:
     """``path/to/test_conformance.py::TestX::test_y[p]`` -> ``TestX::test_y[p]``."""
