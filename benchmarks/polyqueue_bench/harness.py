@@ -13,7 +13,7 @@ and imports are never timed. Systems compared, each through its own public API:
 * ``huey`` (``SqliteHuey`` and its consumer) on SQLite;
 * ``SELECT 1`` round trips through the same driver, as the floor.
 
-The peers are optional (``pip install 'polyqueue[bench]'``); a peer whose
+The peers are optional (``pip install -e 'benchmarks[peers]'``); a peer whose
 package is missing is skipped and said so. Results go to a rich table, a JSON
 file and, when matplotlib is installed, a PNG chart.
 """
@@ -293,7 +293,7 @@ def _percentile(values: Sequence[float], pct: float) -> float:
 def _default_url(backend: str, workdir: Path) -> str:
     if backend == "sqlite":
         return f"sqlite:///{workdir / 'bench.db'}"
-    from .testing import server_url
+    from polyqueue.testing import server_url
 
     return server_url(backend)
 
@@ -508,7 +508,7 @@ class PolyqueueSystem(System):
         return f"done={stats['done']} handler calls={handled}"
 
     def drop(self) -> None:
-        from .testing import drop_schema
+        from polyqueue.testing import drop_schema
 
         drop_schema(self.q)
 
@@ -1202,7 +1202,7 @@ class Bench:
 
     # --- set-up ---------------------------------------------------------------
     def _available_backends(self) -> list[str]:
-        from .testing import reachable
+        from polyqueue.testing import reachable
 
         ready = []
         for backend in self.config.backends:
@@ -1225,7 +1225,7 @@ class Bench:
                 continue
             missing = [m for m in PEER_MODULES[peer] if not _importable(m)]
             if missing:
-                note = f"{peer}: not installed ({', '.join(missing)}); pip install 'polyqueue[bench]'"
+                note = f"{peer}: not installed ({', '.join(missing)}); pip install -e 'benchmarks[peers]'"
                 if note not in self.skipped:
                     self.skipped.append(note)
                 continue
