@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from polyqueue_bench.harness import compute_checks
+from polyqueue_bench.targets import compute_checks
 
 
 def _number(value: float) -> str:
