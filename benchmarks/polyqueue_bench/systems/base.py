@@ -7,7 +7,7 @@ import asyncio
 import importlib.util
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from ..config import BACKENDS, BenchError, Spec
@@ -151,9 +151,9 @@ class AsyncSystem(System):
         super().__init__(spec)
         self.loop = asyncio.new_event_loop()
 
-    def wait(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``coro`` to completion on the system's loop."""
-        return self.loop.run_until_complete(coro)
+    def wait(self, awaitable: Awaitable[Any]) -> Any:
+        """Run ``awaitable`` to completion on the system's loop."""
+        return self.loop.run_until_complete(awaitable)
 
     async def close_client(self) -> None:
         """Close the client's connections."""
