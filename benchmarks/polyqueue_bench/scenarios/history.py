@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
 
 from ..config import JOB_TYPE, PREFIX, Spec
 from ..systems import PolyqueueSystem
-from .base import JOBS_PER_SECOND, Scenario, Trial
+from .base import JOBS_PER_SECOND, Metric, Scenario, Trial
 from .drain import drain_once
 
 #: Columns copied when the history doubles itself.
@@ -106,7 +104,7 @@ class History(Scenario):
             return values
 
         note = f"claim+complete of {n:,} jobs by 1 worker process; 'full' table holds {rows:,} done rows"
-        full_metrics: dict[str, Any] = {"full": JOBS_PER_SECOND, "ratio full/empty": ("x", True)}
+        full_metrics: dict[str, Metric] = {"full": JOBS_PER_SECOND, "ratio full/empty": ("x", True)}
         return [
             self.trial(backend, "polyqueue", lambda: run_one(empty, "empty"), {"empty": JOBS_PER_SECOND}, note),
             self.trial(backend, "polyqueue", lambda: run_one(full, "full"), full_metrics, note),
