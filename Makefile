@@ -14,9 +14,10 @@ $(BASE): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $(BASE)
 
-# Tests need every driver, the dev tools and the plugins.
-$(FULL): pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(BIN)/python
+# Tests need every driver, the dev tools, the plugins and the benchmark harness (without its peers).
+$(FULL): pyproject.toml benchmarks/pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(BIN)/python
 	$(BIN)/pip install -q -e '.[postgresql,mysql,redis,dev]'
+	$(BIN)/pip install -q -e benchmarks
 	for p in plugins/*/; do $(BIN)/pip install -q -e "$$p"; done
 	touch $(BASE) $(FULL)
 
@@ -35,5 +36,5 @@ test: $(FULL) services lint
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 bench: $(FULL)
-	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/pip install -q -e 'benchmarks[peers]'
 	$(BIN)/polyqueue bench $(BENCH_ARGS)

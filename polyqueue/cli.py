@@ -285,8 +285,20 @@ def compat(out_dir: str, urls: tuple[str, ...]) -> None:
 @click.argument("bench_args", nargs=-1, type=click.UNPROCESSED)
 def bench(bench_args: tuple[str, ...]) -> None:
     """Run the benchmarks (see benchmarks/README.md; --help for the options)."""
-    from .bench import main as bench_main
+    # The harness is a project of its own (benchmarks/, polyqueue-bench), so the runtime package holds no peers.
+    try:
+        from polyqueue_bench import main as bench_main
+    except ModuleNotFoundError as exc:
+        if exc.name != "polyqueue_bench":
+            raise
+        from rich.markup import escape
 
+        fail(
+            escape(
+                "the benchmark harness is not installed: run `make bench` or "
+                "`pip install -e 'benchmarks[peers]'` from a polyqueue checkout"
+            )
+        )
     raise SystemExit(bench_main(list(bench_args)))
 
 

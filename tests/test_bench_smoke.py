@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from polyqueue_bench import run_bench
 from rich.console import Console
-
-from polyqueue.bench import run_bench
 
 
 def test_tiny_sqlite_bench_writes_a_verified_report(tmp_path: Path) -> None:

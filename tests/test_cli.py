@@ -96,3 +96,13 @@ def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert (tmp_path / "polyqueue.db").exists()
     assert "final stats" in result.stdout and "dead letters" in result.stdout
     assert "60 jobs settled" in result.stdout
+
+
+def test_bench_without_the_harness_installed_says_how_to_install_it() -> None:
+    hide_harness = "import sys; sys.modules['polyqueue_bench'] = None; from polyqueue.cli import main; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", hide_harness, "bench", "--quick"], capture_output=True, text=True, timeout=120
+    )
+    assert_clean_error(result, "the benchmark harness is not installed")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "pip install -e 'benchmarks[peers]'" in result.stderr

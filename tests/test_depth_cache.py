@@ -2,7 +2,7 @@
 
 Shared Redis tests use database 15 (never FLUSHed); flushes and outages use a
 private ``redis-server`` of their own. Speed is measured in
-``benchmarks/bench_depth_cache.py``, not here.
+``benchmarks/polyqueue_bench/depth_cache.py``, not here.
 """
 
 from __future__ import annotations

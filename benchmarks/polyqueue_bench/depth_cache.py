@@ -1,6 +1,6 @@
 """Benchmark of the Redis depth cache: idle database load, wake-up latency, and depth() against COUNT(*).
 
-Standalone: ``.venv/bin/python benchmarks/bench_depth_cache.py [--only idle,latency,depth]``.
+Standalone, apart from ``polyqueue bench``: ``python -m polyqueue_bench.depth_cache [--only idle,latency,depth]``.
 
 * idle: N idle worker processes on MariaDB for S seconds, without and with the
   cache; statements reaching the server per worker per second, from
@@ -41,8 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import polyqueue
+from polyqueue.testing import drop_schema
 
-HERE = Path(__file__).resolve()
+#: How the worker subprocesses start: this module again, with ``--worker``.
+WORKER_COMMAND = [sys.executable, "-m", "polyqueue_bench.depth_cache", "--worker"]
 
 
 # --- a private MariaDB ------------------------------------------------------------
@@ -136,7 +138,7 @@ def start_workers(
 ) -> list[subprocess.Popen[bytes]]:
     return [
         subprocess.Popen(
-            [sys.executable, str(HERE), "--worker", url, cache or "", prefix, str(concurrency)],
+            [*WORKER_COMMAND, url, cache or "", prefix, str(concurrency)],
             stdout=subprocess.DEVNULL,
         )
         for _ in range(count)
@@ -163,7 +165,7 @@ def fresh_queue(url: str, cache: str | None) -> polyqueue.Queue:
 
 
 def drop(q: polyqueue.Queue) -> None:
-    q.backend.drop_schema()
+    drop_schema(q)  # a test-only operation since the SPI split (polyqueue.testing)
     q.close()
 
 

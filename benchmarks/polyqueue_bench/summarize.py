@@ -1,6 +1,6 @@
 """Render a benchmark result JSON (from ``polyqueue bench``) as the Markdown tables of benchmarks/README.md.
 
-Usage: ``python benchmarks/summarize.py benchmarks/results/2026-11-25-3.json``
+Usage: ``python -m polyqueue_bench.summarize benchmarks/results/2026-11-25-3.json``
 """
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from polyqueue.bench import compute_checks
-
-
-def _number(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+from .report import format_value
+from .targets import compute_checks
 
 
 def summarize(result: dict[str, Any]) -> str:
@@ -34,8 +31,8 @@ def summarize(result: dict[str, Any]) -> str:
         ratio = ratios.get((f["scenario"], f["variant"], f["backend"], f["system"]))
         shown = "" if ratio is None else ("inf" if ratio == float("inf") else f"{ratio:.2f}x")
         lines.append(
-            f"| {f['scenario']} | {f['variant']} | {f['backend']} | {f['system']} | {_number(f['median'])} | "
-            f"{_number(f['min'])}-{_number(f['max'])} | {f['unit']} | {shown} |"
+            f"| {f['scenario']} | {f['variant']} | {f['backend']} | {f['system']} | {format_value(f['median'])} | "
+            f"{format_value(f['min'])}-{format_value(f['max'])} | {f['unit']} | {shown} |"
         )
     if result.get("errors"):
         lines += ["", "Failed trials:", ""] + [f"* {e}" for e in result["errors"]]
@@ -47,7 +44,7 @@ def summarize(result: dict[str, Any]) -> str:
     if checks:
         lines += ["", "| target | measured | met |", "|---|---:|---|"]
         for check in checks:
-            value = "-" if check["value"] is None else _number(check["value"])
+            value = format_value(check["value"])
             met = "yes" if check["met"] else ("not measured" if check["value"] is None else "**no**")
             lines.append(f"| {check['target']} | {value} | {met} |")
     return "\n".join(lines)
@@ -56,7 +53,7 @@ def summarize(result: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     """Print the summary of each JSON file named in ``argv``."""
     if not argv:
-        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+        print((__doc__ or "").strip().splitlines()[-1], file=sys.stderr)
         return 2
     for path in argv:
         print(summarize(json.loads(Path(path).read_text())))
