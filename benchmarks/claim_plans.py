@@ -17,37 +17,17 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 import polyqueue
 from polyqueue.backends.sql import SQLBackend
-from polyqueue.testing import drop_schema, server_url, unique_prefix
+from polyqueue.testing import drop_schema, recorded_statements, server_url, unique_prefix
 
 TYPES = [f"type_{n:02d}" for n in range(20)]
 READY_PER_TYPE = 2_500
 UNHANDLED = 50_000
-
-
-@contextmanager
-def recorded(table: str) -> Iterator[list[tuple[str, Any]]]:
-    """The statements touching ``table`` sent by any engine while the block runs."""
-    sent: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if table in statement:
-            sent.append((statement, parameters))
-
-    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
 
 
 def fill(q: polyqueue.Queue, finished: int) -> None:
@@ -143,7 +123,7 @@ def report(url: str, finished: int) -> str:
         started = time.perf_counter()
         fill(q, finished)
         filled = time.perf_counter() - started
-        with recorded(backend.jobs.name) as sent:
+        with recorded_statements(backend.jobs.name) as sent:
             jobs = q.consumer_session("plan-worker").claim(
                 ["default"], limit=100, lease=60, job_types=frozenset(TYPES)
             )

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from .errors import PolyqueueError
 from .queue import Queue, connect, parse_duration
-from .tables import dead_table, stats_table
+from .tables import cron_table, dead_table, fires_table, stats_table
 
 __all__ = ["cli", "main"]
 
@@ -195,6 +195,27 @@ def stats(ctx: click.Context, queue_name: str | None, as_json: bool, by_type: bo
         console.print(stats_table(rows, title="polyqueue stats by job type"))
     else:
         console.print(stats_table(counts))
+
+
+@cli.command()
+@click.option("--history", "history_of", default=None, metavar="NAME", help="The fires of one schedule, newest first.")
+@click.option("--limit", type=int, default=20, show_default=True, help="Fires shown with --history.")
+@click.pass_context
+def cron(ctx: click.Context, history_of: str | None, limit: int) -> None:
+    """Periodic schedules workers declared: last fire and its job, next fire, who declared it."""
+    with opened(ctx) as q:
+        if history_of is not None:
+            fires = q.fire_history(history_of, limit=limit)
+            if not fires:
+                fail(f"schedule {history_of!r} has never fired")
+            console.print(fires_table(fires, title=f"fires of {history_of}"))
+            return
+        records = q.schedules()
+        now = q.backend.db_now()
+    if not records:
+        console.print("no schedules: declare one with worker.periodic(...)")
+    else:
+        console.print(cron_table(records, now))
 
 
 @cli.command()

@@ -24,8 +24,10 @@ pair agrees on every backend. (Those functions import SQLAlchemy themselves:
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import random
+import threading
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ __all__ = [
     "TRANSIENT",
     "Backoff",
     "Jitter",
+    "Outage",
     "capped_max_attempts",
     "capped_max_attempts_sql",
     "claim_order_key",
@@ -122,6 +125,31 @@ RECONNECT = Backoff(0.1, 0.4, Jitter.NONE)
 CACHE_OUTAGE = Backoff(0.5, 5.0, Jitter.NONE)
 #: A dropped LISTEN connection.
 LISTEN_RECONNECT = Backoff(0.1, 0.8, Jitter.NONE)
+
+
+class Outage:
+    """A run of failed attempts at one activity while the database is away: warn once, back off, carry on.
+
+    ``failed`` counts a failure, logs the first of a run, and waits the
+    back-off (or until ``stop`` is set); ``recovered`` ends the run.
+    """
+
+    def __init__(self, activity: str, logger: logging.Logger, backoff: Backoff = OUTAGE) -> None:
+        self.activity = activity
+        self.logger = logger
+        self.backoff = backoff
+        self.failures = 0
+
+    def failed(self, error: BaseException, stop: threading.Event) -> None:
+        """Count ``error``, log the first of a run, and wait the back-off (returns early when ``stop`` is set)."""
+        self.failures += 1
+        if self.failures == 1:
+            self.logger.warning("%s: database unavailable, retrying: %s", self.activity, error)
+        stop.wait(self.backoff.delay(self.failures))
+
+    def recovered(self) -> None:
+        """The activity succeeded: the next failure starts a new run."""
+        self.failures = 0
 
 
 def new_token() -> int:

@@ -19,13 +19,18 @@ from . import json_codec, policy
 from .backends.base import (
     Backend,
     CancelRequest,
+    Capability,
     DeadJobsQuery,
     EnqueueBatch,
+    FireHistoryQuery,
+    FireRecord,
     JobLookup,
     OptionParser,
     PurgeRequest,
     ReadyCount,
     ReplayRequest,
+    ScheduleQuery,
+    ScheduleRecord,
     StatsRequest,
 )
 from .errors import ConfigurationError, InvalidArgument, InvalidPayload, JobNotFound
@@ -299,8 +304,8 @@ class Queue:
         return self._store(batch, connection)
 
     def _store(self, batch: list[NewJob], connection: Any) -> list[Hashable]:
-        if connection is not None and "transactional_enqueue" not in self.capabilities:
-            raise ConfigurationError(f"{self.backend.name} does not support transactional enqueue (connection=)")
+        if connection is not None:
+            self.require_capability(Capability.TRANSACTIONAL_ENQUEUE, "transactional enqueue (connection=)")
         ids = self.backend.enqueue(EnqueueBatch(batch, connection))
         if ids:
             # After the commit: a plugin that raises here must not make a stored job look unstored.
@@ -459,6 +464,26 @@ class Queue:
             raise InvalidArgument(f"purge status must be one of {', '.join(FINISHED_STATUSES)}")
         seconds = parse_duration(older_than, "older_than")
         return self.backend.purge(PurgeRequest(status, seconds, check_int(batch_size, "batch_size", 1, 100_000)))
+
+    def schedules(self, names: Iterable[str] | None = None) -> list[ScheduleRecord]:
+        """The periodic schedules workers declared (of ``names``, or all), each with its newest fire.
+
+        Needs the ``periodic`` capability (:class:`ConfigurationError` without it).
+        """
+        wanted = None if names is None else [check_name(n, "schedule name") for n in names]
+        self.require_capability(Capability.PERIODIC, "periodic jobs")
+        return self.backend.schedules(ScheduleQuery(wanted))
+
+    def fire_history(self, schedule: str, limit: int = 100) -> list[FireRecord]:
+        """The fires of one periodic schedule, newest first: each slot, when it fired and the job it created."""
+        name = check_name(schedule, "schedule name")
+        self.require_capability(Capability.PERIODIC, "periodic jobs")
+        return self.backend.fire_history(FireHistoryQuery(name, check_int(limit, "limit", 1, 1_000_000)))
+
+    def require_capability(self, capability: Capability, what: str) -> None:
+        """Raise :class:`ConfigurationError` naming ``what`` unless the backend has ``capability``."""
+        if capability not in self.capabilities:
+            raise ConfigurationError(f"{self.backend.name} has no {what} (the {capability.value!r} capability)")
 
     def require(self, job_id: Hashable) -> Job:
         """Like :meth:`get` but raises :class:`JobNotFound`."""

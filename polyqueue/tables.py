@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from rich.table import Table
 
-__all__ = ["STATUS_COLUMNS", "dead_table", "stats_table"]
+__all__ = ["STATUS_COLUMNS", "cron_table", "dead_table", "fires_table", "stats_table"]
 
 STATUS_COLUMNS = ("pending", "scheduled", "processing", "done", "dead", "cancelled")
 
@@ -43,4 +44,47 @@ def dead_table(jobs: list[Any], title: str = "dead letters") -> Table:
             job.finished_at.strftime("%Y-%m-%d %H:%M:%S") if job.finished_at else "",
             error[0][:80] if error else "",
         )
+    return table
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else ""
+
+
+def cron_table(records: list[Any], now: datetime, title: str = "periodic schedules") -> Table:
+    """A rich table of declared schedules: the last slot fired and its job, the next slot, who declared it.
+
+    Slots are wall times in each schedule's own time zone.
+    """
+    from rich.markup import escape
+
+    from .periodic import Schedule
+
+    table = Table(title=title)
+    for column in ("name", "schedule", "job", "last fire", "next fire", "declared (UTC)"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        spec, last = record.spec, record.last_fire
+        schedule = Schedule.build(spec.cron, spec.job_type, name=spec.name, queue=spec.queue, timezone=spec.timezone)
+        after = max(now, last.slot_at) if last is not None else now
+        fired = "never" if last is None else f"{last.slot} (job {last.job_id})"
+        table.add_row(
+            escape(spec.name),
+            escape(schedule.describe()),
+            escape(f"{spec.job_type} on {spec.queue}"),
+            escape(fired),
+            schedule.next_slot(after).key,
+            f"{_when(record.declared_at)} by {escape(record.declared_by)}",
+        )
+    return table
+
+
+def fires_table(fires: list[Any], title: str) -> Table:
+    """A rich table of one schedule's fires, newest first."""
+    table = Table(title=title)
+    for column in ("slot", "due (UTC)", "fired (UTC)", "job id"):
+        table.add_column(column)
+    for fire in fires:
+        job = "" if fire.job_id is None else str(fire.job_id)
+        table.add_row(fire.slot, _when(fire.slot_at), _when(fire.fired_at), job)
     return table

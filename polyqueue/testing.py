@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +19,7 @@ __all__ = [
     "backends_required",
     "drop_schema",
     "reachable",
+    "recorded_statements",
     "require_server",
     "server_url",
     "unique_prefix",
@@ -68,6 +71,29 @@ def drop_schema(queue: Any) -> bool:
     except NotImplementedError:
         return False
     return True
+
+
+@contextmanager
+def recorded_statements(containing: str = "") -> Iterator[list[tuple[str, Any]]]:
+    """Every SQL statement (text, parameters) any SQLAlchemy engine sends inside the block, optionally filtered.
+
+    ``containing`` keeps only statements whose text contains it (a table
+    name, say). For tests and benchmarks that count or EXPLAIN what
+    polyqueue sends.
+    """
+    import sqlalchemy as sa
+
+    sent: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if containing in statement:
+            sent.append((statement, parameters))
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
 
 
 def require_server(kind: str) -> str:

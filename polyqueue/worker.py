@@ -22,8 +22,10 @@ from types import FrameType
 from typing import Any
 
 from . import policy
+from .backends.base import Capability
 from .errors import BackendUnavailable, ConfigurationError, InvalidArgument, InvalidPayload, LeaseLost, PolyqueueError
 from .job import Job, JobStatus
+from .periodic import DEFAULT_CATCH_UP_LIMIT, Schedule, Scheduler
 from .queue import Queue, default_worker_id
 from .validation import check_int, check_name, check_seconds, queue_list
 
@@ -105,6 +107,8 @@ class Worker:
             self.worker_id, max_attempts=self.max_attempts, outage_patience=_OUTAGE_PATIENCE
         )
         self.handlers: dict[str, Handler] = {}
+        #: Periodic schedules this worker declares, by name (see :meth:`periodic`).
+        self.schedules: dict[str, Schedule] = {}
         self.processed = 0
         self.failed = 0
         self._stopping = threading.Event()
@@ -140,6 +144,55 @@ class Worker:
         """Decorator form of :meth:`register`."""
         return lambda fn: self.register(job_type, fn)
 
+    def periodic(
+        self,
+        cron: str,
+        job_type: str | None = None,
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        timezone: str = "UTC",
+        priority: int = 0,
+        catch_up: str = "latest",
+        catch_up_limit: int = DEFAULT_CATCH_UP_LIMIT,
+        max_attempts: int | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Enqueue a ``job_type`` job at every slot of ``cron``; each slot fires once across every worker.
+
+        ``cron`` is five fields (``"*/5 * * * *"``), six with seconds first,
+        or ``@hourly``/``@daily``/``@weekly``/``@monthly``/``@yearly``, in
+        ``timezone`` (an IANA name; DST handled: a skipped wall time fires once
+        at the jump, a repeated one once). ``name`` (default: the job type)
+        identifies the schedule: every worker declaring the same name shares
+        its slots. ``catch_up`` says what happens to slots missed while no
+        worker ran: ``"latest"`` fires the newest once, ``"none"`` skips them,
+        ``"all"`` fires up to ``catch_up_limit`` of them. Used as a decorator
+        on a function, it also registers the function as the handler (of
+        ``job_type``, or of the function's name). Raises
+        :class:`InvalidArgument` for a bad cron expression, zone or payload.
+        """
+        options: dict[str, Any] = dict(name=name, queue=queue, timezone=timezone, priority=priority,
+                                       catch_up=catch_up, catch_up_limit=catch_up_limit, max_attempts=max_attempts,
+                                       max_payload_bytes=self.queue.max_payload_bytes)  # fmt: skip
+
+        def declare(kind: str) -> Schedule:
+            schedule = Schedule.build(cron, kind, payload, **options)
+            if schedule.name in self.schedules:
+                raise InvalidArgument(f"a schedule named {schedule.name!r} is already declared on this worker")
+            self.schedules[schedule.name] = schedule
+            return schedule
+
+        declared = declare(job_type) if job_type is not None else None
+        if declared is None:
+            Schedule.build(cron, "placeholder", payload, **options)  # check now, not when decorating
+
+        def decorate(fn: Handler) -> Handler:
+            kind = declared.job_type if declared is not None else declare(getattr(fn, "__name__", "")).job_type
+            return self.register(kind, fn)
+
+        return decorate
+
     # --- running --------------------------------------------------------------
     def stop(self) -> None:
         """Ask ``run`` to stop claiming, finish or release in-flight jobs, and return."""
@@ -151,23 +204,44 @@ class Worker:
         """Process jobs until stopped (SIGTERM/SIGINT or :meth:`stop`); with ``burst``, until nothing is ready.
 
         Returns the number of jobs whose handler succeeded during this call.
-        Raises :class:`ConfigurationError` when no handler is registered.
+        With periodic schedules it also fires their slots (in burst mode, the
+        ones missed while no worker ran). Raises :class:`ConfigurationError`
+        when there is neither a handler nor a schedule, or when the backend
+        has no periodic jobs.
         """
-        if not self.handlers:
+        if not self.handlers and not self.schedules:
             raise ConfigurationError("the worker has no handlers: register one with worker.register() first")
+        scheduler = self._scheduler()
         self._stopping.clear()
         succeeded_before = self.processed
         restore = self._install_signal_handlers()
-        wakeups = None if burst else self.session.wakeup_source(self.queues, self.job_types)
+        wakeups = None if burst or not self.handlers else self.session.wakeup_source(self.queues, self.job_types)
         self._start_threads()
+        schedule_thread = None
         try:
-            self._claim_loop(burst, wakeups)
+            if scheduler is not None and burst:
+                scheduler.start()
+            elif scheduler is not None:
+                schedule_thread = threading.Thread(target=scheduler.run, name="polyqueue-periodic", daemon=True)
+                schedule_thread.start()
+            if self.handlers:
+                self._claim_loop(burst, wakeups)
+            elif not burst:
+                self._stopping.wait()
         finally:
             self._shutdown()
+            if schedule_thread is not None:
+                schedule_thread.join(self.shutdown_timeout)
             if wakeups is not None:
                 wakeups.close()
             restore()
         return self.processed - succeeded_before
+
+    def _scheduler(self) -> Scheduler | None:
+        if not self.schedules:
+            return None
+        self.queue.require_capability(Capability.PERIODIC, "periodic jobs")
+        return Scheduler(self.queue, list(self.schedules.values()), self.worker_id, self._stopping)
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -248,7 +322,7 @@ class Worker:
 
     def _claim_loop(self, burst: bool, wakeups: Any) -> None:
         idle_sleep = self.poll_interval[0]
-        outage = 0
+        outage = policy.Outage("claims", log)
         should_claim, probe_said_due = True, False
         while not self._stopping.is_set():
             with self._lock:
@@ -265,12 +339,9 @@ class Worker:
                 jobs = self.session.claim(
                     self.queues, limit=min(free, self.batch_size), lease=self.lease, job_types=self.job_types
                 )
-                outage = 0
+                outage.recovered()
             except BackendUnavailable as exc:
-                outage += 1
-                if outage == 1:
-                    log.warning("database unavailable, retrying: %s", exc)
-                self._stopping.wait(policy.OUTAGE.delay(outage))
+                outage.failed(exc, self._stopping)
                 continue
             if jobs:
                 # Work flows: neither the back-off nor "the probe's claim came back empty" applies any more.

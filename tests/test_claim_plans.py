@@ -8,8 +8,6 @@ benchmarks/claim_plans.py`` shows the same plans with 1M finished rows.)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -17,23 +15,9 @@ import sqlalchemy as sa
 
 import polyqueue
 from polyqueue.backends.sql import SQLBackend
+from polyqueue.testing import recorded_statements
 
 TYPES = frozenset(f"type_{n:02d}" for n in range(20))
-
-
-@contextmanager
-def recorded(table: str) -> Iterator[list[tuple[str, Any]]]:
-    sent: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if table in statement:
-            sent.append((statement, parameters))
-
-    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
@@ -80,7 +64,7 @@ def test_a_typed_claim_reads_only_the_ready_index(busy_queue: polyqueue.Queue) -
     backend = busy_queue.backend
     assert isinstance(backend, SQLBackend)
     table, ready = backend.jobs.name, f"{backend.prefix}jobs_ready"
-    with recorded(table) as sent:
+    with recorded_statements(table) as sent:
         jobs = busy_queue.claim(limit=100, job_types=TYPES)
     assert len(jobs) == 100 and {j.job_type for j in jobs} <= TYPES
     assert [j.priority for j in jobs] == [2] * 100

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,36 @@ def test_full_cycle(tmp_path: Path) -> None:
     assert run("cancel", delayed.stdout.strip(), url=url).returncode == 0
     purged = run("purge", "--older-than", "0", url=url)
     assert purged.returncode == 0 and "purged 1 done" in purged.stdout
+
+
+CRON_HANDLERS = """
+def setup(worker):
+    worker.periodic("* * * * * *", "tick", name="every-second")
+    worker.register("tick", lambda job: None)
+"""
+
+
+def test_cron_lists_schedules_and_their_fires(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    assert run("migrate", url=url).returncode == 0
+    assert "no schedules" in run("cron", url=url).stdout
+    (tmp_path / "cronjobs.py").write_text(CRON_HANDLERS)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "polyqueue.cli", "--url", url, "worker", "cronjobs"], cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "job" not in run("cron", url=url).stdout and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        worker.terminate()
+        assert worker.wait(60) == 0
+    listed = run("cron", url=url)
+    assert listed.returncode == 0 and "every-second" in listed.stdout and "(job " in listed.stdout
+    history = run("cron", "--history", "every-second", url=url)
+    assert history.returncode == 0 and "fires of every-second" in history.stdout
+    assert_clean_error(run("cron", "--history", "nope", url=url), "never fired")
 
 
 @pytest.mark.parametrize(

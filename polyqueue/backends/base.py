@@ -40,14 +40,23 @@ __all__ = [
     "ClaimRequest",
     "ClaimResult",
     "DeadJobsQuery",
+    "DeclareSchedules",
     "DueProbe",
     "EnqueueBatch",
     "ExtendRequest",
+    "FireHistoryQuery",
+    "FireRecord",
+    "FireRequest",
+    "FireResult",
     "JobLookup",
     "OptionParser",
     "PurgeRequest",
     "ReadyCount",
     "ReplayRequest",
+    "ScheduleQuery",
+    "ScheduleRecord",
+    "ScheduleSpec",
+    "ScheduleState",
     "SettleRequest",
     "Settlement",
     "StatsRequest",
@@ -69,6 +78,7 @@ class Capability(enum.StrEnum):
     TRANSACTIONAL_ENQUEUE = "transactional_enqueue"  #: enqueue(..., connection=conn)
     MULTI_PROCESS = "multi_process"  #: several processes may share the queue
     DEPTH_CACHE = "depth_cache"  #: depth() answered from a cache
+    PERIODIC = "periodic"  #: declare_schedules / fire / schedules: each (schedule, slot) fires once
 
 
 CAPABILITIES = frozenset(Capability)
@@ -218,7 +228,11 @@ class ReplayRequest:
 
 @dataclass(frozen=True, slots=True)
 class PurgeRequest:
-    """Finished jobs of ``status`` older than ``older_than`` seconds, deleted ``batch_size`` at a time."""
+    """Finished jobs of ``status`` older than ``older_than`` seconds, deleted ``batch_size`` at a time.
+
+    A purge of ``done`` jobs also deletes periodic fire rows as old, keeping
+    each schedule's newest (the catch-up rule needs it).
+    """
 
     status: str
     older_than: float
@@ -231,6 +245,96 @@ class WakeupRequest:
 
     queues: Sequence[str]
     job_types: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSpec:
+    """A periodic schedule as a worker declares it (what ``polyqueue cron`` lists)."""
+
+    name: str
+    cron: str
+    timezone: str
+    job_type: str
+    queue: str
+    priority: int
+    payload_json: str
+    catch_up: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeclareSchedules:
+    """A worker starting with these schedules: record them (upsert by name) and report their last fires."""
+
+    schedules: Sequence[ScheduleSpec]
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FireRecord:
+    """One slot that fired: the slot key, when it fell due and when it fired (DB clock), and its job."""
+
+    schedule: str
+    slot: str
+    slot_at: datetime
+    fired_at: datetime
+    job_id: Hashable | None
+
+
+@dataclass(slots=True)
+class ScheduleState:
+    """What a declaration found: the database clock, and each declared schedule's newest fire (if any)."""
+
+    db_now: datetime
+    last_fires: dict[str, FireRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FireRequest:
+    """Fire one slot of a schedule: store ``(schedule, slot)`` and ``job`` in one transaction, once.
+
+    Nothing is stored when DB-now is before ``slot_at`` (``due`` False) or
+    when the slot already fired (``fired`` False).
+    """
+
+    schedule: str
+    slot: str
+    slot_at: datetime
+    job: NewJob
+
+
+@dataclass(slots=True)
+class FireResult:
+    """What a fire did: ``fired`` (this call created the job), ``due`` (DB-now had reached the slot), the clock."""
+
+    fired: bool
+    due: bool
+    job_id: Hashable | None
+    db_now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleQuery:
+    """The declared schedules (of ``names``, or all)."""
+
+    names: Sequence[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FireHistoryQuery:
+    """The fires of one schedule, newest first, at most ``limit``."""
+
+    schedule: str
+    limit: int = 100
+
+
+@dataclass(slots=True)
+class ScheduleRecord:
+    """A declared schedule, who declared it last and when, and its newest fire."""
+
+    spec: ScheduleSpec
+    declared_at: datetime
+    declared_by: str
+    last_fire: FireRecord | None
 
 
 class WakeupSource(Protocol):
@@ -449,3 +553,29 @@ class Backend(abc.ABC):
     def wakeup_source(self, request: WakeupRequest) -> WakeupSource | None:
         """A push wake-up source for idle workers, or None (the worker then polls)."""
         return None
+
+    # --- periodic jobs (the ``periodic`` capability) ----------------------
+    def declare_schedules(self, request: DeclareSchedules) -> ScheduleState:
+        """Record the schedules (insert or update by name, with the worker and DB-now) and return their last fires.
+
+        Idempotent. One short transaction; the state returned carries DB-now.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no periodic jobs")
+
+    def fire(self, request: FireRequest) -> FireResult:
+        """Fire one slot, atomically and at most once per ``(schedule, slot)`` across every process.
+
+        In one transaction: read DB-now; if it is before ``slot_at``, store
+        nothing (``due`` False); else insert the ``(schedule, slot)`` row,
+        ignoring a duplicate (``fired`` False), and when it was new, store
+        ``request.job`` (as ``enqueue`` would) and record its id on the row.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no periodic jobs")
+
+    def schedules(self, query: ScheduleQuery) -> list[ScheduleRecord]:
+        """The declared schedules with their newest fire, by name."""
+        raise NotImplementedError(f"{type(self).__name__} has no periodic jobs")
+
+    def fire_history(self, query: FireHistoryQuery) -> list[FireRecord]:
+        """The fires of one schedule, newest slot first (``[]`` for an unknown name)."""
+        raise NotImplementedError(f"{type(self).__name__} has no periodic jobs")

@@ -114,8 +114,8 @@ class MySQLBackend(SQLBackend):
 
     def __init__(self, url: sa.engine.URL, options: dict[str, Any]) -> None:
         super().__init__(url, options)
-        self.jobs.dialect_kwargs.update(mysql_engine="InnoDB", mysql_charset="utf8mb4")
-        self.schema_table.dialect_kwargs.update(mysql_engine="InnoDB", mysql_charset="utf8mb4")
+        for table in self.metadata.tables.values():
+            table.dialect_kwargs.update(mysql_engine="InnoDB", mysql_charset="utf8mb4")
         self._bulk_sql: dict[tuple[int, bool], str] = {}
 
     # ------------------------------------------------------------------
@@ -180,7 +180,7 @@ class MySQLBackend(SQLBackend):
             ]
         )
         collation = exact_collation(available)
-        for table in (self.jobs, self.schema_table):
+        for table in self.metadata.tables.values():
             table.dialect_kwargs["mysql_collate"] = collation
         super().migrate()
 
@@ -424,6 +424,10 @@ class MySQLBackend(SQLBackend):
             if count in (1, _BULK_ROWS):
                 self._bulk_sql[key] = text
         return text
+
+    def insert_ignoring_duplicates(self, connection: Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+        """``INSERT IGNORE``: a duplicate key becomes a warning and no row (0 rows affected)."""
+        return connection.execute(sa.insert(table).values(**values).prefix_with("IGNORE")).rowcount == 1
 
     def insert_ignoring_live_duplicate(self, connection: Connection, row: dict[str, Any]) -> Hashable | None:
         """``ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)`` makes the driver report the live job's id."""

@@ -243,10 +243,9 @@ class PostgreSQLBackend(SQLBackend):
     # ------------------------------------------------------------------
     # Producing
     # ------------------------------------------------------------------
-    def insert_ignoring_live_duplicate(self, connection: Connection, row: dict[str, Any]) -> Hashable | None:
-        """``INSERT ... ON CONFLICT DO NOTHING RETURNING id``."""
-        stmt = pg.insert(self.jobs).values(**row).on_conflict_do_nothing().returning(self.jobs.c.id)
-        return connection.execute(stmt).scalar()
+    def conflict_insert(self, table: sa.Table) -> Any:
+        """PostgreSQL's ``INSERT`` with ``ON CONFLICT``."""
+        return pg.insert(table)
 
     def insert_rows(self, connection: Connection, rows: list[dict[str, Any]]) -> list[Hashable]:
         """One ``INSERT ... SELECT FROM ROWS FROM (json_array_elements_text(...)) ... RETURNING id``.

@@ -65,8 +65,9 @@ PROCESSING_SQL = status_literal(JobStatus.PROCESSING)
 LIVE_SQL = [status_literal(s) for s in LIVE_STATUSES]
 FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 
-#: Bumped whenever ``migrate`` has new work to do. 3: the ready index leads with (queue, job_type).
-SCHEMA_VERSION = 3
+#: Bumped whenever ``migrate`` has new work to do. 3: the ready index leads with (queue, job_type);
+#: 4: the periodic schedules and fires tables.
+SCHEMA_VERSION = 4
 
 #: Job's fields in declaration order: rows are read in this order and passed to Job positionally.
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
@@ -82,6 +83,7 @@ SQL_CAPABILITIES = frozenset(
         Capability.DELAYED,
         Capability.TRANSACTIONAL_ENQUEUE,
         Capability.MULTI_PROCESS,
+        Capability.PERIODIC,
     }
 )
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
@@ -152,6 +154,7 @@ class SQLBackend(Backend):
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
             sa.Column("version", sa.Integer, nullable=False),
         )
+        self.schedules_table, self.fires_table = self._build_periodic_tables()
         for index in self.indexes(self.jobs):
             index._set_parent(self.jobs)
         self._columns = list(self.jobs.c)
@@ -238,9 +241,26 @@ class SQLBackend(Backend):
         """Serialise concurrent ``migrate`` calls (advisory lock, GET_LOCK, BEGIN IMMEDIATE)."""
         yield
 
+    def conflict_insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT with ``on_conflict_do_nothing()`` (PostgreSQL's and SQLite's constructs)."""
+        raise NotImplementedError(f"{type(self).__name__} has no INSERT ... ON CONFLICT")
+
     def insert_ignoring_live_duplicate(self, connection: Connection, row: dict[str, Any]) -> Hashable | None:
-        """Insert one job that has a dedupe key; return its new id, or None if a live duplicate exists."""
-        raise NotImplementedError
+        """Insert one job that has a dedupe key; return its new id, or None if a live duplicate exists.
+
+        The default is ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` on :meth:`conflict_insert`.
+        """
+        stmt = self.conflict_insert(self.jobs).values(**row).on_conflict_do_nothing().returning(self.jobs.c.id)
+        return connection.execute(stmt).scalar()  # type: ignore[no-any-return]
+
+    def insert_ignoring_duplicates(self, connection: Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+        """Insert one row unless a unique key already holds it; True if it was inserted.
+
+        The default is ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` on :meth:`conflict_insert`.
+        """
+        key = next(iter(table.primary_key))
+        stmt = self.conflict_insert(table).values(**values).on_conflict_do_nothing().returning(key)
+        return connection.execute(stmt).first() is not None
 
     def insert_rows(self, connection: Connection, rows: list[dict[str, Any]]) -> list[Hashable]:
         """Insert jobs without dedupe keys in one round trip per page; ids in input order.
@@ -327,6 +347,35 @@ class SQLBackend(Backend):
             sa.Column("result", LONG_TEXT, nullable=True),
             *self.extra_columns(),
         )
+
+    def _build_periodic_tables(self) -> tuple[sa.Table, sa.Table]:
+        """The declared schedules, and a row per fired ``(schedule, slot)``: its primary key makes a slot fire once."""
+        when = self.time_type
+        schedules = sa.Table(
+            f"{self.prefix}schedules",
+            self.metadata,
+            sa.Column("name", sa.String(255), primary_key=True),
+            sa.Column("cron", sa.String(255), nullable=False),
+            sa.Column("timezone", sa.String(64), nullable=False),
+            sa.Column("job_type", sa.String(255), nullable=False),
+            sa.Column("queue", sa.String(255), nullable=False),
+            sa.Column("priority", sa.Integer, nullable=False),
+            sa.Column("payload", LONG_TEXT, nullable=False),
+            sa.Column("catch_up", sa.String(16), nullable=False),
+            sa.Column("declared_at", when(), nullable=False),
+            sa.Column("declared_by", sa.String(255), nullable=False),
+        )
+        fires = sa.Table(
+            f"{self.prefix}fires",
+            self.metadata,
+            sa.Column("name", sa.String(255), primary_key=True),
+            sa.Column("slot", sa.String(32), primary_key=True),
+            sa.Column("slot_at", when(), nullable=False),
+            sa.Column("fired_at", when(), nullable=False),
+            sa.Column("job_id", sa.BigInteger, nullable=True),
+            sa.Index(f"{self.prefix}fires_newest", "name", "slot_at"),
+        )
+        return schedules, fires
 
     def migrate(self) -> None:
         """Create the tables and indexes if missing and record the schema version."""
@@ -860,6 +909,119 @@ class SQLBackend(Backend):
         return self._run_fenced([(request.jobs, values)], self._fence)
 
     # ------------------------------------------------------------------
+    # Periodic jobs
+    # ------------------------------------------------------------------
+    def _newest_fires(self, conn: Connection, names: Sequence[str] | None) -> dict[str, spi.FireRecord]:
+        f = self.fires_table
+        later = f.alias("later")
+        newer = sa.exists().where(later.c.name == f.c.name, later.c.slot_at > f.c.slot_at)
+        stmt = sa.select(f.c.name, f.c.slot, f.c.slot_at, f.c.fired_at, f.c.job_id).where(~newer)
+        if names is not None:
+            stmt = stmt.where(f.c.name.in_(list(names)))
+        newest: dict[str, spi.FireRecord] = {}
+        for name, slot, slot_at, fired_at, job_id in conn.execute(stmt):
+            known = newest.get(name)
+            if known is None or slot > known.slot:
+                newest[name] = spi.FireRecord(name, slot, slot_at, fired_at, job_id)
+        return newest
+
+    def declare_schedules(self, request: spi.DeclareSchedules) -> spi.ScheduleState:
+        """Upsert the schedules by name and read DB-now and their newest fires, in one transaction."""
+        s = self.schedules_table
+
+        def work(conn: Connection) -> spi.ScheduleState:
+            now = conn.execute(sa.select(self.now())).scalar_one()
+            for spec in request.schedules:
+                values = {
+                    "cron": spec.cron, "timezone": spec.timezone, "job_type": spec.job_type, "queue": spec.queue,
+                    "priority": spec.priority, "payload": spec.payload_json, "catch_up": spec.catch_up,
+                    "declared_at": now, "declared_by": request.worker_id,
+                }  # fmt: skip
+                update = sa.update(s).where(s.c.name == spec.name).values(**values)
+                if not conn.execute(update).rowcount:
+                    self.insert_ignoring_duplicates(conn, s, {"name": spec.name, **values})
+            return spi.ScheduleState(now, self._newest_fires(conn, [spec.name for spec in request.schedules]))
+
+        return self._run(work)
+
+    def fire(self, request: spi.FireRequest) -> spi.FireResult:
+        """Insert the ``(schedule, slot)`` row and, when it is new, the slot's job: one transaction on the DB clock."""
+        f = self.fires_table
+
+        def work(conn: Connection) -> spi.FireResult:
+            now = conn.execute(sa.select(self.now())).scalar_one()
+            if now < request.slot_at:
+                return spi.FireResult(fired=False, due=False, job_id=None, db_now=now)
+            row = {"name": request.schedule, "slot": request.slot, "slot_at": request.slot_at, "fired_at": now}
+            if not self.insert_ignoring_duplicates(conn, f, row):
+                return spi.FireResult(fired=False, due=True, job_id=None, db_now=now)
+            (job_id,) = self._enqueue_in(conn, [request.job])
+            conn.execute(
+                sa.update(f).where(f.c.name == request.schedule, f.c.slot == request.slot).values(job_id=job_id)
+            )
+            self.after_enqueue(conn, {request.job.queue})
+            return spi.FireResult(fired=True, due=True, job_id=job_id, db_now=now)
+
+        return self._run(work)
+
+    def schedules(self, query: spi.ScheduleQuery) -> list[spi.ScheduleRecord]:
+        """The declared schedules and their newest fires, by name."""
+        s = self.schedules_table
+        stmt = sa.select(s).order_by(s.c.name)
+        if query.names is not None:
+            stmt = stmt.where(s.c.name.in_(list(query.names)))
+
+        def work(conn: Connection) -> list[spi.ScheduleRecord]:
+            rows = list(conn.execute(stmt))
+            newest = self._newest_fires(conn, query.names)
+            return [
+                spi.ScheduleRecord(
+                    spi.ScheduleSpec(
+                        r.name, r.cron, r.timezone, r.job_type, r.queue, r.priority, r.payload, r.catch_up
+                    ),
+                    r.declared_at,
+                    r.declared_by,
+                    newest.get(r.name),
+                )
+                for r in rows
+            ]
+
+        return self._run(work)
+
+    def fire_history(self, query: spi.FireHistoryQuery) -> list[spi.FireRecord]:
+        """The schedule's fires, newest slot first."""
+        f = self.fires_table
+        stmt = (
+            sa.select(f.c.name, f.c.slot, f.c.slot_at, f.c.fired_at, f.c.job_id)
+            .where(f.c.name == query.schedule)
+            .order_by(f.c.slot_at.desc(), f.c.slot.desc())
+            .limit(query.limit)
+        )
+        return [spi.FireRecord(*row) for row in self._run(lambda conn: list(conn.execute(stmt)))]
+
+    def _purge_fires(self, older_than: float, batch_size: int) -> None:
+        """Delete fire rows older than ``older_than`` seconds, in batches, keeping each schedule's newest."""
+        f = self.fires_table
+        later = f.alias("later")
+        doomed = (
+            sa.select(f.c.name, f.c.slot)
+            .where(
+                f.c.fired_at < self.seconds_before_now(sa.literal(float(older_than), sa.Float())),
+                sa.exists().where(later.c.name == f.c.name, later.c.slot_at > f.c.slot_at),
+            )
+            .limit(batch_size)
+        )
+
+        def work(conn: Connection) -> int:
+            keys = [(r[0], r[1]) for r in conn.execute(doomed)]
+            if not keys:
+                return 0
+            return conn.execute(sa.delete(f).where(sa.tuple_(f.c.name, f.c.slot).in_(keys))).rowcount
+
+        while self._run(work):
+            pass
+
+    # ------------------------------------------------------------------
     # Inspecting and managing
     # ------------------------------------------------------------------
     def get(self, lookup: spi.JobLookup) -> Job | None:
@@ -1010,4 +1172,6 @@ class SQLBackend(Backend):
             deleted = self._run(work)
             total += deleted
             if deleted == 0:
+                if status == JobStatus.DONE:
+                    self._purge_fires(request.older_than, request.batch_size)
                 return total

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -179,9 +179,8 @@ class SQLiteBackend(SQLBackend):
         """``BEGIN IMMEDIATE`` already serialises migrations."""
         yield
 
-    def insert_ignoring_live_duplicate(self, connection: Connection, row: dict[str, Any]) -> Hashable | None:
-        """``INSERT ... ON CONFLICT DO NOTHING RETURNING id``."""
+    def conflict_insert(self, table: sa.Table) -> Any:
+        """SQLite's ``INSERT`` with ``ON CONFLICT``."""
         from sqlalchemy.dialects.sqlite import insert
 
-        stmt = insert(self.jobs).values(**row).on_conflict_do_nothing().returning(self.jobs.c.id)
-        return connection.execute(stmt).scalar()
+        return insert(table)

@@ -9,6 +9,8 @@ Modes:
   slow READY SECONDS      run a worker whose handler writes READY, sleeps SECONDS, returns "slept"
   crash                   run a worker whose handler kills the process (os._exit)
   migrate                 run Queue.migrate()
+  periodic SECONDS THREADS CRON NAME
+                          run THREADS workers (threads) that declare schedule NAME (job type "tick") for SECONDS
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -84,6 +87,20 @@ def main(argv: list[str]) -> int:
 
         worker.register("crash", crash)
         worker.run(burst=True)
+        return 0
+    if mode == "periodic":
+        seconds, threads, cron, name = float(args[0]), int(args[1]), args[2], args[3]
+        workers = [polyqueue.Worker(q) for _ in range(threads)]
+        for worker in workers:
+            worker.periodic(cron, "tick", name=name)
+        runners = [threading.Thread(target=worker.run) for worker in workers]
+        for runner in runners:
+            runner.start()
+        time.sleep(seconds)
+        for worker in workers:
+            worker.stop()
+        for runner in runners:
+            runner.join(60)
         return 0
     print(f"unknown mode {mode!r}", file=sys.stderr)
     return 2

@@ -53,6 +53,7 @@ __all__ = [
     "TestJobTypes",
     "TestLeases",
     "TestMigrate",
+    "TestPeriodic",
     "TestPurge",
     "TestRetries",
     "TestStats",
@@ -1021,6 +1022,141 @@ class TestCrashRecovery:
         assert proc.wait(30) == 0
         job = queue.get(job_id)
         assert job is not None and (job.status, job.attempts) == ("pending", 0)
+
+
+# ---------------------------------------------------------------------------
+def _run_for(worker: polyqueue.Worker, seconds: float) -> None:
+    """Run ``worker`` in a thread for about ``seconds``, then stop it."""
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    time.sleep(seconds)
+    worker.stop()
+    runner.join(60)
+    assert not runner.is_alive()
+
+
+def _slot_seconds(fires: list[Any]) -> list[int]:
+    """Fired slots of an every-second UTC schedule as whole epoch seconds, oldest first."""
+    return sorted(int(datetime.fromisoformat(f.slot).replace(tzinfo=UTC).timestamp()) for f in fires)
+
+
+@requires(Capability.PERIODIC)
+class TestPeriodic:
+    """Each slot of a schedule fires exactly once across every worker that declares it."""
+
+    @requires(Capability.MULTI_PROCESS)
+    def test_many_workers_fire_each_slot_exactly_once(self, queue: polyqueue.Queue) -> None:
+        procs = [spawn(queue, "periodic", "20", "2", "* * * * * *", "every-second") for _ in range(4)]
+        for p in procs:
+            assert p.wait(120) == 0
+        fires = queue.fire_history("every-second", limit=10_000)
+        seconds = _slot_seconds(fires)
+        assert len(seconds) >= 10, f"only {len(seconds)} slots fired in 20 s"
+        assert seconds == list(range(seconds[0], seconds[-1] + 1)), "a slot was skipped"
+        job_ids = [f.job_id for f in fires]
+        assert None not in job_ids and len(set(job_ids)) == len(fires)
+        assert queue.stats_by_type()["default"]["tick"]["pending"] == len(fires), "a slot fired twice"
+
+    def test_a_worker_started_after_missed_slots_fires_once(self, queue: polyqueue.Queue) -> None:
+        first = polyqueue.Worker(queue)
+        first.periodic("* * * * * *", "tick", name="missed")
+        _run_for(first, 2.5)
+        before = queue.fire_history("missed")
+        assert before, "the first worker never fired"
+        time.sleep(3.5)  # at least three slots pass with no worker declaring the schedule
+        late = polyqueue.Worker(queue)
+        late.periodic("* * * * * *", "tick", name="missed")
+        late.run(burst=True)
+        after = queue.fire_history("missed")
+        assert len(after) == len(before) + 1, "the missed slots must fire once, not once each"
+        now = queue.backend.db_now()
+        assert (now - after[0].slot_at).total_seconds() < 2, "the catch-up fires the latest missed slot"
+
+    @pytest.mark.parametrize(("catch_up", "at_least", "at_most"), [("none", 0, 0), ("all", 3, 6)])
+    def test_catch_up_none_and_all(self, queue: polyqueue.Queue, catch_up: str, at_least: int, at_most: int) -> None:
+        first = polyqueue.Worker(queue)
+        first.periodic("* * * * * *", "tick", name=f"catch-{catch_up}")
+        _run_for(first, 2.5)
+        before = len(queue.fire_history(f"catch-{catch_up}"))
+        time.sleep(3.5)
+        late = polyqueue.Worker(queue)
+        late.periodic("* * * * * *", "tick", name=f"catch-{catch_up}", catch_up=catch_up)
+        late.run(burst=True)
+        fired = len(queue.fire_history(f"catch-{catch_up}")) - before
+        assert at_least <= fired <= at_most
+
+    def test_dst_slots_fire_once_each(self, queue: polyqueue.Queue) -> None:
+        from polyqueue.backends.base import FireRequest
+        from polyqueue.job import NewJob
+        from polyqueue.periodic import Schedule
+
+        daily = Schedule.build("30 2 * * *", "tick", name="berlin-0230", timezone="Europe/Berlin")
+        half_hourly = Schedule.build("*/30 * * * *", "tick", name="berlin-30min", timezone="Europe/Berlin")
+        spring = (datetime(2026, 3, 27, tzinfo=UTC), datetime(2026, 3, 31, tzinfo=UTC))
+        autumn = (datetime(2026, 10, 24, 22, tzinfo=UTC), datetime(2026, 10, 25, 3, 10, tzinfo=UTC))
+        plans = [(daily, *spring), (daily, *autumn), (half_hourly, *autumn)]
+        for schedule, start, end in plans:
+            slots = schedule.latest_slots(start, end, 1000)
+            for _ in range(2):  # every slot twice: the second attempt must store nothing
+                for slot in slots:
+                    job = NewJob("default", "tick", "null", 0, 5, 0.0, None)
+                    queue.backend.fire(FireRequest(schedule.name, slot.key, slot.at, job))
+        daily_fires = {f.slot: f.slot_at for f in queue.fire_history("berlin-0230")}
+        assert daily_fires["2026-03-29T02:30:00"] == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)  # skipped: at the jump
+        assert daily_fires["2026-10-25T02:30:00"] == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)  # repeated: once
+        assert len(daily_fires) == 5
+        fall_back = [f.slot for f in queue.fire_history("berlin-30min")][::-1]
+        assert fall_back == [f"2026-10-25T{t}:00" for t in ("00:30", "01:00", "01:30", "02:00", "02:30", "03:00",
+                                                          "03:30", "04:00")], fall_back  # fmt: skip
+        assert queue.stats()["pending"] == 5 + 8
+
+    def test_a_removed_schedule_stops_firing_and_keeps_its_history(self, queue: polyqueue.Queue) -> None:
+        both = polyqueue.Worker(queue)
+        both.periodic("* * * * * *", "tick", name="kept")
+        both.periodic("* * * * * *", "tick", name="removed")
+        _run_for(both, 2.5)
+        removed_before = len(queue.fire_history("removed"))
+        kept_before = len(queue.fire_history("kept"))
+        assert removed_before >= 1 and kept_before >= 1
+        only = polyqueue.Worker(queue)
+        only.periodic("* * * * * *", "tick", name="kept")
+        _run_for(only, 2.5)
+        assert len(queue.fire_history("removed")) == removed_before
+        assert len(queue.fire_history("kept")) > kept_before
+        listed = {record.spec.name: record for record in queue.schedules()}
+        assert set(listed) == {"kept", "removed"}
+        assert listed["removed"].last_fire is not None
+        assert listed["removed"].declared_at < listed["kept"].declared_at
+
+    def test_fires_run_as_jobs_and_old_fire_rows_are_purged(self, queue: polyqueue.Queue) -> None:
+        worker = polyqueue.Worker(queue, concurrency=2)
+        ran: list[Any] = []
+
+        @worker.periodic("* * * * * *", payload={"report": "daily"}, name="reports")
+        def build_report(job: Job) -> None:
+            ran.append(job.payload)
+
+        _run_for(worker, 3.5)
+        fires = queue.fire_history("reports")
+        assert fires and all(p == {"report": "daily"} for p in ran) and ran
+        assert queue.purge("done", older_than=0) >= 1
+        kept = queue.fire_history("reports")
+        assert [f.slot for f in kept] == [fires[0].slot] or len(kept) <= 1
+
+    def test_bad_schedules_are_refused(self, queue: polyqueue.Queue) -> None:
+        worker = polyqueue.Worker(queue)
+        for bad in ("* * * *", "61 * * * *", "", "@sometimes", "* * * * * * *"):
+            with pytest.raises(InvalidArgument):
+                worker.periodic(bad, "tick")
+        with pytest.raises(InvalidArgument, match="time zone"):
+            worker.periodic("* * * * *", "tick", timezone="Mars/Olympus")
+        with pytest.raises(InvalidArgument):
+            worker.periodic("* * * * *", "tick", catch_up="sometimes")
+        with pytest.raises(InvalidPayload):
+            worker.periodic("* * * * *", "tick", payload={1, 2})
+        worker.periodic("* * * * *", "tick")
+        with pytest.raises(InvalidArgument, match="already declared"):
+            worker.periodic("*/2 * * * *", "tick")
 
 
 # ---------------------------------------------------------------------------

@@ -161,6 +161,27 @@ class DepthCachedBackend(Backend):
         """The wrapped backend's after-commit hook."""
         return self.inner.run_after_commit(connection, action)
 
+    # --- periodic jobs ---------------------------------------------------------
+    def declare_schedules(self, request: spi.DeclareSchedules) -> spi.ScheduleState:
+        """Declared on the wrapped backend."""
+        return self.inner.declare_schedules(request)
+
+    def fire(self, request: spi.FireRequest) -> spi.FireResult:
+        """Fired on the wrapped backend; the job a fire creates is counted and wakes workers, as an enqueue's."""
+        began = time.monotonic()
+        result = self.inner.fire(request)
+        if result.fired and result.job_id is not None:
+            self._add(request.job.queue, [(result.job_id, 0.0, False)], time.monotonic() - began)
+        return result
+
+    def schedules(self, query: spi.ScheduleQuery) -> list[spi.ScheduleRecord]:
+        """The wrapped backend's schedules."""
+        return self.inner.schedules(query)
+
+    def fire_history(self, query: spi.FireHistoryQuery) -> list[spi.FireRecord]:
+        """The wrapped backend's fires."""
+        return self.inner.fire_history(query)
+
     def _count_arrivals(self, arrivals: Sequence[tuple[NewJob, Hashable]], elapsed: float) -> None:
         by_queue: dict[str, list[tuple[Hashable, float, bool]]] = defaultdict(list)
         now = datetime.now(UTC)

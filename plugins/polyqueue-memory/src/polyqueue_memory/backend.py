@@ -38,7 +38,7 @@ from polyqueue import json_codec, policy
 from polyqueue.backends import base as spi
 from polyqueue.backends.base import Backend, BackendOptions, Capability, ChangeWatcher
 from polyqueue.errors import ConfigurationError, SchemaMissing
-from polyqueue.job import STATUSES, Job, JobStatus, ReplayResult, int_job_id
+from polyqueue.job import STATUSES, Job, JobStatus, NewJob, ReplayResult, int_job_id
 
 __all__ = ["MemoryBackend", "MemoryWakeups"]
 
@@ -151,6 +151,10 @@ class _Store:
         self.counts: dict[str, dict[str, int]] = {}
         self.generation: dict[str, int] = {}
         self.dropped = False
+        #: Declared periodic schedules by name: (spec, declared_at, declared_by).
+        self.schedules: dict[str, tuple[spi.ScheduleSpec, int, str]] = {}
+        #: Fired slots: (schedule, slot) -> the fire; the key is what makes a slot fire once.
+        self.fires: dict[tuple[str, str], spi.FireRecord] = {}
 
     # --- bookkeeping ----------------------------------------------------------
     def set_status(self, row: _Row, status: str) -> None:
@@ -364,7 +368,9 @@ class MemoryBackend(Backend):
     """Jobs in this process's memory: ``memory://`` or ``memory://NAME``. Thread-safe, single-process."""
 
     name = "memory"
-    capabilities = frozenset({Capability.DEDUPE, Capability.PRIORITIES, Capability.DELAYED, Capability.NOTIFY})
+    capabilities = frozenset(
+        {Capability.DEDUPE, Capability.PRIORITIES, Capability.DELAYED, Capability.NOTIFY, Capability.PERIODIC}
+    )
     #: Where ``polyqueue compat`` runs the conformance suite for this backend (it needs no server).
     conformance_url: ClassVar[str | None] = "memory://conformance"
 
@@ -428,38 +434,95 @@ class MemoryBackend(Backend):
         """Store the batch atomically under the store's lock; live duplicates return the live job's id."""
         if batch.connection is not None:
             raise ConfigurationError("the memory backend has no transactions to enqueue into (connection=)")
-        jobs = batch.jobs
-        if not jobs:
+        if not batch.jobs:
             return []
         store = self._store()
+        with store.lock:
+            return self._insert(store, batch.jobs, _clock().now())
+
+    @staticmethod
+    def _insert(store: _Store, jobs: Sequence[NewJob], now: int) -> list[Hashable]:
+        """Store new jobs (the store's lock held); a live duplicate dedupe key returns the live job's id."""
         absolute = [None if job.run_at is None else _to_us(job.run_at) for job in jobs]
         ids: list[Hashable] = []
+        for job, run_at in zip(jobs, absolute, strict=True):
+            if job.dedupe_key is not None:
+                live = store.live_keys.get((job.queue, job.dedupe_key))
+                if live is not None:
+                    ids.append(live)
+                    continue
+            row = _Row(
+                id=store.next_id,
+                queue=job.queue,
+                job_type=job.job_type,
+                payload=job.payload_json,
+                priority=job.priority,
+                status=JobStatus.PENDING,
+                attempts=0,
+                max_attempts=job.max_attempts,
+                run_at=run_at if run_at is not None else now + _seconds_to_us(job.delay_seconds),
+                created_at=now,
+                dedupe_key=job.dedupe_key,
+            )
+            store.next_id += 1
+            store.insert(row, now)
+            ids.append(row.id)
+        store.signal({job.queue for job in jobs})
+        return ids
+
+    # --- periodic jobs ----------------------------------------------------------------
+    def _newest_fire(self, store: _Store, name: str) -> spi.FireRecord | None:
+        fires = [f for (schedule, _), f in store.fires.items() if schedule == name]
+        return max(fires, key=lambda f: (f.slot_at, f.slot), default=None)
+
+    def declare_schedules(self, request: spi.DeclareSchedules) -> spi.ScheduleState:
+        """Record the schedules by name and report the clock and their newest fires."""
+        store = self._store()
         with store.lock:
             now = _clock().now()
-            for job, run_at in zip(jobs, absolute, strict=True):
-                if job.dedupe_key is not None:
-                    live = store.live_keys.get((job.queue, job.dedupe_key))
-                    if live is not None:
-                        ids.append(live)
-                        continue
-                row = _Row(
-                    id=store.next_id,
-                    queue=job.queue,
-                    job_type=job.job_type,
-                    payload=job.payload_json,
-                    priority=job.priority,
-                    status=JobStatus.PENDING,
-                    attempts=0,
-                    max_attempts=job.max_attempts,
-                    run_at=run_at if run_at is not None else now + _seconds_to_us(job.delay_seconds),
-                    created_at=now,
-                    dedupe_key=job.dedupe_key,
-                )
-                store.next_id += 1
-                store.insert(row, now)
-                ids.append(row.id)
-            store.signal({job.queue for job in jobs})
-        return ids
+            for spec in request.schedules:
+                store.schedules[spec.name] = (spec, now, request.worker_id)
+            newest = {spec.name: self._newest_fire(store, spec.name) for spec in request.schedules}
+            clock = _to_datetime(now)
+            assert clock is not None
+            return spi.ScheduleState(clock, {name: fire for name, fire in newest.items() if fire is not None})
+
+    def fire(self, request: spi.FireRequest) -> spi.FireResult:
+        """Store the ``(schedule, slot)`` fire and its job under the store's lock, once, when due by the clock."""
+        store = self._store()
+        with store.lock:
+            now = _clock().now()
+            clock = _to_datetime(now)
+            assert clock is not None
+            if clock < request.slot_at:
+                return spi.FireResult(fired=False, due=False, job_id=None, db_now=clock)
+            key = (request.schedule, request.slot)
+            if key in store.fires:
+                return spi.FireResult(fired=False, due=True, job_id=None, db_now=clock)
+            (job_id,) = self._insert(store, [request.job], now)
+            store.fires[key] = spi.FireRecord(request.schedule, request.slot, request.slot_at, clock, job_id)
+            return spi.FireResult(fired=True, due=True, job_id=job_id, db_now=clock)
+
+    def schedules(self, query: spi.ScheduleQuery) -> list[spi.ScheduleRecord]:
+        """The declared schedules with their newest fires, by name."""
+        store = self._store()
+        with store.lock:
+            names = sorted(store.schedules if query.names is None else set(query.names) & set(store.schedules))
+            records = []
+            for name in names:
+                spec, declared_at, declared_by = store.schedules[name]
+                when = _to_datetime(declared_at)
+                assert when is not None
+                records.append(spi.ScheduleRecord(spec, when, declared_by, self._newest_fire(store, name)))
+            return records
+
+    def fire_history(self, query: spi.FireHistoryQuery) -> list[spi.FireRecord]:
+        """The schedule's fires, newest slot first."""
+        store = self._store()
+        with store.lock:
+            fires = [f for (schedule, _), f in store.fires.items() if schedule == query.schedule]
+        fires.sort(key=lambda f: (f.slot_at, f.slot), reverse=True)
+        return fires[: query.limit]
 
     # --- consuming ------------------------------------------------------------------
     def claim(self, request: spi.ClaimRequest) -> spi.ClaimResult:
@@ -709,7 +772,18 @@ class MemoryBackend(Backend):
                     if row is not None and row.status == status:
                         store.delete(row)
                         deleted += 1
+        if status == JobStatus.DONE:
+            self._purge_fires(store, cutoff)
         return deleted
+
+    def _purge_fires(self, store: _Store, cutoff: int) -> None:
+        """Fires older than ``cutoff``, each schedule's newest kept."""
+        moment = _to_datetime(cutoff)
+        with store.lock:
+            newest = {self._newest_fire(store, name) for name, _ in store.fires}
+            for key, fire in list(store.fires.items()):
+                if fire not in newest and moment is not None and fire.fired_at < moment:
+                    del store.fires[key]
 
     # --- waiting --------------------------------------------------------------------
     def wakeup_source(self, request: spi.WakeupRequest) -> MemoryWakeups:
