@@ -198,14 +198,20 @@ def test_the_ready_sets_hold_the_policys_claim_order(q: polyqueue.Queue) -> None
          "run_at": base + timedelta(seconds=rng.randrange(4))}
         for _ in range(80)
     ]  # fmt: skip
-    q.enqueue_many(specs)
+    ids = q.enqueue_many(specs)
     backend = _backend(q)
-    members = backend.store.command(lambda c: c.zrange(backend.layout.base("default") + ":r", 0, -1))
-    stored = [f"default:{int(m[17:])}" for m in members]
-    jobs = [q.get(i) for i in stored]
-    in_python = sorted(jobs, key=lambda j: policy.claim_order_key(j.priority, j.run_at, int(j.id.split(":")[1])))  # type: ignore[union-attr]
-    assert stored == [j.id for j in in_python]  # type: ignore[union-attr]
-    assert [j.id for j in q.claim(limit=80)] == stored
+
+    def in_claim_order(job_ids: list[Any]) -> list[Any]:
+        jobs = [q.get(i) for i in job_ids]
+        number = lambda job: int(job.id.split(":")[1])  # noqa: E731 - ids order by their number within a queue
+        return [j.id for j in sorted(jobs, key=lambda j: policy.claim_order_key(j.priority, j.run_at, number(j)))]  # type: ignore[union-attr]
+
+    for job_type in "ab":
+        ready = backend.layout.base("default") + ":r:" + job_type
+        members = backend.store.command(lambda c, key=ready: c.zrange(key, 0, -1))
+        stored = [f"default:{int(m[17:])}" for m in members]
+        assert stored == in_claim_order([i for i, spec in zip(ids, specs, strict=True) if spec["job_type"] == job_type])
+    assert [j.id for j in q.claim(limit=80)] == in_claim_order(ids), "a claim of every type merges them in order"
 
 
 def _queues_on_every_master(q: polyqueue.Queue, per_master: int = 2) -> list[str]:
@@ -423,3 +429,20 @@ def test_depth_is_read_natively_and_agrees_with_the_counts(q: polyqueue.Queue) -
     by_type = q.stats_by_type()["default"]
     assert by_type["a"]["pending"] == 2 and by_type["a"]["scheduled"] == 1 and by_type["b"]["scheduled"] == 0
     assert q.backend.cached_depth("nowhere") == 0
+
+
+# --- the compat matrix -----------------------------------------------------------------------------------
+def test_polyqueue_compat_gets_a_redis_cluster_column() -> None:
+    """``polyqueue compat`` picks the column from the class's conformance_url; run two of its cells here."""
+    from polyqueue.conformance import matrix as compat
+
+    [target] = [t for t in compat.plugin_targets() if t.key == "redis"]
+    assert target.label.startswith("Redis Cluster (plugin polyqueue-redis")
+    assert target.url == cluster_url() and not target.unavailable
+    cells = ["TestClaimOrder::test_fifo_order", "TestTransactionalEnqueue::test_commit_makes_the_job_visible"]
+    made = compat.collect_matrix([target], only={"redis": cells})
+    column = made["backends"]["redis"]
+    assert column["status"] == "ran" and column["server_version"].startswith(("Redis 7", "Valkey"))
+    assert "cluster" in column["server_version"]
+    results = {name: test["results"]["redis"]["outcome"] for name, test in made["tests"].items()}
+    assert results == {cells[0]: "passed", cells[1]: "skipped"}

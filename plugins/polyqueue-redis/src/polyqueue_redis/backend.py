@@ -30,6 +30,7 @@ as due, one script per queue.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ from polyqueue.backends import base as spi
 from polyqueue.backends.base import Backend, BackendOptions, Capability
 from polyqueue.errors import BackendUnavailable, ConfigurationError, InvalidArgument, SchemaMissing
 from polyqueue.job import Job, JobStatus, ReplayResult
+from polyqueue.testing import server_url
 
 from .layout import FIELDS, MAX_TIME_US, Layout, decode_job, from_us, job_id, parse_job_id, queue_tag, to_us
 from .store import Call, RedisStore, Unreached
@@ -111,8 +113,9 @@ class RedisBackend(Backend):
         "reconnect_seconds": _option_seconds,
         "socket_timeout": _option_seconds,
     }
-    #: The cluster ``.ci/services`` starts; ``polyqueue compat`` runs its Redis Cluster column there.
-    conformance_url: ClassVar[str | None] = "redis+cluster://127.0.0.1:7000/"
+    #: Where ``polyqueue compat`` runs its Redis Cluster column: the cluster ``.ci/services`` starts, or
+    #: ``$POLYQUEUE_TEST_REDIS_CLUSTER_URL`` when set (read when this module is imported).
+    conformance_url: ClassVar[str | None] = server_url("redis_cluster")
     #: The compat matrix's heading for that column.
     conformance_label: ClassVar[str] = "Redis Cluster"
 
@@ -427,7 +430,7 @@ class RedisBackend(Backend):
         return spi.ClaimResult([job for _key, job in keyed], dead)
 
     def _plan(self, tags: list[str], types: list[str], limit: int, dead: list[Job]) -> dict[str, int]:
-        """How many jobs to claim from each queue: the best ``limit`` of every queue's peek, merged in claim order."""
+        """How many jobs to claim from each queue: every queue's best ``limit``, merged in claim order."""
         calls = [
             self._call("peek", tag, str(limit), str(policy.RESCUE_BATCH), str(PROMOTE_BATCH), *types) for tag in tags
         ]
@@ -444,13 +447,13 @@ class RedisBackend(Backend):
                 continue
             _ok, _now, members, dead_rows = reply
             dead.extend(decode_job(tag, row[0], row[1:]) for row in dead_rows)
-            for member, score in zip(members[::2], members[1::2], strict=True):
-                run_at, number = int(member[:17]), int(member[17:])
-                candidates.append((policy.claim_order_key(-int(float(score)), run_at, (tag, number)), tag))
+            candidates.extend(
+                (policy.claim_order_key(-int(float(score)), int(member[:17]), (tag, int(member[17:]))), tag)
+                for member, score in zip(members[::2], members[1::2], strict=True)
+            )
         if missing == len(tags):
             self._require_schema()
-        candidates.sort(key=lambda pair: pair[0])
-        return dict(Counter(tag for _key, tag in candidates[:limit]))
+        return dict(Counter(tag for _key, tag in heapq.nsmallest(limit, candidates, key=lambda pair: pair[0])))
 
     def _note_leases(self, earliest: dict[str, str]) -> None:
         """Lower the lease index of queues whose earliest lease expiry moved earlier (``ZADD LT``)."""
@@ -605,9 +608,14 @@ class RedisBackend(Backend):
         return bool(reply)
 
     def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
-        """Counts per queue (and job type) by status, plus ``scheduled``; queues without jobs are absent."""
+        """Counts per queue (and job type) by status, plus ``scheduled``; queues without jobs are absent.
+
+        Pending, scheduled and processing are the sizes of the queue's sorted
+        sets; finished counts are the finished sets' sizes (by type: a counter
+        per status and type).
+        """
         tags = self._queue_tags(request.queue)
-        calls = [self._call("stats", tag, "1" if request.by_type else "0") for tag in tags]
+        calls = [self._call("stats", tag) for tag in tags]
         out: dict[str, dict[str, Any]] = {}
         names = {**self._known_queues}
         if request.queue is not None:
@@ -617,20 +625,27 @@ class RedisBackend(Backend):
                 continue
             tag = _tag_of(call, self.layout)
             name = names.get(tag) or self._registered().get(tag, tag)
-            counts = _pairs(reply[2])
-            if sum(counts.values()) <= 0:
-                continue
-            if not request.by_type:
-                out[name] = {**{s: counts.get(s, 0) for s in _STATUSES}, "scheduled": int(reply[3])}
-                continue
+            _ok, _now, live, finished, finished_by_type = reply
             by_type: dict[str, dict[str, int]] = {}
-            for key, value in _pairs(reply[4]).items():
-                status, _, job_type = key.partition("|")
-                by_type.setdefault(job_type, dict.fromkeys((*_STATUSES, "scheduled"), 0))[status] = value
-            scheduled = reply[5]
-            for job_type, value in zip(scheduled[::2], scheduled[1::2], strict=True):
-                by_type[job_type]["scheduled"] = int(value)
-            out[name] = {t: c for t, c in by_type.items() if any(c[s] for s in _STATUSES)}
+            for i in range(0, len(live), 4):
+                counts = by_type.setdefault(live[i], dict.fromkeys((*_STATUSES, "scheduled"), 0))
+                counts["pending"], counts["scheduled"], counts["processing"] = map(int, live[i + 1 : i + 4])
+            if request.by_type:
+                for key, value in _pairs(finished_by_type).items():
+                    status, _, job_type = key.partition("|")
+                    by_type.setdefault(job_type, dict.fromkeys((*_STATUSES, "scheduled"), 0))[status] = value
+                kept = {t: c for t, c in by_type.items() if any(c[s] for s in _STATUSES)}
+                if kept:
+                    out[name] = kept
+                continue
+            totals = dict.fromkeys((*_STATUSES, "scheduled"), 0)
+            for counts in by_type.values():
+                for key in ("pending", "scheduled", "processing"):
+                    totals[key] += counts[key]
+            for status, value in zip(_FINISHED, finished, strict=True):
+                totals[status] = int(value)
+            if any(totals[s] for s in _STATUSES):
+                out[name] = totals
         return out
 
     def count_ready(self, request: spi.ReadyCount) -> int:
@@ -723,6 +738,8 @@ class RedisBackend(Backend):
 
 
 _STATUSES = (JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.DONE, JobStatus.DEAD, JobStatus.CANCELLED)
+#: The finished statuses, in the order the stats script counts them.
+_FINISHED = (JobStatus.DONE, JobStatus.DEAD, JobStatus.CANCELLED)
 
 
 def _status(reply: Any) -> str | None:

@@ -13,18 +13,23 @@ Per queue, under ``{PREFIX:TAG}``:
 ========================  =====================================================================
 ``:m``                    meta hash: ``name`` (the queue name), ``seq`` (the last job number)
 ``:j:N``                  job N, a hash of the :data:`FIELDS`
-``:r``, ``:r:TYPE``       ready jobs (pending, due): sorted set, score -priority, member
+``:types``                set: every job type the queue has had
+``:r:TYPE``               ready jobs (pending, due): sorted set, score -priority, member
                           ``run_at`` (17 digits of microseconds) + N (19 digits), so Redis's
                           order (score, then member bytes) is the policy's claim order
-``:d``, ``:d:TYPE``       delayed jobs (pending, not yet due): sorted set of N by ``run_at``
+``:d:TYPE``               delayed jobs (pending, not yet due): sorted set of N by ``run_at``
 ``:l``, ``:l:TYPE``       processing jobs: sorted set of N by ``lease_expires_at``
 ``:f:STATUS``             finished jobs (done, dead, cancelled): sorted set of N by ``finished_at``
-``:c``, ``:ct``           counts by status, and by ``STATUS|TYPE``
+``:ct``                   finished jobs by ``STATUS|TYPE`` (the other counts are the sets' sizes)
 ``:u:KEY``                a live job's dedupe key (``SET NX``), holding N
-``:b:BATCH``              ids an enqueue batch got (expires): a retried enqueue returns them
-``:k:TOKEN``              job numbers a claim took (expires with the lease): a retried claim returns them
+``:b:BATCH``              ids an enqueue batch got (expires): a resent enqueue returns them
+``:k:TOKEN``              job numbers a claim took (expires with the lease): a resent claim returns them
 ``:w``                    sharded pub/sub channel: the job types just made ready
 ========================  =====================================================================
+
+Ready and delayed jobs are kept per type only: a claim of some types never
+touches the others, and a worker claims the types it has handlers for. A
+claim, count or probe of every type goes over the queue's ``:types``.
 
 Job ids are ``TAG:N`` (``emails:42``): text naming its queue's slot and its number.
 """

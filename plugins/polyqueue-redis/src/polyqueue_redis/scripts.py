@@ -42,6 +42,8 @@ __all__ = [
 
 _PRELUDE = """
 local FIELDS = {@FIELDS@}
+local F = {}
+for i, name in ipairs(FIELDS) do F[name] = i end
 local BASE = ARGV[1]
 local RESENT = ARGV[2] == '1'
 local function now_us()
@@ -57,26 +59,23 @@ local function read(ns)
   table.insert(f, 1, ns)
   return f
 end
-local function count(status, t, delta)
-  redis.call('HINCRBY', BASE .. ':c', status, delta)
-  redis.call('HINCRBY', BASE .. ':ct', status .. '|' .. t, delta)
+-- The job types a call names (ARGV from `first` on), or every type the queue has had.
+local function types_from(first)
+  if #ARGV < first then return redis.call('SMEMBERS', BASE .. ':types') end
+  local types = {}
+  for i = first, #ARGV do types[#types + 1] = ARGV[i] end
+  return types
 end
 -- Make a pending job findable: ready when due, else delayed.
 local function index_pending(ns, t, pr, ra, now)
   if ra <= now then
-    local m = member(ra, ns)
-    redis.call('ZADD', BASE .. ':r', -pr, m)
-    redis.call('ZADD', BASE .. ':r:' .. t, -pr, m)
+    redis.call('ZADD', BASE .. ':r:' .. t, -pr, member(ra, ns))
   else
-    redis.call('ZADD', BASE .. ':d', fmt(ra), ns)
     redis.call('ZADD', BASE .. ':d:' .. t, fmt(ra), ns)
   end
 end
 local function unindex_pending(ns, t, ra)
-  local m = member(ra, ns)
-  redis.call('ZREM', BASE .. ':r', m)
-  redis.call('ZREM', BASE .. ':r:' .. t, m)
-  redis.call('ZREM', BASE .. ':d', ns)
+  redis.call('ZREM', BASE .. ':r:' .. t, member(ra, ns))
   redis.call('ZREM', BASE .. ':d:' .. t, ns)
 end
 local function unindex_lease(ns, t)
@@ -87,9 +86,13 @@ end
 local function release_key(dk, ns)
   if dk and redis.call('GET', BASE .. ':u:' .. dk) == ns then redis.call('DEL', BASE .. ':u:' .. dk) end
 end
-local function finish(ns, status, t, dk, now)
-  redis.call('HSET', jkey(ns), 'fa', fmt(now))
+local function count_finished(status, t, delta)
+  redis.call('HINCRBY', BASE .. ':ct', status .. '|' .. t, delta)
+end
+-- The bookkeeping of a job that just finished (its status and finished_at are written by the caller).
+local function finished(ns, status, t, dk, now)
   redis.call('ZADD', BASE .. ':f:' .. status, fmt(now), ns)
+  count_finished(status, t, 1)
   release_key(dk, ns)
 end
 local function publish(types)
@@ -110,63 +113,52 @@ local function rescue(now, limit)
       local status = @EXPIRED_STATUS@
       redis.call('HSET', jkey(ns), 'er', @EXPIRED_ERROR@, 's', status)
       redis.call('HDEL', jkey(ns), 'lb', 'le')
-      count('processing', t, -1)
-      count(status, t, 1)
       if status == 'pending' then
         index_pending(ns, t, tonumber(f[6]), tonumber(f[7]), now)
       else
-        finish(ns, status, t, f[8], now)
+        redis.call('HSET', jkey(ns), 'fa', fmt(now))
+        finished(ns, status, t, f[8], now)
         dead[#dead + 1] = read(ns)
       end
     end
   end
   return dead
 end
--- Delayed jobs that are due move to the ready sets (of the given types, or of every type).
+-- Delayed jobs of these types that are due move to their ready sets.
 local function promote(types, now, limit)
-  local sets = {}
-  if #types == 0 then sets[1] = BASE .. ':d' end
-  for _, t in ipairs(types) do sets[#sets + 1] = BASE .. ':d:' .. t end
-  for _, set in ipairs(sets) do
-    local due = redis.call('ZRANGEBYSCORE', set, '-inf', fmt(now), 'LIMIT', 0, limit)
+  for _, t in ipairs(types) do
+    local due = redis.call('ZRANGEBYSCORE', BASE .. ':d:' .. t, '-inf', fmt(now), 'LIMIT', 0, limit)
     for _, ns in ipairs(due) do
-      local f = redis.call('HMGET', jkey(ns), 't', 'pr', 'ra')
-      redis.call('ZREM', BASE .. ':d', ns)
-      redis.call('ZREM', BASE .. ':d:' .. f[1], ns)
-      index_pending(ns, f[1], tonumber(f[2]), tonumber(f[3]), now)
+      local f = redis.call('HMGET', jkey(ns), 'pr', 'ra')
+      redis.call('ZREM', BASE .. ':d:' .. t, ns)
+      index_pending(ns, t, tonumber(f[1]), tonumber(f[2]), now)
     end
   end
 end
--- The first `limit` ready members in claim order, with their scores: of every type (one sorted set) or
--- of some types (their sets merged by the policy's claim order).
+-- The first `limit` ready members of these types in claim order: {member, score, ...}, and the type of each
+-- (nil when there is one type). One type is one range read; several are merged by the policy's claim order.
 local function best(types, limit)
-  if #types == 0 then return redis.call('ZRANGE', BASE .. ':r', 0, limit - 1, 'WITHSCORES') end
-  if #types == 1 then return redis.call('ZRANGE', BASE .. ':r:' .. types[1], 0, limit - 1, 'WITHSCORES') end
+  if #types == 1 then return redis.call('ZRANGE', BASE .. ':r:' .. types[1], 0, limit - 1, 'WITHSCORES'), nil end
   local rows = {}
   for _, t in ipairs(types) do
     local got = redis.call('ZRANGE', BASE .. ':r:' .. t, 0, limit - 1, 'WITHSCORES')
     for i = 1, #got, 2 do
-      local m = got[i]
-      local score = got[i + 1]
-      rows[#rows + 1] = {-tonumber(score), tonumber(string.sub(m, 1, 17)), tonumber(string.sub(m, 18)), m, score}
+      local m, score = got[i], got[i + 1]
+      rows[#rows + 1] = {-tonumber(score), tonumber(string.sub(m, 1, 17)), tonumber(string.sub(m, 18)), m, score, t}
     end
   end
   table.sort(rows, function(a, b) return @CLAIM_BEFORE@ end)
-  local out = {}
+  local out, kinds = {}, {}
   for i = 1, math.min(limit, #rows) do
     out[#out + 1] = rows[i][4]
     out[#out + 1] = rows[i][5]
+    kinds[i] = rows[i][6]
   end
-  return out
+  return out, kinds
 end
 local function earliest_lease()
   local m = redis.call('ZRANGE', BASE .. ':l', 0, 0, 'WITHSCORES')
   return m[2] or ''
-end
-local function types_from(first)
-  local types = {}
-  for i = first, #ARGV do types[#types + 1] = ARGV[i] end
-  return types
 end
 """
 
@@ -197,16 +189,22 @@ for i = 6, #ARGV, 7 do
   else
     local ra = now + tonumber(ARGV[i + 4])
     if ARGV[i + 5] ~= '' then ra = tonumber(ARGV[i + 5]) end
-    redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
-      'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0')
-    if dk ~= '' then redis.call('HSET', jkey(ns), 'dk', dk) end
+    if dk ~= '' then
+      redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
+        'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0', 'dk', dk)
+    else
+      redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
+        'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0')
+    end
     index_pending(ns, t, pr, ra, now)
-    count('pending', t, 1)
     ids[#ids + 1] = ns
     fresh[#fresh + 1] = '1'
     types[t] = true
   end
 end
+local known = {}
+for t in pairs(types) do known[#known + 1] = t end
+if #known > 0 then redis.call('SADD', BASE .. ':types', unpack(known)) end
 local joined, flags = table.concat(ids, ','), table.concat(fresh)
 if ARGV[4] ~= '' then
   redis.call('HSET', record, 'ids', joined, 'fresh', flags)
@@ -227,7 +225,6 @@ for i = 4, #ARGV do
   if f[1] == 'pending' and f[2] == '0' then
     unindex_pending(ns, f[3], tonumber(f[4]))
     release_key(f[5], ns)
-    count('pending', f[3], -1)
     redis.call('DEL', jkey(ns))
   elseif f[1] then
     kept[#kept + 1] = ns
@@ -237,7 +234,7 @@ return kept
 """
 
 # KEYS[1] meta. ARGV: base, resent, limit, lease (us), worker id, token, attempt cap ('' for none), rescue batch,
-# promote batch, then the job types ('' list for every type).
+# promote batch, then the job types (none: every type).
 # Returns {'OK', now, jobs, dead, lowered ('1' when a lease now expires before every earlier one), earliest lease}.
 CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOQUEUE'} end
@@ -257,26 +254,28 @@ end
 local dead = rescue(now, tonumber(ARGV[8]))
 local types = types_from(10)
 promote(types, now, tonumber(ARGV[9]))
-local picked = best(types, tonumber(ARGV[3]))
+local picked, kinds = best(types, tonumber(ARGV[3]))
 local expires = now + tonumber(ARGV[4])
 local first = earliest_lease()
 local lowered = #picked > 0 and (first == '' or expires < tonumber(first))
 local cap = tonumber(ARGV[7])
 local jobs, numbers = {}, {}
+local until_ = fmt(expires)
 for i = 1, #picked, 2 do
-  local m = picked[i]
+  local m, t = picked[i], types[1]
+  if kinds then t = kinds[(i + 1) / 2] end
   local ns = fmt(tonumber(string.sub(m, 18)))
-  local f = redis.call('HMGET', jkey(ns), 't', 'a', 'ma')
-  local t, stored = f[1], tonumber(f[3])
-  redis.call('ZREM', BASE .. ':r', m)
+  local row = read(ns)
+  local stored = tonumber(row[F.ma + 1])
+  local attempts = fmt(tonumber(row[F.a + 1]) + 1)
+  local limit = fmt(@CAPPED@)
   redis.call('ZREM', BASE .. ':r:' .. t, m)
-  redis.call('HSET', jkey(ns), 's', 'processing', 'a', fmt(tonumber(f[2]) + 1), 'ma', fmt(@CAPPED@),
-    'tk', token, 'lb', ARGV[5], 'le', fmt(expires))
-  redis.call('ZADD', BASE .. ':l', fmt(expires), ns)
-  redis.call('ZADD', BASE .. ':l:' .. t, fmt(expires), ns)
-  count('pending', t, -1)
-  count('processing', t, 1)
-  jobs[#jobs + 1] = read(ns)
+  redis.call('HSET', jkey(ns), 's', 'processing', 'a', attempts, 'ma', limit, 'tk', token, 'lb', ARGV[5], 'le', until_)
+  redis.call('ZADD', BASE .. ':l', until_, ns)
+  redis.call('ZADD', BASE .. ':l:' .. t, until_, ns)
+  row[F.s + 1], row[F.a + 1], row[F.ma + 1], row[F.tk + 1], row[F.lb + 1], row[F.le + 1] =
+    'processing', attempts, limit, token, ARGV[5], until_
+  jobs[#jobs + 1] = row
   numbers[#numbers + 1] = ns
 end
 if #numbers > 0 then
@@ -285,16 +284,17 @@ end
 return {'OK', fmt(now), jobs, dead, lowered and '1' or '0', earliest_lease()}
 """
 
-# KEYS[1] meta. ARGV: base, resent, limit, rescue batch, promote batch, then the job types.
+# KEYS[1] meta. ARGV: base, resent, limit, rescue batch, promote batch, then the job types (none: every type).
 # A multi-queue claim's first step: rescue and promote as a claim would, then show the best `limit` ready members.
-# Returns {'OK', now, members with scores, dead}.
+# Returns {'OK', now, {member, score, ...}, dead}.
 PEEK = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOQUEUE'} end
 local now = now_us()
 local dead = rescue(now, tonumber(ARGV[4]))
 local types = types_from(6)
 promote(types, now, tonumber(ARGV[5]))
-return {'OK', fmt(now), best(types, tonumber(ARGV[3])), dead}
+local shown = best(types, tonumber(ARGV[3]))
+return {'OK', fmt(now), shown, dead}
 """
 
 # KEYS[1] meta. ARGV: base, resent, rescue batch. Another queue's claim rescuing this queue's expired leases.
@@ -320,8 +320,14 @@ for i = 4, #ARGV, 10 do
   if @HOLDS@ then
     local t = f[4]
     unindex_lease(ns, t)
-    redis.call('HDEL', jkey(ns), 'lb', 'le', 'fa')
+    redis.call('HDEL', jkey(ns), 'lb', 'le')
     local values = {'s', status, 'tk', settle_token}
+    if ARGV[i + 3] == '1' then
+      values[#values + 1] = 'fa'
+      values[#values + 1] = fmt(now)
+    else
+      redis.call('HDEL', jkey(ns), 'fa')
+    end
     local ra = tonumber(f[6])
     if ARGV[i + 4] ~= '' then
       ra = now + tonumber(ARGV[i + 4])
@@ -329,18 +335,18 @@ for i = 4, #ARGV, 10 do
       values[#values + 1] = fmt(ra)
     end
     local given = ARGV[i + 6]
-    if string.find(given, 'r', 1, true) then values[#values + 1] = 'rs'; values[#values + 1] = ARGV[i + 7] end
-    if string.find(given, 'e', 1, true) then values[#values + 1] = 'er'; values[#values + 1] = ARGV[i + 8] end
-    if string.find(given, 'h', 1, true) then values[#values + 1] = 'eh'; values[#values + 1] = ARGV[i + 9] end
+    if given ~= '' then
+      if string.find(given, 'r', 1, true) then values[#values + 1] = 'rs'; values[#values + 1] = ARGV[i + 7] end
+      if string.find(given, 'e', 1, true) then values[#values + 1] = 'er'; values[#values + 1] = ARGV[i + 8] end
+      if string.find(given, 'h', 1, true) then values[#values + 1] = 'eh'; values[#values + 1] = ARGV[i + 9] end
+    end
     redis.call('HSET', jkey(ns), unpack(values))
     if ARGV[i + 5] == '1' then redis.call('HINCRBY', jkey(ns), 'a', -1) end
-    count('processing', t, -1)
-    count(status, t, 1)
     if status == 'pending' then
       index_pending(ns, t, tonumber(f[5]), ra, now)
       woken[t] = true
-    elseif status ~= 'processing' then
-      if ARGV[i + 3] == '1' then finish(ns, status, t, f[7], now) else release_key(f[7], ns) end
+    elseif ARGV[i + 3] == '1' then
+      finished(ns, status, t, f[7], now)
     end
   elseif not (RESENT and tk == settle_token) then
     lost[#lost + 1] = ns
@@ -380,10 +386,8 @@ local f = redis.call('HMGET', jkey(ns), 's', 't', 'ra', 'dk', 'cx')
 if f[1] == 'pending' then
   local now = now_us()
   unindex_pending(ns, f[2], tonumber(f[3]))
-  redis.call('HSET', jkey(ns), 's', 'cancelled', 'cx', ARGV[4])
-  count('pending', f[2], -1)
-  count('cancelled', f[2], 1)
-  finish(ns, 'cancelled', f[2], f[4], now)
+  redis.call('HSET', jkey(ns), 's', 'cancelled', 'cx', ARGV[4], 'fa', fmt(now))
+  finished(ns, 'cancelled', f[2], f[4], now)
   return 1
 end
 if RESENT and f[1] == 'cancelled' and f[5] == ARGV[4] then return 1 end
@@ -409,10 +413,9 @@ for i = 4, #ARGV do
       skipped[#skipped + 1] = holder
     else
       redis.call('ZREM', BASE .. ':f:dead', ns)
+      count_finished('dead', f[3], -1)
       redis.call('HSET', jkey(ns), 's', 'pending', 'a', '0', 'ra', fmt(now))
       redis.call('HDEL', jkey(ns), 'fa', 'lb', 'le')
-      count('dead', f[3], -1)
-      count('pending', f[3], 1)
       index_pending(ns, f[3], tonumber(f[4]), now, now)
       woken[f[3]] = true
       replayed = replayed + 1
@@ -436,7 +439,7 @@ for _, ns in ipairs(doomed) do
   redis.call('ZREM', set, ns)
   if f[1] == ARGV[3] then
     redis.call('DEL', jkey(ns))
-    count(f[1], f[2], -1)
+    count_finished(f[1], f[2], -1)
     deleted = deleted + 1
   end
 end
@@ -451,70 +454,63 @@ return redis.call('HGET', KEYS[1], 'name')
 """
 
 # --- reads --------------------------------------------------------------------------------------------
-# KEYS[1] meta. ARGV: base, resent, by-type flag. Returns {now, counts hash, scheduled, [by-type counts,
-# scheduled per type]}.
+# KEYS[1] meta. ARGV: base, resent. Counts from the sets' sizes (finished ones by type from :ct).
+# Returns {'OK', now, {type, pending, scheduled, processing, ...}, {done, dead, cancelled}, finished by type}.
 STATS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOQUEUE'} end
 local now = now_us()
 local later = '(' .. fmt(now)
-local out = {'OK', fmt(now), redis.call('HGETALL', BASE .. ':c'), redis.call('ZCOUNT', BASE .. ':d', later, '+inf')}
-if ARGV[3] == '1' then
-  local by_type = redis.call('HGETALL', BASE .. ':ct')
-  local scheduled, seen = {}, {}
-  for i = 1, #by_type, 2 do
-    local t = string.sub(by_type[i], string.find(by_type[i], '|', 1, true) + 1)
-    if not seen[t] then
-      seen[t] = true
-      scheduled[#scheduled + 1] = t
-      scheduled[#scheduled + 1] = redis.call('ZCOUNT', BASE .. ':d:' .. t, later, '+inf')
-    end
-  end
-  out[5] = by_type
-  out[6] = scheduled
+local live = {}
+for _, t in ipairs(redis.call('SMEMBERS', BASE .. ':types')) do
+  local delayed = redis.call('ZCARD', BASE .. ':d:' .. t)
+  live[#live + 1] = t
+  live[#live + 1] = redis.call('ZCARD', BASE .. ':r:' .. t) + delayed
+  live[#live + 1] = redis.call('ZCOUNT', BASE .. ':d:' .. t, later, '+inf')
+  live[#live + 1] = redis.call('ZCARD', BASE .. ':l:' .. t)
 end
-return out
+local done = {}
+for i, status in ipairs({'done', 'dead', 'cancelled'}) do done[i] = redis.call('ZCARD', BASE .. ':f:' .. status) end
+return {'OK', fmt(now), live, done, redis.call('HGETALL', BASE .. ':ct')}
 """
 
 # KEYS[1] meta. ARGV: base, resent, then job types (none: every type). Ready = in a ready set, or delayed and due.
 READY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local now = fmt(now_us())
-local types = types_from(3)
-if #types == 0 then
-  return redis.call('ZCARD', BASE .. ':r') + redis.call('ZCOUNT', BASE .. ':d', '-inf', now)
-end
 local n = 0
-for _, t in ipairs(types) do
+for _, t in ipairs(types_from(3)) do
   n = n + redis.call('ZCARD', BASE .. ':r:' .. t) + redis.call('ZCOUNT', BASE .. ':d:' .. t, '-inf', now)
 end
 return n
 """
 
-# KEYS[1] meta. ARGV: base, resent, then job types. The earliest moment a job may be claimable: a ready job's
-# run_at, a delayed job's run_at, or a processing job's lease expiry. Returns {now, moment or ''}.
+# KEYS[1] meta. ARGV: base, resent, then job types (none: every type). The earliest moment a job may be
+# claimable: a ready job's run_at, a delayed job's run_at, or a processing job's lease expiry.
+# Returns {now, moment or ''}.
 DUE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'', ''} end
 local now = now_us()
-local types = types_from(3)
-local suffixes = {''}
-if #types > 0 then
-  suffixes = {}
-  for _, t in ipairs(types) do suffixes[#suffixes + 1] = ':' .. t end
-end
 local earliest = nil
 local function consider(x) if x and (earliest == nil or x < earliest) then earliest = x end end
-for _, s in ipairs(suffixes) do
-  local ready = redis.call('ZRANGE', BASE .. ':r' .. s, 0, 0)
+local every = #ARGV < 3
+for _, t in ipairs(types_from(3)) do
+  local ready = redis.call('ZRANGE', BASE .. ':r:' .. t, 0, 0)
   if ready[1] then consider(tonumber(string.sub(ready[1], 1, 17))) end
-  local delayed = redis.call('ZRANGE', BASE .. ':d' .. s, 0, 0, 'WITHSCORES')
+  local delayed = redis.call('ZRANGE', BASE .. ':d:' .. t, 0, 0, 'WITHSCORES')
   consider(tonumber(delayed[2]))
-  local leased = redis.call('ZRANGE', BASE .. ':l' .. s, 0, 0, 'WITHSCORES')
+  if not every then
+    local leased = redis.call('ZRANGE', BASE .. ':l:' .. t, 0, 0, 'WITHSCORES')
+    consider(tonumber(leased[2]))
+  end
+end
+if every then
+  local leased = redis.call('ZRANGE', BASE .. ':l', 0, 0, 'WITHSCORES')
   consider(tonumber(leased[2]))
 end
 return {fmt(now), earliest and fmt(earliest) or ''}
 """
 
-# KEYS[1] meta. ARGV: base, resent, limit. The newest dead jobs (by finished_at), with their finished_at.
+# KEYS[1] meta. ARGV: base, resent, limit. The newest dead jobs (by finished_at).
 DEAD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 local newest = redis.call('ZREVRANGE', BASE .. ':f:dead', 0, tonumber(ARGV[3]) - 1)
