@@ -116,7 +116,7 @@ def to_us(moment: datetime) -> int:
 
 def from_us(value: Any) -> datetime | None:
     """Stored microseconds (text or int) as an aware UTC datetime; None stays None."""
-    return None if value is None or value == "" else _EPOCH + timedelta(microseconds=int(value))
+    return None if value is None or value == "" else _EPOCH + _MICROSECOND * int(value)
 
 
 @dataclass(frozen=True)
@@ -166,22 +166,25 @@ def decode_job(tag: str, number: str, fields: list[Any]) -> Job:
     """A :class:`Job` from the stored :data:`FIELDS` (in their order) of job ``number`` of queue ``tag``."""
     q, t, p, pr, s, a, ma, ra, ca, fa, lb, le, er, dk, rs, tk, eh = fields
     return Job(
-        id=job_id(tag, number),
+        id=f"{tag}:{number}",
         queue=q,
         job_type=t,
-        payload=json_codec.loads(p),
+        payload=_loads(p),
         priority=int(pr),
         status=s,
         attempts=int(a),
         max_attempts=int(ma),
-        run_at=from_us(ra),
-        created_at=from_us(ca),
-        finished_at=from_us(fa),
+        run_at=_EPOCH + _MICROSECOND * int(ra),
+        created_at=_EPOCH + _MICROSECOND * int(ca),
+        finished_at=None if fa is None else _EPOCH + _MICROSECOND * int(fa),
         locked_by=lb,
-        lease_expires_at=from_us(le),
+        lease_expires_at=None if le is None else _EPOCH + _MICROSECOND * int(le),
         last_error=er,
         dedupe_key=dk,
-        result=None if rs is None else json_codec.loads(rs),
-        lease_token=int(tk or 0),
-        errors=json_codec.loads(eh) if eh else [],
+        result=None if rs is None else _loads(rs),
+        lease_token=int(tk) if tk else 0,
+        errors=_loads(eh) if eh else [],
     )
+
+
+_loads = json_codec.loads
