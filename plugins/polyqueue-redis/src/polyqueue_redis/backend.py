@@ -31,12 +31,13 @@ as due, one script per queue.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -430,11 +431,15 @@ class RedisBackend(Backend):
         return spi.ClaimResult([job for _key, job in keyed], dead)
 
     def _plan(self, tags: list[str], types: list[str], limit: int, dead: list[Job]) -> dict[str, int]:
-        """How many jobs to claim from each queue: every queue's best ``limit``, merged in claim order."""
+        """How many jobs to claim from each queue: every queue's best ``limit``, merged in claim order.
+
+        Each queue shows its jobs in claim order already, so the merge reads
+        them lazily and stops after ``limit``.
+        """
         calls = [
             self._call("peek", tag, str(limit), str(policy.RESCUE_BATCH), str(PROMOTE_BATCH), *types) for tag in tags
         ]
-        candidates: list[tuple[tuple[Any, ...], str]] = []
+        shown: list[Iterator[tuple[tuple[Any, ...], str]]] = []
         missing = 0
         patience = min(PEEK_PATIENCE, self.store.reconnect_seconds)
         for call, reply in zip(calls, self.store.run(calls, partial=True, patience=patience).replies, strict=True):
@@ -447,13 +452,11 @@ class RedisBackend(Backend):
                 continue
             _ok, _now, members, dead_rows = reply
             dead.extend(decode_job(tag, row[0], row[1:]) for row in dead_rows)
-            candidates.extend(
-                (policy.claim_order_key(-int(float(score)), int(member[:17]), (tag, int(member[17:]))), tag)
-                for member, score in zip(members[::2], members[1::2], strict=True)
-            )
+            shown.append(_candidates(tag, members))
         if missing == len(tags):
             self._require_schema()
-        return dict(Counter(tag for _key, tag in heapq.nsmallest(limit, candidates, key=lambda pair: pair[0])))
+        merged = heapq.merge(*shown, key=lambda pair: pair[0])
+        return dict(Counter(tag for _key, tag in itertools.islice(merged, limit)))
 
     def _note_leases(self, earliest: dict[str, str]) -> None:
         """Lower the lease index of queues whose earliest lease expiry moved earlier (``ZADD LT``)."""
@@ -753,6 +756,13 @@ def _tag_of(call: Call, layout: Layout) -> str:
     """The queue tag a call is routed to (from its key base ``{PREFIX:TAG}``)."""
     base: str = call.args[0]
     return base[len(layout.prefix) + 2 : -1]
+
+
+def _candidates(tag: str, members: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """A queue's peeked ready jobs (member, score, ...), in claim order, as (claim order key, tag)."""
+    for i in range(0, len(members), 2):
+        member = members[i]
+        yield policy.claim_order_key(-int(float(members[i + 1])), int(member[:17]), (tag, int(member[17:]))), tag
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, int]:

@@ -1,9 +1,10 @@
 """The connection to a Redis deployment (a cluster or one node) and how scripts and commands reach it.
 
-Scripts go to the node serving their queue's slot, one pipeline per node
-(so a call touching several queues costs one round trip per node, not per
-queue), followed by ``WAIT`` on the same connection when the call must be
-acknowledged by replicas. Errors are handled here, once:
+Scripts go to the node serving their queue's slot, one pipeline per node,
+written to every node before any reply is read (so a call touching several
+queues costs one round trip, with the masters working in parallel), followed
+by ``WAIT`` on the same connection when the call must be acknowledged by
+replicas. Errors are handled here, once:
 
 * redirections and a cluster that is reconfiguring (``MOVED``, ``ASK``,
   ``TRYAGAIN``, ``CLUSTERDOWN``, ``READONLY``, a slot no node serves) refresh
@@ -269,23 +270,26 @@ class RedisStore:
                 last, again = exc, todo
                 self.refresh()
                 groups = {}
+            # Write every master's pipeline first, then read the replies: the masters work in parallel.
+            sent: list[tuple[str, Any, list[int], Any]] = []
             for name, (node, indexes) in groups.items():
+                commands: list[tuple[Any, ...]] = [
+                    ("EVALSHA", self.shas[calls[i].script], 1, calls[i].key, *calls[i].args) for i in indexes
+                ]
+                if wanted:
+                    commands.append(("WAIT", wanted, max(1, round(self.wait_timeout * 1000))))
                 try:
                     self._load_scripts(name, node)
-                    pipe = node.pipeline(transaction=False)
-                    for i in indexes:
-                        call = calls[i]
-                        pipe.evalsha(self.shas[call.script], 1, call.key, *call.args)
-                    if wanted:
-                        pipe.wait(wanted, max(1, round(self.wait_timeout * 1000)))
-                    replies = pipe.execute(raise_on_error=False)
+                    sent.append((name, node, indexes, _send(node, commands)))
                 except self.errors as exc:
-                    # The scripts may have run before the connection broke: send them again, marked as resent.
                     last = exc
-                    for i in indexes:
-                        calls[i].mark_resent()
-                    again.extend(indexes)
-                    self.refresh()
+                    self._resend(calls, indexes, again)
+            for name, node, indexes, connection in sent:
+                try:
+                    replies = _receive(node, connection, len(indexes) + (1 if wanted else 0))
+                except self.errors as exc:
+                    last = exc
+                    self._resend(calls, indexes, again)
                     continue
                 if wanted:
                     acked = replies.pop()
@@ -322,6 +326,13 @@ class RedisStore:
                 attempt += 1
                 time.sleep(min(policy.RECONNECT.delay(attempt), max(0.0, deadline - now)))
         return outcome
+
+    def _resend(self, calls: Sequence[Call], indexes: list[int], again: list[int]) -> None:
+        """The connection broke: the scripts may have run before it did, so send them again marked as resent."""
+        for i in indexes:
+            calls[i].mark_resent()
+        again.extend(indexes)
+        self.refresh()
 
     def _group(self, calls: Sequence[Call], todo: Sequence[int]) -> dict[str, tuple[Any, list[int]]]:
         groups: dict[str, tuple[Any, list[int]]] = {}
@@ -372,6 +383,38 @@ class RedisStore:
                     raise self.unavailable(exc) from exc
                 attempt += 1
                 time.sleep(min(policy.RECONNECT.delay(attempt), max(0.0, deadline - now)))
+
+
+def _send(node: Any, commands: list[tuple[Any, ...]]) -> Any:
+    """Write ``commands`` as one pipeline on a connection of ``node``'s pool; returns the connection (still taken)."""
+    pool = node.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command(connection.pack_commands(commands))
+    except BaseException:
+        connection.disconnect()
+        pool.release(connection)
+        raise
+    return connection
+
+
+def _receive(node: Any, connection: Any, count: int) -> list[Any]:
+    """Read ``count`` replies from ``connection`` (error replies as exception objects) and give it back to the pool."""
+    from redis.exceptions import ResponseError
+
+    replies: list[Any] = []
+    try:
+        for _ in range(count):
+            try:
+                replies.append(connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        node.connection_pool.release(connection)
+    return replies
 
 
 def _transient(exc: BaseException) -> bool:
