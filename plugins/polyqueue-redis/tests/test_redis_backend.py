@@ -11,10 +11,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import cluster_url, single_node_url
 from polyqueue_redis import RedisBackend
 from polyqueue_redis.layout import parse_job_id, queue_tag
 from private_cluster import PrivateRedis, ServerUnavailable, free_port
+from redis_urls import cluster_url, single_node_url
 
 import polyqueue
 from polyqueue import policy
