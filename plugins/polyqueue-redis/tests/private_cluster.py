@@ -58,7 +58,10 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
 class _Node:
     """One redis-server process of our own."""
 
-    def __init__(self, root: Path, *, cluster: bool, node_timeout_ms: int, appendfsync: str) -> None:
+    def __init__(
+        self, root: Path, *, cluster: bool, node_timeout_ms: int, appendfsync: str, extra: tuple[str, ...] = ()
+    ) -> None:
+        self.extra = extra
         self.port = free_port()
         self.dir = root / str(self.port)
         self.dir.mkdir(parents=True)
@@ -74,6 +77,7 @@ class _Node:
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
                 "--appendonly", "yes", "--appendfsync", self.appendfsync,
                 "--logfile", str(self.dir / "redis.log")]  # fmt: skip
+        args += list(self.extra)
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                      "--cluster-node-timeout", str(self.node_timeout_ms)]  # fmt: skip
@@ -88,8 +92,11 @@ class _Node:
 
     def cli(self, *args: str) -> str:
         """Run one command with redis-cli; returns its raw output (stripped)."""
+        auth = []
+        if "--requirepass" in self.extra:
+            auth = ["--no-auth-warning", "-a", self.extra[self.extra.index("--requirepass") + 1]]
         done = subprocess.run(
-            ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args],
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *auth, *args],
             capture_output=True, text=True, timeout=20, check=False,
         )  # fmt: skip
         if done.returncode != 0:
@@ -244,11 +251,12 @@ class PrivateCluster:
 class PrivateRedis:
     """One throwaway redis-server (no cluster): for tests that count the commands a script runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         if shutil.which("redis-server") is None:
             raise ServerUnavailable("redis-server is not installed")
         self.root = Path(tempfile.mkdtemp(prefix="polyqueue-redis-"))
-        self.node = _Node(self.root, cluster=False, node_timeout_ms=0, appendfsync="no")
+        extra = ("--requirepass", password) if password else ()
+        self.node = _Node(self.root, cluster=False, node_timeout_ms=0, appendfsync="no", extra=extra)
 
     @property
     def url(self) -> str:

@@ -125,6 +125,55 @@ def test_an_unreachable_server_is_backend_unavailable_without_the_password() -> 
         assert "s3cret" not in str(info.value) and str(port) in str(info.value)
 
 
+def test_a_password_protected_redis_works_and_its_password_never_shows(caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        server = PrivateRedis(password="s3cret-pw").__enter__()
+    except ServerUnavailable as exc:
+        if backends_required():
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        good = server.url.replace("redis://", "redis://:s3cret-pw@")
+        q = polyqueue.connect(good)
+        q.migrate()
+        q.enqueue("t")
+        (job,) = q.claim()
+        q.complete(job)
+        assert q.stats()["done"] == 1
+        assert "s3cret-pw" not in repr(q) + q.backend.describe()
+        q.close()
+        for bad in (server.url, server.url.replace("redis://", "redis://:wrong-pw@")):
+            other = polyqueue.connect(bad, reconnect_seconds=0.3)
+            with pytest.raises(polyqueue.BackendUnavailable) as info:
+                other.migrate()
+            assert "s3cret-pw" not in str(info.value) and "wrong-pw" not in str(info.value)
+        assert "s3cret-pw" not in caplog.text and "wrong-pw" not in caplog.text
+    finally:
+        server.__exit__(None, None, None)
+
+
+def test_every_call_before_migrate_says_to_migrate(url: str) -> None:
+    bare = polyqueue.connect(url, table_prefix=unique_prefix())
+    for call in (
+        lambda: bare.get("default:1"),
+        lambda: bare.cancel("default:1"),
+        bare.stats,
+        bare.stats_by_type,
+        bare.depth,
+        bare.dead_jobs,
+        bare.replay,
+        lambda: bare.replay(["default:1"]),
+        lambda: bare.purge(older_than=0),
+        bare.claim,
+        lambda: bare.claim(["a", "b"]),
+        lambda: bare.enqueue("t"),
+        lambda: bare.backend.seconds_until_due(DueProbe(["default"])),
+    ):
+        with pytest.raises(polyqueue.SchemaMissing, match="migrate"):
+            call()
+    bare.close()
+
+
 # --- the key layout -----------------------------------------------------------------------------------
 HOSTILE = ["default", "emails", "it's {tagged}", "}{", "x" * 255, "😀 queue", "a:b:c"]
 
