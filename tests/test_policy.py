@@ -1,4 +1,4 @@
-"""The policy module: its rules tested once, fast; each SQL form proved equal to its Python form per SQL backend."""
+"""The policy module: its rules tested once, fast; each SQL and Lua form proved equal to its Python form."""
 
 from __future__ import annotations
 
