@@ -495,3 +495,13 @@ def test_polyqueue_compat_gets_a_redis_cluster_column() -> None:
     assert "cluster" in column["server_version"]
     results = {name: test["results"]["redis"]["outcome"] for name, test in made["tests"].items()}
     assert results == {cells[0]: "passed", cells[1]: "skipped"}
+
+
+def test_a_batch_bigger_than_one_script_keeps_its_order(q: polyqueue.Queue) -> None:
+    """2,500 small jobs and ten of 900 KB go in several scripts (1,000 jobs or 8 MiB each): ids stay in order."""
+    specs = [{"job_type": "t", "payload": {"i": i}} for i in range(2500)]
+    specs += [{"job_type": "t", "payload": {"i": 2500 + i, "blob": "x" * 900_000}} for i in range(10)]
+    ids = q.enqueue_many(specs)
+    assert len(set(ids)) == len(specs)
+    assert [int(str(i).split(":")[1]) for i in ids] == sorted(int(str(i).split(":")[1]) for i in ids)
+    assert [q.get(i).payload["i"] for i in ids[::250]] == list(range(0, len(specs), 250))  # type: ignore[union-attr]

@@ -72,8 +72,9 @@ PEEK_PATIENCE = 0.5
 INTERRUPTED_MEMORY = 600.0
 #: Jobs one replay script handles.
 REPLAY_BATCH = 500
-#: Jobs per enqueue script (a bigger batch of one queue is several scripts in one pipeline).
+#: Jobs, and payload characters, per enqueue script at most (a bigger batch is several scripts in one pipeline).
 ENQUEUE_CHUNK = 1000
+ENQUEUE_CHUNK_CHARS = 8 << 20
 
 
 def _option_int(low: int, high: int) -> Callable[[Any], int]:
@@ -274,11 +275,11 @@ class RedisBackend(Backend):
 
     # --- producing ------------------------------------------------------------------------------------------
     def enqueue(self, batch: spi.EnqueueBatch) -> list[Hashable]:
-        """Store the batch: one script per queue (and per 1000 jobs), pipelined per node, each atomic.
+        """Store the batch: one script per queue (and per 1000 jobs or 8 MiB of payloads), pipelined per node.
 
-        A batch spanning several queues is atomic per queue; if Redis stays
-        unavailable part-way, the jobs already stored (not yet claimed) are
-        taken back before ``BackendUnavailable`` is raised.
+        Each script is atomic; if Redis stays unavailable part-way through a
+        batch of several, the jobs already stored (not yet claimed) are taken
+        back before ``BackendUnavailable`` is raised.
         """
         if batch.connection is not None:
             raise ConfigurationError("the Redis backend has no transactions to enqueue into (connection=)")
@@ -295,8 +296,7 @@ class RedisBackend(Backend):
         batch_id = uuid.uuid4().hex
         ttl = str(max(60, int(self.store.reconnect_seconds * 3)))
         for tag, indexes in positions.items():
-            for start in range(0, len(indexes), ENQUEUE_CHUNK):
-                chunk = indexes[start : start + ENQUEUE_CHUNK]
+            for chunk in _chunks(indexes, [len(batch.jobs[i].payload_json) for i in indexes]):
                 args: list[Any] = [names[tag], f"{batch_id}.{len(calls)}", ttl]
                 for i in chunk:
                     args.extend(self._job_args(batch.jobs[i]))
@@ -756,6 +756,20 @@ def _tag_of(call: Call, layout: Layout) -> str:
     """The queue tag a call is routed to (from its key base ``{PREFIX:TAG}``)."""
     base: str = call.args[0]
     return base[len(layout.prefix) + 2 : -1]
+
+
+def _chunks(indexes: list[int], sizes: list[int]) -> Iterator[list[int]]:
+    """``indexes`` in runs of at most ENQUEUE_CHUNK jobs and ENQUEUE_CHUNK_CHARS payload characters (at least one)."""
+    chunk: list[int] = []
+    chars = 0
+    for index, size in zip(indexes, sizes, strict=True):
+        if chunk and (len(chunk) >= ENQUEUE_CHUNK or chars + size > ENQUEUE_CHUNK_CHARS):
+            yield chunk
+            chunk, chars = [], 0
+        chunk.append(index)
+        chars += size
+    if chunk:
+        yield chunk
 
 
 def _candidates(tag: str, members: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], str]]:

@@ -129,9 +129,9 @@ local function promote(types, now, limit)
   for _, t in ipairs(types) do
     local due = redis.call('ZRANGEBYSCORE', BASE .. ':d:' .. t, '-inf', fmt(now), 'LIMIT', 0, limit)
     for _, ns in ipairs(due) do
-      local f = redis.call('HMGET', jkey(ns), 'pr', 'ra')
+      local f = redis.call('HMGET', jkey(ns), 'pr', 'ra', 's')
       redis.call('ZREM', BASE .. ':d:' .. t, ns)
-      index_pending(ns, t, tonumber(f[1]), tonumber(f[2]), now)
+      if f[3] == 'pending' then index_pending(ns, t, tonumber(f[1]), tonumber(f[2]), now) end
     end
   end
 end
@@ -266,17 +266,20 @@ for i = 1, #picked, 2 do
   if kinds then t = kinds[(i + 1) / 2] end
   local ns = fmt(tonumber(string.sub(m, 18)))
   local row = read(ns)
-  local stored = tonumber(row[F.ma + 1])
-  local attempts = fmt(tonumber(row[F.a + 1]) + 1)
-  local limit = fmt(@CAPPED@)
   redis.call('ZREM', BASE .. ':r:' .. t, m)
-  redis.call('HSET', jkey(ns), 's', 'processing', 'a', attempts, 'ma', limit, 'tk', token, 'lb', ARGV[5], 'le', until_)
-  redis.call('ZADD', BASE .. ':l', until_, ns)
-  redis.call('ZADD', BASE .. ':l:' .. t, until_, ns)
-  row[F.s + 1], row[F.a + 1], row[F.ma + 1], row[F.tk + 1], row[F.lb + 1], row[F.le + 1] =
-    'processing', attempts, limit, token, ARGV[5], until_
-  jobs[#jobs + 1] = row
-  numbers[#numbers + 1] = ns
+  if row[F.s + 1] == 'pending' then  -- always, unless an entry outlived its job
+    local stored = tonumber(row[F.ma + 1])
+    local attempts = fmt(tonumber(row[F.a + 1]) + 1)
+    local limit = fmt(@CAPPED@)
+    redis.call('HSET', jkey(ns), 's', 'processing', 'a', attempts, 'ma', limit, 'tk', token, 'lb', ARGV[5],
+      'le', until_)
+    redis.call('ZADD', BASE .. ':l', until_, ns)
+    redis.call('ZADD', BASE .. ':l:' .. t, until_, ns)
+    row[F.s + 1], row[F.a + 1], row[F.ma + 1], row[F.tk + 1], row[F.lb + 1], row[F.le + 1] =
+      'processing', attempts, limit, token, ARGV[5], until_
+    jobs[#jobs + 1] = row
+    numbers[#numbers + 1] = ns
+  end
 end
 if #numbers > 0 then
   redis.call('SET', record, table.concat(numbers, ','), 'PX', math.ceil(tonumber(ARGV[4]) / 1000) + 1000)
