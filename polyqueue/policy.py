@@ -18,7 +18,10 @@ Where SQL must apply a rule inside one statement (the PostgreSQL claim
 rescues expired leases as it claims), it takes the expression from the
 ``*_sql`` function beside the Python form here; the test suite proves each
 pair agrees on every backend. (Those functions import SQLAlchemy themselves:
-``import polyqueue`` does not load it until a SQL backend is opened.)
+``import polyqueue`` does not load it until a SQL backend is opened.) A store
+that applies a rule inside a server-side Lua script (the Redis Cluster
+plugin) takes it from the ``*_lua`` function beside it, rendered as Lua
+source text; the test suite proves those agree on a real Redis too.
 """
 
 from __future__ import annotations
@@ -54,22 +57,29 @@ __all__ = [
     "Jitter",
     "Outage",
     "capped_max_attempts",
+    "capped_max_attempts_lua",
     "capped_max_attempts_sql",
     "claim_order_key",
+    "claim_order_lua",
     "claim_order_sql",
     "completed",
     "error_history",
     "error_text",
     "expired_lease_error",
+    "expired_lease_error_lua",
     "expired_lease_error_sql",
     "expired_lease_status",
+    "expired_lease_status_lua",
     "expired_lease_status_sql",
     "failed",
+    "final_attempt_lua",
     "final_attempt_sql",
     "holds_claim",
+    "holds_claim_lua",
     "holds_claim_sql",
     "is_final_attempt",
     "job_claim_key",
+    "lua_literal",
     "new_token",
     "released",
     "storable_text",
@@ -190,6 +200,19 @@ def claim_order_sql(
     return clauses
 
 
+def claim_order_lua(a: Mapping[str, str], b: Mapping[str, str]) -> str:
+    """A Lua expression that is true when job ``a`` claims before job ``b`` (a ``table.sort`` comparator body).
+
+    ``a`` and ``b`` map each name of :data:`CLAIM_ORDER` to a Lua expression
+    holding that value as a number (``{"priority": "x.p", "run_at": "x.r", "id": "x.i"}``).
+    """
+    expression = "false"
+    for name, descending in reversed(CLAIM_ORDER):
+        before = ">" if descending else "<"
+        expression = f"({a[name]} {before} {b[name]} or ({a[name]} == {b[name]} and {expression}))"
+    return expression
+
+
 # --- attempts and lease expiry ------------------------------------------------------------------------
 def is_final_attempt(attempts: int, max_attempts: int) -> bool:
     """Whether the attempt numbered ``attempts`` is the job's last."""
@@ -199,6 +222,11 @@ def is_final_attempt(attempts: int, max_attempts: int) -> bool:
 def final_attempt_sql(attempts: Any, max_attempts: Any) -> sa.ColumnElement[bool]:
     """:func:`is_final_attempt` as SQL."""
     return attempts >= max_attempts  # type: ignore[no-any-return]
+
+
+def final_attempt_lua(attempts: str, max_attempts: str) -> str:
+    """:func:`is_final_attempt` as a Lua expression over two Lua number expressions."""
+    return f"(({attempts}) >= ({max_attempts}))"
 
 
 def capped_max_attempts(stored: int, cap: int | None) -> int:
@@ -213,6 +241,11 @@ def capped_max_attempts_sql(stored: Any, cap: Any) -> sa.ColumnElement[int]:
     return case((stored > cap, cap), else_=stored)
 
 
+def capped_max_attempts_lua(stored: str, cap: str) -> str:
+    """:func:`capped_max_attempts` as Lua; ``cap`` is a Lua number, or ``nil``/``false`` for no cap."""
+    return f"((({cap}) and ({stored}) > ({cap})) and ({cap}) or ({stored}))"
+
+
 def expired_lease_status(attempts: int, max_attempts: int) -> str:
     """Where a job goes when its lease expires: pending again, or dead when that was its final attempt."""
     return JobStatus.DEAD if is_final_attempt(attempts, max_attempts) else JobStatus.PENDING
@@ -223,6 +256,12 @@ def expired_lease_status_sql(attempts: Any, max_attempts: Any) -> sa.ColumnEleme
     from sqlalchemy import case
 
     return case((final_attempt_sql(attempts, max_attempts), JobStatus.DEAD), else_=JobStatus.PENDING)
+
+
+def expired_lease_status_lua(attempts: str, max_attempts: str) -> str:
+    """:func:`expired_lease_status` as a Lua expression over two Lua number expressions."""
+    dead, pending = lua_literal(JobStatus.DEAD), lua_literal(JobStatus.PENDING)
+    return f"({final_attempt_lua(attempts, max_attempts)} and {dead} or {pending})"
 
 
 _EXPIRED_PREFIX = "lease expired while held by "
@@ -238,6 +277,15 @@ def expired_lease_error_sql(locked_by: Any) -> sa.ColumnElement[str]:
     from sqlalchemy import String, func, literal
 
     return literal(_EXPIRED_PREFIX, String()) + func.coalesce(locked_by, "?")
+
+
+def expired_lease_error_lua(locked_by: str) -> str:
+    """:func:`expired_lease_error` as Lua; ``locked_by`` is a side-effect-free expression: a string, nil or false.
+
+    As in Python, a missing or empty holder reads ``?``.
+    """
+    holder = f"((({locked_by}) and ({locked_by}) ~= '') and ({locked_by}) or '?')"
+    return f"({lua_literal(_EXPIRED_PREFIX)} .. {holder})"
 
 
 # --- the fence ---------------------------------------------------------------------------------------
@@ -258,6 +306,28 @@ def holds_claim_sql(
     from sqlalchemy import and_
 
     return and_(token_matches, status == JobStatus.PROCESSING, lease_expires_at > now)
+
+
+def holds_claim_lua(status: str, stored_token: str, lease_expires_at: str, claim_token: str, now: str) -> str:
+    """:func:`holds_claim` as a Lua expression (side-effect-free operands).
+
+    Tokens are compared as their decimal text (Lua numbers cannot hold 62
+    bits); ``lease_expires_at`` and ``now`` are numbers on one scale, the
+    lease ``nil`` or ``false`` when there is none.
+    """
+    return (
+        f"({status} == {lua_literal(JobStatus.PROCESSING)} and {stored_token} == {claim_token}"
+        f" and ({lease_expires_at}) and ({lease_expires_at}) > ({now}))"
+    )
+
+
+def lua_literal(text: str) -> str:
+    """``text`` as a Lua string literal: printable ASCII as is, every other byte of its UTF-8 as a decimal escape."""
+    out = []
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        out.append(char if 32 <= byte < 127 and char not in '\\"' else f"\\{byte:03d}")
+    return '"' + "".join(out) + '"'
 
 
 # --- transitions -------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
     objects or entry-point names. Raises :class:`ConfigurationError` for an
     unknown scheme or a bad option; never echoes a password.
     """
-    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.engine import URL
     from sqlalchemy.exc import ArgumentError
 
     raw = url if url is not None else os.environ.get("POLYQUEUE_URL") or DEFAULT_URL
@@ -115,8 +115,8 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
         parsed = raw
     elif isinstance(raw, str):
         try:
-            parsed = make_url(raw)
-        except ArgumentError:
+            parsed = _parse_url(raw)
+        except (ArgumentError, ValueError):
             scheme = raw.split(":", 1)[0] if ":" in raw else "?"
             raise ConfigurationError(
                 f"could not parse the queue URL (scheme {scheme[:40]!r}); expected e.g. sqlite:///polyqueue.db"
@@ -139,6 +139,31 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
     queue = Queue(backend, pm, opts)
     queue._url = raw if isinstance(raw, str) else raw.render_as_string(hide_password=False)
     return queue
+
+
+#: ``scheme://[credentials@]h1:p1,h2:p2[/path][?query]``: a URL naming several hosts (a cluster's nodes).
+_SEVERAL_HOSTS = re.compile(
+    r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://(?:[^@/?#]*@)?)(?P<hosts>[^/?#@]*,[^/?#@]*)(?P<tail>.*)$", re.S
+)
+
+
+def _parse_url(raw: str) -> URL:
+    """``make_url(raw)``, also for URLs naming several hosts, which become repeated ``host`` query parameters.
+
+    SQLAlchemy's URL holds one host and port; several hosts are spelt
+    ``?host=h1:p1&host=h2:p2`` in its convention (as for psycopg), and a
+    backend that takes several (a cluster's startup nodes) reads them there.
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(raw)
+    except ValueError:
+        several = _SEVERAL_HOSTS.match(raw)
+        if several is None:
+            raise
+        hosts = [("host", host) for host in several["hosts"].split(",")]
+        return make_url(several["head"] + several["tail"]).update_query_pairs(hosts, append=True)
 
 
 def _positive(value: Any, what: str) -> int:

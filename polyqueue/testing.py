@@ -30,11 +30,13 @@ SERVER_URLS = {
     "postgresql": ("POLYQUEUE_TEST_POSTGRESQL_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"),
     "mysql": ("POLYQUEUE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
     "redis": ("POLYQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    # The 3-master, 3-replica cluster .ci/services starts (the polyqueue-redis plugin's tests and compat column).
+    "redis_cluster": ("POLYQUEUE_TEST_REDIS_CLUSTER_URL", "redis+cluster://127.0.0.1:7000/"),
 }
 
 
 def server_url(kind: str) -> str:
-    """The URL of the test server of ``kind`` (postgresql, mysql, redis)."""
+    """The URL of the test server of ``kind`` (postgresql, mysql, redis, redis_cluster)."""
     env, default = SERVER_URLS[kind]
     return os.environ.get(env, default)
 
@@ -48,9 +50,15 @@ def reachable(url: str, timeout: float = 1.0) -> bool:
     """Whether something accepts TCP connections at the URL's host and port."""
     parts = urlsplit(url)
     default_ports = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "redis": 6379}
-    port = parts.port or default_ports.get(parts.scheme.split("+")[0], 0)
+    default_port = default_ports.get(parts.scheme.split("+")[0], 0)
+    # A cluster URL may list several nodes (``redis+cluster://h1:7000,h2:7001/``): the first one answers for them.
+    first = urlsplit(f"//{parts.netloc.rsplit('@', 1)[-1].split(',')[0]}")
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=timeout):
+        port = first.port or default_port
+    except ValueError:
+        return False
+    try:
+        with socket.create_connection((first.hostname or "127.0.0.1", port), timeout=timeout):
             return True
     except OSError:
         return False

@@ -2,8 +2,9 @@
 
 Where the check runs: the SQLite, PostgreSQL and MariaDB columns are the
 very runs ``tests/test_conformance.py`` makes in this same test session, and
-the memory column is ``plugins/polyqueue-memory/tests``; a regression there
-already fails the session. The remaining columns -- the Redis depth cache
+the memory and Redis Cluster columns are ``plugins/polyqueue-memory/tests``
+and ``plugins/polyqueue-redis/tests``; a regression there already fails the
+session. The remaining columns -- the Redis depth cache
 over each database -- are run nowhere else, so this module re-runs exactly
 their passing cells, except the multi-process ones (sharded subprocesses,
 well under a minute). Everything else
@@ -30,6 +31,7 @@ COVERED_ELSEWHERE = {
     "postgresql": "tests/test_conformance.py",
     "mysql": "tests/test_conformance.py",
     "memory": "plugins/polyqueue-memory/tests",
+    "redis": "plugins/polyqueue-redis/tests",
 }
 
 

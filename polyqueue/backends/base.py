@@ -407,6 +407,8 @@ class Backend(abc.ABC):
     known_failures: ClassVar[Mapping[str, str]] = {}
     #: Where ``polyqueue compat`` runs the conformance suite for this backend without configuration, or None.
     conformance_url: ClassVar[str | None] = None
+    #: The heading of that compat-matrix column ("" for the URL scheme).
+    conformance_label: ClassVar[str] = ""
 
     def __init__(self, url: Any, options: BackendOptions) -> None:  # noqa: B027 - the constructor every backend has
         """Open the store a URL names (a SQLAlchemy ``URL``), with the validated ``options``; connect lazily."""

@@ -145,9 +145,11 @@ def default_targets(workdir: str | Path) -> list[Target]:
 def plugin_targets() -> list[Target]:
     """One target per URL scheme an installed plugin serves, at its backend class's ``conformance_url``.
 
-    A backend that needs no server (like ``memory://``) sets the class
-    attribute ``conformance_url``; others are listed as not run, with the
-    command that runs them. A plugin that fails to import is listed with the error.
+    A backend that needs no server (like ``memory://``), or names the test
+    server it runs on (``redis+cluster://127.0.0.1:7000/``), sets the class
+    attribute ``conformance_url``, and may name its column with
+    ``conformance_label``; others are listed as not run, with the command that
+    runs them. A plugin that fails to import is listed with the error.
     """
     from ..plugins import ENTRY_POINT_GROUP, make_plugin_manager
 
@@ -165,10 +167,11 @@ def plugin_targets() -> list[Target]:
             offered = cast("Mapping[str, type]", impl.function() or {})
             for scheme, cls in sorted(offered.items()):
                 url = getattr(cls, "conformance_url", "")
+                label = getattr(cls, "conformance_label", "") or scheme
                 targets.append(
                     Target(
                         scheme,
-                        f"{scheme} (plugin {package})",
+                        f"{label} (plugin {package})",
                         url,
                         unavailable="" if url else f"no conformance_url; run `polyqueue conformance {scheme}://…`",
                     )

@@ -1,0 +1,510 @@
+"""What the conformance suite does not cover: URLs, the key layout, cross-slot claim order, typed claims' cost,
+wake-ups, WAIT, and the resends that make a lost reply harmless."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from polyqueue_redis import RedisBackend
+from polyqueue_redis.layout import parse_job_id, queue_tag
+from private_cluster import PrivateRedis, ServerUnavailable, free_port
+from redis_urls import cluster_url, single_node_url
+
+import polyqueue
+from polyqueue import policy
+from polyqueue.backends.base import DueProbe, ReadyCount, SettleRequest, WakeupRequest
+from polyqueue.testing import backends_required, unique_prefix
+
+Opener = Callable[..., polyqueue.Queue]
+
+
+@pytest.fixture
+def opener() -> Iterator[Opener]:
+    """``opener(url, **options)``: a migrated queue on a fresh prefix, dropped afterwards."""
+    opened: list[polyqueue.Queue] = []
+
+    def make(url: str, **options: Any) -> polyqueue.Queue:
+        options.setdefault("table_prefix", unique_prefix())
+        q = polyqueue.connect(url, **options)
+        q.migrate()
+        opened.append(q)
+        return q
+
+    yield make
+    for q in opened:
+        try:
+            q.backend.drop_schema()  # type: ignore[attr-defined]
+        finally:
+            q.close()
+
+
+@pytest.fixture(params=["cluster", "one-node"])
+def url(request: pytest.FixtureRequest) -> str:
+    """The shared test cluster, then the shared single node."""
+    return cluster_url() if request.param == "cluster" else single_node_url()
+
+
+@pytest.fixture
+def q(opener: Opener, url: str) -> polyqueue.Queue:
+    """A migrated queue on the cluster and on one node."""
+    return opener(url)
+
+
+@pytest.fixture
+def cq(opener: Opener) -> polyqueue.Queue:
+    """A migrated queue on the shared cluster."""
+    return opener(cluster_url())
+
+
+def _backend(q: polyqueue.Queue) -> RedisBackend:
+    assert isinstance(q.backend, RedisBackend)
+    return q.backend
+
+
+# --- discovery and URLs ---------------------------------------------------------------------------
+def test_both_url_forms_are_served_by_the_installed_plugin(q: polyqueue.Queue) -> None:
+    assert isinstance(q.backend, RedisBackend)
+    assert q.plugins.has_plugin("redis")
+    assert q.capabilities == {"dedupe", "priorities", "delayed", "notify", "multi_process"}
+    assert "transactional_enqueue" not in q.capabilities
+
+
+def test_a_cluster_url_may_name_several_nodes_and_masks_the_password() -> None:
+    first = cluster_url()
+    q = polyqueue.connect("redis+cluster://:s3cret@127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/?wait_timeout=3")
+    try:
+        backend = _backend(q)
+        assert backend.nodes == [("127.0.0.1", 7000), ("127.0.0.1", 7001), ("127.0.0.1", 7002)]
+        assert backend.describe() == "redis+cluster://:***@127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002/"
+        assert "s3cret" not in repr(q) and "s3cret" not in repr(backend.store.described)
+    finally:
+        q.close()
+    same = polyqueue.connect("redis+cluster:///?host=127.0.0.1:7000&host=127.0.0.1:7001")
+    assert _backend(same).nodes == [("127.0.0.1", 7000), ("127.0.0.1", 7001)]
+    assert first.startswith("redis+cluster://")
+
+
+def test_defaults_wait_for_a_replica_on_a_cluster_and_not_on_one_node() -> None:
+    assert _backend(polyqueue.connect("redis+cluster://127.0.0.1:7000/")).wait_replicas == 1
+    assert _backend(polyqueue.connect("redis://127.0.0.1:6379/2")).wait_replicas == 0
+    assert _backend(polyqueue.connect("redis+cluster://127.0.0.1:7000/?wait_replicas=0")).wait_replicas == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "redis://127.0.0.1:6379/x",
+        "redis+cluster://127.0.0.1:7000/2",
+        "redis+sentinel://127.0.0.1/",
+        "redis://h1:6379,h2:6379/0",
+        "redis://:s3cret@127.0.0.1:6379/0?colour=blue",
+        "redis+cluster://:s3cret@127.0.0.1:7000/?wait_replicas=-1",
+        "redis+cluster://:s3cret@127.0.0.1:7000/?wait_timeout=soon",
+        "redis+cluster://:s3cret@h1:port,h2:7001/",
+        "redis+cluster://127.0.0.1:7000/?host=127.0.0.1:7001",
+    ],
+)
+def test_urls_a_redis_backend_cannot_use_are_configuration_errors(bad: str) -> None:
+    with pytest.raises(polyqueue.ConfigurationError) as info:
+        polyqueue.connect(bad)
+    assert "s3cret" not in str(info.value)
+
+
+def test_an_unreachable_server_is_backend_unavailable_without_the_password() -> None:
+    port = free_port()
+    for url in (f"redis+cluster://:s3cret@127.0.0.1:{port}/", f"redis://:s3cret@127.0.0.1:{port}/0"):
+        q = polyqueue.connect(url, reconnect_seconds=0.3)
+        with pytest.raises(polyqueue.BackendUnavailable) as info:
+            q.migrate()
+        assert "s3cret" not in str(info.value) and str(port) in str(info.value)
+
+
+def test_a_password_protected_redis_works_and_its_password_never_shows(caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        server = PrivateRedis(password="s3cret-pw").__enter__()
+    except ServerUnavailable as exc:
+        if backends_required():
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        good = server.url.replace("redis://", "redis://:s3cret-pw@")
+        q = polyqueue.connect(good)
+        q.migrate()
+        q.enqueue("t")
+        (job,) = q.claim()
+        q.complete(job)
+        assert q.stats()["done"] == 1
+        assert "s3cret-pw" not in repr(q) + q.backend.describe()
+        q.close()
+        for bad in (server.url, server.url.replace("redis://", "redis://:wrong-pw@")):
+            other = polyqueue.connect(bad, reconnect_seconds=0.3)
+            with pytest.raises(polyqueue.BackendUnavailable) as info:
+                other.migrate()
+            assert "s3cret-pw" not in str(info.value) and "wrong-pw" not in str(info.value)
+        assert "s3cret-pw" not in caplog.text and "wrong-pw" not in caplog.text
+    finally:
+        server.__exit__(None, None, None)
+
+
+def test_every_call_before_migrate_says_to_migrate(url: str) -> None:
+    bare = polyqueue.connect(url, table_prefix=unique_prefix())
+    for call in (
+        lambda: bare.get("default:1"),
+        lambda: bare.cancel("default:1"),
+        bare.stats,
+        bare.stats_by_type,
+        bare.depth,
+        bare.dead_jobs,
+        bare.replay,
+        lambda: bare.replay(["default:1"]),
+        lambda: bare.purge(older_than=0),
+        bare.claim,
+        lambda: bare.claim(["a", "b"]),
+        lambda: bare.enqueue("t"),
+        lambda: bare.backend.seconds_until_due(DueProbe(["default"])),
+    ):
+        with pytest.raises(polyqueue.SchemaMissing, match="migrate"):
+            call()
+    bare.close()
+
+
+# --- the key layout -----------------------------------------------------------------------------------
+HOSTILE = ["default", "emails", "it's {tagged}", "}{", "x" * 255, "😀 queue", "a:b:c"]
+
+
+def _keys(q: polyqueue.Queue) -> list[str]:
+    backend = _backend(q)
+    keys: list[str] = []
+    for node in backend.store.masters():
+        for pattern in backend.layout.patterns():
+            keys.extend(node.scan_iter(match=pattern, count=1000))
+    return keys
+
+
+def test_every_key_of_a_queue_shares_its_slot_and_drop_schema_removes_every_key(
+    opener: Opener, cq: polyqueue.Queue
+) -> None:
+    other = opener(cluster_url())
+    other.enqueue("t")
+    for name in HOSTILE:
+        cq.enqueue_many(
+            [
+                {"job_type": "a", "queue": name, "dedupe_key": "k", "priority": 3},
+                {"job_type": "b:c", "queue": name, "delay": 3600},
+                {"job_type": "a", "queue": name},
+            ]
+        )
+        (job,) = cq.claim(name, lease=60)
+        cq.fail(job, "boom", dead=True)
+    client = _backend(cq).store.client
+    slots: dict[str, set[int]] = {}
+    for key in _keys(cq):
+        slots.setdefault(key.split("}", 1)[0], set()).add(client.keyslot(key))
+    assert all(len(found) == 1 for found in slots.values()), slots
+    assert len(slots) == len(HOSTILE) + 1  # one tag per queue, plus the database's own keys
+    _backend(cq).drop_schema()
+    assert _keys(cq) == []
+    assert other.stats()["pending"] == 1, "another prefix is untouched"
+
+
+def test_queue_tags_are_the_plain_name_or_a_hash() -> None:
+    assert queue_tag("emails") == "emails" and queue_tag("q.1-x_y") == "q.1-x_y"
+    assert queue_tag("it's") != queue_tag("it's ") and queue_tag("it's").startswith("~")
+    assert parse_job_id("emails:42") == ("emails", "42")
+    for bad in ["emails", "emails:0", "emails:042", "{x}:1", 42, None, "~zz:1", "e:1:2x"]:
+        assert parse_job_id(bad) is None
+
+
+def test_payloads_are_stored_as_the_json_text_given(q: polyqueue.Queue) -> None:
+    job_id = q.enqueue("t", {"b": 1, "a": [1.5, "é"], "z": None})
+    tag, number = parse_job_id(job_id)  # type: ignore[misc]
+    backend = _backend(q)
+    stored = backend.store.command(lambda c: c.hget(backend.layout.base(tag) + ":j:" + number, "p"))
+    assert stored == '{"b":1,"a":[1.5,"é"],"z":null}'
+
+
+def test_ids_of_other_forms_or_prefixes_find_nothing(q: polyqueue.Queue, opener: Opener, url: str) -> None:
+    job_id = q.enqueue("t")
+    elsewhere = opener(url)
+    assert elsewhere.get(job_id) is None and not elsewhere.cancel(job_id)
+    for bad in ["default", "default:0", "default:99999", 7, "default:1:2", ""]:
+        assert q.get(bad) is None and q.cancel(bad) is False
+    assert q.get(job_id) is not None
+
+
+# --- claim order --------------------------------------------------------------------------------------
+def test_the_ready_sets_hold_the_policys_claim_order(q: polyqueue.Queue) -> None:
+    rng = random.Random(7)
+    base = q.backend.db_now() - timedelta(hours=1)
+    specs = [
+        {"job_type": rng.choice("ab"), "priority": rng.choice([-5, 0, 0, 3, 9]),
+         "run_at": base + timedelta(seconds=rng.randrange(4))}
+        for _ in range(80)
+    ]  # fmt: skip
+    ids = q.enqueue_many(specs)
+    backend = _backend(q)
+
+    def in_claim_order(job_ids: list[Any]) -> list[Any]:
+        jobs = [q.get(i) for i in job_ids]
+        number = lambda job: int(job.id.split(":")[1])  # noqa: E731 - ids order by their number within a queue
+        return [j.id for j in sorted(jobs, key=lambda j: policy.claim_order_key(j.priority, j.run_at, number(j)))]  # type: ignore[union-attr]
+
+    for job_type in "ab":
+        ready = backend.layout.base("default") + ":r:" + job_type
+        members = backend.store.command(lambda c, key=ready: c.zrange(key, 0, -1))
+        stored = [f"default:{int(m[17:])}" for m in members]
+        assert stored == in_claim_order([i for i, spec in zip(ids, specs, strict=True) if spec["job_type"] == job_type])
+    assert [j.id for j in q.claim(limit=80)] == in_claim_order(ids), "a claim of every type merges them in order"
+
+
+def _queues_on_every_master(q: polyqueue.Queue, per_master: int = 2) -> list[str]:
+    backend = _backend(q)
+    by_node: dict[str, list[str]] = {}
+    for n in range(200):
+        name = f"spread-{n}"
+        node, _ = backend.store.node_for(backend.layout.meta(queue_tag(name)))
+        by_node.setdefault(node, []).append(name)
+    assert len(by_node) == len(backend.store.masters())
+    return [name for names in by_node.values() for name in names[:per_master]]
+
+
+def test_a_claim_over_queues_on_every_master_takes_the_best_jobs_in_claim_order(cq: polyqueue.Queue) -> None:
+    queues = _queues_on_every_master(cq)
+    rng = random.Random(11)
+    base = cq.backend.db_now() - timedelta(minutes=5)
+    specs = [
+        {"job_type": "t", "queue": rng.choice(queues), "priority": rng.choice([0, 1, 5, 9]),
+         "run_at": base + timedelta(seconds=rng.randrange(30))}
+        for _ in range(120)
+    ]  # fmt: skip
+    ids = cq.enqueue_many(specs)
+    jobs = {i: cq.get(i) for i in ids}
+
+    def order(job_id: Any) -> Any:
+        job = jobs[job_id]
+        tag, number = parse_job_id(job_id)  # type: ignore[misc]
+        return policy.claim_order_key(job.priority, job.run_at, (tag, int(number)))  # type: ignore[union-attr]
+
+    expected = sorted(ids, key=order)
+    taken: list[Any] = []
+    for limit in (1, 7, 30, 50, 100):
+        taken.extend(j.id for j in cq.claim(queues, limit=limit))
+    assert taken == expected
+
+
+def test_a_typed_claim_costs_the_same_whatever_the_backlog_of_other_types() -> None:
+    """Claims, counts and probes of some types touch only those types' sorted sets: Redis runs the same commands."""
+    try:
+        server = PrivateRedis().__enter__()
+    except ServerUnavailable as exc:
+        if backends_required():
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        q = polyqueue.connect(server.url)
+        q.migrate()
+        backend = _backend(q)
+        node = backend.store.client
+        mine = frozenset({"small"})
+
+        def commands_run(work: Callable[[], Any]) -> dict[str, int]:
+            # The lease-index look and the schema check run on clocks of their own (every 0.2 s, every 1 s): keep
+            # them out, whatever the time a loaded machine takes.
+            backend._next_sweep = float("inf")
+            backend._schema_checked_at = float("inf")
+            before = node.info("commandstats")
+            work()
+            after = node.info("commandstats")
+            return {k: after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after if k != "cmdstat_info"}
+
+        def typed_round() -> None:
+            q.enqueue("small", queue="work")
+            (job,) = q.claim("work", job_types=["small"])
+            q.complete(job)
+            backend.count_ready(ReadyCount("work", mine))
+            backend.seconds_until_due(DueProbe(["work"], mine))
+
+        typed_round()  # warm up: scripts loaded, queue created
+        quiet = commands_run(typed_round)
+        q.enqueue_many([{"job_type": "big", "queue": "work"} for _ in range(3000)])
+        q.enqueue_many([{"job_type": "big", "queue": "work", "delay": 0.2} for _ in range(2000)])
+        time.sleep(0.3)  # the delayed ones are due now: a claim of every type would promote them
+        busy = commands_run(typed_round)
+        assert busy == quiet, (busy, quiet)
+        assert q.stats()["pending"] == 5000
+        q.close()
+    finally:
+        server.__exit__(None, None, None)
+
+
+# --- the lease index: expired leases of other queues ------------------------------------------------
+def test_a_lease_shortened_by_a_heartbeat_is_still_rescued_by_a_claim_of_another_queue(q: polyqueue.Queue) -> None:
+    q.enqueue("t", queue="a")
+    (job,) = q.claim("a", lease=300, worker_id="w-short")
+    q.extend(job, 0.3)
+    time.sleep(0.5)
+    assert q.claim("b") == []
+    rescued = q.get(job.id)
+    assert rescued is not None and (rescued.status, rescued.last_error) == (
+        "pending", "lease expired while held by w-short",
+    )  # fmt: skip
+
+
+# --- wake-ups ---------------------------------------------------------------------------------------------
+def test_a_wakeup_comes_for_its_queues_and_types_and_is_kept_between_waits(q: polyqueue.Queue) -> None:
+    any_type = q.backend.wakeup_source(WakeupRequest(["default", "x"]))
+    typed = q.backend.wakeup_source(WakeupRequest(["default"], frozenset({"mine"})))
+    assert any_type is not None and typed is not None
+    try:
+        assert any_type.wait(0.05) is False
+        q.enqueue("t", queue="elsewhere")
+        assert any_type.wait(0.3) is False
+        q.enqueue("other")
+        assert any_type.wait(10) is True
+        assert typed.wait(0.5) is False
+        q.enqueue("mine", queue="x")
+        assert any_type.wait(10) is True
+        time.sleep(0.3)
+        q.enqueue("mine")  # between two waits: kept for the next one
+        time.sleep(0.3)
+        assert typed.wait(10) is True
+        assert typed.wait(0.05) is False
+    finally:
+        any_type.close()
+        typed.close()
+        any_type.close()
+    assert any_type.wait(0.01) is False
+
+
+def test_a_worker_runs_jobs_enqueued_while_it_waits(q: polyqueue.Queue) -> None:
+    worker = polyqueue.Worker(q, concurrency=2, lease=10.0, safety_poll=300)  # only a push can be in time
+    done = threading.Event()
+    seen: list[int] = []
+
+    @worker.handler("count")
+    def count(job: polyqueue.Job) -> int:
+        seen.append(job.payload)
+        if len(seen) == 3:
+            done.set()
+        return int(job.payload) * 2
+
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    time.sleep(0.5)
+    try:
+        ids = [q.enqueue("count", n) for n in (1, 2, 3)]
+        assert done.wait(30.0)
+    finally:
+        worker.stop()
+        runner.join(30.0)
+    assert not runner.is_alive()
+    assert sorted(seen) == [1, 2, 3]
+    assert [q.require(i).result for i in ids] == [2, 4, 6]
+
+
+# --- WAIT ---------------------------------------------------------------------------------------------------
+def test_an_enqueue_no_replica_acknowledged_raises_and_says_so(opener: Opener) -> None:
+    q = opener(cluster_url(), wait_replicas=2, wait_timeout=0.2)  # the test cluster has one replica per master
+    with pytest.raises(polyqueue.BackendUnavailable, match="acknowledged"):
+        q.enqueue("t")
+    assert q.stats()["pending"] == 1, "stored on the master, only not acknowledged: the error says so"
+    (job,) = q.claim()
+    q.complete(job)  # a settlement's shortfall is a warning, never an error: the job is done
+    assert q.get(job.id).status == "done"  # type: ignore[union-attr]
+
+
+def test_with_wait_on_a_cluster_an_enqueue_returns_once_a_replica_has_it(cq: polyqueue.Queue) -> None:
+    job_id = cq.enqueue("t")
+    backend = _backend(cq)
+    tag, number = parse_job_id(job_id)  # type: ignore[misc]
+    key = backend.layout.base(tag) + ":j:" + number
+    master = backend.store.client.get_node_from_key(key)
+    replica = backend.store.client.get_node_from_key(key, replica=True)
+    assert replica is not None and replica.name != master.name
+    replica_client = backend.store.client.get_redis_connection(replica)
+    replica_client.execute_command("READONLY")
+    assert replica_client.hget(key, "s") == "pending"
+
+
+# --- resends after a lost reply -----------------------------------------------------------------------------
+def test_scripts_sent_again_after_a_lost_reply_do_nothing_twice(q: polyqueue.Queue) -> None:
+    backend = _backend(q)
+    store = backend.store
+    q.enqueue("t")  # the queue exists
+
+    enqueue = backend._call("enqueue", "default", "default", "batch-1", "60", *backend._job_args(_new_job()))
+    first = store.run([enqueue]).replies[0]
+    enqueue.mark_resent()
+    assert store.run([enqueue]).replies[0] == first
+    assert q.stats()["pending"] == 2
+
+    claim = backend._call("claim", "default", "5", "30000000", "w", "12345", "", "100", "100")
+    taken = store.run([claim]).replies[0]
+    claim.mark_resent()
+    again = store.run([claim]).replies[0]
+    assert [row[0] for row in again[2]] == [row[0] for row in taken[2]] and len(taken[2]) == 2
+    assert q.stats()["processing"] == 2 and q.stats()["pending"] == 0
+
+    jobs = [q.get(f"default:{row[0]}") for row in taken[2]]
+    request = SettleRequest([policy.completed(job) for job in jobs], policy.new_token())  # type: ignore[arg-type]
+    assert backend.settle(request) == set()
+    assert backend.settle(request) == {j.id for j in jobs}, "a repeated request reports every job lost"  # type: ignore[union-attr]
+    backend._interrupted[request.token] = time.monotonic()
+    assert backend.settle(request) == set(), "the retry of a request that raised finds itself applied"
+    assert q.stats()["done"] == 2
+
+    job_id = q.enqueue("t")
+    cancel = backend._call("cancel", "default", job_id.split(":")[1], "nonce-1")  # type: ignore[attr-defined]
+    assert store.run([cancel]).replies == [1]
+    cancel.mark_resent()
+    assert store.run([cancel]).replies == [1]
+    assert q.cancel(job_id) is False
+
+
+def _new_job() -> Any:
+    from polyqueue.job import NewJob
+
+    return NewJob("default", "t", "{}", 0, 5, 0.0, None)
+
+
+# --- counts --------------------------------------------------------------------------------------------
+def test_depth_is_read_natively_and_agrees_with_the_counts(q: polyqueue.Queue) -> None:
+    q.enqueue_many([{"job_type": "a"}, {"job_type": "b"}, {"job_type": "a", "delay": 3600}])
+    assert q.backend.cached_depth("default") == 2 == q.depth() == q.depth(exact=True)
+    assert q.backend.count_ready(ReadyCount("default", frozenset({"a"}))) == 1
+    by_type = q.stats_by_type()["default"]
+    assert by_type["a"]["pending"] == 2 and by_type["a"]["scheduled"] == 1 and by_type["b"]["scheduled"] == 0
+    assert q.backend.cached_depth("nowhere") == 0
+
+
+# --- the compat matrix -----------------------------------------------------------------------------------
+def test_polyqueue_compat_gets_a_redis_cluster_column() -> None:
+    """``polyqueue compat`` picks the column from the class's conformance_url; run two of its cells here."""
+    from polyqueue.conformance import matrix as compat
+
+    [target] = [t for t in compat.plugin_targets() if t.key == "redis"]
+    assert target.label.startswith("Redis Cluster (plugin polyqueue-redis")
+    assert target.url == cluster_url() and not target.unavailable
+    cells = ["TestClaimOrder::test_fifo_order", "TestTransactionalEnqueue::test_commit_makes_the_job_visible"]
+    made = compat.collect_matrix([target], only={"redis": cells})
+    column = made["backends"]["redis"]
+    assert column["status"] == "ran" and column["server_version"].startswith(("Redis 7", "Valkey"))
+    assert "cluster" in column["server_version"]
+    results = {name: test["results"]["redis"]["outcome"] for name, test in made["tests"].items()}
+    assert results == {cells[0]: "passed", cells[1]: "skipped"}
+
+
+def test_a_batch_bigger_than_one_script_keeps_its_order(q: polyqueue.Queue) -> None:
+    """2,500 small jobs and ten of 900 KB go in several scripts (1,000 jobs or 8 MiB each): ids stay in order."""
+    specs = [{"job_type": "t", "payload": {"i": i}} for i in range(2500)]
+    specs += [{"job_type": "t", "payload": {"i": 2500 + i, "blob": "x" * 900_000}} for i in range(10)]
+    ids = q.enqueue_many(specs)
+    assert len(set(ids)) == len(specs)
+    assert [int(str(i).split(":")[1]) for i in ids] == sorted(int(str(i).split(":")[1]) for i in ids)
+    assert [q.get(i).payload["i"] for i in ids[::250]] == list(range(0, len(specs), 250))  # type: ignore[union-attr]
