@@ -37,7 +37,16 @@ from .. import policy
 from ..errors import ConfigurationError, PolyqueueError
 from ..job import JobStatus
 from .base import EnqueueBatch
-from .sql import LIVE_SQL, PENDING_SQL, SQL_CAPABILITIES, AwareUTCTime, ErrorKind, SQLBackend, UpdateValues
+from .sql import (
+    LIVE_SQL,
+    PENDING_SQL,
+    SQL_CAPABILITIES,
+    THREADS,
+    AwareUTCTime,
+    ErrorKind,
+    SQLBackend,
+    UpdateValues,
+)
 
 __all__ = ["MySQLBackend", "UTCDateTime", "check_server_version", "exact_collation"]
 
@@ -110,6 +119,9 @@ class MySQLBackend(SQLBackend):
     capabilities = SQL_CAPABILITIES
     default_driver = "mysql+pymysql"
     driver_extra = "mysql"
+    async_drivers = {"asyncmy": "mysql+asyncmy", "aiomysql": "mysql+aiomysql"}
+    default_async_driver = THREADS
+    async_driver_extra = "mysql,asyncio"
     supports_returning = False
 
     def __init__(self, url: sa.engine.URL, options: dict[str, Any]) -> None:
