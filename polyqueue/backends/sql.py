@@ -20,8 +20,8 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
@@ -93,6 +93,8 @@ FENCE_CHUNK = 512
 THREADS = "threads"
 #: Internal option: the SQLAlchemy asyncio driver of an :meth:`SQLBackend.asyncio_variant`'s engines.
 _ASYNCIO_ENGINE = "_asyncio_engine"
+#: The module each SQLAlchemy asyncio driver imports.
+_DRIVER_MODULES = {"psycopg_async": "psycopg", "asyncmy": "asyncmy", "aiomysql": "aiomysql", "aiosqlite": "aiosqlite"}
 
 
 class AwareUTCTime(sa.types.TypeDecorator[datetime]):
@@ -462,6 +464,30 @@ class SQLBackend(Backend):
     def caller_transaction(self) -> Any:
         """``engine.begin()``: a SQLAlchemy Connection in a transaction, as an application would hold (tests)."""
         return self.engine.begin()
+
+    @asynccontextmanager
+    async def async_caller_transaction(self) -> AsyncIterator[Any]:
+        """An ``AsyncConnection`` in a transaction on an asyncio driver of this dialect, as an app holds (tests).
+
+        Raises NotImplementedError when no asyncio driver of the dialect is installed.
+        """
+        import importlib.util
+
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        drivers = [self.async_drivers[self.async_driver]] if self.async_driver != THREADS else []
+        drivers += list(self.async_drivers.values())
+        for driver in drivers:
+            if importlib.util.find_spec(_DRIVER_MODULES.get(driver.partition("+")[2], "")) is None:
+                continue
+            engine = create_async_engine(self.url.set(drivername=driver))
+            try:
+                async with engine.begin() as conn:
+                    yield conn
+            finally:
+                await engine.dispose()
+            return
+        raise NotImplementedError(f"no asyncio driver for {self.name} is installed ({', '.join(self.async_drivers)})")
 
     def drop_schema(self) -> None:
         """Drop the tables and indexes of this prefix (tests and uninstalling)."""
