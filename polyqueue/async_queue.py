@@ -7,15 +7,15 @@ loop, in one of two ways:
 
 * **natively**, when the backend has an asyncio variant
   (:meth:`~polyqueue.backends.base.Backend.asyncio_variant`: PostgreSQL on
-  psycopg's asyncio driver by default; MySQL on asyncmy/aiomysql and SQLite on
-  aiosqlite when ``async_driver=`` names one). The method runs in a greenlet
+  psycopg's asyncio driver and MySQL on asyncmy by default; SQLite on
+  aiosqlite and MySQL on aiomysql when ``async_driver=`` names them). The method runs in a greenlet
   on the loop, over a Queue bound to the variant, and every statement awaits
   the driver (SQLAlchemy's asyncio bridge, :mod:`polyqueue.greenlets`);
 * **bridged** otherwise: the method runs on one of the AsyncQueue's threads
-  and the coroutine awaits it. This is the default for SQLite and MySQL,
-  where it measured faster than their asyncio drivers (docs/asyncio.md), and
-  the only way for a backend without an asyncio variant (the memory plugin,
-  any queue with the Redis depth cache).
+  and the coroutine awaits it. This is the default for SQLite, where it
+  measured faster than aiosqlite (docs/asyncio.md), and the only way for a
+  backend without an asyncio variant (the memory plugin, any queue with the
+  Redis depth cache).
 
 A transactional enqueue runs where the caller's connection lives: on a
 SQLAlchemy ``AsyncConnection`` through its own ``run_sync`` (a greenlet on the
@@ -58,12 +58,14 @@ def connect_async(
 ) -> AsyncQueue:
     """Open an :class:`AsyncQueue` on the database named by ``url``: :func:`~polyqueue.connect`'s URL and options.
 
-    The URL may name the application's asyncio driver
-    (``postgresql+psycopg_async://``, ``sqlite+aiosqlite://``,
-    ``mysql+asyncmy://``): the queue then runs on it. The option
-    ``async_driver`` (SQL backends) chooses explicitly: an asyncio driver
-    name, or ``"threads"`` for the thread bridge. ``threads`` is how many
-    threads bridged calls may use at once. Nothing connects until the first
+    The URL may be the application's own asyncio URL
+    (``postgresql+psycopg://``, ``sqlite+aiosqlite://``,
+    ``mysql+asyncmy://``). How calls run is the backend's measured default
+    (PostgreSQL: psycopg's asyncio driver; MySQL: asyncmy; SQLite: the thread
+    bridge); the option ``async_driver`` (SQL backends) chooses another: an
+    asyncio driver name (``"psycopg_async"``, ``"asyncmy"``, ``"aiomysql"``,
+    ``"aiosqlite"``) or ``"threads"``. ``threads`` is how many threads
+    bridged calls may use at once. Nothing connects until the first
     call. Raises :class:`ConfigurationError` as ``connect`` does, and when the
     asyncio driver or ``greenlet`` is not installed.
     """

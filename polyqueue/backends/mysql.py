@@ -41,7 +41,6 @@ from .sql import (
     LIVE_SQL,
     PENDING_SQL,
     SQL_CAPABILITIES,
-    THREADS,
     AwareUTCTime,
     ErrorKind,
     SQLBackend,
@@ -120,7 +119,8 @@ class MySQLBackend(SQLBackend):
     default_driver = "mysql+pymysql"
     driver_extra = "mysql"
     async_drivers = {"asyncmy": "mysql+asyncmy", "aiomysql": "mysql+aiomysql"}
-    default_async_driver = THREADS
+    # asyncmy measured fastest for AsyncQueue calls, ahead of the thread bridge and aiomysql (docs/asyncio.md).
+    default_async_driver = "asyncmy"
     async_driver_extra = "mysql,asyncio"
     supports_returning = False
 

@@ -147,10 +147,11 @@ class SQLBackend(Backend):
     #: The SQLAlchemy driver used when the URL names none (``postgresql`` -> ``postgresql+psycopg``).
     default_driver: ClassVar[str] = ""
     #: The SQLAlchemy asyncio drivers ``connect_async`` can run this dialect on, by the name the
-    #: ``async_driver`` option (or the URL's ``+driver``) gives them: ``{"asyncmy": "mysql+asyncmy"}``.
+    #: ``async_driver`` option gives them: ``{"asyncmy": "mysql+asyncmy"}``. A URL naming one of them
+    #: (an application's ``sqlite+aiosqlite://``) is accepted; the synchronous engine uses ``default_driver``.
     async_drivers: ClassVar[Mapping[str, str]] = {}
-    #: What ``connect_async`` uses when neither the URL nor ``async_driver`` names a driver: one of
-    #: :attr:`async_drivers`, or ``"threads"`` (call this backend from worker threads). Chosen by measurement.
+    #: What ``connect_async`` uses without an ``async_driver`` option: one of :attr:`async_drivers`, or
+    #: ``"threads"`` (call this backend from worker threads). Chosen by measurement (docs/asyncio.md).
     default_async_driver: ClassVar[str] = THREADS
     #: The pip extra that installs the asyncio driver, named in the missing-driver error.
     async_driver_extra: ClassVar[str] = "asyncio"
@@ -163,7 +164,7 @@ class SQLBackend(Backend):
         self.url = url
         self.options = options
         self.prefix: str = options["table_prefix"]
-        self.async_driver = self._chosen_async_driver(url, options.get("async_driver"))
+        self.async_driver = self._chosen_async_driver(options.get("async_driver"))
         #: The asyncio driver this instance's engines run on (its methods then run inside greenlets), or None.
         self.asyncio_engine: str | None = options.get(_ASYNCIO_ENGINE)
         self.reconnect_seconds: float = float(options.get("reconnect_seconds", 10.0))
@@ -188,15 +189,14 @@ class SQLBackend(Backend):
     # ------------------------------------------------------------------
     # asyncio
     # ------------------------------------------------------------------
-    def _chosen_async_driver(self, url: URL, option: Any) -> str:
-        """The ``async_driver`` option, else the URL's own driver when it is an asyncio one, else the default."""
-        if option is not None:
-            if option != THREADS and option not in self.async_drivers:
-                known = ", ".join([THREADS, *self.async_drivers])
-                raise ConfigurationError(f"async_driver must be one of {known} for {self.name}")
-            return str(option)
-        named = url.drivername.partition("+")[2]
-        return named if named in self.async_drivers else self.default_async_driver
+    def _chosen_async_driver(self, option: Any) -> str:
+        """The ``async_driver`` option, else the measured default (a URL naming an asyncio driver does not choose)."""
+        if option is None:
+            return self.default_async_driver
+        if option != THREADS and option not in self.async_drivers:
+            known = ", ".join([THREADS, *self.async_drivers])
+            raise ConfigurationError(f"async_driver must be one of {known} for {self.name}")
+        return str(option)
 
     def asyncio_variant(self) -> SQLBackend | None:
         """This store on its asyncio driver (see :meth:`Backend.asyncio_variant`); None with ``"threads"``.
