@@ -148,13 +148,9 @@ class AsyncQueue:
             # SQLAlchemy's own way to run synchronous code on an AsyncConnection: any driver, any backend.
             return await connection.run_sync(lambda conn: method(queue, *args, connection=conn, **kwargs))
         if inspect.iscoroutinefunction(getattr(connection, "commit", None)):
-            # A driver's asyncio connection (psycopg's AsyncConnection): only the asyncio variant can use it.
-            if self._native is None:
-                raise ConfigurationError(
-                    f"connection= is a {type(connection).__name__}, which {self.sync.backend.name} cannot use "
-                    "without an asyncio driver: pass a SQLAlchemy AsyncConnection"
-                )
-            return await greenlets.spawn(method, self._native, *args, connection=connection, **kwargs)
+            # A driver's asyncio connection (psycopg's AsyncConnection) lives on the loop: only the asyncio
+            # variant can use it, and a backend without one refuses it (after the same input checks).
+            return await greenlets.spawn(method, queue, *args, connection=connection, **kwargs)
         return await self._in_thread(method, self.sync, *args, connection=connection, **kwargs)
 
     # --- lifecycle ---------------------------------------------------------------------

@@ -839,6 +839,9 @@ class Worker:
         for thread in handler_threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._end_tasks(deadline)
+        if self._failures is not None:
+            self._failures.shutdown(wait=True)  # failures being recorded end first: those jobs are not released
+            self._failures = None
         with self._lock:
             leftovers = list(self._held.values())
         if leftovers:
@@ -852,9 +855,6 @@ class Worker:
                     self._held.pop(job.id, None)
                     self._running.pop(job.id, None)
                     self._running_sync.discard(job.id)
-        if self._failures is not None:
-            self._failures.shutdown(wait=True)
-            self._failures = None
         self._handlers_joined = True
         self._done_flag.set()
         completer, heartbeat = self._threads

@@ -5,7 +5,8 @@ Standalone, apart from ``polyqueue bench``: ``python -m polyqueue_bench.asyncio_
 * drain: ``--drain-jobs`` (10,000) jobs whose handler awaits
   ``asyncio.sleep(--sleep)`` (0.5 s), worked off by ONE worker process with
   ``concurrency`` ``--concurrency`` (500), through ``await worker.run_async(burst=True)``
-  and through ``worker.run(burst=True)`` (the worker's own loop thread). The
+  and through ``worker.run(burst=True)`` (the worker's own loop thread), at
+  the default ``batch_size`` (= ``concurrency``; ``--batch-size`` to prefetch more). The
   time runs inside the worker process, from the start of the run to its
   return (imports, connecting and the enqueue are not timed); every drain is
   verified: as many handler calls as jobs and every job ``done``.
@@ -74,12 +75,14 @@ def _drop(q: Any) -> None:
 
 
 # --- drain ------------------------------------------------------------------------------------
-def child_drain(url: str, prefix: str, jobs: int, concurrency: int, sleep: float, mode: str) -> dict[str, Any]:
+def child_drain(
+    url: str, prefix: str, jobs: int, concurrency: int, sleep: float, mode: str, batch_size: int | None = None
+) -> dict[str, Any]:
     """In the worker process: drain the queue with async handlers; the run's seconds and handler calls."""
     import polyqueue
 
     q = polyqueue.connect(url, table_prefix=prefix)
-    worker = polyqueue.Worker(q, concurrency=concurrency, lease=60)
+    worker = polyqueue.Worker(q, concurrency=concurrency, lease=60, batch_size=batch_size)
     handled = 0
 
     @worker.handler("sleep")
@@ -98,7 +101,7 @@ def child_drain(url: str, prefix: str, jobs: int, concurrency: int, sleep: float
     return {"seconds": elapsed, "handled": handled, "succeeded": succeeded}
 
 
-def drain_once(url: str, jobs: int, concurrency: int, sleep: float, mode: str) -> float:
+def drain_once(url: str, jobs: int, concurrency: int, sleep: float, mode: str, batch_size: int | None = None) -> float:
     """Enqueue ``jobs``, drain them in one worker process, verify; the drain's seconds."""
     prefix = _prefix()
     q = _queue(url, prefix)
@@ -106,7 +109,7 @@ def drain_once(url: str, jobs: int, concurrency: int, sleep: float, mode: str) -
         for start in range(0, jobs, 1000):
             q.enqueue_many([{"job_type": "sleep", "payload": {"i": i}} for i in range(start, min(jobs, start + 1000))])
         argv = [sys.executable, "-m", "polyqueue_bench.asyncio_bench", "--child-drain"]
-        argv += [json.dumps([url, prefix, jobs, concurrency, sleep, mode])]
+        argv += [json.dumps([url, prefix, jobs, concurrency, sleep, mode, batch_size])]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"worker process failed: {done.stderr.strip()[-2000:]}")
@@ -219,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         record(f"enqueue/{backend}/async-{driver}/{kind}", value)
             if "drain" in args.parts:
                 for mode in args.drain_modes:
-                    seconds = drain_once(url, args.drain_jobs, args.concurrency, args.sleep, mode)
+                    seconds = drain_once(url, args.drain_jobs, args.concurrency, args.sleep, mode, args.batch_size)
                     record(f"drain/{backend}/{mode}/seconds", seconds)
     figures: dict[str, dict[str, float]] = {key: _summary(values) for key, values in samples.items()}
     ratios: dict[str, float] = {}
@@ -270,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-jobs", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument("--sleep", type=float, default=0.5)
+    parser.add_argument("--batch-size", type=int, default=None, help="the worker's batch_size (default: concurrency)")
     parser.add_argument("--enqueue-jobs", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--json", default="")

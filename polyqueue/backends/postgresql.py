@@ -385,7 +385,10 @@ class PostgreSQLBackend(SQLBackend):
         wanted = psycopg.AsyncConnection if self.asyncio_engine is not None else psycopg.Connection if psycopg else None
         if wanted is None or not isinstance(connection, wanted):
             if psycopg is not None and isinstance(connection, psycopg.AsyncConnection):
-                raise ConfigurationError("a psycopg AsyncConnection needs an AsyncQueue: polyqueue.connect_async()")
+                raise ConfigurationError(
+                    "a psycopg AsyncConnection needs an AsyncQueue on psycopg's asyncio driver "
+                    "(polyqueue.connect_async, without async_driver='threads')"
+                )
             raise ConfigurationError(
                 f"connection= must be a SQLAlchemy Connection or a psycopg 3 {wanted.__name__ if wanted else ''}, "
                 f"got {type(connection).__name__}"
