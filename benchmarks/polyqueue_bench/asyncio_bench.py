@@ -12,11 +12,13 @@ Standalone, apart from ``polyqueue bench``: ``python -m polyqueue_bench.asyncio_
   verified: as many handler calls as jobs and every job ``done``.
 * enqueue: ``--enqueue-jobs`` (2,000) jobs from one event loop, one awaited
   ``AsyncQueue.enqueue`` after the other ("single", each its own transaction),
-  against the same loop of ``Queue.enqueue`` calls; and in batches of
-  ``--batch`` (100) through ``enqueue_many``. Each async figure is measured
-  with every asyncio driver the backend can use (``async_driver=``): the
-  thread bridge and the SQLAlchemy asyncio drivers that are installed.
-  Also "concurrent": the same jobs enqueued by 32 tasks at once.
+  against ``Queue.enqueue``; and in batches of ``--batch`` (100) through
+  ``enqueue_many``. Each async figure is measured with every asyncio driver
+  the backend can use (``async_driver=``): the thread bridge and the
+  SQLAlchemy asyncio drivers that are installed. The configurations take
+  turns call by call (see :func:`alternating_enqueue`), so that the machine's
+  changing load falls on all of them alike. Also "concurrent": the same jobs
+  enqueued by 32 tasks at once.
 
 Servers as for ``polyqueue bench`` (the ``polyqueue_bench`` database of the
 test servers, ``POLYQUEUE_TEST_*_URL``); SQLite is a file in a temporary
@@ -36,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,66 +124,77 @@ def drain_once(url: str, jobs: int, concurrency: int, sleep: float, mode: str, b
 
 
 # --- enqueue ----------------------------------------------------------------------------------
-def sync_enqueue(url: str, jobs: int, batch: int) -> dict[str, float]:
-    """The synchronous API: ``jobs`` single enqueues, then the same in ``enqueue_many`` batches; jobs/s each."""
-    q = _queue(url, _prefix())
+async def alternating_enqueue(backend: str, url: str, jobs: int, batch: int) -> dict[str, float]:
+    """One repetition of the enqueue figures on ``backend``: ``{"sync/single": jobs/s, "async-threads/batch": ...}``.
+
+    Every configuration -- the synchronous Queue and an AsyncQueue per
+    installed asyncio driver, each on a table prefix of its own -- makes one
+    call in turn, ``jobs`` times (single) and ``jobs / batch`` times
+    (``enqueue_many``), from one event loop; each call is timed on its own and
+    the times are summed per configuration. So the machine's load, however it
+    changes, falls on every configuration alike, call by call. (The sync calls
+    block the loop while they run: nothing else runs on it meanwhile.)
+    "concurrent" then has 32 tasks enqueue ``jobs`` at once on each AsyncQueue.
+    """
+    drivers = [name for name, module in DRIVERS[backend].items() if module is None or importlib.util.find_spec(module)]
+    prefixes = {name: _prefix() for name in ["sync", *drivers]}
+    for prefix in prefixes.values():
+        migrated = await asyncio.to_thread(_queue, url, prefix)
+        migrated.close()
+    sync = await asyncio.to_thread(_queue, url, prefixes["sync"])
+    queues = {name: polyqueue_connect_async(url, prefixes[name], name) for name in drivers}
+    spent: dict[str, float] = {}
+
+    def add(key: str, seconds: float) -> None:
+        spent[key] = spent.get(key, 0.0) + seconds
+
     try:
-        started = time.perf_counter()
+        sync.get(1)
+        for aq in queues.values():
+            await aq.get(1)  # connect outside the timing
         for i in range(jobs):
-            q.enqueue("t", {"i": i})
-        single = jobs / (time.perf_counter() - started)
-        started = time.perf_counter()
-        for start in range(0, jobs, batch):
-            q.enqueue_many([{"job_type": "t", "payload": {"i": i}} for i in range(start, start + batch)])
-        batched = jobs / (time.perf_counter() - started)
-        return {"single": single, "batch": batched}
-    finally:
-        _drop(q)
-
-
-async def _timed(jobs: int, work: Callable[[], Awaitable[Any]]) -> float:
-    started = time.perf_counter()
-    await work()
-    return jobs / (time.perf_counter() - started)
-
-
-async def async_enqueue(url: str, jobs: int, batch: int, driver: str) -> dict[str, float]:
-    """:class:`AsyncQueue` on ``driver``: single awaited enqueues, batches, and 32 tasks at once; jobs/s each."""
-    import polyqueue
-
-    prefix = _prefix()
-    await asyncio.to_thread(lambda: _queue(url, prefix).close())
-    aq = polyqueue.connect_async(url, table_prefix=prefix, async_driver=driver)
-    try:
-        await aq.get(1)  # connect outside the timing, as the sync figure's migrate() does
-
-        async def single() -> None:
-            for i in range(jobs):
+            started = time.perf_counter()
+            sync.enqueue("t", {"i": i})
+            add("sync/single", time.perf_counter() - started)
+            for name, aq in queues.items():
+                started = time.perf_counter()
                 await aq.enqueue("t", {"i": i})
+                add(f"async-{name}/single", time.perf_counter() - started)
+        for start in range(0, jobs, batch):
+            specs = [{"job_type": "t", "payload": {"i": i}} for i in range(start, min(jobs, start + batch))]
+            started = time.perf_counter()
+            sync.enqueue_many(specs)
+            add("sync/batch", time.perf_counter() - started)
+            for name, aq in queues.items():
+                started = time.perf_counter()
+                await aq.enqueue_many(specs)
+                add(f"async-{name}/batch", time.perf_counter() - started)
+        for name, aq in queues.items():
 
-        async def batched() -> None:
-            for start in range(0, jobs, batch):
-                await aq.enqueue_many([{"job_type": "t", "payload": {"i": i}} for i in range(start, start + batch)])
-
-        async def concurrent() -> None:
-            async def one_task(offset: int) -> None:
+            async def one_task(offset: int, aq: Any = aq) -> None:
                 for i in range(offset, jobs, CONCURRENT_TASKS):
                     await aq.enqueue("t", {"i": i})
 
+            started = time.perf_counter()
             await asyncio.gather(*(one_task(n) for n in range(CONCURRENT_TASKS)))
-
-        figures = {
-            "single": await _timed(jobs, single),
-            "batch": await _timed(jobs, batched),
-            "concurrent": await _timed(jobs, concurrent),
-        }
-        stats = await aq.stats()
-        if stats["pending"] != 3 * jobs:
-            raise RuntimeError(f"async enqueue on {driver} stored {stats['pending']} jobs, expected {3 * jobs}")
-        return figures
+            add(f"async-{name}/concurrent", time.perf_counter() - started)
+        for name, aq in queues.items():
+            pending = (await aq.stats())["pending"]
+            if pending != 3 * jobs:
+                raise RuntimeError(f"async enqueue on {name} stored {pending} jobs, expected {3 * jobs}")
+        return {key: jobs / seconds for key, seconds in spent.items()}
     finally:
-        await asyncio.to_thread(_drop, aq.sync)
-        await aq.close()
+        for aq in queues.values():
+            await asyncio.to_thread(_drop, aq.sync)
+            await aq.close()
+        await asyncio.to_thread(_drop, sync)
+
+
+def polyqueue_connect_async(url: str, prefix: str, driver: str) -> Any:
+    """An AsyncQueue on ``driver`` (an ``async_driver`` value)."""
+    import polyqueue
+
+    return polyqueue.connect_async(url, table_prefix=prefix, async_driver=driver)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -212,14 +224,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"repetition {rep + 1}/{args.repetitions}", flush=True)
         for backend, url in urls.items():
             if "enqueue" in args.parts:
-                for kind, value in sync_enqueue(url, args.enqueue_jobs, args.batch).items():
-                    record(f"enqueue/{backend}/sync/{kind}", value)
-                for driver, module in DRIVERS[backend].items():
-                    if module is not None and importlib.util.find_spec(module) is None:
-                        continue
-                    measured = asyncio.run(async_enqueue(url, args.enqueue_jobs, args.batch, driver))
-                    for kind, value in measured.items():
-                        record(f"enqueue/{backend}/async-{driver}/{kind}", value)
+                measured = asyncio.run(alternating_enqueue(backend, url, args.enqueue_jobs, args.batch))
+                for key, value in measured.items():
+                    record(f"enqueue/{backend}/{key}", value)
             if "drain" in args.parts:
                 for mode in args.drain_modes:
                     seconds = drain_once(url, args.drain_jobs, args.concurrency, args.sleep, mode, args.batch_size)
