@@ -4,9 +4,14 @@
 >>> q = polyqueue.connect("sqlite:///polyqueue.db")
 >>> q.migrate()
 >>> job_id = q.enqueue("send_email", {"to": "a@example.com"})
+
+asyncio code uses ``polyqueue.connect_async(url)``, an :class:`AsyncQueue`
+with the same methods as coroutines.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BackendUnavailable,
@@ -24,8 +29,12 @@ from .job import Job, JobStatus
 from .queue import DEFAULT_URL, Queue, connect
 from .worker import Worker
 
+if TYPE_CHECKING:
+    from .async_queue import AsyncQueue, connect_async
+
 __all__ = [
     "DEFAULT_URL",
+    "AsyncQueue",
     "BackendUnavailable",
     "ConfigurationError",
     "InvalidArgument",
@@ -40,7 +49,22 @@ __all__ = [
     "SchemaMissing",
     "Worker",
     "connect",
+    "connect_async",
     "hookimpl",
 ]
 
 __version__ = "0.1.0"
+
+#: Names imported on first use: asyncio support loads asyncio, which ``import polyqueue`` need not.
+_LAZY = {"AsyncQueue": "async_queue", "connect_async": "async_queue"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'polyqueue' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

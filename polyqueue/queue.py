@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -216,6 +217,19 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<polyqueue.Queue {self.backend.describe()}>"
+
+    def rebound(self, backend: Backend) -> Queue:
+        """This queue -- same class, options, plugins and URL -- on another backend of the same store.
+
+        :class:`~polyqueue.AsyncQueue` runs its Queue's methods over the
+        backend's :meth:`~polyqueue.backends.base.Backend.asyncio_variant`
+        this way. The copy has its own consumer session; closing it closes ``backend``.
+        """
+        clone = copy.copy(self)
+        clone.backend = backend
+        clone._session = ConsumerSession(clone, worker_id=default_worker_id())
+        clone._closed = threading.Event()
+        return clone
 
     # --- lifecycle ---------------------------------------------------------
     def connect_url(self) -> str:

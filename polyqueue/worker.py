@@ -1,4 +1,4 @@
-"""The Worker: claims in batches, runs handlers on threads, heartbeats, retries, waits politely, stops gracefully.
+"""The Worker: claims in batches, runs sync handlers on threads and async ones on an event loop, heartbeats, retries.
 
 What a job's failure or expiry means is :mod:`polyqueue.policy`'s; the
 Worker reaches the database only through its
@@ -8,18 +8,27 @@ has handlers for, a completer that marks finished jobs done in batches every
 few milliseconds, lease heartbeats, push wake-ups when the backend (or the
 depth cache) has them and adaptive back-off polling when it does not, and
 graceful shutdown on SIGTERM/SIGINT.
+
+The database work -- claims, completions, heartbeats, failures -- is done on
+the worker's own threads through the one synchronous session, whichever kind
+of handler runs; an ``async def`` handler runs as a task on one event loop
+(the worker's own in :meth:`Worker.run`, the caller's in
+:meth:`Worker.run_async`) and only hands its outcome over, so the loop never
+waits on the database.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue as std_queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import policy
 from .backends.base import Capability
@@ -28,6 +37,12 @@ from .job import Job, JobStatus
 from .periodic import DEFAULT_CATCH_UP_LIMIT, Schedule, Scheduler
 from .queue import Queue, default_worker_id
 from .validation import check_int, check_name, check_seconds, queue_list
+
+if TYPE_CHECKING:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .async_queue import AsyncQueue
 
 __all__ = ["Handler", "Worker"]
 
@@ -42,10 +57,30 @@ _REFILL_PATIENCE = 0.005
 _WAKEUP_SLICE = 0.5
 #: How long recording a settlement or heartbeat waits out a database outage before giving up (the lease decides).
 _OUTAGE_PATIENCE = 120.0
+#: How long async handlers cancelled at shutdown get to unwind (``finally`` blocks) before their jobs are released.
+_CANCEL_GRACE = 5.0
+#: Threads that record the failures of async handlers (a failure is one fenced statement each).
+_FAILURE_THREADS = 4
+
+
+def is_async_handler(fn: Any) -> bool:
+    """Whether ``fn`` is an ``async def`` function (or a callable whose ``__call__`` is one, or a partial of one)."""
+    call = None if inspect.isroutine(fn) else inspect.getattr_static(type(fn), "__call__", None)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
 class Worker:
-    """Runs handlers for jobs of ``queues`` with ``concurrency`` threads.
+    """Runs handlers for jobs of ``queues``, at most ``concurrency`` at once.
+
+    A handler is a function or an ``async def`` function of the job; both
+    kinds may be registered on one worker and ``concurrency`` counts them
+    together. Sync handlers run on threads (started as they are needed, at
+    most one per running sync job); async handlers run as tasks on one event
+    loop per worker -- its own loop thread in :meth:`run`, the caller's loop
+    in :meth:`run_async` -- so hundreds of I/O-bound jobs cost no threads.
+    Claims, completions, failures and heartbeats are made on the worker's
+    threads, never on the loop. A sync handler that returns an awaitable has
+    it awaited on the worker's loop.
 
     It claims only jobs of the types it has handlers for: a job of another
     type stays pending and untouched for a worker that handles it (a rolling
@@ -71,7 +106,7 @@ class Worker:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: Queue | AsyncQueue,
         queues: str | Iterable[str] = ("default",),
         concurrency: int = 4,
         lease: float = 30.0,
@@ -85,8 +120,12 @@ class Worker:
         worker_id: str | None = None,
     ) -> None:
         if not isinstance(queue, Queue):
-            raise InvalidArgument("Worker needs a polyqueue.Queue from polyqueue.connect()")
-        self.queue = queue
+            from .async_queue import AsyncQueue
+
+            if not isinstance(queue, AsyncQueue):
+                raise InvalidArgument("Worker needs a polyqueue.Queue or AsyncQueue (polyqueue.connect/connect_async)")
+            queue = queue.sync  # the worker's database work runs on its threads, through the synchronous Queue
+        self.queue: Queue = queue
         self.queues = queue_list(queues)
         self.concurrency = check_int(concurrency, "concurrency", 1, 1024)
         self.lease = check_seconds(lease, "lease", positive=True)
@@ -107,6 +146,8 @@ class Worker:
             self.worker_id, max_attempts=self.max_attempts, outage_patience=_OUTAGE_PATIENCE
         )
         self.handlers: dict[str, Handler] = {}
+        #: The job types whose handlers are ``async def`` (run as tasks on the worker's event loop).
+        self._async_types: set[str] = set()
         #: Periodic schedules this worker declares, by name (see :meth:`periodic`).
         self.schedules: dict[str, Schedule] = {}
         self.processed = 0
@@ -118,7 +159,14 @@ class Worker:
         self._lock = threading.Lock()
         self._slot_freed = threading.Condition(self._lock)
         self._held: dict[Hashable, Job] = {}  # claimed, not yet finished: heartbeated
-        self._running: dict[Hashable, Job] = {}  # handler running now
+        self._buffer: deque[Job] = deque()  # claimed, not started: waits for one of the `concurrency` slots
+        self._running: dict[Hashable, Job] = {}  # started: a handler thread or task has it (or is about to)
+        self._running_sync: set[Hashable] = set()  # the ones of those on threads
+        self._handler_threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._own_loop: threading.Thread | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # async handlers running (touched on the loop only)
+        self._failures: ThreadPoolExecutor | None = None
         # Succeeded, waiting for the completer to record it: still leased, so still heartbeated.
         self._completing: dict[Hashable, Job] = {}
         self._lost: set[Hashable] = set()
@@ -133,11 +181,19 @@ class Worker:
 
     # --- handlers -------------------------------------------------------------
     def register(self, job_type: str, fn: Handler) -> Handler:
-        """Run ``fn(job)`` for jobs of ``job_type``; its return value (JSON) becomes ``job.result``."""
+        """Run ``fn(job)`` for jobs of ``job_type``; its return value (JSON) becomes ``job.result``.
+
+        ``fn`` may be an ``async def`` function: it is awaited on the
+        worker's event loop, many at once.
+        """
         check_name(job_type, "job_type")
         if not callable(fn):
             raise InvalidArgument("handler must be callable")
         self.handlers[job_type] = fn
+        if is_async_handler(fn):
+            self._async_types.add(job_type)
+        else:
+            self._async_types.discard(job_type)
         return fn
 
     def handler(self, job_type: str) -> Callable[[Handler], Handler]:
@@ -195,7 +251,10 @@ class Worker:
 
     # --- running --------------------------------------------------------------
     def stop(self) -> None:
-        """Ask ``run`` to stop claiming, finish or release in-flight jobs, and return."""
+        """Ask ``run`` (or ``run_async``) to stop claiming, finish or release in-flight jobs, and return.
+
+        Thread-safe; also safe on the event loop.
+        """
         self._stopping.set()
         with self._lock:
             self._slot_freed.notify_all()
@@ -205,13 +264,71 @@ class Worker:
 
         Returns the number of jobs whose handler succeeded during this call.
         With periodic schedules it also fires their slots (in burst mode, the
-        ones missed while no worker ran). Raises :class:`ConfigurationError`
-        when there is neither a handler nor a schedule, or when the backend
-        has no periodic jobs.
+        ones missed while no worker ran). Async handlers run on an event loop
+        of the worker's own, in a thread. On shutdown, running jobs get
+        ``shutdown_timeout`` seconds to finish; then async ones are cancelled,
+        and every job still unfinished is released (the attempt not charged).
+        Raises :class:`ConfigurationError` when there is neither a handler nor
+        a schedule, or when the backend has no periodic jobs.
         """
+        scheduler = self._prepare()
+        try:
+            return self._run(burst, scheduler, self._start_own_loop() if self._async_types else None)
+        finally:
+            self._stop_own_loop()
+
+    async def run_async(self, burst: bool = False, *, handle_signals: bool = False) -> int:
+        """:meth:`run` for asyncio applications: async handlers run on the running loop, which this never blocks.
+
+        Await it (or run it as a task, as in a FastAPI lifespan) and call
+        :meth:`stop` to end it; cancelling it stops the worker the same way
+        (in-flight jobs finish within ``shutdown_timeout``, then are cancelled
+        and released) and then re-raises the cancellation. Claims, completions,
+        heartbeats and periodic schedules run on the worker's threads.
+        ``handle_signals`` makes SIGTERM and SIGINT stop the worker (for a
+        process the worker owns; leave it off under a server that handles
+        signals itself). Returns the number of jobs whose handler succeeded.
+        """
+        import asyncio
+
+        scheduler = self._prepare()
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[int] = loop.create_future()
+
+        def work() -> None:
+            try:
+                outcome = self._run(burst, scheduler, loop)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, finished, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, finished, outcome, None)
+
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, self.stop)
+        threading.Thread(target=work, name="polyqueue-worker", daemon=True).start()
+        try:
+            return await asyncio.shield(finished)
+        except asyncio.CancelledError:
+            self.stop()
+            try:
+                await asyncio.shield(finished)
+            except asyncio.CancelledError:
+                pass  # cancelled again: the shutdown goes on in its thread
+            raise
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    def _prepare(self) -> Scheduler | None:
+        """Refuse to run without handlers or schedules; the periodic scheduler, when there are schedules."""
         if not self.handlers and not self.schedules:
             raise ConfigurationError("the worker has no handlers: register one with worker.register() first")
-        scheduler = self._scheduler()
+        return self._scheduler()
+
+    def _run(self, burst: bool, scheduler: Scheduler | None, loop: asyncio.AbstractEventLoop | None) -> int:
+        """The run itself, in the calling thread; async handlers go to ``loop`` (which must not be this thread's)."""
+        self._loop = loop
         self._stopping.clear()
         succeeded_before = self.processed
         restore = self._install_signal_handlers()
@@ -265,16 +382,51 @@ class Worker:
         # A fresh hand-off queue per run: a handler thread still stuck in a job from an
         # earlier run (past its shutdown timeout) must not pick up this run's jobs.
         self._ready = std_queue.SimpleQueue()
+        self._handler_threads = []
         self._heartbeats_end.clear()
         self._handlers_joined = False
         self._threads = [
-            threading.Thread(target=self._run_handlers, args=(self._ready,), name=f"polyqueue-handler-{i}", daemon=True)
-            for i in range(self.concurrency)
+            threading.Thread(target=self._complete_loop, name="polyqueue-completer", daemon=True),
+            threading.Thread(target=self._heartbeat_loop, name="polyqueue-heartbeat", daemon=True),
         ]
-        self._threads.append(threading.Thread(target=self._complete_loop, name="polyqueue-completer", daemon=True))
-        self._threads.append(threading.Thread(target=self._heartbeat_loop, name="polyqueue-heartbeat", daemon=True))
         for thread in self._threads:
             thread.start()
+
+    # --- the event loop of async handlers -------------------------------------------
+    def _start_own_loop(self) -> asyncio.AbstractEventLoop:
+        """An event loop in a thread of its own, for :meth:`run`'s async handlers."""
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(started.set)
+            loop.run_forever()
+
+        self._own_loop = threading.Thread(target=serve, name="polyqueue-asyncio", daemon=True)
+        self._own_loop.start()
+        started.wait()
+        return loop
+
+    def _stop_own_loop(self) -> None:
+        thread, loop = self._own_loop, self._loop
+        if thread is None or loop is None:
+            return
+        self._own_loop = None
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(_CANCEL_GRACE)
+        if not thread.is_alive():
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def _loop_for_awaitables(self) -> asyncio.AbstractEventLoop:
+        """The loop a sync handler's awaitable result runs on (started now if :meth:`run` had no async handlers)."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = self._start_own_loop()
+            return self._loop
 
     @property
     def job_types(self) -> frozenset[str]:
@@ -349,8 +501,8 @@ class Worker:
                 with self._lock:
                     for job in jobs:
                         self._held[job.id] = job
-                for job in jobs:
-                    self._ready.put(job)
+                    self._buffer.extend(jobs)
+                    self._start_buffered()
                 continue
             if burst:
                 with self._lock:
@@ -403,6 +555,49 @@ class Worker:
         self._stopping.wait(bound)
         return None, min(idle_sleep * 2, self.poll_interval[1])
 
+    # --- starting jobs ----------------------------------------------------------
+    def _start_buffered(self) -> None:
+        """Start buffered jobs while fewer than ``concurrency`` run (``_lock`` held): async ones as tasks on the
+        loop, sync ones on a handler thread (one is started when every thread is busy)."""
+        if self._stopping.is_set():
+            return  # buffered jobs are released by the shutdown
+        for_loop: list[Job] = []
+        while self._buffer and len(self._running) < self.concurrency:
+            job = self._buffer.popleft()
+            self._running[job.id] = job
+            if job.job_type in self._async_types and self._loop is not None:
+                for_loop.append(job)
+                continue
+            self._running_sync.add(job.id)
+            if len(self._running_sync) > len(self._handler_threads):
+                thread = threading.Thread(
+                    target=self._run_handlers,
+                    args=(self._ready,),
+                    name=f"polyqueue-handler-{len(self._handler_threads)}",
+                    daemon=True,
+                )
+                self._handler_threads.append(thread)
+                thread.start()
+            self._ready.put(job)
+        if for_loop and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._start_tasks, for_loop)
+
+    def _succeeded(self, job: Job, result_json: str | None, started: float) -> None:
+        self.session.fire("polyqueue_job_succeeded", job=job, duration=time.perf_counter() - started)
+        # Registered as awaiting completion before the completer can see it, so it never goes unheartbeated.
+        self._finish(job, awaiting_completion=True)
+        with self._done_lock:
+            self._done.append((job, result_json))
+            self.processed += 1
+            if len(self._done) >= self.batch_size or self.completion_interval <= 0:
+                self._done_flag.set()
+
+    def _handler_for(self, job: Job) -> Handler:
+        fn = self.handlers.get(job.job_type)
+        if fn is None:  # unregistered while the job was buffered
+            raise LookupError(f"no handler registered for job type {job.job_type!r}")
+        return fn
+
     # --- handler threads -----------------------------------------------------
     def _run_handlers(self, ready: std_queue.SimpleQueue[Any]) -> None:
         while True:
@@ -412,39 +607,95 @@ class Worker:
             if self._stopping.is_set():
                 self._release_quietly(job)
                 continue
-            with self._lock:
-                self._running[job.id] = job
-            started = time.perf_counter()
-            self.session.fire("polyqueue_job_started", job=job)
+            self._run_sync_job(job)
+
+    def _run_sync_job(self, job: Job) -> None:
+        started = time.perf_counter()
+        self.session.fire("polyqueue_job_started", job=job)
+        try:
+            result = self._handler_for(job)(job)
+            if inspect.isawaitable(result):
+                result = self._await_on_loop(result)
+            result_json = self.session.encode_result(result)
+        except BaseException as exc:
             try:
-                fn = self.handlers.get(job.job_type)
-                if fn is None:  # unregistered while the job was buffered
-                    raise LookupError(f"no handler registered for job type {job.job_type!r}")
-                result_json = self.session.encode_result(fn(job))
-            except BaseException as exc:
-                try:
-                    self._fail(job, exc)
-                finally:
-                    self._finish(job)
-                if not isinstance(exc, Exception):
-                    raise
+                self._fail(job, exc)
+            finally:
+                self._finish(job)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._succeeded(job, result_json, started)
+
+    def _await_on_loop(self, awaitable: Awaitable[Any]) -> Any:
+        """A sync handler returned an awaitable (a wrapped ``async def``): await it on the worker's loop."""
+        import asyncio
+
+        async def awaited() -> Any:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(awaited(), self._loop_for_awaitables()).result()
+
+    # --- async handlers (on the loop) -----------------------------------------------
+    def _start_tasks(self, jobs: list[Job]) -> None:
+        """On the loop: a task per job (none once stopping: the shutdown releases those jobs, never started)."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            if self._stopping.is_set():
                 continue
-            self.session.fire("polyqueue_job_succeeded", job=job, duration=time.perf_counter() - started)
-            # Registered as awaiting completion before the completer can see it, so it never goes unheartbeated.
-            self._finish(job, awaiting_completion=True)
-            with self._done_lock:
-                self._done.append((job, result_json))
-                self.processed += 1
-                if len(self._done) >= self.batch_size or self.completion_interval <= 0:
-                    self._done_flag.set()
+            task = loop.create_task(self._run_async_job(job), name=f"polyqueue-job-{job.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_async_job(self, job: Job) -> None:
+        import asyncio
+
+        started = time.perf_counter()
+        self.session.fire("polyqueue_job_started", job=job)
+        try:
+            result = self._handler_for(job)(job)
+            if inspect.isawaitable(result):
+                result = await result
+            result_json = self.session.encode_result(result)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                return  # cancelled by the shutdown: the job stays held and is released, uncharged
+            await self._record_failure(job, exc)  # the handler's own cancellation, not this task's: a failure
+        except BaseException as exc:
+            await self._record_failure(job, exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            self._succeeded(job, result_json, started)
+
+    async def _record_failure(self, job: Job, exc: BaseException) -> None:
+        """Record an async handler's failure on a thread (a database write), the job heartbeated until then."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._failures is None:
+            self._failures = ThreadPoolExecutor(_FAILURE_THREADS, thread_name_prefix="polyqueue-failures")
+        recording = asyncio.get_running_loop().run_in_executor(self._failures, self._fail_and_finish, job, exc)
+        await asyncio.shield(recording)
+
+    def _fail_and_finish(self, job: Job, exc: BaseException) -> None:
+        try:
+            self._fail(job, exc)
+        finally:
+            self._finish(job)
 
     def _finish(self, job: Job, *, awaiting_completion: bool = False) -> None:
         with self._lock:
             self._running.pop(job.id, None)
+            self._running_sync.discard(job.id)
             self._held.pop(job.id, None)
             self._lost.discard(job.id)
             if awaiting_completion:
                 self._completing[job.id] = job
+            self._start_buffered()
             if self._room_to_claim() or not self._held or self._stopping.is_set():
                 self._slot_freed.notify_all()
 
@@ -488,14 +739,8 @@ class Worker:
 
     def _release_unstarted(self) -> None:
         """Give back, in one statement, the buffered jobs no handler has taken yet."""
-        unstarted: list[Job] = []
-        while True:
-            try:
-                item = self._ready.get_nowait()
-            except std_queue.Empty:
-                break
-            if item is not _STOP:
-                unstarted.append(item)
+        with self._lock:
+            unstarted, self._buffer = list(self._buffer), deque()
         if not unstarted:
             return
         try:
@@ -583,26 +828,74 @@ class Worker:
 
     # --- shutdown ----------------------------------------------------------------
     def _shutdown(self) -> None:
+        """Release buffered jobs, let running ones finish until the deadline, cancel async ones, release the rest."""
         self._stopping.set()
         deadline = time.monotonic() + self.shutdown_timeout
         self._release_unstarted()
-        for _ in range(self.concurrency):
+        with self._lock:
+            handler_threads = list(self._handler_threads)
+        for _ in handler_threads:
             self._ready.put(_STOP)
-        handler_threads = self._threads[: self.concurrency]
         for thread in handler_threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self._end_tasks(deadline)
+        if self._failures is not None:
+            self._failures.shutdown(wait=True)  # failures being recorded end first: those jobs are not released
+            self._failures = None
         with self._lock:
-            leftovers = [job for job_id, job in self._held.items()]
+            leftovers = list(self._held.values())
         if leftovers:
             log.warning("releasing %d job(s) still running after %.0fs", len(leftovers), self.shutdown_timeout)
             try:
                 self.session.release(leftovers)
             except PolyqueueError as exc:
                 log.warning("could not release in-flight jobs (%s); their leases will expire", exc)
+            with self._lock:
+                for job in leftovers:
+                    self._held.pop(job.id, None)
+                    self._running.pop(job.id, None)
+                    self._running_sync.discard(job.id)
         self._handlers_joined = True
         self._done_flag.set()
-        completer, heartbeat = self._threads[self.concurrency :]
+        completer, heartbeat = self._threads
         completer.join(self.shutdown_timeout)
         self._flush_completions()
         self._heartbeats_end.set()
         heartbeat.join(5.0)
+
+    def _end_tasks(self, deadline: float) -> None:
+        """From the worker's thread: wait for async handlers until ``deadline``, then cancel those still running."""
+        import asyncio
+
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            ending = asyncio.run_coroutine_threadsafe(self._finish_or_cancel_tasks(remaining), loop)
+            ending.result(remaining + _CANCEL_GRACE + 1.0)
+        except Exception as exc:  # the loop stopped or is stuck: the jobs are released all the same
+            log.warning("async handlers did not end cleanly (%s); their jobs are released", type(exc).__name__)
+
+    async def _finish_or_cancel_tasks(self, timeout: float) -> None:
+        import asyncio
+
+        tasks = set(self._tasks)
+        if not tasks:
+            return
+        _, running = await asyncio.wait(tasks, timeout=timeout)
+        if running:
+            log.warning("cancelling %d async job(s) still running after %.0fs", len(running), self.shutdown_timeout)
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running, timeout=_CANCEL_GRACE)
+
+
+def _settle(future: asyncio.Future[int], result: int | None, error: BaseException | None) -> None:
+    """Complete ``future`` (on its loop) with the worker's outcome, unless it was already cancelled."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result or 0)

@@ -96,3 +96,35 @@ def test_worker_rejects_bad_settings(tmp_path: Path) -> None:
 def test_public_names() -> None:
     for name in polyqueue.__all__:
         assert getattr(polyqueue, name).__doc__, f"{name} needs a docstring"
+
+
+def test_import_loads_neither_sqlalchemy_nor_asyncio() -> None:
+    import subprocess
+    import sys
+
+    code = "import polyqueue, sys; print(sorted(m for m in ('sqlalchemy', 'asyncio', 'greenlet') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", f"import polyqueue loaded {loaded}: asyncio support must load lazily"
+
+
+def test_connect_async_validates_like_connect(tmp_path: Path) -> None:
+    import asyncio
+
+    with pytest.raises(ConfigurationError, match="async_driver"):
+        polyqueue.connect_async(f"sqlite:///{tmp_path / 'q.db'}", async_driver="nope")
+    with pytest.raises(ConfigurationError, match="unknown URL scheme"):
+        polyqueue.connect_async("nosuchdb://x")
+    with pytest.raises(InvalidArgument):
+        polyqueue.connect_async(f"sqlite:///{tmp_path / 'q.db'}", threads=0)
+    with pytest.raises(InvalidArgument):
+        polyqueue.AsyncQueue("not a queue")  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with polyqueue.connect_async(f"sqlite:///{tmp_path / 'q.db'}", async_driver="aiosqlite") as aq:
+            assert aq.native and "aiosqlite" not in repr(aq)
+            await aq.migrate()
+            assert await aq.get(await aq.enqueue("t", {"n": 1})) is not None
+
+    asyncio.run(main())
+    with polyqueue.connect(f"sqlite:///{tmp_path / 'q.db'}") as q:
+        assert q.stats()["pending"] == 1

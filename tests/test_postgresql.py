@@ -262,6 +262,68 @@ def test_enqueue_inside_a_raw_psycopg_transaction(pg_url: str, pg_queue: polyque
     assert sorted(ran, key=str) == sorted([{"n": 2}, None, None], key=str), "a rolled-back job ran"
 
 
+def test_enqueue_inside_a_raw_psycopg_async_transaction(pg_url: str, pg_queue: polyqueue.Queue) -> None:
+    """AsyncQueue lends a caller's psycopg AsyncConnection to the asyncio dialect, as Queue lends a sync one."""
+    import asyncio
+
+    from psycopg.rows import dict_row
+
+    u = sa.engine.make_url(pg_url)
+    params = {"host": u.host, "port": u.port or 5432, "user": u.username, "dbname": u.database}
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        aq = polyqueue.AsyncQueue(polyqueue.connect(pg_url, table_prefix=pg_queue.options["table_prefix"]))
+        assert aq.native
+        raws = [await psycopg.AsyncConnection.connect(**params, row_factory=dict_row) for _ in range(2)]
+        try:
+
+            async def one(raw: Any, n: int) -> list[Any]:
+                ids = [await aq.enqueue("job", {"n": n}, connection=raw)]
+                ids += await aq.enqueue_many([{"job_type": "job", "dedupe_key": f"k{n}"}] * 2, connection=raw)
+                return ids
+
+            # Two transactions enqueueing at once on one loop, each on its own connection.
+            kept, gone = await asyncio.gather(one(raws[0], 1), one(raws[1], 2))
+            assert await aq.get(kept[0]) is None, "visible before the caller committed"
+            await raws[0].commit()
+            await raws[1].rollback()
+            await raws[0].set_autocommit(True)
+            with pytest.raises(polyqueue.ConfigurationError, match="autocommit"):
+                await aq.enqueue("job", connection=raws[0])
+            with pytest.raises(polyqueue.ConfigurationError, match="connect_async"):
+                pg_queue.enqueue("job", connection=raws[0])
+            return kept, gone
+        finally:
+            for raw in raws:
+                await raw.close()
+            await aq.close()
+
+    kept, gone = asyncio.run(main())
+    assert kept[1] == kept[2] and {status_of(pg_queue, i) for i in kept} == {"pending"}
+    assert all(pg_queue.get(i) is None for i in gone)
+    assert pg_queue.stats()["pending"] == 2
+
+
+def test_async_queue_on_the_thread_bridge_refuses_a_psycopg_async_connection(pg_url: str) -> None:
+    import asyncio
+
+    async def main() -> None:
+        aq = polyqueue.connect_async(pg_url, table_prefix=unique_prefix(), async_driver="threads")
+        assert not aq.native
+        raw = await psycopg.AsyncConnection.connect(sa.engine.make_url(pg_url).render_as_string(hide_password=False)
+                                                    .replace("postgresql+psycopg://", "postgresql://"))
+        try:
+            with pytest.raises(polyqueue.ConfigurationError, match="asyncio driver"):
+                await aq.enqueue("job", connection=raw)
+            with pytest.raises(polyqueue.InvalidPayload):
+                await aq.enqueue("job", {1}, connection=raw)  # validation comes first, whatever the connection
+        finally:
+            await raw.close()
+            await aq.close()
+
+    asyncio.run(main())
+
+
 def test_rolled_back_sqlalchemy_transaction_leaves_no_job(pg_queue: polyqueue.Queue) -> None:
     engine = backend_of(pg_queue).engine
     with engine.connect() as conn:

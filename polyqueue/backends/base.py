@@ -556,6 +556,20 @@ class Backend(abc.ABC):
         """A push wake-up source for idle workers, or None (the worker then polls)."""
         return None
 
+    # --- asyncio ---------------------------------------------------------
+    def asyncio_variant(self) -> Backend | None:
+        """This store opened again on an asyncio driver, for :class:`~polyqueue.AsyncQueue`; None by default.
+
+        :class:`~polyqueue.AsyncQueue` calls the variant's ordinary (synchronous)
+        methods inside a greenlet on the event loop, so every wait on the
+        store must go through the asyncio driver (``polyqueue.greenlets.await_``)
+        and yield to the loop instead of blocking it. The variant shares this
+        backend's options and store; the caller closes it. Without a variant,
+        :class:`~polyqueue.AsyncQueue` calls this backend from worker threads,
+        which is always correct (the memory backend, the Redis depth cache).
+        """
+        return None
+
     # --- periodic jobs (the ``periodic`` capability) ----------------------
     def declare_schedules(self, request: DeclareSchedules) -> ScheduleState:
         """Record the schedules (insert or update by name, with the worker and DB-now) and return their last fires.

@@ -37,7 +37,15 @@ from .. import policy
 from ..errors import ConfigurationError, PolyqueueError
 from ..job import JobStatus
 from .base import EnqueueBatch
-from .sql import LIVE_SQL, PENDING_SQL, SQL_CAPABILITIES, AwareUTCTime, ErrorKind, SQLBackend, UpdateValues
+from .sql import (
+    LIVE_SQL,
+    PENDING_SQL,
+    SQL_CAPABILITIES,
+    AwareUTCTime,
+    ErrorKind,
+    SQLBackend,
+    UpdateValues,
+)
 
 __all__ = ["MySQLBackend", "UTCDateTime", "check_server_version", "exact_collation"]
 
@@ -110,6 +118,10 @@ class MySQLBackend(SQLBackend):
     capabilities = SQL_CAPABILITIES
     default_driver = "mysql+pymysql"
     driver_extra = "mysql"
+    async_drivers = {"asyncmy": "mysql+asyncmy", "aiomysql": "mysql+aiomysql"}
+    # asyncmy measured fastest for AsyncQueue calls, ahead of the thread bridge and aiomysql (docs/asyncio.md).
+    default_async_driver = "asyncmy"
+    async_driver_extra = "mysql,asyncio"
     supports_returning = False
 
     def __init__(self, url: sa.engine.URL, options: dict[str, Any]) -> None:

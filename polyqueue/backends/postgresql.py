@@ -173,6 +173,10 @@ class PostgreSQLBackend(SQLBackend):
     capabilities = SQL_CAPABILITIES | {Capability.NOTIFY}
     default_driver = "postgresql+psycopg"
     driver_extra = "postgresql"
+    # psycopg 3 is natively async: connect_async runs on its asyncio driver (no extra package to install).
+    async_drivers = {"psycopg_async": "postgresql+psycopg_async"}
+    default_async_driver = "psycopg_async"
+    async_driver_extra = "postgresql,asyncio"
     partial_index_keyword = "postgresql_where"
 
     @property
@@ -365,7 +369,11 @@ class PostgreSQLBackend(SQLBackend):
 
     @contextmanager
     def caller_connection(self, connection: Any) -> Iterator[Connection]:
-        """The caller's transaction: a SQLAlchemy ``Connection``, or a psycopg 3 ``Connection`` lent to SQLAlchemy."""
+        """The caller's transaction: a SQLAlchemy ``Connection``, or a psycopg 3 connection lent to SQLAlchemy.
+
+        A psycopg ``Connection`` on a synchronous backend; a psycopg
+        ``AsyncConnection`` on the :meth:`asyncio_variant` (``connect_async``).
+        """
         if isinstance(connection, Connection):
             with super().caller_connection(connection) as conn:
                 yield conn
@@ -374,9 +382,15 @@ class PostgreSQLBackend(SQLBackend):
             import psycopg
         except ImportError:  # pragma: no cover - the backend cannot open without it
             psycopg = None  # type: ignore[assignment]
-        if psycopg is None or not isinstance(connection, psycopg.Connection):
+        wanted = psycopg.AsyncConnection if self.asyncio_engine is not None else psycopg.Connection if psycopg else None
+        if wanted is None or not isinstance(connection, wanted):
+            if psycopg is not None and isinstance(connection, psycopg.AsyncConnection):
+                raise ConfigurationError(
+                    "a psycopg AsyncConnection needs an AsyncQueue on psycopg's asyncio driver "
+                    "(polyqueue.connect_async, without async_driver='threads')"
+                )
             raise ConfigurationError(
-                "connection= must be a SQLAlchemy Connection or a psycopg 3 Connection, "
+                f"connection= must be a SQLAlchemy Connection or a psycopg 3 {wanted.__name__ if wanted else ''}, "
                 f"got {type(connection).__name__}"
             )
         _check_borrowable(connection)
@@ -511,6 +525,23 @@ class _Borrowed:
         """Never: the caller closes."""
 
 
+async def _lend(raw: Any) -> _AsyncBorrowed:
+    return _AsyncBorrowed(raw)
+
+
+class _AsyncBorrowed(_Borrowed):
+    """:class:`_Borrowed` for a psycopg ``AsyncConnection``: the ends of the transaction are coroutines, and no-ops."""
+
+    async def commit(self) -> None:  # type: ignore[override]
+        """Never: the caller commits."""
+
+    async def rollback(self) -> None:  # type: ignore[override]
+        """Never: the caller rolls back."""
+
+    async def close(self) -> None:  # type: ignore[override]
+        """Never: the caller closes."""
+
+
 class _BorrowedConnections:
     """Wraps callers' psycopg connections in SQLAlchemy ``Connection`` objects.
 
@@ -528,8 +559,18 @@ class _BorrowedConnections:
     def _build(self) -> Engine:
         with self.main.connect():
             pass  # initialise the shared dialect (server version etc.) on one of our own connections
-        pool = NullPool(lambda: _Borrowed(self._local.raw), reset_on_return=None)
-        return Engine(pool, self.main.dialect, self.main.url)
+        dialect = self.main.dialect
+        if getattr(dialect, "is_async", False):
+            # The asyncio dialect adapts a psycopg AsyncConnection itself and asks for it with a coroutine.
+            # The connection is read when the pool calls the creator, before the first switch to the loop:
+            # another task on the loop may lend its own connection while this one is being adapted.
+            pool = NullPool(
+                lambda: dialect.loaded_dbapi.connect(async_creator_fn=functools.partial(_lend, self._local.raw)),
+                reset_on_return=None,
+            )
+        else:
+            pool = NullPool(lambda: _Borrowed(self._local.raw), reset_on_return=None)
+        return Engine(pool, dialect, self.main.url)
 
     @contextmanager
     def lend(self, raw: Any) -> Iterator[Connection]:

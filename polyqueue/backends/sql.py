@@ -20,8 +20,8 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
@@ -41,6 +41,7 @@ __all__ = [
     "LONG_TEXT",
     "SCHEMA_VERSION",
     "SQL_CAPABILITIES",
+    "THREADS",
     "AwareUTCTime",
     "ErrorKind",
     "SQLBackend",
@@ -88,6 +89,12 @@ SQL_CAPABILITIES = frozenset(
 )
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
 FENCE_CHUNK = 512
+#: The ``async_driver`` that calls the backend from worker threads instead of running it on an asyncio driver.
+THREADS = "threads"
+#: Internal option: the SQLAlchemy asyncio driver of an :meth:`SQLBackend.asyncio_variant`'s engines.
+_ASYNCIO_ENGINE = "_asyncio_engine"
+#: The module each SQLAlchemy asyncio driver imports.
+_DRIVER_MODULES = {"psycopg_async": "psycopg", "asyncmy": "asyncmy", "aiomysql": "aiomysql", "aiosqlite": "aiosqlite"}
 
 
 class AwareUTCTime(sa.types.TypeDecorator[datetime]):
@@ -132,9 +139,22 @@ class SQLBackend(Backend):
 
     name = "sql"
     capabilities = frozenset()
-    connect_options: ClassVar[dict[str, OptionParser]] = {"reconnect_seconds": float, "transient_retries": int}
+    connect_options: ClassVar[dict[str, OptionParser]] = {
+        "reconnect_seconds": float,
+        "transient_retries": int,
+        "async_driver": str,
+    }
     #: The SQLAlchemy driver used when the URL names none (``postgresql`` -> ``postgresql+psycopg``).
     default_driver: ClassVar[str] = ""
+    #: The SQLAlchemy asyncio drivers ``connect_async`` can run this dialect on, by the name the
+    #: ``async_driver`` option gives them: ``{"asyncmy": "mysql+asyncmy"}``. A URL naming one of them
+    #: (an application's ``sqlite+aiosqlite://``) is accepted; the synchronous engine uses ``default_driver``.
+    async_drivers: ClassVar[Mapping[str, str]] = {}
+    #: What ``connect_async`` uses without an ``async_driver`` option: one of :attr:`async_drivers`, or
+    #: ``"threads"`` (call this backend from worker threads). Chosen by measurement (docs/asyncio.md).
+    default_async_driver: ClassVar[str] = THREADS
+    #: The pip extra that installs the asyncio driver, named in the missing-driver error.
+    async_driver_extra: ClassVar[str] = "asyncio"
     #: The pip extra that installs the driver, named in the missing-driver error.
     driver_extra: ClassVar[str] = ""
     #: Whether ``UPDATE/INSERT ... RETURNING`` is available.
@@ -144,6 +164,9 @@ class SQLBackend(Backend):
         self.url = url
         self.options = options
         self.prefix: str = options["table_prefix"]
+        self.async_driver = self._chosen_async_driver(options.get("async_driver"))
+        #: The asyncio driver this instance's engines run on (its methods then run inside greenlets), or None.
+        self.asyncio_engine: str | None = options.get(_ASYNCIO_ENGINE)
         self.reconnect_seconds: float = float(options.get("reconnect_seconds", 10.0))
         self.transient_retries: int = int(options.get("transient_retries", 10))
         self.metadata = sa.MetaData()
@@ -162,6 +185,40 @@ class SQLBackend(Backend):
         self._job_field_positions = tuple(names.index(name) for name in _JOB_FIELDS)
         self._order_columns = {"priority": self.jobs.c.priority, "run_at": self.jobs.c.run_at, "id": self.jobs.c.id}
         self.engine = self._create_engine()
+
+    # ------------------------------------------------------------------
+    # asyncio
+    # ------------------------------------------------------------------
+    def _chosen_async_driver(self, option: Any) -> str:
+        """The ``async_driver`` option, else the measured default (a URL naming an asyncio driver does not choose)."""
+        if option is None:
+            return self.default_async_driver
+        if option != THREADS and option not in self.async_drivers:
+            known = ", ".join([THREADS, *self.async_drivers])
+            raise ConfigurationError(f"async_driver must be one of {known} for {self.name}")
+        return str(option)
+
+    def asyncio_variant(self) -> SQLBackend | None:
+        """This store on its asyncio driver (see :meth:`Backend.asyncio_variant`); None with ``"threads"``.
+
+        The same class and options with engines from ``create_async_engine``:
+        every statement this code sends then awaits the driver, so the shared
+        SQL layer runs unchanged inside a greenlet on the event loop.
+        """
+        if self.async_driver == THREADS:
+            return None
+        return type(self)(self.url, {**self.options, _ASYNCIO_ENGINE: self.async_drivers[self.async_driver]})
+
+    def pause(self, seconds: float) -> None:
+        """Wait between two tries of a transaction: a sleep, or on an asyncio engine a wait that yields the loop."""
+        if self.asyncio_engine is None:
+            time.sleep(seconds)
+        else:
+            import asyncio
+
+            from ..greenlets import await_
+
+            await_(asyncio.sleep(seconds))
 
     # ------------------------------------------------------------------
     # Dialect knobs: override in subclasses.
@@ -408,6 +465,30 @@ class SQLBackend(Backend):
         """``engine.begin()``: a SQLAlchemy Connection in a transaction, as an application would hold (tests)."""
         return self.engine.begin()
 
+    @asynccontextmanager
+    async def async_caller_transaction(self) -> AsyncIterator[Any]:
+        """An ``AsyncConnection`` in a transaction on an asyncio driver of this dialect, as an app holds (tests).
+
+        Raises NotImplementedError when no asyncio driver of the dialect is installed.
+        """
+        import importlib.util
+
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        drivers = [self.async_drivers[self.async_driver]] if self.async_driver != THREADS else []
+        drivers += list(self.async_drivers.values())
+        for driver in drivers:
+            if importlib.util.find_spec(_DRIVER_MODULES.get(driver.partition("+")[2], "")) is None:
+                continue
+            engine = create_async_engine(self.url.set(drivername=driver))
+            try:
+                async with engine.begin() as conn:
+                    yield conn
+            finally:
+                await engine.dispose()
+            return
+        raise NotImplementedError(f"no asyncio driver for {self.name} is installed ({', '.join(self.async_drivers)})")
+
     def drop_schema(self) -> None:
         """Drop the tables and indexes of this prefix (tests and uninstalling)."""
         self._run(lambda conn: self.metadata.drop_all(conn, checkfirst=True))
@@ -417,7 +498,9 @@ class SQLBackend(Backend):
     # ------------------------------------------------------------------
     def _create_engine(self, *, autocommit: bool = False) -> Engine:
         url = self.url
-        if "+" not in url.drivername and self.default_driver:
+        if self.asyncio_engine is not None:
+            url = url.set(drivername=self.asyncio_engine)
+        elif self.default_driver and ("+" not in url.drivername or self._names_async_driver(url)):
             url = url.set(drivername=self.default_driver)
         options: dict[str, Any] = {"pool_reset_on_return": None}
         options.update(self.engine_options())
@@ -426,11 +509,17 @@ class SQLBackend(Backend):
             # connection back and forth costs a SET statement per checkout on some drivers.
             # As large as the transactional pool: a worker's handlers, completer and heartbeat all use it.
             options.update(isolation_level="AUTOCOMMIT")
+        extra = self.driver_extra if self.asyncio_engine is None else self.async_driver_extra
         try:
-            engine = sa.create_engine(url, **options)
+            if self.asyncio_engine is None:
+                engine = sa.create_engine(url, **options)
+            else:
+                from sqlalchemy.ext.asyncio import create_async_engine
+
+                engine = create_async_engine(url, **options).sync_engine
         except (ImportError, sa_exc.NoSuchModuleError) as exc:
             raise ConfigurationError(
-                f"the driver for {url.drivername!r} is not installed: pip install 'polyqueue[{self.driver_extra}]'"
+                f"the driver for {url.drivername!r} is not installed: pip install 'polyqueue[{extra}]'"
             ) from exc
         except sa_exc.ArgumentError as exc:
             raise ConfigurationError(f"invalid options for {self.describe()}: {exc}") from exc
@@ -439,6 +528,10 @@ class SQLBackend(Backend):
             sa.event.listen(engine, "begin", self.begin_transaction)
         sa.event.listen(engine, "handle_error", self._agree_on_disconnects)
         return engine
+
+    def _names_async_driver(self, url: URL) -> bool:
+        """Whether the URL names one of this dialect's asyncio drivers (the sync engine then uses the default)."""
+        return url.drivername in self.async_drivers.values() or url.drivername.partition("+")[2] in self.async_drivers
 
     def _agree_on_disconnects(self, context: Any) -> None:
         # Drivers' own disconnect checks can miss errors the dialect knows to be fatal (PostgreSQL's
@@ -511,13 +604,13 @@ class SQLBackend(Backend):
                 kind = self.classify(exc)
                 if kind == ErrorKind.TRANSIENT or (kind == ErrorKind.DUPLICATE and retry_duplicates):
                     if attempt <= self.transient_retries:
-                        time.sleep(policy.TRANSIENT.delay(attempt))
+                        self.pause(policy.TRANSIENT.delay(attempt))
                         continue
                 elif kind == ErrorKind.DISCONNECT:
                     now = time.monotonic()
                     deadline = deadline or now + self.reconnect_seconds
                     if now < deadline:
-                        time.sleep(min(policy.RECONNECT.delay(attempt), max(0.0, deadline - now)))
+                        self.pause(min(policy.RECONNECT.delay(attempt), max(0.0, deadline - now)))
                         continue
                 raise self._translate(exc) from exc
 

@@ -10,6 +10,7 @@ without it they are skipped with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,12 @@ from polyqueue import (
 from polyqueue.backends.base import Capability
 from polyqueue.testing import unique_prefix
 
-from .support import caller_transaction, drop_schema
+from .support import async_caller_transaction, caller_transaction, drop_schema
 
 __all__ = [
+    "TestAsyncQueue",
+    "TestAsyncTransactionalEnqueue",
+    "TestAsyncWorker",
     "TestBadInput",
     "TestCancel",
     "TestClaimOrder",
@@ -1305,3 +1309,384 @@ class TestTransactionalEnqueue:
         assert queue.get(job_id) is None
         assert queue.claim() == []
         assert queue.stats()["pending"] == 0
+
+
+# ---------------------------------------------------------------------------
+#: How long an async test waits for something that should happen at once (a loaded machine is slow, never this slow).
+_PATIENCE = 60.0
+
+
+def in_loop(
+    make_queue: QueueFactory, test: Callable[[polyqueue.AsyncQueue], Coroutine[Any, Any, Any]], **options: Any
+) -> Any:
+    """Run ``test`` on an AsyncQueue over a new Queue of the test's store (``queue_factory(**options)``).
+
+    The AsyncQueue lives in one fresh event loop (``asyncio.run``), and is closed in it.
+    """
+
+    async def main() -> Any:
+        aq = polyqueue.AsyncQueue(make_queue(**options))
+        try:
+            return await asyncio.wait_for(test(aq), _PATIENCE * 2)
+        finally:
+            await aq.close()
+
+    return asyncio.run(main())
+
+
+class TestAsyncQueue:
+    """``AsyncQueue``: the Queue's methods as coroutines, with the same checks, errors and results."""
+
+    def test_the_queue_methods_as_coroutines(self, queue: polyqueue.Queue, queue_factory: QueueFactory) -> None:
+        async def test(aq: polyqueue.AsyncQueue) -> None:
+            first = await aq.enqueue("send", {"to": "a"}, queue="mail")
+            more = await aq.enqueue_many([{"job_type": "send", "payload": {"n": n}, "queue": "mail"} for n in range(3)])
+            assert len({first, *more}) == 4
+            job = await aq.get(first)
+            assert job is not None and (job.queue, job.job_type, job.payload, job.status) == (
+                "mail", "send", {"to": "a"}, "pending",
+            )  # fmt: skip
+            assert (await aq.require(first)).id == first
+            assert await aq.depth("mail") == 4 and (await aq.stats("mail"))["pending"] == 4
+            claimed = await aq.claim("mail", limit=3, lease=30, worker_id="async-1")
+            assert [j.id for j in claimed] == [first, *more[:2]]
+            assert all(j.locked_by == "async-1" and j.attempts == 1 for j in claimed)
+            done, failing, given_back = claimed
+            await aq.extend(done, 60)
+            await aq.complete(done, {"sent": True})
+            await aq.fail(failing, "boom", dead=True)
+            await aq.release(given_back)
+            assert await aq.cancel(more[2]) is True
+            assert await aq.cancel("no-such-id") is False
+            assert [j.id for j in await aq.dead_jobs("mail")] == [failing.id]
+            assert await aq.replay([failing.id]) == 1
+            assert (await aq.stats_by_queue())["mail"]["pending"] == 2
+            assert (await aq.stats_by_type("mail"))["mail"]["send"]["done"] == 1
+            await asyncio.sleep(0.05)
+            assert await aq.purge("done", older_than=0) == 1
+            assert await aq.get(first) is None
+
+        in_loop(queue_factory, test)
+        assert queue.stats("mail") == {**queue.stats("nothing"), "pending": 2, "cancelled": 1}
+
+    def test_bad_input_raises_the_queues_errors_and_stores_nothing(
+        self, queue: polyqueue.Queue, queue_factory: QueueFactory
+    ) -> None:
+        async def test(aq: polyqueue.AsyncQueue) -> None:
+            with pytest.raises(InvalidPayload):
+                await aq.enqueue("t", {1, 2})
+            with pytest.raises(PayloadTooLarge):
+                await aq.enqueue("t", "x" * (1 << 20))
+            with pytest.raises(InvalidArgument):
+                await aq.enqueue("", None)
+            with pytest.raises(InvalidArgument):
+                await aq.enqueue("t", queue="q" * 256)
+            with pytest.raises(InvalidArgument):
+                await aq.enqueue_many([{"job_type": "ok"}, {"job_typo": "x"}])
+            with pytest.raises(InvalidArgument):
+                await aq.claim(limit=0)
+            with pytest.raises(InvalidArgument):
+                await aq.complete("not a job")  # type: ignore[arg-type]
+            with pytest.raises(InvalidArgument):
+                await aq.purge("pending", older_than=0)
+            with pytest.raises(polyqueue.JobNotFound):
+                await aq.require(987654321)
+
+        in_loop(queue_factory, test)
+        assert queue.stats()["pending"] == 0
+
+    def test_a_claim_that_lost_its_job_is_lease_lost(self, queue: polyqueue.Queue, queue_factory: QueueFactory) -> None:
+        async def test(aq: polyqueue.AsyncQueue) -> Any:
+            await aq.enqueue("t")
+            (stale,) = await aq.claim(lease=0.3, worker_id="stale")
+            await asyncio.to_thread(sleep_past, queue, stale.lease_expires_at)
+            (fresh,) = await aq.claim(lease=30, worker_id="fresh")
+            for settle in (aq.complete(stale), aq.fail(stale, "late"), aq.extend(stale, 60), aq.release(stale)):
+                with pytest.raises(LeaseLost):
+                    await settle
+            await aq.complete(fresh, "ok")
+            return fresh.id
+
+        job = queue.get(in_loop(queue_factory, test))
+        assert job is not None and (job.status, job.attempts, job.result, job.locked_by) == ("done", 2, "ok", None)
+
+    def test_concurrent_enqueues_from_one_loop_each_store_one_job(
+        self, queue: polyqueue.Queue, queue_factory: QueueFactory
+    ) -> None:
+        async def test(aq: polyqueue.AsyncQueue) -> list[Any]:
+            return await asyncio.gather(*(aq.enqueue("t", {"i": i}) for i in range(100)))
+
+        ids = in_loop(queue_factory, test)
+        assert len(set(ids)) == 100
+        claimed = queue.claim(limit=200)
+        assert sorted(j.payload["i"] for j in claimed) == list(range(100))
+        assert {j.id for j in claimed} == set(ids)
+
+    def test_a_closed_async_queue_refuses_calls(self, queue: polyqueue.Queue) -> None:
+        async def test() -> None:
+            aq = polyqueue.AsyncQueue(queue)
+            await aq.enqueue("t")
+            await aq.close()
+            await aq.close()
+            with pytest.raises(polyqueue.PolyqueueError, match="closed"):
+                await aq.enqueue("t")
+
+        asyncio.run(test())
+
+
+@requires(Capability.TRANSACTIONAL_ENQUEUE)
+class TestAsyncTransactionalEnqueue:
+    """On an asyncio connection, the job exists if and only if the caller's transaction commits."""
+
+    @staticmethod
+    def _in_transaction(queue: polyqueue.Queue, queue_factory: QueueFactory, work: Callable[..., Any]) -> Any:
+        async def test(aq: polyqueue.AsyncQueue) -> Any:
+            try:
+                transaction = async_caller_transaction(queue)
+                async with transaction as conn:
+                    return await work(aq, conn)
+            except NotImplementedError as exc:
+                pytest.skip(f"no asyncio caller transaction: {exc}")
+
+        return in_loop(queue_factory, test)
+
+    def test_commit_makes_the_jobs_visible(self, queue: polyqueue.Queue, queue_factory: QueueFactory) -> None:
+        async def work(aq: polyqueue.AsyncQueue, conn: Any) -> list[Any]:
+            one = await aq.enqueue("t", {"n": 1}, connection=conn)
+            return [one, *await aq.enqueue_many([{"job_type": "t"}, {"job_type": "t"}], connection=conn)]
+
+        ids = self._in_transaction(queue, queue_factory, work)
+        assert {j.id for j in queue.claim(limit=5)} == set(ids) and len(ids) == 3
+
+    def test_rollback_leaves_no_job(self, queue: polyqueue.Queue, queue_factory: QueueFactory) -> None:
+        async def work(aq: polyqueue.AsyncQueue, conn: Any) -> None:
+            await aq.enqueue("t", connection=conn)
+            raise RuntimeError("the application's transaction fails")
+
+        with pytest.raises(RuntimeError):
+            self._in_transaction(queue, queue_factory, work)
+        assert queue.claim() == [] and queue.stats()["pending"] == 0
+
+
+class TestAsyncWorker:
+    """``async def`` handlers: awaited on one event loop, many in flight, the same policy, graceful shutdown."""
+
+    def test_async_handlers_are_awaited_and_their_results_stored(self, queue: polyqueue.Queue) -> None:
+        ids = queue.enqueue_many([{"job_type": "square", "payload": {"n": n}} for n in range(20)])
+        worker = polyqueue.Worker(queue, concurrency=5)
+
+        @worker.handler("square")
+        async def square(job: Job) -> int:
+            await asyncio.sleep(0)
+            return int(job.payload["n"]) ** 2
+
+        assert worker.run(burst=True) == 20
+        assert [queue.get(i).result for i in ids] == [n * n for n in range(20)]  # type: ignore[union-attr]
+
+    def test_many_async_handlers_are_in_flight_at_once(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue_many([{"job_type": "meet"} for _ in range(40)])
+        worker = polyqueue.Worker(queue, concurrency=40)
+        threads: set[int] = set()
+        barrier: list[asyncio.Barrier] = []
+
+        @worker.handler("meet")
+        async def meet(job: Job) -> None:
+            if not barrier:
+                barrier.append(asyncio.Barrier(40))
+            threads.add(threading.get_ident())
+            # Passes only when all 40 handlers wait here at the same time, on one loop.
+            await asyncio.wait_for(barrier[0].wait(), _PATIENCE)
+
+        assert asyncio.run(worker.run_async(burst=True)) == 40
+        assert len(threads) == 1 and threads == {threading.get_ident()}
+        assert queue.stats()["done"] == 40
+
+    def test_sync_and_async_handlers_share_the_concurrency(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue_many([{"job_type": t, "payload": {"i": i}} for i in range(12) for t in ("aio", "blocking")])
+        worker = polyqueue.Worker(queue, concurrency=3, batch_size=10)
+        lock = threading.Lock()
+        running = [0]
+        most = [0]
+
+        def enter() -> None:
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+
+        def leave() -> None:
+            with lock:
+                running[0] -= 1
+
+        @worker.handler("aio")
+        async def aio(job: Job) -> None:
+            enter()
+            await asyncio.sleep(0.01)
+            leave()
+
+        @worker.handler("blocking")
+        def blocking(job: Job) -> None:
+            enter()
+            time.sleep(0.01)
+            leave()
+
+        assert worker.run(burst=True) == 24
+        assert 1 <= most[0] <= 3
+        assert queue.stats()["done"] == 24
+
+    def test_a_failing_async_handler_retries_then_dead_letters(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory(backoff_base=0.01)
+        flaky = q.enqueue("flaky", max_attempts=3)
+        doomed = q.enqueue("doomed", max_attempts=2)
+        worker = polyqueue.Worker(q, concurrency=2)
+
+        @worker.handler("flaky")
+        async def flaky_handler(job: Job) -> str:
+            if job.attempts < 2:
+                raise RuntimeError("first try fails")
+            return "ok"
+
+        @worker.handler("doomed")
+        async def doomed_handler(job: Job) -> None:
+            await asyncio.sleep(0)
+            raise ValueError("never works")
+
+        run_until_settled(worker, q)
+        f, d = q.get(flaky), q.get(doomed)
+        assert f is not None and (f.status, f.attempts, f.result) == ("done", 2, "ok")
+        assert d is not None and (d.status, d.attempts) == ("dead", 2)
+        assert "ValueError: never works" in (d.last_error or "") and len(d.errors) == 2
+
+    def test_a_sync_handler_returning_a_coroutine_is_awaited(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("wrapped", {"n": 4})
+
+        async def double(n: int) -> int:
+            await asyncio.sleep(0)
+            return n * 2
+
+        worker = polyqueue.Worker(queue, concurrency=1)
+        worker.register("wrapped", lambda job: double(job.payload["n"]))
+        assert worker.run(burst=True) == 1
+        job = queue.get(job_id)
+        assert job is not None and (job.status, job.result) == ("done", 8)
+
+    def test_heartbeats_keep_a_long_async_job_leased(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("long")
+        worker = polyqueue.Worker(queue, concurrency=1, lease=0.6)
+        stolen: list[Job] = []
+
+        @worker.handler("long")
+        async def long(job: Job) -> str:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                stolen.extend(await asyncio.to_thread(queue.claim, lease=30))
+                await asyncio.sleep(0.1)
+            return "finished"
+
+        worker.run(burst=True)
+        job = queue.get(job_id)
+        assert stolen == [] and job is not None and (job.status, job.attempts, job.result) == ("done", 1, "finished")
+
+    def test_stop_lets_running_async_jobs_finish(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("wait")
+
+        async def main() -> int:
+            worker = polyqueue.Worker(queue, concurrency=2, shutdown_timeout=_PATIENCE)
+            started, finish = asyncio.Event(), asyncio.Event()
+
+            @worker.handler("wait")
+            async def wait(job: Job) -> str:
+                started.set()
+                await finish.wait()
+                return "finished"
+
+            running = asyncio.create_task(worker.run_async())
+            await asyncio.wait_for(started.wait(), _PATIENCE)
+            worker.stop()
+            await asyncio.sleep(0)
+            finish.set()
+            return await asyncio.wait_for(running, _PATIENCE)
+
+        assert asyncio.run(main()) == 1
+        job = queue.get(job_id)
+        assert job is not None and (job.status, job.result) == ("done", "finished")
+
+    def test_shutdown_cancels_async_jobs_past_the_timeout_and_releases_them_uncharged(
+        self, queue: polyqueue.Queue
+    ) -> None:
+        job_id = queue.enqueue("stuck")
+        cancelled = threading.Event()
+        worker = polyqueue.Worker(queue, concurrency=1, shutdown_timeout=0.2)
+        started = threading.Event()
+
+        @worker.handler("stuck")
+        async def stuck(job: Job) -> None:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        runner = threading.Thread(target=worker.run)
+        runner.start()
+        assert started.wait(_PATIENCE)
+        worker.stop()
+        runner.join(_PATIENCE)
+        assert not runner.is_alive() and cancelled.is_set()
+        job = queue.get(job_id)
+        assert job is not None and (job.status, job.attempts) == ("pending", 0)
+
+    def test_cancelling_run_async_stops_the_worker_gracefully(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("stuck")
+
+        async def main() -> None:
+            worker = polyqueue.Worker(queue, concurrency=1, shutdown_timeout=0.2)
+            started = asyncio.Event()
+
+            @worker.handler("stuck")
+            async def stuck(job: Job) -> None:
+                started.set()
+                await asyncio.Event().wait()
+
+            running = asyncio.create_task(worker.run_async())
+            await asyncio.wait_for(started.wait(), _PATIENCE)
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+
+        asyncio.run(main())
+        job = queue.get(job_id)
+        assert job is not None and (job.status, job.attempts) == ("pending", 0)
+
+    def test_a_worker_runs_on_an_async_queue(self, queue: polyqueue.Queue, queue_factory: QueueFactory) -> None:
+        async def test(aq: polyqueue.AsyncQueue) -> int:
+            await aq.enqueue_many([{"job_type": "t", "payload": n} for n in range(5)])
+            worker = polyqueue.Worker(aq, concurrency=5)
+
+            @worker.handler("t")
+            async def handle(job: Job) -> Any:
+                return job.payload
+
+            return await worker.run_async(burst=True)
+
+        assert in_loop(queue_factory, test) == 5
+        assert queue.stats()["done"] == 5
+
+    @requires(Capability.PERIODIC)
+    def test_periodic_schedules_fire_under_run_async(self, queue: polyqueue.Queue) -> None:
+        ran = threading.Event()
+
+        async def main() -> None:
+            worker = polyqueue.Worker(queue, concurrency=2)
+
+            @worker.periodic("* * * * * *", name="async-tick")
+            async def tick(job: Job) -> None:
+                ran.set()
+
+            running = asyncio.create_task(worker.run_async())
+            await asyncio.to_thread(ran.wait, _PATIENCE)
+            worker.stop()
+            await asyncio.wait_for(running, _PATIENCE)
+
+        asyncio.run(main())
+        assert ran.is_set() and queue.fire_history("async-tick")

@@ -10,16 +10,20 @@ A backend offers these as plain methods; none is part of
   connection=)`` accepts, as a context manager that commits on success and
   rolls back on an exception. Needed with the ``transactional_enqueue``
   capability.
+* ``async_caller_transaction()`` is its asyncio twin: an async context manager
+  yielding a connection ``AsyncQueue.enqueue(..., connection=)`` accepts (a
+  SQLAlchemy ``AsyncConnection`` for the SQL backends). Without it the async
+  transactional tests are skipped.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from polyqueue import testing
 
-__all__ = ["DropsSchema", "OpensCallerTransactions", "caller_transaction", "drop_schema"]
+__all__ = ["DropsSchema", "OpensCallerTransactions", "async_caller_transaction", "caller_transaction", "drop_schema"]
 
 
 @runtime_checkable
@@ -47,3 +51,11 @@ def caller_transaction(queue: Any) -> AbstractContextManager[Any]:
     if not isinstance(backend, OpensCallerTransactions):
         raise NotImplementedError(f"{type(backend).__name__} has no caller_transaction() for the conformance suite")
     return backend.caller_transaction()
+
+
+def async_caller_transaction(queue: Any) -> AbstractAsyncContextManager[Any]:
+    """An asyncio caller transaction on ``queue``'s backend; raises NotImplementedError if it has none."""
+    open_transaction = getattr(queue.backend, "async_caller_transaction", None)
+    if open_transaction is None:
+        raise NotImplementedError(f"{type(queue.backend).__name__} has no async_caller_transaction()")
+    return open_transaction()  # type: ignore[no-any-return]

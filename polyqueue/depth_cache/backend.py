@@ -333,6 +333,13 @@ class DepthCachedBackend(Backend):
             raise NotImplementedError(f"{type(self.inner).__name__} has no caller transactions")
         return open_transaction()
 
+    def async_caller_transaction(self) -> Any:
+        """The wrapped backend's asyncio caller transaction, for the conformance suite."""
+        open_transaction = getattr(self.inner, "async_caller_transaction", None)
+        if open_transaction is None:
+            raise NotImplementedError(f"{type(self.inner).__name__} has no asyncio caller transactions")
+        return open_transaction()
+
     def db_now(self) -> datetime:
         """The database clock, from the wrapped backend."""
         return self.inner.db_now()
