@@ -1422,9 +1422,11 @@ class TestAsyncQueue:
         assert sorted(j.payload["i"] for j in claimed) == list(range(100))
         assert {j.id for j in claimed} == set(ids)
 
-    def test_a_closed_async_queue_refuses_calls(self, queue: polyqueue.Queue) -> None:
+    def test_a_closed_async_queue_refuses_calls(self, queue_factory: QueueFactory) -> None:
+        queue_factory()  # the test's store; the AsyncQueue below closes a second queue on it, not this one
+
         async def test() -> None:
-            aq = polyqueue.AsyncQueue(queue)
+            aq = polyqueue.AsyncQueue(queue_factory())
             await aq.enqueue("t")
             await aq.close()
             await aq.close()
@@ -1571,15 +1573,16 @@ class TestAsyncWorker:
 
     def test_heartbeats_keep_a_long_async_job_leased(self, queue: polyqueue.Queue) -> None:
         job_id = queue.enqueue("long")
-        worker = polyqueue.Worker(queue, concurrency=1, lease=0.6)
+        # A 3 s lease heartbeated every second, held for 1.5 leases: a margin that holds on a loaded machine.
+        worker = polyqueue.Worker(queue, concurrency=1, lease=3.0)
         stolen: list[Job] = []
 
         @worker.handler("long")
         async def long(job: Job) -> str:
-            deadline = time.monotonic() + 1.5
+            deadline = time.monotonic() + 4.5
             while time.monotonic() < deadline:
                 stolen.extend(await asyncio.to_thread(queue.claim, lease=30))
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.3)
             return "finished"
 
         worker.run(burst=True)
