@@ -95,6 +95,34 @@ local function finished(ns, status, t, dk, now)
   count_finished(status, t, 1)
   release_key(dk, ns)
 end
+-- Store one new job as an enqueue does, from its 7 values in ARGV from `i` on (type, payload, priority,
+-- max_attempts, delay (us), run_at (us, '' for none), dedupe key ('' for none)), in the queue `name` whose meta hash
+-- is KEYS[1]. Returns its number and true; or, when a live job holds its dedupe key, that job's number and false
+-- (nothing stored). The caller adds the types it stored to the queue's types (`note_types`) and publishes them.
+local function store_job(name, i, now)
+  local t, pr, dk = ARGV[i], tonumber(ARGV[i + 2]), ARGV[i + 6]
+  local ns = fmt(redis.call('HINCRBY', KEYS[1], 'seq', 1))
+  if dk ~= '' and not redis.call('SET', BASE .. ':u:' .. dk, ns, 'NX') then
+    return redis.call('GET', BASE .. ':u:' .. dk), false
+  end
+  local ra = now + tonumber(ARGV[i + 4])
+  if ARGV[i + 5] ~= '' then ra = tonumber(ARGV[i + 5]) end
+  if dk ~= '' then
+    redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
+      'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0', 'dk', dk)
+  else
+    redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
+      'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0')
+  end
+  index_pending(ns, t, pr, ra, now)
+  return ns, true
+end
+-- Remember the job types just stored (a set: {type = true}) among the queue's types.
+local function note_types(types)
+  local known = {}
+  for t in pairs(types) do known[#known + 1] = t end
+  if #known > 0 then redis.call('SADD', BASE .. ':types', unpack(known)) end
+end
 local function publish(types)
   local list = {}
   for t in pairs(types) do list[#list + 1] = t end
@@ -177,34 +205,12 @@ end
 local now = now_us()
 local ids, fresh, types = {}, {}, {}
 for i = 6, #ARGV, 7 do
-  local t, pr, dk = ARGV[i], tonumber(ARGV[i + 2]), ARGV[i + 6]
-  local ns = fmt(redis.call('HINCRBY', KEYS[1], 'seq', 1))
-  local held = nil
-  if dk ~= '' and not redis.call('SET', BASE .. ':u:' .. dk, ns, 'NX') then
-    held = redis.call('GET', BASE .. ':u:' .. dk)
-  end
-  if held then
-    ids[#ids + 1] = held
-    fresh[#fresh + 1] = '0'
-  else
-    local ra = now + tonumber(ARGV[i + 4])
-    if ARGV[i + 5] ~= '' then ra = tonumber(ARGV[i + 5]) end
-    if dk ~= '' then
-      redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
-        'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0', 'dk', dk)
-    else
-      redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
-        'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0')
-    end
-    index_pending(ns, t, pr, ra, now)
-    ids[#ids + 1] = ns
-    fresh[#fresh + 1] = '1'
-    types[t] = true
-  end
+  local ns, stored = store_job(name, i, now)
+  ids[#ids + 1] = ns
+  fresh[#fresh + 1] = stored and '1' or '0'
+  if stored then types[ARGV[i]] = true end
 end
-local known = {}
-for t in pairs(types) do known[#known + 1] = t end
-if #known > 0 then redis.call('SADD', BASE .. ':types', unpack(known)) end
+note_types(types)
 local joined, flags = table.concat(ids, ','), table.concat(fresh)
 if ARGV[4] ~= '' then
   redis.call('HSET', record, 'ids', joined, 'fresh', flags)
