@@ -7,18 +7,29 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from polyqueue_redis import RedisBackend
-from polyqueue_redis.layout import parse_job_id, queue_tag
+from polyqueue_redis.layout import parse_job_id, queue_tag, to_us
+from polyqueue_redis.store import Call
 from private_cluster import PrivateRedis, ServerUnavailable, free_port
 from redis_urls import cluster_url, single_node_url
 
 import polyqueue
 from polyqueue import policy
-from polyqueue.backends.base import DueProbe, ReadyCount, SettleRequest, WakeupRequest
+from polyqueue.backends.base import (
+    DeclareSchedules,
+    DueProbe,
+    FireRequest,
+    FireResult,
+    ReadyCount,
+    ScheduleSpec,
+    SettleRequest,
+    WakeupRequest,
+)
+from polyqueue.job import NewJob
 from polyqueue.testing import backends_required, unique_prefix
 
 Opener = Callable[..., polyqueue.Queue]
@@ -71,7 +82,7 @@ def _backend(q: polyqueue.Queue) -> RedisBackend:
 def test_both_url_forms_are_served_by_the_installed_plugin(q: polyqueue.Queue) -> None:
     assert isinstance(q.backend, RedisBackend)
     assert q.plugins.has_plugin("redis")
-    assert q.capabilities == {"dedupe", "priorities", "delayed", "notify", "multi_process"}
+    assert q.capabilities == {"dedupe", "priorities", "delayed", "notify", "multi_process", "periodic"}
     assert "transactional_enqueue" not in q.capabilities
 
 
@@ -168,6 +179,10 @@ def test_every_call_before_migrate_says_to_migrate(url: str) -> None:
         lambda: bare.claim(["a", "b"]),
         lambda: bare.enqueue("t"),
         lambda: bare.backend.seconds_until_due(DueProbe(["default"])),
+        bare.schedules,
+        lambda: bare.fire_history("s"),
+        lambda: bare.backend.declare_schedules(DeclareSchedules([], "w")),
+        lambda: bare.backend.fire(FireRequest("s", "2026-01-01T00:00:00", datetime(2026, 1, 1, tzinfo=UTC), _tick())),
     ):
         with pytest.raises(polyqueue.SchemaMissing, match="migrate"):
             call()
@@ -202,6 +217,10 @@ def test_every_key_of_a_queue_shares_its_slot_and_drop_schema_removes_every_key(
         )
         (job,) = cq.claim(name, lease=60)
         cq.fail(job, "boom", dead=True)
+        slot, at = _slot(0)
+        assert cq.backend.fire(FireRequest("it's {a} schedule}", slot, at, _tick(name))).fired
+    spec = ScheduleSpec("it's {a} schedule}", "* * * * *", "UTC", "tick", HOSTILE[2], 0, "{}", "latest")
+    cq.backend.declare_schedules(DeclareSchedules([spec], "w"))
     client = _backend(cq).store.client
     slots: dict[str, set[int]] = {}
     for key in _keys(cq):
@@ -508,3 +527,130 @@ def test_a_batch_bigger_than_one_script_keeps_its_order(q: polyqueue.Queue) -> N
     assert len(set(ids)) == len(specs)
     assert [int(str(i).split(":")[1]) for i in ids] == sorted(int(str(i).split(":")[1]) for i in ids)
     assert [q.get(i).payload["i"] for i in ids[::250]] == list(range(0, len(specs), 250))  # type: ignore[union-attr]
+
+
+# --- periodic jobs -------------------------------------------------------------------------------------------
+SLOT_AT = datetime(2026, 1, 1, 12, tzinfo=UTC)  # long past: every fire of these slots is due
+
+
+def _slot(minutes: int) -> tuple[str, datetime]:
+    """Slot ``minutes`` after SLOT_AT: its key (UTC wall time) and the instant it falls due."""
+    at = SLOT_AT + timedelta(minutes=minutes)
+    return at.replace(tzinfo=None).isoformat(), at
+
+
+def _tick(queue: str = "default") -> NewJob:
+    return NewJob(queue, "tick", "{}", 0, 5, 0.0, None)
+
+
+def _fire(q: polyqueue.Queue, schedule: str, minutes: int, queue: str = "default") -> FireResult:
+    slot, at = _slot(minutes)
+    return q.backend.fire(FireRequest(schedule, slot, at, _tick(queue)))
+
+
+def _fire_call(backend: RedisBackend, schedule: str, minutes: int, nonce: str) -> Call:
+    """The fire script's call for a slot of ``schedule`` in queue "default", with this nonce."""
+    slot, at = _slot(minutes)
+    args = [schedule, slot, f"{to_us(at):017d}", nonce, *backend._job_args(_tick())]
+    return backend._call("fire", "default", "default", *args)
+
+
+def test_a_fire_resent_after_a_lost_reply_reports_what_its_first_run_did(q: polyqueue.Queue) -> None:
+    backend = _backend(q)
+    store = backend.store
+    q.enqueue("t")  # the queue exists
+
+    first = _fire_call(backend, "resent", 0, "nonce-1")
+    _ok, _now, what, number = store.run([first]).replies[0]
+    assert what == "fired"
+    first.mark_resent()  # the reply was lost: the same call again finds the fire it made
+    assert store.run([first]).replies[0][2:] == ["fired", number]
+    other = _fire_call(backend, "resent", 0, "nonce-2")
+    other.mark_resent()  # a resend whose first run found the slot fired by someone else
+    assert store.run([other]).replies[0][2] == "duplicate"
+    assert store.run([_fire_call(backend, "resent", 0, "nonce-1")]).replies[0][2] == "duplicate", "not a resend"
+    assert [f.job_id for f in q.fire_history("resent")] == [f"default:{number}"]
+    assert q.stats_by_type()["default"]["tick"]["pending"] == 1
+
+    # A fire that raised BackendUnavailable, fired again: a resend with the same nonce, so it reports the first fire.
+    raised = _fire_call(backend, "resent", 1, "nonce-3")
+    _ok, _now, _what, raised_number = store.run([raised]).replies[0]
+    slot, _at = _slot(1)
+    backend._interrupted_fires[("resent", slot, "default")] = ("nonce-3", time.monotonic())
+    again = _fire(q, "resent", 1)
+    assert (again.fired, again.due, again.job_id) == (True, True, f"default:{raised_number}")
+    once_more = _fire(q, "resent", 1)
+    assert (once_more.fired, once_more.due, once_more.job_id) == (False, True, None), "the memory is used once"
+    assert q.stats_by_type()["default"]["tick"]["pending"] == 2
+
+
+def test_a_fire_before_its_slot_stores_nothing_and_reads_the_queues_clock(q: polyqueue.Queue) -> None:
+    now = q.backend.db_now()
+    early = q.backend.fire(FireRequest("early", "later", now + timedelta(hours=1), _tick()))
+    assert (early.fired, early.due, early.job_id) == (False, False, None)
+    assert abs((early.db_now - now).total_seconds()) < 60
+    assert q.fire_history("early") == [] and q.stats()["pending"] == 0
+    with pytest.raises(polyqueue.InvalidArgument, match="1970"):
+        q.backend.fire(FireRequest("early", "x", datetime(1969, 1, 1, tzinfo=UTC), _tick()))
+
+
+def test_a_fire_no_replica_acknowledged_raises_and_its_retry_reports_it(opener: Opener) -> None:
+    q = opener(cluster_url(), wait_replicas=2, wait_timeout=0.2)  # the test cluster has one replica per master
+    with pytest.raises(polyqueue.BackendUnavailable, match="acknowledged"):
+        _fire(q, "unacked", 0)
+    [fire] = q.fire_history("unacked")
+    _backend(q).store.wait_replicas = 0  # the retry does not wait for replicas
+    retry = _fire(q, "unacked", 0)
+    assert (retry.fired, retry.job_id) == (True, fire.job_id), "the retry reports the fire its first attempt made"
+    assert q.stats()["pending"] == 1
+
+
+def test_a_fire_wakes_the_workers_of_its_queue_and_job_type(q: polyqueue.Queue) -> None:
+    waiting = q.backend.wakeup_source(WakeupRequest(["default"], frozenset({"tick"})))
+    assert waiting is not None
+    try:
+        assert _fire(q, "wake", 0).fired
+        assert waiting.wait(30) is True
+    finally:
+        waiting.close()
+
+
+def test_declarations_round_trip_and_fire_history_spans_the_queues_a_schedule_used(q: polyqueue.Queue) -> None:
+    spec = ScheduleSpec(
+        "it's, {odd}", "*/5 * * * *", "Europe/Berlin", "tick", "a", -3, '{"é":[1,"x,y"]}', "all"
+    )  # fmt: skip
+    state = q.backend.declare_schedules(DeclareSchedules([spec], "worker-1"))
+    assert state.last_fires == {} and abs((state.db_now - q.backend.db_now()).total_seconds()) < 60
+    [record] = q.schedules()
+    assert (record.spec, record.declared_by, record.last_fire) == (spec, "worker-1", None)
+    assert record.declared_at == state.db_now
+    assert q.schedules(["nope"]) == [] and q.fire_history("nope") == []
+
+    in_a = _fire(q, spec.name, 0, queue="a")
+    in_b = _fire(q, spec.name, 5, queue="b")  # its queue changed: the newer fires go to b, the older stay in a
+    assert str(in_a.job_id).startswith("a:") and str(in_b.job_id).startswith("b:")
+    history = q.fire_history(spec.name)
+    assert [(f.slot, f.job_id) for f in history] == [(_slot(5)[0], in_b.job_id), (_slot(0)[0], in_a.job_id)]
+    assert history[0].fired_at >= history[0].slot_at == _slot(5)[1]
+    state = q.backend.declare_schedules(DeclareSchedules([spec], "worker-2"))
+    assert state.last_fires[spec.name] == history[0]
+    [record] = q.schedules([spec.name, "nope"])
+    assert record.declared_by == "worker-2" and record.last_fire == history[0]
+    # A slot is fired once per queue: b has not fired slot 0 (documented: the record lives with its queue).
+    assert _fire(q, spec.name, 0, queue="b").fired and not _fire(q, spec.name, 0, queue="a").fired
+
+
+def test_a_purge_of_done_jobs_deletes_old_fires_keeping_each_schedules_newest(q: polyqueue.Queue) -> None:
+    for minutes in range(7):
+        assert _fire(q, "many", minutes).fired
+    for minutes in (0, 1):
+        assert _fire(q, "few", minutes, queue="other").fired
+    # Slots of long ago fired just now: not older than an hour, whatever their slot (and the purge ends).
+    assert q.purge("done", older_than=3600, batch_size=2) == 0
+    assert len(q.fire_history("many")) == 7 and len(q.fire_history("few")) == 2
+    assert q.purge("dead", older_than=0, batch_size=2) == 0
+    assert len(q.fire_history("many")) == 7, "only a purge of done jobs deletes fires"
+    assert q.purge("done", older_than=0, batch_size=2) == 0  # no done jobs: the fires go all the same
+    assert [f.slot for f in q.fire_history("many")] == [_slot(6)[0]]
+    assert [f.slot for f in q.fire_history("few")] == [_slot(1)[0]]
+    assert not _fire(q, "many", 6).fired, "the newest fire still says its slot fired"

@@ -26,12 +26,19 @@ for that the database keeps a lease index (``{PREFIX}:leases``: per queue, a
 moment at or before its earliest lease expiry), and a claim looks at it at
 most every :data:`SWEEP_INTERVAL` seconds and rescues the queues it names
 as due, one script per queue.
+
+**Periodic jobs.** A fire is one script in the slot of the job's queue: the
+``(schedule, slot)`` record (kept with that queue) and the job are stored
+together, once, on that master's clock. The declared schedules are one hash
+of the database (``{PREFIX}:schedules``); listings and fire histories read
+every queue's records and merge them.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import threading
 import time
@@ -107,7 +114,14 @@ class RedisBackend(Backend):
 
     name = "redis"
     capabilities = frozenset(
-        {Capability.DEDUPE, Capability.PRIORITIES, Capability.DELAYED, Capability.NOTIFY, Capability.MULTI_PROCESS}
+        {
+            Capability.DEDUPE,
+            Capability.PRIORITIES,
+            Capability.DELAYED,
+            Capability.NOTIFY,
+            Capability.MULTI_PROCESS,
+            Capability.PERIODIC,
+        }
     )
     connect_options: ClassVar[dict[str, Any]] = {
         "wait_replicas": _option_int(0, 16),
@@ -158,6 +172,9 @@ class RedisBackend(Backend):
         self._sweep_lock = threading.Lock()
         #: Tokens of settle requests that raised BackendUnavailable, and when (a retry of one is a resend).
         self._interrupted: dict[int, float] = {}
+        #: Fires that raised BackendUnavailable: (schedule, slot, queue tag) -> (nonce, when). Firing that slot
+        #: again here is a resend with the same nonce, so it reports the fire if the first attempt made it.
+        self._interrupted_fires: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._next_wait_warning = 0.0
 
     def _nodes(self, url: URL, hosts: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -721,7 +738,10 @@ class RedisBackend(Backend):
         return list(self.store.command(lambda client: client.zrange(key, 0, -1)))
 
     def purge(self, request: spi.PurgeRequest) -> int:
-        """Delete jobs of the status finished more than ``older_than`` seconds ago, ``batch_size`` per script."""
+        """Delete jobs of the status finished more than ``older_than`` seconds ago, ``batch_size`` per script.
+
+        A purge of ``done`` jobs also deletes each queue's fire records as old, keeping each schedule's newest.
+        """
         older_us = str(round(request.older_than * 1_000_000))
         deleted = 0
         for tag in self._queue_tags(None):
@@ -731,7 +751,134 @@ class RedisBackend(Backend):
                 deleted += int(gone)
                 if int(looked) < request.batch_size:
                     break
+            if request.status == JobStatus.DONE:
+                self._purge_fires(tag, older_us, request.batch_size)
         return deleted
+
+    def _purge_fires(self, tag: str, older_us: str, batch_size: int) -> None:
+        """Delete the queue's fire records older than ``older_us``, a batch per script, each schedule's newest kept."""
+        names_key = self.layout.base(tag) + ":sn"
+        for name in sorted(self.store.command(lambda client: client.smembers(names_key))):
+            after = ""
+            while True:
+                call = self._call("purge_fires", tag, name, older_us, str(batch_size), after)
+                [(_gone, looked, last)] = self.store.run([call]).replies
+                if int(looked) < batch_size:
+                    break
+                after = last
+
+    # --- periodic jobs ----------------------------------------------------------------------------------------
+    def declare_schedules(self, request: spi.DeclareSchedules) -> spi.ScheduleState:
+        """Record the schedules by name (one script on the database's keys) and read each one's newest fire."""
+        self._require_schema()
+        args: list[str] = []
+        for spec in request.schedules:
+            args.extend([spec.name, _declaration(spec, request.worker_id)])
+        call = Call("declare", self.layout.schedules, [self.layout.database, "0", *args])
+        [now] = self.store.run([call], wait=True).replies
+        db_now = from_us(now)
+        assert db_now is not None
+        newest = self._fires([spec.name for spec in request.schedules], 1)
+        return spi.ScheduleState(db_now, {name: fires[0] for name, fires in newest.items()})
+
+    def fire(self, request: spi.FireRequest) -> spi.FireResult:
+        """Fire one slot: one script in the job's queue stores the ``(schedule, slot)`` record and the job, once.
+
+        Waits for the replicas like an enqueue (a fire that returned survives
+        a failover; one not acknowledged raises ``BackendUnavailable``).
+        A call whose reply was lost is resent with the same nonce and reports
+        the fire its first run made; so does the next fire of the same slot
+        from this backend after one that raised.
+        """
+        job = request.job
+        tag = queue_tag(job.queue)
+        slot_at = to_us(request.slot_at)
+        if not 0 <= slot_at <= MAX_TIME_US:
+            raise InvalidArgument("a slot must fall due between 1970 and the year 5138 on the Redis backend")
+        key = (request.schedule, request.slot, tag)
+        nonce = self._interrupted_fire(key)
+        resent = nonce is not None
+        nonce = nonce or uuid.uuid4().hex
+        args = [job.queue, request.schedule, request.slot, f"{slot_at:017d}", nonce, *self._job_args(job)]
+        call = self._call("fire", tag, *args)
+        if resent:
+            call.mark_resent()
+        try:
+            outcome = self._run_creating([call], {tag: job.queue}, wait=True)
+        except BackendUnavailable:
+            self._interrupted_fires[key] = (nonce, time.monotonic())
+            raise
+        _ok, now, what, number = outcome.replies[0]
+        db_now = from_us(now)
+        assert db_now is not None
+        if what != "fired":
+            return spi.FireResult(fired=False, due=what != "early", job_id=None, db_now=db_now)
+        if not outcome.acknowledged:
+            self._interrupted_fires[key] = (nonce, time.monotonic())
+            raise BackendUnavailable(
+                f"slot {request.slot} of schedule {request.schedule!r} fired on {self._described} but was not "
+                f"acknowledged by {self.wait_replicas} replica(s) within {self.store.wait_timeout:g}s "
+                f"({'; '.join(outcome.shortfall)}): a failover now could lose the fire and its job, and fire it again"
+            )
+        return spi.FireResult(fired=True, due=True, job_id=job_id(tag, number), db_now=db_now)
+
+    def _interrupted_fire(self, key: tuple[str, str, str]) -> str | None:
+        """The nonce of an earlier fire of this slot that raised (taken: only the next fire reuses it), or None."""
+        if not self._interrupted_fires:
+            return None
+        horizon = time.monotonic() - INTERRUPTED_MEMORY
+        for stale in [k for k, (_nonce, at) in list(self._interrupted_fires.items()) if at < horizon]:
+            self._interrupted_fires.pop(stale, None)
+        remembered = self._interrupted_fires.pop(key, None)
+        return None if remembered is None else remembered[0]
+
+    def schedules(self, query: spi.ScheduleQuery) -> list[spi.ScheduleRecord]:
+        """The declared schedules (the database's schedules hash) with their newest fires, by name."""
+        self._require_schema()
+        key = self.layout.schedules
+        if query.names is None:
+            stored: dict[str, str] = self.store.command(lambda client: client.hgetall(key))
+        else:
+            names = list(dict.fromkeys(query.names))
+            values = self.store.command(lambda client: client.hmget(key, names)) if names else []
+            stored = {name: value for name, value in zip(names, values, strict=True) if value is not None}
+        newest = self._fires(sorted(stored), 1)
+        records = []
+        for name in sorted(stored):
+            at, _, text = stored[name].partition(",")
+            fields = json.loads(text)
+            declared_by = fields.pop("declared_by")
+            declared_at = from_us(at)
+            assert declared_at is not None
+            last = newest.get(name, [None])[0]
+            records.append(spi.ScheduleRecord(spi.ScheduleSpec(name, **fields), declared_at, declared_by, last))
+        return records
+
+    def fire_history(self, query: spi.FireHistoryQuery) -> list[spi.FireRecord]:
+        """The schedule's fires, newest slot first, from every queue it fired into."""
+        self._require_schema()
+        return self._fires([query.schedule], query.limit).get(query.schedule, [])
+
+    def _fires(self, names: Sequence[str], limit: int) -> dict[str, list[spi.FireRecord]]:
+        """The newest ``limit`` fires of each named schedule, newest slot first: one read script per queue."""
+        if not names:
+            return {}
+        calls = [self._call("fires", tag, str(limit), *names) for tag in self._queue_tags(None)]
+        found: dict[str, list[spi.FireRecord]] = defaultdict(list)
+        for call, reply in zip(calls, self.store.run(calls).replies, strict=True):
+            tag = _tag_of(call, self.layout)
+            for name, rows in zip(reply[::2], reply[1::2], strict=True):
+                for member, record in zip(rows[::2], rows[1::2], strict=True):
+                    if not record:
+                        continue
+                    fired_at, number, _nonce = record.split(",", 2)
+                    slot_at, when = from_us(member[:17]), from_us(fired_at)
+                    assert slot_at is not None and when is not None
+                    found[name].append(spi.FireRecord(name, member[17:], slot_at, when, job_id(tag, number)))
+        for fires in found.values():
+            fires.sort(key=lambda fire: (fire.slot_at, fire.slot), reverse=True)
+            del fires[limit:]
+        return dict(found)
 
     # --- waiting ----------------------------------------------------------------------------------------------
     def wakeup_source(self, request: spi.WakeupRequest) -> RedisWakeups:
@@ -743,6 +890,16 @@ class RedisBackend(Backend):
 _STATUSES = (JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.DONE, JobStatus.DEAD, JobStatus.CANCELLED)
 #: The finished statuses, in the order the stats script counts them.
 _FINISHED = (JobStatus.DONE, JobStatus.DEAD, JobStatus.CANCELLED)
+
+
+def _declaration(spec: spi.ScheduleSpec, worker_id: str) -> str:
+    """A schedule's stored declaration: its spec (but the name, the hash field) and who declared it, as JSON."""
+    fields = {
+        "cron": spec.cron, "timezone": spec.timezone, "job_type": spec.job_type, "queue": spec.queue,
+        "priority": spec.priority, "payload_json": spec.payload_json, "catch_up": spec.catch_up,
+        "declared_by": worker_id,
+    }  # fmt: skip
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 def _status(reply: Any) -> str | None:

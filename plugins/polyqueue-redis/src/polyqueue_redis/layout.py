@@ -6,7 +6,7 @@ lives in one cluster slot and every change to it can be one Lua script.
 (``[A-Za-z0-9_.-]{1,64}``), else ``~`` and 20 hex digits of its BLAKE2b hash
 (a queue's meta hash records the full name, and a second name with the same
 hash is refused). The keys of the database as a whole (schema version, queue
-registry, lease index) share the tag ``{PREFIX}``.
+registry, lease index, periodic schedules) share the tag ``{PREFIX}``.
 
 Per queue, under ``{PREFIX:TAG}``:
 
@@ -25,7 +25,17 @@ Per queue, under ``{PREFIX:TAG}``:
 ``:b:BATCH``              ids an enqueue batch got (expires): a resent enqueue returns them
 ``:k:TOKEN``              job numbers a claim took (expires with the lease): a resent claim returns them
 ``:w``                    sharded pub/sub channel: the job types just made ready
+``:sn``                   set: the periodic schedules that fired into this queue
+``:sf:SCHEDULE``          hash: a fired slot of the schedule -> ``fired_at (us),job number,nonce``;
+                          the field is what makes a ``(schedule, slot)`` fire once in the queue
+``:ss:SCHEDULE``          sorted set (all scores 0): the schedule's fired slots as ``slot_at``
+                          (17 digits of microseconds) + slot key, so lexical order is slot order
 ========================  =====================================================================
+
+A schedule's fires live with the queue its jobs go to, so a fire stores its
+record and its job in one script. The declared schedules are the database's:
+``{PREFIX}:schedules``, a hash of schedule name -> ``declared_at (us),JSON``
+(the spec and who declared it).
 
 Ready and delayed jobs are kept per type only: a claim of some types never
 touches the others, and a worker claims the types it has handlers for. A
@@ -139,6 +149,11 @@ class Layout:
     def queues(self) -> str:
         """Hash: tag -> queue name of every queue that ever had a job."""
         return self.database + ":queues"
+
+    @property
+    def schedules(self) -> str:
+        """Hash: schedule name -> ``declared_at (us),JSON`` of each declared periodic schedule."""
+        return self.database + ":schedules"
 
     @property
     def leases(self) -> str:

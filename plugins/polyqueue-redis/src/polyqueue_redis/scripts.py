@@ -4,9 +4,11 @@ Each script reads the time with ``TIME`` (microseconds), is routed by the
 queue's meta key (``KEYS[1]``) and builds the queue's other key names from
 ``ARGV[1]`` (the key base ``{PREFIX:TAG}``: same hash tag, same slot).
 ``ARGV[2]`` is ``1`` when the call is a resend after its reply was lost, so
-scripts that must not act twice (enqueue, claim, settle, cancel) can
+scripts that must not act twice (enqueue, claim, settle, cancel, fire) can
 recognise their own earlier run. A script finding no meta hash answers
-``NOQUEUE``: the queue has no jobs yet, or the schema is missing.
+``NOQUEUE``: the queue has no jobs yet, or the schema is missing. The one
+script of the database as a whole (``DECLARE``, periodic schedules) is
+routed by its key instead, with ``ARGV[1]`` the database's base ``{PREFIX}``.
 
 The rules the policy owns are not restated here: the claim order, the
 lease-expiry rule and its error text, the attempt cap and the fence are
@@ -25,12 +27,16 @@ __all__ = [
     "CANCEL",
     "CLAIM",
     "DEAD",
+    "DECLARE",
     "DUE",
     "ENQUEUE",
     "EXTEND",
+    "FIRE",
+    "FIRES",
     "INIT",
     "PEEK",
     "PURGE",
+    "PURGE_FIRES",
     "READY",
     "REPLAY",
     "RESCUE",
@@ -94,6 +100,34 @@ local function finished(ns, status, t, dk, now)
   redis.call('ZADD', BASE .. ':f:' .. status, fmt(now), ns)
   count_finished(status, t, 1)
   release_key(dk, ns)
+end
+-- Store one new job as an enqueue does, from its 7 values in ARGV from `i` on (type, payload, priority,
+-- max_attempts, delay (us), run_at (us, '' for none), dedupe key ('' for none)), in the queue `name` whose meta hash
+-- is KEYS[1]. Returns its number and true; or, when a live job holds its dedupe key, that job's number and false
+-- (nothing stored). The caller adds the types it stored to the queue's types (`note_types`) and publishes them.
+local function store_job(name, i, now)
+  local t, pr, dk = ARGV[i], tonumber(ARGV[i + 2]), ARGV[i + 6]
+  local ns = fmt(redis.call('HINCRBY', KEYS[1], 'seq', 1))
+  if dk ~= '' and not redis.call('SET', BASE .. ':u:' .. dk, ns, 'NX') then
+    return redis.call('GET', BASE .. ':u:' .. dk), false
+  end
+  local ra = now + tonumber(ARGV[i + 4])
+  if ARGV[i + 5] ~= '' then ra = tonumber(ARGV[i + 5]) end
+  if dk ~= '' then
+    redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
+      'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0', 'dk', dk)
+  else
+    redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
+      'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0')
+  end
+  index_pending(ns, t, pr, ra, now)
+  return ns, true
+end
+-- Remember the job types just stored (a set: {type = true}) among the queue's types.
+local function note_types(types)
+  local known = {}
+  for t in pairs(types) do known[#known + 1] = t end
+  if #known > 0 then redis.call('SADD', BASE .. ':types', unpack(known)) end
 end
 local function publish(types)
   local list = {}
@@ -177,34 +211,12 @@ end
 local now = now_us()
 local ids, fresh, types = {}, {}, {}
 for i = 6, #ARGV, 7 do
-  local t, pr, dk = ARGV[i], tonumber(ARGV[i + 2]), ARGV[i + 6]
-  local ns = fmt(redis.call('HINCRBY', KEYS[1], 'seq', 1))
-  local held = nil
-  if dk ~= '' and not redis.call('SET', BASE .. ':u:' .. dk, ns, 'NX') then
-    held = redis.call('GET', BASE .. ':u:' .. dk)
-  end
-  if held then
-    ids[#ids + 1] = held
-    fresh[#fresh + 1] = '0'
-  else
-    local ra = now + tonumber(ARGV[i + 4])
-    if ARGV[i + 5] ~= '' then ra = tonumber(ARGV[i + 5]) end
-    if dk ~= '' then
-      redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
-        'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0', 'dk', dk)
-    else
-      redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
-        'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0')
-    end
-    index_pending(ns, t, pr, ra, now)
-    ids[#ids + 1] = ns
-    fresh[#fresh + 1] = '1'
-    types[t] = true
-  end
+  local ns, stored = store_job(name, i, now)
+  ids[#ids + 1] = ns
+  fresh[#fresh + 1] = stored and '1' or '0'
+  if stored then types[ARGV[i]] = true end
 end
-local known = {}
-for t in pairs(types) do known[#known + 1] = t end
-if #known > 0 then redis.call('SADD', BASE .. ':types', unpack(known)) end
+note_types(types)
 local joined, flags = table.concat(ids, ','), table.concat(fresh)
 if ARGV[4] ~= '' then
   redis.call('HSET', record, 'ids', joined, 'fresh', flags)
@@ -456,6 +468,77 @@ redis.call('HSETNX', KEYS[1], 'name', ARGV[3])
 return redis.call('HGET', KEYS[1], 'name')
 """
 
+# --- periodic jobs ------------------------------------------------------------------------------------
+# KEYS[1] meta. ARGV: base, resent, queue name, schedule, slot, slot_at (us, 17 digits), nonce, then the job's 7
+# values (as ENQUEUE's). Fires one slot of a schedule, once: the fire record (:sf:SCHEDULE, field SLOT) and the job
+# are stored together or not at all. A resend finding the record its own first run wrote (same nonce) reports that
+# fire; a record written by anyone else means the slot fired before.
+# Returns {'OK', now, outcome, job number}: outcome 'fired' (with the job's number: the new job, or the live job
+# holding its dedupe key), 'duplicate' (the slot fired before; nothing stored) or 'early' (now < slot_at; nothing
+# stored).
+FIRE = """
+local name = redis.call('HGET', KEYS[1], 'name')
+if not name then return {'NOQUEUE'} end
+if name ~= ARGV[3] then return {'COLLISION', name} end
+local schedule, slot, at, nonce = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local fires = BASE .. ':sf:' .. schedule
+local now = now_us()
+local known = redis.call('HGET', fires, slot)
+if known and RESENT then
+  local _, number, by = string.match(known, '^(%d+),(%d+),(.*)$')
+  if by == nonce then return {'OK', fmt(now), 'fired', number} end
+end
+if now < tonumber(at) then return {'OK', fmt(now), 'early', ''} end
+if known then return {'OK', fmt(now), 'duplicate', ''} end
+local ns, stored = store_job(name, 8, now)
+redis.call('HSET', fires, slot, fmt(now) .. ',' .. ns .. ',' .. nonce)
+redis.call('ZADD', BASE .. ':ss:' .. schedule, 0, at .. slot)
+redis.call('SADD', BASE .. ':sn', schedule)
+if stored then
+  local types = {[ARGV[8]] = true}
+  note_types(types)
+  publish(types)
+end
+return {'OK', fmt(now), 'fired', ns}
+"""
+
+# KEYS[1] meta. ARGV: base, resent, schedule, older than (us), batch size, the slot member to go on after ('' for
+# the first call). Deletes the schedule's fires in this queue that fired before now - older, oldest slot first,
+# never its newest slot; looks at up to a batch of slots due before that moment (a fire is never earlier than its
+# slot). Returns {deleted, looked at, the last member looked at}.
+PURGE_FIRES = """
+local schedule = ARGV[3]
+local slots, fires = BASE .. ':ss:' .. schedule, BASE .. ':sf:' .. schedule
+local cutoff = now_us() - tonumber(ARGV[4])
+if cutoff <= 0 then return {0, 0, ''} end
+local newest = redis.call('ZREVRANGE', slots, 0, 0)[1]
+local from = '-'
+if ARGV[6] ~= '' then from = '(' .. ARGV[6] end
+local looked = redis.call('ZRANGEBYLEX', slots, from, '(' .. string.format('%017d', cutoff), 'LIMIT', 0,
+  tonumber(ARGV[5]))
+local deleted = 0
+for _, m in ipairs(looked) do
+  if m ~= newest then
+    local slot = string.sub(m, 18)
+    local fired_at = tonumber(string.match(redis.call('HGET', fires, slot) or '', '^(%d+),'))
+    if fired_at == nil or fired_at < cutoff then
+      redis.call('HDEL', fires, slot)
+      redis.call('ZREM', slots, m)
+      deleted = deleted + 1
+    end
+  end
+end
+return {deleted, #looked, looked[#looked] or ''}
+"""
+
+# KEYS[1] the database's schedules hash. ARGV: base ({PREFIX}), resent, then (schedule name, declaration JSON)
+# pairs. Records each as "declared_at (us),JSON" under its name (a later declaration replaces it); returns now.
+DECLARE = """
+local now = fmt(now_us())
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], now .. ',' .. ARGV[i + 1]) end
+return now
+"""
+
 # --- reads --------------------------------------------------------------------------------------------
 # KEYS[1] meta. ARGV: base, resent. Counts from the sets' sizes (finished ones by type from :ct).
 # Returns {'OK', now, {type, pending, scheduled, processing, ...}, {done, dead, cancelled}, finished by type}.
@@ -522,6 +605,28 @@ for _, ns in ipairs(newest) do jobs[#jobs + 1] = read(ns) end
 return jobs
 """
 
+# KEYS[1] meta. ARGV: base, resent, limit, then schedule names. The newest `limit` fires of each of those schedules
+# in this queue (by slot_at, then slot). Returns {name, {member, record, ...}, ...} for the names with fires here;
+# a member is slot_at (17 digits) then the slot, a record "fired_at,job number,nonce".
+FIRES = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local limit = tonumber(ARGV[3])
+local out = {}
+for i = 4, #ARGV do
+  local schedule = ARGV[i]
+  if redis.call('SISMEMBER', BASE .. ':sn', schedule) == 1 then
+    local rows = {}
+    for _, m in ipairs(redis.call('ZREVRANGE', BASE .. ':ss:' .. schedule, 0, limit - 1)) do
+      rows[#rows + 1] = m
+      rows[#rows + 1] = redis.call('HGET', BASE .. ':sf:' .. schedule, string.sub(m, 18)) or ''
+    end
+    out[#out + 1] = schedule
+    out[#out + 1] = rows
+  end
+end
+return out
+"""
+
 
 def _render(body: str) -> str:
     """The script: the prelude, then ``body``, with the policy's Lua forms in place of their markers."""
@@ -542,10 +647,14 @@ def _render(body: str) -> str:
     return source
 
 
-ENQUEUE, WITHDRAW, CLAIM, PEEK, RESCUE, SETTLE, EXTEND, CANCEL, REPLAY, PURGE, INIT, STATS, READY, DUE, DEAD = (
+(
+    ENQUEUE, WITHDRAW, CLAIM, PEEK, RESCUE, SETTLE, EXTEND, CANCEL, REPLAY, PURGE, INIT, FIRE, PURGE_FIRES, DECLARE,
+    STATS, READY, DUE, DEAD, FIRES,
+) = (
     _render(body)
     for body in (
-        ENQUEUE, WITHDRAW, CLAIM, PEEK, RESCUE, SETTLE, EXTEND, CANCEL, REPLAY, PURGE, INIT, STATS, READY, DUE, DEAD,
+        ENQUEUE, WITHDRAW, CLAIM, PEEK, RESCUE, SETTLE, EXTEND, CANCEL, REPLAY, PURGE, INIT, FIRE, PURGE_FIRES, DECLARE,
+        STATS, READY, DUE, DEAD, FIRES,
     )
 )  # fmt: skip
 
@@ -562,10 +671,14 @@ SCRIPTS = {
     "replay": REPLAY,
     "purge": PURGE,
     "init": INIT,
+    "fire": FIRE,
+    "purge_fires": PURGE_FIRES,
+    "declare": DECLARE,
     "stats": STATS,
     "ready": READY,
     "due": DUE,
     "dead": DEAD,
+    "fires": FIRES,
 }
 
 assert JobStatus.PROCESSING == "processing" and JobStatus.PENDING == "pending"  # the literals the scripts use
