@@ -92,6 +92,7 @@ def migrate(ctx: click.Context) -> None:
 @click.option("--delay", default=None, help="Seconds or a duration like 30s, 5m, 2h.")
 @click.option("--max-attempts", type=int, default=None)
 @click.option("--dedupe-key", default=None)
+@click.option("--dedupe-for", default=None, help="Keep the dedupe key held this long after the job ends (e.g. 1h).")
 @click.pass_context
 def enqueue(
     ctx: click.Context,
@@ -102,6 +103,7 @@ def enqueue(
     delay: str | None,
     max_attempts: int | None,
     dedupe_key: str | None,
+    dedupe_for: str | None,
 ) -> None:
     """Enqueue one job; prints its id."""
     try:
@@ -117,6 +119,7 @@ def enqueue(
             delay=None if delay is None else parse_duration(delay, "delay"),
             max_attempts=max_attempts,
             dedupe_key=dedupe_key,
+            dedupe_for=dedupe_for,
         )
     click.echo(str(job_id))
 

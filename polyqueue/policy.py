@@ -28,8 +28,9 @@ import logging
 import os
 import random
 import threading
+import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_OUTAGE",
     "CLAIM_ORDER",
+    "DEDUPE_HELD_AFTER",
     "ERROR_HISTORY_LIMIT",
     "LISTEN_RECONNECT",
     "MAX_ERROR_LENGTH",
@@ -58,6 +60,7 @@ __all__ = [
     "claim_order_key",
     "claim_order_sql",
     "completed",
+    "dedupe_hold_sql",
     "error_history",
     "error_text",
     "expired_lease_error",
@@ -70,6 +73,8 @@ __all__ = [
     "holds_claim_sql",
     "is_final_attempt",
     "job_claim_key",
+    "keeps_dedupe_key",
+    "new_enqueue_token",
     "new_token",
     "released",
     "storable_text",
@@ -155,6 +160,23 @@ class Outage:
 def new_token() -> int:
     """A fencing token: random, positive, 62 bits, so no two claims or settlements share one."""
     return (int.from_bytes(os.urandom(8)) >> 2) + 1
+
+
+#: Seconds since the epoch at which enqueue tokens start counting (2024-01-01 UTC).
+_TOKEN_EPOCH = 1_704_067_200
+
+
+def new_enqueue_token(now: Callable[[], float] = time.time) -> int:
+    """An enqueue call's client token: positive, below 2**62, the second it was made in its high 32 bits.
+
+    The 30 low bits are random. Time first keeps the stores' unique index of
+    tokens growing at its end, like a sequence, instead of at random places
+    (a random key costs a random page per enqueue once the index outgrows
+    memory). Two calls in one second share a token once in about 10**9 pairs;
+    a backend that meets its token already taken draws another.
+    """
+    seconds = max(0, int(now()) - _TOKEN_EPOCH) & 0xFFFF_FFFF
+    return (seconds << 30) | ((int.from_bytes(os.urandom(4)) >> 2) or 1)
 
 
 # --- claim order -------------------------------------------------------------------------------------
@@ -260,10 +282,31 @@ def holds_claim_sql(
     return and_(token_matches, status == JobStatus.PROCESSING, lease_expires_at > now)
 
 
+# --- dedupe holds ------------------------------------------------------------------------------------
+#: Endings after which a job keeps its dedupe key held for its ``dedupe_for`` seconds: the job ran.
+#: A cancelled job releases its key at once: cancelling says "not this one", so a new enqueue may take it.
+DEDUPE_HELD_AFTER: tuple[str, ...] = (JobStatus.DONE, JobStatus.DEAD)
+
+
+def keeps_dedupe_key(status: str) -> bool:
+    """Whether a job that ends in ``status`` keeps its dedupe key held for its ``dedupe_for`` seconds."""
+    return status in DEDUPE_HELD_AFTER
+
+
+def dedupe_hold_sql(status: Any, held_until: Any) -> sa.ColumnElement[Any]:
+    """:func:`keeps_dedupe_key` as SQL: ``held_until`` (DB-now + the job's ``dedupe_for``) when ``status`` keeps it."""
+    from sqlalchemy import case, literal_column
+
+    held: list[sa.ColumnElement[str]] = [literal_column(f"'{s}'") for s in DEDUPE_HELD_AFTER]
+    return case((status.in_(held), held_until), else_=None)
+
+
 # --- transitions -------------------------------------------------------------------------------------
 def completed(job: Job, result_json: str | None = None) -> Settlement:
-    """The handler succeeded: done, with its result."""
-    return Settlement(job, JobStatus.DONE, finished=True, result_json=result_json)
+    """The handler succeeded: done, with its result (the dedupe key held for the job's ``dedupe_for``)."""
+    return Settlement(
+        job, JobStatus.DONE, finished=True, result_json=result_json, hold_dedupe=keeps_dedupe_key(JobStatus.DONE)
+    )
 
 
 def released(job: Job) -> Settlement:
@@ -281,7 +324,10 @@ def failed(
     """
     history = error_history(job, error)
     if dead or is_final_attempt(job.attempts, job.max_attempts):
-        return Settlement(job, JobStatus.DEAD, finished=True, last_error=error, errors_json=history)
+        return Settlement(
+            job, JobStatus.DEAD, finished=True, last_error=error, errors_json=history,
+            hold_dedupe=keeps_dedupe_key(JobStatus.DEAD),
+        )  # fmt: skip
     delay = backoff.delay(job.attempts) if retry_in is None else retry_in
     return Settlement(job, JobStatus.PENDING, run_in=delay, last_error=error, errors_json=history)
 

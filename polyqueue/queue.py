@@ -244,6 +244,11 @@ class Queue:
         attempts = self.max_attempts if max_attempts is None else check_int(max_attempts, "max_attempts", 1, 10_000)
         if dedupe_key is not None:
             dedupe_key = check_name(dedupe_key, "dedupe_key")
+        dedupe_for = spec.get("dedupe_for")
+        if dedupe_for is not None:
+            if dedupe_key is None:
+                raise InvalidArgument("dedupe_for needs a dedupe_key: it says how long that key stays held")
+            dedupe_for = check_seconds(dedupe_for, "dedupe_for") or None
         delay, run_at = spec.get("delay"), spec.get("run_at")
         if delay is not None and run_at is not None:
             raise InvalidArgument("give delay or run_at, not both")
@@ -251,7 +256,7 @@ class Queue:
         if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
             raise InvalidArgument("run_at must be a timezone-aware datetime")
         payload_json = json_codec.encode_payload(spec.get("payload"), self.max_payload_bytes)
-        return NewJob(queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at)
+        return NewJob(queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at, dedupe_for)
 
     def enqueue(
         self,
@@ -264,19 +269,27 @@ class Queue:
         run_at: datetime | None = None,
         max_attempts: int | None = None,
         dedupe_key: str | None = None,
+        dedupe_for: float | timedelta | str | None = None,
         connection: Any = None,
     ) -> Hashable:
-        """Store one job and return its id (or, with a live duplicate ``dedupe_key``, the live job's id).
+        """Store one job and return its id (or, when its ``dedupe_key`` is held, the holding job's id).
 
         ``payload`` must be JSON data under ``max_payload_bytes`` (else
         :class:`InvalidPayload` / :class:`PayloadTooLarge`, nothing stored).
-        ``connection`` writes the job inside the caller's open transaction.
+        A ``dedupe_key`` is held while its job is live; ``dedupe_for`` keeps
+        it held that many seconds more after the job is done or dead (a
+        cancelled job lets it go at once). ``connection`` writes the job
+        inside the caller's open transaction. Every call carries a client
+        token, so the library's own retry after a dropped connection never
+        stores the job twice.
         """
         spec = {"job_type": job_type, "payload": payload, "queue": queue, "priority": priority, "delay": delay}
-        spec.update(run_at=run_at, max_attempts=max_attempts, dedupe_key=dedupe_key)
+        spec.update(run_at=run_at, max_attempts=max_attempts, dedupe_key=dedupe_key, dedupe_for=dedupe_for)
         return self._store([self._new_job(spec)], connection)[0]
 
-    _JOB_KEYS = frozenset({"job_type", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "dedupe_key"})
+    _JOB_KEYS = frozenset(
+        {"job_type", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "dedupe_key", "dedupe_for"}
+    )
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, connection: Any = None) -> list[Hashable]:
         """Store many jobs atomically in one round trip per batch; ids in input order.
@@ -306,7 +319,10 @@ class Queue:
     def _store(self, batch: list[NewJob], connection: Any) -> list[Hashable]:
         if connection is not None:
             self.require_capability(Capability.TRANSACTIONAL_ENQUEUE, "transactional enqueue (connection=)")
-        ids = self.backend.enqueue(EnqueueBatch(batch, connection))
+        if any(job.dedupe_for is not None for job in batch):
+            self.require_capability(Capability.DEDUPE, "dedupe keys (dedupe_for=)")
+        # One client token per call: a retry of this call after a dropped connection finds its first attempt.
+        ids = self.backend.enqueue(EnqueueBatch(batch, connection, policy.new_enqueue_token()))
         if ids:
             # After the commit: a plugin that raises here must not make a stored job look unstored.
             call_hook(

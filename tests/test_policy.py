@@ -14,7 +14,7 @@ import polyqueue
 from polyqueue import json_codec, policy
 from polyqueue.backends import postgresql
 from polyqueue.backends.sql import SQLBackend
-from polyqueue.job import Job, JobStatus
+from polyqueue.job import STATUSES, Job, JobStatus
 
 
 def _job(**fields: Any) -> Job:
@@ -147,6 +147,12 @@ def test_the_attempt_cap_agrees(sql_queue: polyqueue.Queue) -> None:
 def test_the_expiry_error_agrees(sql_queue: polyqueue.Queue, worker: str | None) -> None:
     held_by = sa.literal(worker, sa.String()) if worker is not None else sa.null()
     assert _evaluate(sql_queue, policy.expired_lease_error_sql(held_by)) == policy.expired_lease_error(worker)
+
+
+def test_the_dedupe_hold_agrees(sql_queue: polyqueue.Queue) -> None:
+    for status in STATUSES:
+        held = _evaluate(sql_queue, policy.dedupe_hold_sql(sa.literal(status, sa.String()), sa.literal(1)))
+        assert (held == 1) == policy.keeps_dedupe_key(status), status
 
 
 def test_the_fence_agrees(sql_queue: polyqueue.Queue) -> None:

@@ -606,6 +606,75 @@ class TestDedupe:
         assert queue.replay([dead_id]) == 1
         assert queue.enqueue("t", dedupe_key="k") == dead_id
 
+    #: A hold that outlasts any test (what "still held" is checked with), and one short enough to wait out.
+    #: Only waits are timed, on the database clock, never how fast the steps in between run.
+    LONG, SHORT = 3600, 1.0
+
+    def test_dedupe_for_keeps_the_key_held_after_the_job_is_done(self, queue: polyqueue.Queue) -> None:
+        first = queue.enqueue("t", {"v": 1}, dedupe_key="k", dedupe_for=self.LONG)
+        stored = queue.get(first)
+        assert stored is not None and stored.dedupe_for == self.LONG
+        (job,) = queue.claim()
+        queue.complete(job)
+        assert queue.require(first).status == "done"
+        assert queue.enqueue("t", {"v": 2}, dedupe_key="k") == first, "a done job holds its key for dedupe_for"
+        assert queue.enqueue_many([{"job_type": "t", "dedupe_key": "k"}]) == [first]
+        assert queue.purge("done", older_than=0) == 0, "purge keeps a job while it holds its key"
+        assert queue.stats()["pending"] == 0
+
+    def test_the_key_is_free_once_the_hold_has_ended(self, queue: polyqueue.Queue) -> None:
+        first = queue.enqueue("t", dedupe_key="k", dedupe_for=self.SHORT)
+        (job,) = queue.claim()
+        queue.complete(job)
+        done = queue.require(first)
+        assert done.finished_at is not None
+        sleep_past(queue, done.finished_at + timedelta(seconds=self.SHORT))
+        second = queue.enqueue("t", dedupe_key="k")
+        assert second != first, "the key is free once the hold has ended"
+        assert queue.enqueue("t", dedupe_key="k") == second
+        assert queue.purge("done", older_than=0) == 1
+
+    def test_dedupe_for_holds_after_dead_but_not_after_cancel(self, queue: polyqueue.Queue) -> None:
+        failed = queue.enqueue("t", dedupe_key="failed", dedupe_for=3600, max_attempts=1)
+        expired = queue.enqueue("t", dedupe_key="expired", dedupe_for=3600, max_attempts=1)
+        (job,) = queue.claim(limit=1)
+        assert job.id == failed
+        queue.fail(job, "boom")
+        assert queue.enqueue("t", dedupe_key="failed") == failed, "a dead job holds its key for dedupe_for"
+        (held,) = queue.claim(lease=0.5)
+        sleep_past(queue, held.lease_expires_at)
+        assert queue.claim() == []  # rescues the expired lease: its final attempt, so dead
+        assert queue.require(expired).status == "dead"
+        assert queue.enqueue("t", dedupe_key="expired") == expired, "dead by lease expiry holds it too"
+        assert queue.replay([failed]) == 1, "a dead job's own hold does not stop its replay"
+        assert queue.enqueue("t", dedupe_key="failed") == failed
+        cancelled = queue.enqueue("t", dedupe_key="cancelled", dedupe_for=3600)
+        assert queue.cancel(cancelled)
+        assert queue.enqueue("t", dedupe_key="cancelled") != cancelled, "cancelling lets the key go at once"
+
+    def test_replay_takes_a_key_whose_hold_has_ended(self, queue: polyqueue.Queue) -> None:
+        dead = {}
+        for key in ("long", "short"):
+            dead[key] = queue.enqueue("t", dedupe_key=key, max_attempts=1)
+            (job,) = queue.claim()
+            queue.fail(job, "x")
+        holders = {key: queue.enqueue("t", dedupe_key=key, dedupe_for=getattr(self, key.upper())) for key in dead}
+        for job in queue.claim(limit=2):
+            queue.complete(job)
+        result = queue.replay_detailed(list(dead.values()))
+        assert result.replayed == 0 and set(result.skipped) == set(dead.values()), "held by the done jobs"
+        finished = queue.require(holders["short"]).finished_at
+        assert finished is not None
+        sleep_past(queue, finished + timedelta(seconds=self.SHORT))
+        assert queue.replay_detailed(list(dead.values())).skipped.keys() == {dead["long"]}
+        assert queue.enqueue("t", dedupe_key="short") == dead["short"]
+
+    def test_dedupe_for_is_checked(self, queue: polyqueue.Queue) -> None:
+        for bad in ({"dedupe_for": 10}, {"dedupe_key": "k", "dedupe_for": -1}, {"dedupe_key": "k", "dedupe_for": "x"}):
+            with pytest.raises(InvalidArgument):
+                queue.enqueue("t", **bad)
+        assert queue.stats()["pending"] == 0
+
 
 # ---------------------------------------------------------------------------
 class TestCancel:
