@@ -20,7 +20,8 @@ from .errors import (
     SchemaMissing,
 )
 from .hookspecs import hookimpl
-from .job import Job, JobStatus
+from .job import Job, JobRecord, JobStatus
+from .moving import TransferResult, transfer
 from .queue import DEFAULT_URL, Queue, connect
 from .worker import Worker
 
@@ -32,15 +33,18 @@ __all__ = [
     "InvalidPayload",
     "Job",
     "JobNotFound",
+    "JobRecord",
     "JobStatus",
     "LeaseLost",
     "PayloadTooLarge",
     "PolyqueueError",
     "Queue",
     "SchemaMissing",
+    "TransferResult",
     "Worker",
     "connect",
     "hookimpl",
+    "transfer",
 ]
 
 __version__ = "0.1.0"
