@@ -33,7 +33,7 @@ from .errors import PolyqueueError
 from .moving import DEFAULT_STATUSES, MOVABLE_STATUSES, TransferResult, TransferStep, check_statuses
 from .queue import Queue, connect, parse_duration
 from .tables import cron_table, dead_table, fires_table, stats_table
-from .validation import check_int
+from .validation import check_int, parse_rate
 
 __all__ = ["cli", "main"]
 
@@ -250,13 +250,27 @@ def dead(ctx: click.Context, queue_name: str | None, limit: int) -> None:
 @click.argument("ids", nargs=-1)
 @click.option("--queue", "queue_name", default=None)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead job (of --queue if given).")
+@click.option("--rate", default=None, help="Redrive at a steady pace instead of all at once: 50/s, 300/m, 1000/h.")
 @click.pass_context
-def replay(ctx: click.Context, ids: tuple[str, ...], queue_name: str | None, replay_all: bool) -> None:
-    """Make dead jobs pending again (IDS, or --all / --queue)."""
+def replay(
+    ctx: click.Context, ids: tuple[str, ...], queue_name: str | None, replay_all: bool, rate: str | None
+) -> None:
+    """Make dead jobs pending again (IDS, or --all / --queue), optionally at a steady --rate."""
     if not ids and not replay_all and queue_name is None:
         fail("name job IDS, or pass --all or --queue")
     with opened(ctx) as q:
-        result = q.replay_detailed(list(ids) if ids else None, queue_name)
+        if rate is None:
+            result = q.replay_detailed(list(ids) if ids else None, queue_name)
+        else:
+            parse_rate(rate, "--rate")  # a bad rate is one line, before any progress bar
+            with _progress("replaying") as bar:
+                task = bar.add_task("replaying", total=None, rate="")
+                result = q.replay_detailed(
+                    list(ids) if ids else None,
+                    queue_name,
+                    rate=rate,
+                    on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
     console.print(f"replayed {result.replayed} job(s)")
     for job_id, reason in result.skipped.items():
         console.print(f"skipped {job_id}: {reason}", highlight=False)

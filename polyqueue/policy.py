@@ -12,7 +12,9 @@ This module owns the rules:
   :class:`~polyqueue.backends.base.Settlement` values for the backend to write;
 * **back-off** -- one exponential schedule with jitter, for job retries and for
   every wait on an outage (database, Redis, a dropped LISTEN connection);
-* **storable error text** -- what a failure records, whatever the exception held.
+* **storable error text** -- what a failure records, whatever the exception held;
+* **dedupe holds** -- which endings keep a job's dedupe key held for its ``dedupe_for`` seconds;
+* **pacing** -- the steady timetable of a paced redrive (``replay(..., rate=R)``).
 
 Where SQL must apply a rule inside one statement (the PostgreSQL claim
 rescues expired leases as it claims), it takes the expression from the
@@ -30,15 +32,17 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import Settlement
 from .job import Job, JobStatus
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
+
+T = TypeVar("T")
 
 __all__ = [
     "CACHE_OUTAGE",
@@ -48,6 +52,7 @@ __all__ = [
     "LISTEN_RECONNECT",
     "MAX_ERROR_LENGTH",
     "OUTAGE",
+    "PACE_STEP",
     "RECONNECT",
     "RECORD_RETRY",
     "RESCUE_BATCH",
@@ -55,6 +60,7 @@ __all__ = [
     "Backoff",
     "Jitter",
     "Outage",
+    "Pace",
     "capped_max_attempts",
     "capped_max_attempts_sql",
     "claim_order_key",
@@ -372,3 +378,48 @@ def error_text(error: BaseException | str | None, *, with_traceback: bool = Fals
         text = str(error)
     return storable_text(text[:MAX_ERROR_LENGTH])
 
+
+
+# --- pacing ------------------------------------------------------------------------------------------
+#: Seconds between two steps of a paced redrive: short enough to look steady, long enough to batch.
+PACE_STEP = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """A steady rate of ``rate`` items per second, sent in small steps on a fixed timetable.
+
+    Item number ``k`` may go ``k / rate`` seconds after the start. A step
+    that runs late (a slow database call) is followed at once by the next,
+    but the timetable never lets more than one step's worth of lost time be
+    made up: after a stall the pace resumes, it does not burst. So over any
+    window the rate is at most ``rate`` (plus one step), and without stalls
+    it is ``rate``.
+    """
+
+    rate: float
+
+    @property
+    def step(self) -> int:
+        """Items per step: what ``rate`` sends in :data:`PACE_STEP` seconds, at least one."""
+        return max(1, int(self.rate * PACE_STEP))
+
+    def batches(
+        self,
+        items: Iterable[T],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Iterator[list[T]]:
+        """Yield ``items`` in steps of :attr:`step`, each when the timetable says it may go."""
+        pending = list(items)
+        interval = self.step / self.rate
+        next_at = clock()
+        for start in range(0, len(pending), self.step):
+            now = clock()
+            if next_at > now:
+                sleep(next_at - now)
+            elif now - next_at > interval:
+                next_at = now - interval  # fell behind: make up at most one step, never burst
+            yield pending[start : start + self.step]
+            next_at += interval

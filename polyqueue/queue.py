@@ -8,7 +8,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ from .validation import (
     check_name,
     check_seconds,
     parse_duration,
+    parse_rate,
     queue_list,
 )
 
@@ -55,6 +56,8 @@ log = logging.getLogger("polyqueue")
 
 DEFAULT_URL = "sqlite:///polyqueue.db"
 MAX_CLAIM_BATCH = 1000
+#: Most dead jobs one paced replay of "every dead job" takes on (a paced million takes hours anyway).
+MAX_PACED_REPLAY = 1_000_000
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
 
 #: Options polyqueue itself understands on every backend (as keywords or URL query parameters), with their parsers.
@@ -456,22 +459,66 @@ class Queue:
             queue = check_name(queue, "queue name")
         return self.backend.dead_jobs(DeadJobsQuery(queue, check_int(limit, "limit", 1, 1_000_000)))
 
-    def replay(self, ids: Iterable[Hashable] | None = None, queue: str | None = None) -> int:
+    def replay(
+        self, ids: Iterable[Hashable] | None = None, queue: str | None = None, *, rate: float | str | None = None
+    ) -> int:
         """Make dead jobs pending again (attempts reset, error history kept); returns how many.
 
-        Jobs whose dedupe key a live job holds are skipped with a warning.
+        Jobs whose dedupe key another job holds are skipped with a warning.
+        ``rate`` (jobs per second, or text like ``"50/s"``) redrives them at a
+        steady pace instead of all at once, so a service that just recovered
+        is not flooded: the call returns when the last one went. It replays
+        the jobs dead when it starts (of ``ids``, or of ``queue``, or all),
+        oldest first.
         """
-        return self.replay_detailed(ids, queue).replayed
+        return self.replay_detailed(ids, queue, rate=rate).replayed
 
-    def replay_detailed(self, ids: Iterable[Hashable] | None = None, queue: str | None = None) -> ReplayResult:
-        """Like :meth:`replay` but also says which jobs were skipped and why."""
+    def replay_detailed(
+        self,
+        ids: Iterable[Hashable] | None = None,
+        queue: str | None = None,
+        *,
+        rate: float | str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> ReplayResult:
+        """Like :meth:`replay` but also says which jobs were skipped and why.
+
+        With ``rate``, ``on_progress(done, total)`` is called after each step.
+        """
         if queue is not None:
             queue = check_name(queue, "queue name")
         if isinstance(ids, (str, bytes)):
             raise InvalidArgument("ids must be an iterable of job ids")
-        result = self.backend.replay(ReplayRequest(None if ids is None else list(ids), queue))
+        wanted = None if ids is None else list(ids)
+        if rate is None:
+            result = self.backend.replay(ReplayRequest(wanted, queue))
+        else:
+            result = self._replay_paced(wanted, queue, policy.Pace(parse_rate(rate)), on_progress)
         for job_id, reason in result.skipped.items():
             log.warning("replay skipped job %s: %s", job_id, reason)
+        return result
+
+    def _replay_paced(
+        self,
+        ids: list[Hashable] | None,
+        queue: str | None,
+        pace: policy.Pace,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> ReplayResult:
+        """Replay the dead jobs ``ids`` names (None: every dead one of ``queue``) in steps on ``pace``'s timetable."""
+        if ids is None:
+            dead = self.backend.dead_jobs(DeadJobsQuery(queue, MAX_PACED_REPLAY))
+            ids = [job.id for job in reversed(dead)]  # oldest dead first
+        total = len(ids)
+        result = ReplayResult(0)
+        done = 0
+        for step in pace.batches(ids):
+            part = self.backend.replay(ReplayRequest(step, queue))
+            result.replayed += part.replayed
+            result.skipped.update(part.skipped)
+            done += len(step)
+            if on_progress is not None:
+                on_progress(done, total)
         return result
 
     def purge(self, status: str = "done", older_than: float | timedelta | str = "7d", batch_size: int = 1000) -> int:
