@@ -25,7 +25,8 @@ from .errors import (
     SchemaMissing,
 )
 from .hookspecs import hookimpl
-from .job import Job, JobStatus
+from .job import Job, JobRecord, JobStatus
+from .moving import TransferResult, transfer
 from .queue import DEFAULT_URL, Queue, connect
 from .worker import Worker
 
@@ -41,16 +42,19 @@ __all__ = [
     "InvalidPayload",
     "Job",
     "JobNotFound",
+    "JobRecord",
     "JobStatus",
     "LeaseLost",
     "PayloadTooLarge",
     "PolyqueueError",
     "Queue",
     "SchemaMissing",
+    "TransferResult",
     "Worker",
     "connect",
     "connect_async",
     "hookimpl",
+    "transfer",
 ]
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The ``polyqueue`` command line: migrate, enqueue, worker, stats, dead, replay, purge, demo and the tools.
+"""The ``polyqueue`` command line: migrate, enqueue, worker, stats, dead, replay, purge, transfer, demo and the tools.
 
 The tools are ``bench``, ``conformance`` and ``compat``.
 
@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +20,20 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .errors import PolyqueueError
+from .moving import DEFAULT_STATUSES, MOVABLE_STATUSES, TransferResult, TransferStep, check_statuses
 from .queue import Queue, connect, parse_duration
 from .tables import cron_table, dead_table, fires_table, stats_table
+from .validation import check_int, parse_rate
 
 __all__ = ["cli", "main"]
 
@@ -92,6 +103,7 @@ def migrate(ctx: click.Context) -> None:
 @click.option("--delay", default=None, help="Seconds or a duration like 30s, 5m, 2h.")
 @click.option("--max-attempts", type=int, default=None)
 @click.option("--dedupe-key", default=None)
+@click.option("--dedupe-for", default=None, help="Keep the dedupe key held this long after the job ends (e.g. 1h).")
 @click.pass_context
 def enqueue(
     ctx: click.Context,
@@ -102,6 +114,7 @@ def enqueue(
     delay: str | None,
     max_attempts: int | None,
     dedupe_key: str | None,
+    dedupe_for: str | None,
 ) -> None:
     """Enqueue one job; prints its id."""
     try:
@@ -117,6 +130,7 @@ def enqueue(
             delay=None if delay is None else parse_duration(delay, "delay"),
             max_attempts=max_attempts,
             dedupe_key=dedupe_key,
+            dedupe_for=dedupe_for,
         )
     click.echo(str(job_id))
 
@@ -236,13 +250,27 @@ def dead(ctx: click.Context, queue_name: str | None, limit: int) -> None:
 @click.argument("ids", nargs=-1)
 @click.option("--queue", "queue_name", default=None)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead job (of --queue if given).")
+@click.option("--rate", default=None, help="Redrive at a steady pace instead of all at once: 50/s, 300/m, 1000/h.")
 @click.pass_context
-def replay(ctx: click.Context, ids: tuple[str, ...], queue_name: str | None, replay_all: bool) -> None:
-    """Make dead jobs pending again (IDS, or --all / --queue)."""
+def replay(
+    ctx: click.Context, ids: tuple[str, ...], queue_name: str | None, replay_all: bool, rate: str | None
+) -> None:
+    """Make dead jobs pending again (IDS, or --all / --queue), optionally at a steady --rate."""
     if not ids and not replay_all and queue_name is None:
         fail("name job IDS, or pass --all or --queue")
     with opened(ctx) as q:
-        result = q.replay_detailed(list(ids) if ids else None, queue_name)
+        if rate is None:
+            result = q.replay_detailed(list(ids) if ids else None, queue_name)
+        else:
+            parse_rate(rate, "--rate")  # a bad rate is one line, before any progress bar
+            with _progress("replaying") as bar:
+                task = bar.add_task("replaying", total=None, rate="")
+                result = q.replay_detailed(
+                    list(ids) if ids else None,
+                    queue_name,
+                    rate=rate,
+                    on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
     console.print(f"replayed {result.replayed} job(s)")
     for job_id, reason in result.skipped.items():
         console.print(f"skipped {job_id}: {reason}", highlight=False)
@@ -269,6 +297,114 @@ def purge(ctx: click.Context, status: str, older_than: str, batch_size: int) -> 
     with opened(ctx) as q:
         deleted = q.purge(status, older_than=older_than, batch_size=batch_size)
     console.print(f"purged {deleted} {status} job(s) older than {older_than}")
+
+
+def _progress(what: str) -> Progress:
+    """A rich progress bar on stderr: count, rate and time left."""
+    return Progress(
+        TextColumn(f"[bold]{what}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+@cli.command()
+@click.argument("src_url")
+@click.argument("dst_url")
+@click.option("--queue", "queue_name", default=None, help="Move this queue only (default: every queue).")
+@click.option(
+    "--status",
+    "statuses",
+    default=",".join(DEFAULT_STATUSES),
+    show_default=True,
+    help=f"Comma-separated, among {', '.join(MOVABLE_STATUSES)} (pending: due now; scheduled: not yet due).",
+)
+@click.option("--batch", "batch_size", type=int, default=1000, show_default=True, help="Jobs per page.")
+@click.option("--dry-run", is_flag=True, help="Only count what would move.")
+@click.option("--wait", is_flag=True, help="Wait for the source's processing jobs to end, and move them too.")
+@click.option("--wait-timeout", default=None, help="With --wait: give up after this long (30s, 10m, 1h).")
+def transfer(
+    src_url: str,
+    dst_url: str,
+    queue_name: str | None,
+    statuses: str,
+    batch_size: int,
+    dry_run: bool,
+    wait: bool,
+    wait_timeout: str | None,
+) -> None:
+    """Move jobs from SRC_URL to DST_URL (any two backends), resumably: rerun after a crash to finish.
+
+    Every field of each job travels; processing jobs stay in the source
+    (or, with --wait, are waited for). The destination's tables are created
+    if missing (not on --dry-run).
+    """
+    from .moving import transfer as move
+
+    patience = None if wait_timeout is None else parse_duration(wait_timeout, "--wait-timeout")
+    chosen = check_statuses(statuses)
+    check_int(batch_size, "--batch", 1, 10_000)
+    source = connect(src_url)
+    try:
+        destination = connect(dst_url)
+        try:
+            err_console.print(
+                f"{'counting' if dry_run else 'moving'} jobs from {source.backend.describe()} "
+                f"to {destination.backend.describe()}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+            total = _movable(source, queue_name, chosen)
+            with _progress("would move" if dry_run else "moving") as bar:
+                task = bar.add_task("transfer", total=total, rate="")
+                started = time.monotonic()
+
+                def advance(step: TransferStep) -> None:
+                    if step.phase in ("moved", "counted"):
+                        done = step.result.moved
+                        speed = done / max(time.monotonic() - started, 1e-6)
+                        bar.update(task, completed=done, total=max(total, done), rate=f"{speed:,.0f} jobs/s")
+
+                result = move(
+                    source, destination, queue=queue_name, statuses=chosen, batch_size=batch_size,
+                    dry_run=dry_run, wait=wait, wait_timeout=patience, on_step=advance, migrate_destination=True,
+                )  # fmt: skip
+        finally:
+            destination.close()
+    finally:
+        source.close()
+    _report_transfer(result)
+
+
+def _movable(source: Queue, queue_name: str | None, chosen: frozenset[str]) -> int:
+    """How many jobs of the chosen statuses the source holds now (the progress bar's total)."""
+    counts = source.stats(queue_name)
+    due = counts["pending"] - counts["scheduled"]
+    sizes = {"pending": due, "scheduled": counts["scheduled"]}
+    return sum(sizes.get(status, counts.get(status, 0)) for status in chosen)
+
+
+def _report_transfer(result: TransferResult) -> None:
+    verb = "would move" if result.dry_run else "moved"
+    split = ", ".join(f"{n} {status}" for status, n in sorted(result.by_status.items()))
+    console.print(f"{verb} {result.moved} job(s){f' ({split})' if split else ''}", highlight=False)
+    if result.resumed:
+        console.print(f"{result.resumed} of them had been written by an earlier, interrupted run", highlight=False)
+    for job_id, reason in list(result.skipped.items())[:20]:
+        console.print(f"left job {job_id} in the source: {reason}", highlight=False, markup=False)
+    if len(result.skipped) > 20:
+        console.print(f"... and {len(result.skipped) - 20} more left in the source", highlight=False)
+    if result.processing:
+        console.print(
+            f"{result.processing} processing job(s) stay in the source (their workers hold them; --wait waits)",
+            highlight=False,
+        )
 
 
 @cli.command()

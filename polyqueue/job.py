@@ -13,6 +13,7 @@ __all__ = [
     "MAX_INT_ID",
     "STATUSES",
     "Job",
+    "JobRecord",
     "JobStatus",
     "NewJob",
     "ReplayResult",
@@ -64,6 +65,8 @@ class Job:
     result: Any = None
     lease_token: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: Seconds the dedupe key stays held after the job is done or dead (``enqueue(..., dedupe_for=)``); None: released.
+    dedupe_for: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -85,6 +88,45 @@ class NewJob:
     dedupe_key: str | None
     #: An absolute start time (aware UTC); when set it wins over ``delay_seconds``.
     run_at: datetime | None = None
+    #: Seconds the dedupe key stays held after the job is done or dead; None releases it when the job finishes.
+    dedupe_for: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job with every field its store keeps, in portable form: what ``polyqueue transfer`` carries.
+
+    ``export_jobs`` fills one per job and ``import_jobs`` stores it as is in
+    another backend, so a field added here later (headers, say) travels
+    between any two backends that know it without changing the transfer.
+    Payloads, results and error histories stay the JSON text they are
+    stored as; times are aware UTC. ``id`` is the exporting backend's id and
+    ``lease_token`` its fence (unchanged while nothing claimed or settled the
+    job); an importing backend ignores ``id`` and issues its own.
+    ``import_key`` is the idempotency marker of an import: a backend stores
+    at most one job per key and reports the stored one when a key comes again.
+    """
+
+    id: Hashable
+    queue: str
+    job_type: str
+    payload_json: str
+    priority: int
+    status: str
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    created_at: datetime
+    finished_at: datetime | None = None
+    last_error: str | None = None
+    errors_json: str | None = None
+    result_json: str | None = None
+    dedupe_key: str | None = None
+    dedupe_for: float | None = None
+    #: When a finished job's hold on its dedupe key ends (None: it holds none).
+    dedupe_held_until: datetime | None = None
+    lease_token: int = 0
+    import_key: str | None = None
 
 
 @dataclass(slots=True)

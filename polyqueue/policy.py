@@ -12,7 +12,9 @@ This module owns the rules:
   :class:`~polyqueue.backends.base.Settlement` values for the backend to write;
 * **back-off** -- one exponential schedule with jitter, for job retries and for
   every wait on an outage (database, Redis, a dropped LISTEN connection);
-* **storable error text** -- what a failure records, whatever the exception held.
+* **storable error text** -- what a failure records, whatever the exception held;
+* **dedupe holds** -- which endings keep a job's dedupe key held for its ``dedupe_for`` seconds;
+* **pacing** -- the steady timetable of a paced redrive (``replay(..., rate=R)``).
 
 Where SQL must apply a rule inside one statement (the PostgreSQL claim
 rescues expired leases as it claims), it takes the expression from the
@@ -31,10 +33,11 @@ import logging
 import os
 import random
 import threading
+import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import Settlement
 from .job import Job, JobStatus
@@ -42,13 +45,17 @@ from .job import Job, JobStatus
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
+T = TypeVar("T")
+
 __all__ = [
     "CACHE_OUTAGE",
     "CLAIM_ORDER",
+    "DEDUPE_HELD_AFTER",
     "ERROR_HISTORY_LIMIT",
     "LISTEN_RECONNECT",
     "MAX_ERROR_LENGTH",
     "OUTAGE",
+    "PACE_STEP",
     "RECONNECT",
     "RECORD_RETRY",
     "RESCUE_BATCH",
@@ -56,6 +63,7 @@ __all__ = [
     "Backoff",
     "Jitter",
     "Outage",
+    "Pace",
     "capped_max_attempts",
     "capped_max_attempts_lua",
     "capped_max_attempts_sql",
@@ -63,6 +71,7 @@ __all__ = [
     "claim_order_lua",
     "claim_order_sql",
     "completed",
+    "dedupe_hold_sql",
     "error_history",
     "error_text",
     "expired_lease_error",
@@ -79,7 +88,9 @@ __all__ = [
     "holds_claim_sql",
     "is_final_attempt",
     "job_claim_key",
+    "keeps_dedupe_key",
     "lua_literal",
+    "new_enqueue_token",
     "new_token",
     "released",
     "storable_text",
@@ -165,6 +176,23 @@ class Outage:
 def new_token() -> int:
     """A fencing token: random, positive, 62 bits, so no two claims or settlements share one."""
     return (int.from_bytes(os.urandom(8)) >> 2) + 1
+
+
+#: Seconds since the epoch at which enqueue tokens start counting (2024-01-01 UTC).
+_TOKEN_EPOCH = 1_704_067_200
+
+
+def new_enqueue_token(now: Callable[[], float] = time.time) -> int:
+    """An enqueue call's client token: positive, below 2**62, the second it was made in its high 32 bits.
+
+    The 30 low bits are random. Time first keeps the stores' unique index of
+    tokens growing at its end, like a sequence, instead of at random places
+    (a random key costs a random page per enqueue once the index outgrows
+    memory). Two calls in one second share a token once in about 10**9 pairs;
+    a backend that meets its token already taken draws another.
+    """
+    seconds = max(0, int(now()) - _TOKEN_EPOCH) & 0xFFFF_FFFF
+    return (seconds << 30) | ((int.from_bytes(os.urandom(4)) >> 2) or 1)
 
 
 # --- claim order -------------------------------------------------------------------------------------
@@ -330,10 +358,31 @@ def lua_literal(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+# --- dedupe holds ------------------------------------------------------------------------------------
+#: Endings after which a job keeps its dedupe key held for its ``dedupe_for`` seconds: the job ran.
+#: A cancelled job releases its key at once: cancelling says "not this one", so a new enqueue may take it.
+DEDUPE_HELD_AFTER: tuple[str, ...] = (JobStatus.DONE, JobStatus.DEAD)
+
+
+def keeps_dedupe_key(status: str) -> bool:
+    """Whether a job that ends in ``status`` keeps its dedupe key held for its ``dedupe_for`` seconds."""
+    return status in DEDUPE_HELD_AFTER
+
+
+def dedupe_hold_sql(status: Any, held_until: Any) -> sa.ColumnElement[Any]:
+    """:func:`keeps_dedupe_key` as SQL: ``held_until`` (DB-now + the job's ``dedupe_for``) when ``status`` keeps it."""
+    from sqlalchemy import case, literal_column
+
+    held: list[sa.ColumnElement[str]] = [literal_column(f"'{s}'") for s in DEDUPE_HELD_AFTER]
+    return case((status.in_(held), held_until), else_=None)
+
+
 # --- transitions -------------------------------------------------------------------------------------
 def completed(job: Job, result_json: str | None = None) -> Settlement:
-    """The handler succeeded: done, with its result."""
-    return Settlement(job, JobStatus.DONE, finished=True, result_json=result_json)
+    """The handler succeeded: done, with its result (the dedupe key held for the job's ``dedupe_for``)."""
+    return Settlement(
+        job, JobStatus.DONE, finished=True, result_json=result_json, hold_dedupe=keeps_dedupe_key(JobStatus.DONE)
+    )
 
 
 def released(job: Job) -> Settlement:
@@ -351,7 +400,10 @@ def failed(
     """
     history = error_history(job, error)
     if dead or is_final_attempt(job.attempts, job.max_attempts):
-        return Settlement(job, JobStatus.DEAD, finished=True, last_error=error, errors_json=history)
+        return Settlement(
+            job, JobStatus.DEAD, finished=True, last_error=error, errors_json=history,
+            hold_dedupe=keeps_dedupe_key(JobStatus.DEAD),
+        )  # fmt: skip
     delay = backoff.delay(job.attempts) if retry_in is None else retry_in
     return Settlement(job, JobStatus.PENDING, run_in=delay, last_error=error, errors_json=history)
 
@@ -396,3 +448,48 @@ def error_text(error: BaseException | str | None, *, with_traceback: bool = Fals
         text = str(error)
     return storable_text(text[:MAX_ERROR_LENGTH])
 
+
+
+# --- pacing ------------------------------------------------------------------------------------------
+#: Seconds between two steps of a paced redrive: short enough to look steady, long enough to batch.
+PACE_STEP = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """A steady rate of ``rate`` items per second, sent in small steps on a fixed timetable.
+
+    Item number ``k`` may go ``k / rate`` seconds after the start. A step
+    that runs late (a slow database call) is followed at once by the next,
+    but the timetable never lets more than one step's worth of lost time be
+    made up: after a stall the pace resumes, it does not burst. So over any
+    window the rate is at most ``rate`` (plus one step), and without stalls
+    it is ``rate``.
+    """
+
+    rate: float
+
+    @property
+    def step(self) -> int:
+        """Items per step: what ``rate`` sends in :data:`PACE_STEP` seconds, at least one."""
+        return max(1, int(self.rate * PACE_STEP))
+
+    def batches(
+        self,
+        items: Iterable[T],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Iterator[list[T]]:
+        """Yield ``items`` in steps of :attr:`step`, each when the timetable says it may go."""
+        pending = list(items)
+        interval = self.step / self.rate
+        next_at = clock()
+        for start in range(0, len(pending), self.step):
+            now = clock()
+            if next_at > now:
+                sleep(next_at - now)
+            elif now - next_at > interval:
+                next_at = now - interval  # fell behind: make up at most one step, never burst
+            yield pending[start : start + self.step]
+            next_at += interval

@@ -9,7 +9,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ from .validation import (
     check_name,
     check_seconds,
     parse_duration,
+    parse_rate,
     queue_list,
 )
 
@@ -56,6 +57,8 @@ log = logging.getLogger("polyqueue")
 
 DEFAULT_URL = "sqlite:///polyqueue.db"
 MAX_CLAIM_BATCH = 1000
+#: Most dead jobs one paced replay of "every dead job" takes on (a paced million takes hours anyway).
+MAX_PACED_REPLAY = 1_000_000
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
 
 #: Options polyqueue itself understands on every backend (as keywords or URL query parameters), with their parsers.
@@ -283,6 +286,11 @@ class Queue:
         attempts = self.max_attempts if max_attempts is None else check_int(max_attempts, "max_attempts", 1, 10_000)
         if dedupe_key is not None:
             dedupe_key = check_name(dedupe_key, "dedupe_key")
+        dedupe_for = spec.get("dedupe_for")
+        if dedupe_for is not None:
+            if dedupe_key is None:
+                raise InvalidArgument("dedupe_for needs a dedupe_key: it says how long that key stays held")
+            dedupe_for = check_seconds(dedupe_for, "dedupe_for") or None
         delay, run_at = spec.get("delay"), spec.get("run_at")
         if delay is not None and run_at is not None:
             raise InvalidArgument("give delay or run_at, not both")
@@ -290,7 +298,7 @@ class Queue:
         if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
             raise InvalidArgument("run_at must be a timezone-aware datetime")
         payload_json = json_codec.encode_payload(spec.get("payload"), self.max_payload_bytes)
-        return NewJob(queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at)
+        return NewJob(queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at, dedupe_for)
 
     def enqueue(
         self,
@@ -303,19 +311,27 @@ class Queue:
         run_at: datetime | None = None,
         max_attempts: int | None = None,
         dedupe_key: str | None = None,
+        dedupe_for: float | timedelta | str | None = None,
         connection: Any = None,
     ) -> Hashable:
-        """Store one job and return its id (or, with a live duplicate ``dedupe_key``, the live job's id).
+        """Store one job and return its id (or, when its ``dedupe_key`` is held, the holding job's id).
 
         ``payload`` must be JSON data under ``max_payload_bytes`` (else
         :class:`InvalidPayload` / :class:`PayloadTooLarge`, nothing stored).
-        ``connection`` writes the job inside the caller's open transaction.
+        A ``dedupe_key`` is held while its job is live; ``dedupe_for`` keeps
+        it held that many seconds more after the job is done or dead (a
+        cancelled job lets it go at once). ``connection`` writes the job
+        inside the caller's open transaction. Every call carries a client
+        token, so the library's own retry after a dropped connection never
+        stores the job twice.
         """
         spec = {"job_type": job_type, "payload": payload, "queue": queue, "priority": priority, "delay": delay}
-        spec.update(run_at=run_at, max_attempts=max_attempts, dedupe_key=dedupe_key)
+        spec.update(run_at=run_at, max_attempts=max_attempts, dedupe_key=dedupe_key, dedupe_for=dedupe_for)
         return self._store([self._new_job(spec)], connection)[0]
 
-    _JOB_KEYS = frozenset({"job_type", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "dedupe_key"})
+    _JOB_KEYS = frozenset(
+        {"job_type", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "dedupe_key", "dedupe_for"}
+    )
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, connection: Any = None) -> list[Hashable]:
         """Store many jobs atomically in one round trip per batch; ids in input order.
@@ -345,7 +361,10 @@ class Queue:
     def _store(self, batch: list[NewJob], connection: Any) -> list[Hashable]:
         if connection is not None:
             self.require_capability(Capability.TRANSACTIONAL_ENQUEUE, "transactional enqueue (connection=)")
-        ids = self.backend.enqueue(EnqueueBatch(batch, connection))
+        if any(job.dedupe_for is not None for job in batch):
+            self.require_capability(Capability.DEDUPE, "dedupe keys (dedupe_for=)")
+        # One client token per call: a retry of this call after a dropped connection finds its first attempt.
+        ids = self.backend.enqueue(EnqueueBatch(batch, connection, policy.new_enqueue_token()))
         if ids:
             # After the commit: a plugin that raises here must not make a stored job look unstored.
             call_hook(
@@ -479,22 +498,66 @@ class Queue:
             queue = check_name(queue, "queue name")
         return self.backend.dead_jobs(DeadJobsQuery(queue, check_int(limit, "limit", 1, 1_000_000)))
 
-    def replay(self, ids: Iterable[Hashable] | None = None, queue: str | None = None) -> int:
+    def replay(
+        self, ids: Iterable[Hashable] | None = None, queue: str | None = None, *, rate: float | str | None = None
+    ) -> int:
         """Make dead jobs pending again (attempts reset, error history kept); returns how many.
 
-        Jobs whose dedupe key a live job holds are skipped with a warning.
+        Jobs whose dedupe key another job holds are skipped with a warning.
+        ``rate`` (jobs per second, or text like ``"50/s"``) redrives them at a
+        steady pace instead of all at once, so a service that just recovered
+        is not flooded: the call returns when the last one went. It replays
+        the jobs dead when it starts (of ``ids``, or of ``queue``, or all),
+        oldest first.
         """
-        return self.replay_detailed(ids, queue).replayed
+        return self.replay_detailed(ids, queue, rate=rate).replayed
 
-    def replay_detailed(self, ids: Iterable[Hashable] | None = None, queue: str | None = None) -> ReplayResult:
-        """Like :meth:`replay` but also says which jobs were skipped and why."""
+    def replay_detailed(
+        self,
+        ids: Iterable[Hashable] | None = None,
+        queue: str | None = None,
+        *,
+        rate: float | str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> ReplayResult:
+        """Like :meth:`replay` but also says which jobs were skipped and why.
+
+        With ``rate``, ``on_progress(done, total)`` is called after each step.
+        """
         if queue is not None:
             queue = check_name(queue, "queue name")
         if isinstance(ids, (str, bytes)):
             raise InvalidArgument("ids must be an iterable of job ids")
-        result = self.backend.replay(ReplayRequest(None if ids is None else list(ids), queue))
+        wanted = None if ids is None else list(ids)
+        if rate is None:
+            result = self.backend.replay(ReplayRequest(wanted, queue))
+        else:
+            result = self._replay_paced(wanted, queue, policy.Pace(parse_rate(rate)), on_progress)
         for job_id, reason in result.skipped.items():
             log.warning("replay skipped job %s: %s", job_id, reason)
+        return result
+
+    def _replay_paced(
+        self,
+        ids: list[Hashable] | None,
+        queue: str | None,
+        pace: policy.Pace,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> ReplayResult:
+        """Replay the dead jobs ``ids`` names (None: every dead one of ``queue``) in steps on ``pace``'s timetable."""
+        if ids is None:
+            dead = self.backend.dead_jobs(DeadJobsQuery(queue, MAX_PACED_REPLAY))
+            ids = [job.id for job in reversed(dead)]  # oldest dead first
+        total = len(ids)
+        result = ReplayResult(0)
+        done = 0
+        for step in pace.batches(ids):
+            part = self.backend.replay(ReplayRequest(step, queue))
+            result.replayed += part.replayed
+            result.skipped.update(part.skipped)
+            done += len(step)
+            if on_progress is not None:
+                on_progress(done, total)
         return result
 
     def purge(self, status: str = "done", older_than: float | timedelta | str = "7d", batch_size: int = 1000) -> int:

@@ -22,6 +22,7 @@ __all__ = [
     "check_name",
     "check_seconds",
     "parse_duration",
+    "parse_rate",
     "queue_list",
 ]
 
@@ -30,6 +31,10 @@ MAX_NAME_LENGTH = 255
 MAX_DURATION_SECONDS = 100 * 365 * 86400
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$", re.IGNORECASE)
+_RATE_UNITS = {None: 1, "s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+#: The fastest pace a rate may ask for (jobs per second).
+MAX_RATE = 1_000_000.0
 
 
 def parse_duration(value: float | int | timedelta | str, what: str = "duration") -> float:
@@ -53,6 +58,27 @@ def parse_duration(value: float | int | timedelta | str, what: str = "duration")
     if seconds > MAX_DURATION_SECONDS:
         raise InvalidArgument(f"{what} of {seconds:g}s is beyond the 100-year limit")
     return seconds
+
+
+def parse_rate(value: float | int | str, what: str = "rate") -> float:
+    """Jobs per second from a number or text such as ``"50/s"``, ``"300/m"``, ``"1000/h"`` (bare: per second)."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be a number of jobs per second or text like '50/s'")
+    if isinstance(value, (int, float)):
+        rate = float(value)
+    elif isinstance(value, str):
+        match = _RATE_RE.match(value)
+        if not match:
+            raise InvalidArgument(f"{what} {value!r} is not a rate like '50/s', '300/m' or '1000/h'")
+        unit = match.group(2)
+        rate = float(match.group(1)) / _RATE_UNITS[unit.lower() if unit else None]
+    else:
+        raise InvalidArgument(f"{what} must be a number of jobs per second or text like '50/s'")
+    if not math.isfinite(rate) or rate <= 0:
+        raise InvalidArgument(f"{what} must be more than zero jobs per second")
+    if rate > MAX_RATE:
+        raise InvalidArgument(f"{what} of {rate:g}/s is beyond the {MAX_RATE:g}/s limit")
+    return rate
 
 
 #: Names already found valid (queue names and job types repeat in every batch); bounded.

@@ -103,6 +103,9 @@ def test_cron_lists_schedules_and_their_fires(tmp_path: Path) -> None:
         (("purge", "--older-than", "eventually"), "duration"),
         (("worker", "no_such_module_xyz"), "cannot import"),
         (("replay",), "IDS"),
+        (("replay", "--all", "--rate", "0/s"), "more than zero"),
+        (("enqueue", "t", "--dedupe-for", "1h"), "dedupe_for needs a dedupe_key"),
+        (("enqueue", "t", "--dedupe-key", "k", "--dedupe-for", "soon"), "duration"),
     ],
 )
 def test_bad_input_prints_one_line(tmp_path: Path, args: tuple[str, ...], fragment: str) -> None:

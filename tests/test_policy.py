@@ -15,7 +15,7 @@ import polyqueue
 from polyqueue import json_codec, policy
 from polyqueue.backends import postgresql
 from polyqueue.backends.sql import SQLBackend
-from polyqueue.job import Job, JobStatus
+from polyqueue.job import STATUSES, Job, JobStatus
 
 
 def _job(**fields: Any) -> Job:
@@ -111,6 +111,67 @@ def test_tokens_are_positive_62_bit_and_distinct() -> None:
     assert len(tokens) == 1000 and all(0 < t < 2**62 + 2 for t in tokens)
 
 
+def test_done_and_dead_keep_the_dedupe_key_held_and_nothing_else_does() -> None:
+    job = _job(dedupe_key="k", dedupe_for=60.0, attempts=3)
+    assert [s for s in (*policy.DEDUPE_HELD_AFTER, "pending", "cancelled") if policy.keeps_dedupe_key(s)] == [
+        "done", "dead",
+    ]  # fmt: skip
+    assert policy.completed(job).hold_dedupe
+    assert policy.failed(job, "x", backoff=policy.OUTAGE).hold_dedupe  # the final attempt: dead
+    assert not policy.failed(_job(attempts=1), "x", backoff=policy.OUTAGE).hold_dedupe  # a retry: still live
+    assert not policy.released(job).hold_dedupe
+
+
+class FakeClock:
+    """A clock that only moves when slept on (or told to)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_a_pace_sends_steps_on_a_fixed_timetable() -> None:
+    clock = FakeClock()
+    pace = policy.Pace(50.0)
+    assert pace.step == 5  # 50/s in steps of a tenth of a second
+    sent: list[tuple[float, int]] = []
+    for step in pace.batches(range(23), clock=clock, sleep=clock.sleep):
+        sent.append((round(clock.now - 100.0, 6), len(step)))
+    assert sent == [(0.0, 5), (0.1, 5), (0.2, 5), (0.3, 5), (0.4, 3)]
+    assert policy.Pace(3.0).step == 1 and policy.Pace(0.5).step == 1
+
+
+def test_a_pace_that_fell_behind_makes_up_one_step_and_never_bursts() -> None:
+    clock = FakeClock()
+    times: list[float] = []
+    for n, _ in enumerate(policy.Pace(10.0).batches(range(10), clock=clock, sleep=clock.sleep)):
+        times.append(round(clock.now - 100.0, 6))
+        if n == 2:
+            clock.now += 5.0  # a step that took five seconds (a slow database)
+    assert times[:3] == [0.0, 0.1, 0.2]
+    assert times[3:5] == [5.2, 5.2], "after the stall one step is made up at once"
+    assert times[5:] == [5.3, 5.4, 5.5, 5.6, 5.7], "then the pace resumes; the lost five seconds are not rushed"
+
+
+def test_rates_are_parsed_and_checked() -> None:
+    from polyqueue.errors import InvalidArgument
+    from polyqueue.validation import parse_rate
+
+    assert [parse_rate(r) for r in ("50/s", "50", " 3000 / m ", "7200/hour", "2.5/sec", 4)] == [
+        50.0, 50.0, 50.0, 2.0, 2.5, 4.0,
+    ]  # fmt: skip
+    for bad in ("0/s", "-1", "fast", "50/d", float("nan"), float("inf"), True, None, "1e9"):
+        with pytest.raises(InvalidArgument):
+            parse_rate(bad)  # type: ignore[arg-type]
+
+
 # --- each SQL form agrees with its Python form, on every SQL backend ----------------------------------
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def sql_queue(request: pytest.FixtureRequest, sqlite_url: str, fresh_queue: Any) -> polyqueue.Queue:
@@ -148,6 +209,12 @@ def test_the_attempt_cap_agrees(sql_queue: polyqueue.Queue) -> None:
 def test_the_expiry_error_agrees(sql_queue: polyqueue.Queue, worker: str | None) -> None:
     held_by = sa.literal(worker, sa.String()) if worker is not None else sa.null()
     assert _evaluate(sql_queue, policy.expired_lease_error_sql(held_by)) == policy.expired_lease_error(worker)
+
+
+def test_the_dedupe_hold_agrees(sql_queue: polyqueue.Queue) -> None:
+    for status in STATUSES:
+        held = _evaluate(sql_queue, policy.dedupe_hold_sql(sa.literal(status, sa.String()), sa.literal(1)))
+        assert (held == 1) == policy.keeps_dedupe_key(status), status
 
 
 def test_the_fence_agrees(sql_queue: polyqueue.Queue) -> None:

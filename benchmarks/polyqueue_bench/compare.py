@@ -40,7 +40,9 @@ def _run_side(source: Path, harness_args: list[str], out: Path) -> list[dict[str
     out.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(source)}
     cmd = [sys.executable, "-m", "polyqueue_bench", *harness_args, "--repetitions", "1", "--output-dir", str(out)]
-    subprocess.run([*cmd, "--no-chart"], env=env, check=True)
+    # Run from the checkout: ``python -m`` puts the working directory first on sys.path, so started from
+    # this repository's root both sides would import this working tree's polyqueue, not their commit's.
+    subprocess.run([*cmd, "--no-chart"], env=env, check=True, cwd=source)
     (report,) = out.glob("*.json")
     figures: list[dict[str, Any]] = json.loads(report.read_text())["figures"]
     return [f for f in figures if f["system"] == "polyqueue"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from ..job import Job, NewJob, ReplayResult
+from ..job import Job, JobRecord, NewJob, ReplayResult
 
 __all__ = [
     "CAPABILITIES",
@@ -41,14 +41,19 @@ __all__ = [
     "ClaimResult",
     "DeadJobsQuery",
     "DeclareSchedules",
+    "DeleteRequest",
     "DueProbe",
     "EnqueueBatch",
+    "ExportQuery",
     "ExtendRequest",
     "FireHistoryQuery",
     "FireRecord",
     "FireRequest",
     "FireResult",
+    "ImportBatch",
+    "ImportResult",
     "JobLookup",
+    "JobRecord",
     "OptionParser",
     "PurgeRequest",
     "ReadyCount",
@@ -72,13 +77,14 @@ class Capability(enum.StrEnum):
     """
 
     NOTIFY = "notify"  #: push wake-ups for idle workers that see every producer
-    DEDUPE = "dedupe"  #: dedupe_key held while the job is live
+    DEDUPE = "dedupe"  #: dedupe_key held while the job is live, and dedupe_for seconds after it is done or dead
     PRIORITIES = "priorities"  #: claim honours priority
     DELAYED = "delayed"  #: delay / run_at
     TRANSACTIONAL_ENQUEUE = "transactional_enqueue"  #: enqueue(..., connection=conn)
     MULTI_PROCESS = "multi_process"  #: several processes may share the queue
     DEPTH_CACHE = "depth_cache"  #: depth() answered from a cache
     PERIODIC = "periodic"  #: declare_schedules / fire / schedules: each (schedule, slot) fires once
+    TRANSFER = "transfer"  #: export_jobs / import_jobs / delete_jobs: jobs move to and from other backends
 
 
 CAPABILITIES = frozenset(Capability)
@@ -92,10 +98,18 @@ OptionParser = Callable[[Any], Any]
 # --- parameter objects ------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class EnqueueBatch:
-    """Jobs to store, already validated and encoded; ``connection`` is the caller's open transaction or None."""
+    """Jobs to store, already validated and encoded; ``connection`` is the caller's open transaction or None.
+
+    ``token`` is the enqueue call's client token (positive, below 2**62, one
+    per call, from :func:`polyqueue.policy.new_enqueue_token`): a backend that
+    retries the call's transaction itself (a dropped connection) uses it to
+    find the rows a first attempt committed instead of storing them again.
+    None when the caller has none.
+    """
 
     jobs: Sequence[NewJob]
     connection: Any = None
+    token: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +150,11 @@ class Settlement:
     expired) and then writes exactly this: ``status``; ``finished_at`` =
     DB-now when ``finished``; ``run_at`` = DB-now + ``run_in`` when
     ``run_in`` is not None; ``attempts - 1`` when ``refund_attempt``;
-    ``result``, ``last_error`` and ``errors`` when not None; and always
-    ``locked_by`` and ``lease_expires_at`` cleared and a lease token no claim
-    holds. Build one with the named constructors of :mod:`polyqueue.policy`.
+    ``result``, ``last_error`` and ``errors`` when not None; the dedupe
+    hold (``dedupe_held_until`` = DB-now + the job's ``dedupe_for``) when
+    ``hold_dedupe``; and always ``locked_by`` and ``lease_expires_at``
+    cleared and a lease token no claim holds. Build one with the named
+    constructors of :mod:`polyqueue.policy`.
     """
 
     job: Job
@@ -149,6 +165,8 @@ class Settlement:
     result_json: str | None = None
     last_error: str | None = None
     errors_json: str | None = None
+    #: Keep the job's dedupe key held until DB-now + its ``dedupe_for`` (written as ``dedupe_held_until``).
+    hold_dedupe: bool = False
 
     @property
     def plain(self) -> bool:
@@ -237,6 +255,56 @@ class PurgeRequest:
     status: str
     older_than: float
     batch_size: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ExportQuery:
+    """One page of jobs to export, in the backend's id order: those with an id after ``after`` (None: from the start).
+
+    Only jobs whose status is in ``statuses`` (never ``processing``: a held
+    job cannot be moved) and of ``queue`` when given; at most ``limit``.
+    The last record's ``id`` is the ``after`` of the next page (keyset
+    pagination: a page costs the same however far in it is).
+    """
+
+    statuses: frozenset[str]
+    queue: str | None = None
+    after: Hashable | None = None
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ImportBatch:
+    """Jobs to store with every field as given (see :class:`~polyqueue.job.JobRecord`), atomically."""
+
+    records: Sequence[JobRecord]
+
+
+@dataclass(slots=True)
+class ImportResult:
+    """What an import stored: each record's id here (None when skipped), in input order.
+
+    ``existing`` holds the positions whose ``import_key`` an earlier import
+    had already stored (their id is that job's; nothing was written);
+    ``skipped`` the positions not stored and why (their dedupe key is held
+    here by another job).
+    """
+
+    ids: list[Hashable | None]
+    existing: set[int] = field(default_factory=set)
+    skipped: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRequest:
+    """Exported jobs to delete, each only while unchanged since it was read.
+
+    A record is deleted only if its job still has the record's ``status``
+    and ``lease_token`` (a claim, settlement, cancel or replay since the
+    export changes one of them); ``id`` names it.
+    """
+
+    records: Sequence[JobRecord]
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,12 +513,16 @@ class Backend(abc.ABC):
     def enqueue(self, batch: EnqueueBatch) -> list[Hashable]:
         """Store ``batch.jobs`` atomically (all or none) and return their ids in input order.
 
-        A job whose ``(queue, dedupe_key)`` matches a live job -- stored before or
-        earlier in the same batch -- is not stored; the live job's id is returned
-        in its place. With ``batch.connection`` (only with the
-        ``transactional_enqueue`` capability) the rows are written inside that
-        caller-owned transaction and nothing is committed here. An empty batch
-        returns ``[]``.
+        A job whose ``(queue, dedupe_key)`` is held -- by a live job, or by a
+        done or dead job within its ``dedupe_for`` seconds (``dedupe_held_until``
+        after DB-now), stored before or earlier in the same batch -- is not
+        stored; the holder's id is returned in its place. A job's own
+        ``dedupe_for`` is stored with it. With ``batch.connection`` (only with
+        the ``transactional_enqueue`` capability) the rows are written inside
+        that caller-owned transaction and nothing is committed here. A backend
+        that retries the call itself after a dropped connection must not store
+        the batch twice (``batch.token`` finds a committed first attempt). An
+        empty batch returns ``[]``.
         """
 
     def run_after_commit(self, connection: Any, action: Callable[[], None]) -> bool:
@@ -500,7 +572,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, request: CancelRequest) -> bool:
-        """Cancel a pending job (status ``cancelled``, dedupe key released). False if it is not pending."""
+        """Cancel a pending job (status ``cancelled``, dedupe key released at once). False if it is not pending."""
 
     @abc.abstractmethod
     def stats(self, request: StatsRequest) -> dict[str, dict[str, Any]]:
@@ -540,7 +612,9 @@ class Backend(abc.ABC):
     def replay(self, request: ReplayRequest) -> ReplayResult:
         """Make dead jobs pending again with ``attempts = 0``, keeping their error history.
 
-        A job whose dedupe key is held by a live job is skipped, and the result says why.
+        A job whose dedupe key another job holds (live, or within its
+        ``dedupe_for`` after finishing) is skipped, and the result says why;
+        a dead job's own hold on its key carries over to the revived job.
         """
 
     @abc.abstractmethod
@@ -548,7 +622,9 @@ class Backend(abc.ABC):
         """Delete jobs of ``request.status`` finished more than ``request.older_than`` seconds ago.
 
         Works in batches of ``request.batch_size`` rows, each its own short
-        transaction, so it can run online; returns the number deleted.
+        transaction, so it can run online; returns the number deleted. A job
+        still holding its dedupe key (``dedupe_held_until`` after DB-now) is
+        kept until the hold ends.
         """
 
     # --- waiting ---------------------------------------------------------
@@ -569,6 +645,35 @@ class Backend(abc.ABC):
         which is always correct (the memory backend, the Redis depth cache).
         """
         return None
+
+    # --- moving jobs (the ``transfer`` capability) --------------------------
+    def export_jobs(self, query: ExportQuery) -> list[JobRecord]:
+        """One page of jobs as :class:`~polyqueue.job.JobRecord` values with every stored field, in id order.
+
+        See :class:`ExportQuery`. Reads only: no locks held after it returns.
+        ``[]`` when no job is left after ``query.after``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot export jobs")
+
+    def import_jobs(self, batch: ImportBatch) -> ImportResult:
+        """Store each record as a job with every field as given, atomically (all stored or none).
+
+        The backend issues new ids; ``locked_by`` and ``lease_expires_at``
+        stay empty (records are never ``processing``). Idempotent per
+        ``import_key``: a record whose key a job here already carries is not
+        stored again, and that job's id is reported (``existing``); two
+        imports racing with one key store it once. A record whose dedupe key
+        another job here holds is not stored (``skipped``, with the reason).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot import jobs")
+
+    def delete_jobs(self, request: DeleteRequest) -> set[Hashable]:
+        """Delete each record's job if it is unchanged since it was exported; returns the ids deleted.
+
+        Fenced per job (see :class:`DeleteRequest`), all in one short
+        transaction; a job that changed, or is gone, is left alone.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot delete jobs")
 
     # --- periodic jobs (the ``periodic`` capability) ----------------------
     def declare_schedules(self, request: DeclareSchedules) -> ScheduleState:

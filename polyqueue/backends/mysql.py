@@ -9,8 +9,11 @@ from the shared layer in four places:
   and read back, in one short READ COMMITTED transaction.
 * Indexes lead with ``status``, so finished rows sit in their own part of
   each index and never lengthen a claim's scan. The dedupe key's uniqueness
-  among live jobs comes from a generated column that is NULL once the job is
-  finished (unique indexes allow many NULLs).
+  among the jobs holding it comes from a generated column that is NULL once
+  the job has let it go (unique indexes allow many NULLs). The same column
+  carries the enqueue marker and the import key of rows that hold no dedupe
+  key, so the markers cost no index of their own (every row of a MySQL
+  index pays an entry, NULL or not).
 * Bulk inserts learn their ids from ``LAST_INSERT_ID`` when the server hands
   out auto-increment values consecutively, and from a tagged read-back when it
   does not (see :meth:`MySQLBackend.insert_rows`).
@@ -35,11 +38,12 @@ from sqlalchemy.engine import Connection
 
 from .. import policy
 from ..errors import ConfigurationError, PolyqueueError
-from ..job import JobStatus
+from ..job import JobRecord, JobStatus, NewJob
 from .base import EnqueueBatch
 from .sql import (
     LIVE_SQL,
     PENDING_SQL,
+    RECORD_CHUNK,
     SQL_CAPABILITIES,
     AwareUTCTime,
     ErrorKind,
@@ -65,8 +69,10 @@ _EXACT_COLLATIONS = ("utf8mb4_0900_bin", "utf8mb4_nopad_bin", "utf8mb4_bin")
 _BULK_ROWS = 1000
 #: The columns a bulk INSERT names, and the SQL for one row of values (constants inline, the rest bound).
 _BULK_COLUMNS = ("queue", "job_type", "payload", "priority", "max_attempts", "status", "attempts", "lease_token",
-                 "run_at", "created_at")  # fmt: skip
-_BULK_ROW_SQL = f"(%s,%s,%s,%s,%s,'{JobStatus.PENDING}',0,0,TIMESTAMPADD(MICROSECOND,%s,{_NOW}),{_NOW}"
+                 "run_at", "created_at", "enqueue_token")  # fmt: skip
+_BULK_ROW_SQL = f"(%s,%s,%s,%s,%s,'{JobStatus.PENDING}',0,0,TIMESTAMPADD(MICROSECOND,%s,{_NOW}),{_NOW},%s"
+#: What ``live_dedupe_key`` holds for a row with no dedupe key to hold: NUL (never in a dedupe key), a kind, the marker.
+_TOKEN_SLOT, _IMPORT_SLOT = "CONCAT(CHAR(0 USING utf8mb4), 't', {})", "CONCAT(CHAR(0 USING utf8mb4), 'i', {})"
 
 
 def check_server_version(version: str) -> None:
@@ -149,8 +155,12 @@ class MySQLBackend(SQLBackend):
     def extra_columns(self) -> list[sa.Column[Any]]:
         """Virtual generated columns for the indexes, and the bulk-insert tag.
 
-        ``live_dedupe_key`` is the dedupe key while the job is live and NULL
-        afterwards, so a unique index on it holds the key among live jobs only.
+        ``live_dedupe_key`` is the dedupe key while the job holds it (live,
+        or finished with a hold not yet let go: see ``holds_dedupe_slot``), so
+        a unique index on ``(queue, live_dedupe_key)`` holds each key once.
+        A row holding no key puts its enqueue marker (``+token``) or its
+        import key there instead, NUL-prefixed so it can never equal a
+        dedupe key: those markers are unique too, at no index cost.
         ``claim_priority`` is ``-priority``: indexed ascending it gives claim
         order (priority descending, run_at and id ascending) on every server,
         including MariaDB before 10.8, which ignores DESC in index definitions.
@@ -158,12 +168,13 @@ class MySQLBackend(SQLBackend):
         computed (see :meth:`insert_rows`); it means nothing afterwards.
         """
         live = ", ".join(str(s) for s in LIVE_SQL)
+        slot = (
+            f"CASE WHEN dedupe_key IS NOT NULL AND (status IN ({live}) OR dedupe_held_until IS NOT NULL) "
+            f"THEN dedupe_key WHEN enqueue_token > 0 THEN {_TOKEN_SLOT.format('enqueue_token')} "
+            f"WHEN import_key IS NOT NULL THEN {_IMPORT_SLOT.format('import_key')} END"
+        )
         return [
-            sa.Column(
-                "live_dedupe_key",
-                sa.String(255),
-                sa.Computed(f"CASE WHEN status IN ({live}) THEN dedupe_key END", persisted=False),
-            ),
+            sa.Column("live_dedupe_key", sa.String(255), sa.Computed(slot, persisted=False)),
             sa.Column("claim_priority", sa.BigInteger, sa.Computed("0 - priority", persisted=False)),
             sa.Column("insert_tag", sa.BigInteger, nullable=True),
         ]
@@ -204,6 +215,11 @@ class MySQLBackend(SQLBackend):
                 f"ALTER TABLE `{self.jobs.name}` MODIFY payload LONGTEXT NOT NULL, MODIFY last_error LONGTEXT NULL, "
                 "MODIFY errors LONGTEXT NULL, MODIFY result LONGTEXT NULL"
             )
+
+    def upgrade_dedupe_index(self, connection: Connection) -> None:
+        """Version 5: ``live_dedupe_key`` gets its new expression; the server rebuilds its unique index."""
+        column = sa.schema.CreateColumn(self.jobs.c.live_dedupe_key).compile(dialect=connection.dialect)
+        connection.exec_driver_sql(f"ALTER TABLE `{self.jobs.name}` MODIFY COLUMN {column}")
 
     @contextmanager
     def migration_lock(self, connection: Connection) -> Iterator[None]:
@@ -417,7 +433,7 @@ class MySQLBackend(SQLBackend):
             if row["status"] != JobStatus.PENDING or row["attempts"] or row["lease_token"] or row["dedupe_key"]:
                 raise ValueError("bulk inserts take new pending jobs without a dedupe key")
             params += (row["queue"], row["job_type"], row["payload"], row["priority"], row["max_attempts"],
-                       round(row["delay"] * 1_000_000))  # fmt: skip
+                       round(row["delay"] * 1_000_000), row.get("enqueue_token"))  # fmt: skip
             if tag is not None:
                 params.append(tag)
         return tuple(params)
@@ -441,8 +457,67 @@ class MySQLBackend(SQLBackend):
         """``INSERT IGNORE``: a duplicate key becomes a warning and no row (0 rows affected)."""
         return connection.execute(sa.insert(table).values(**values).prefix_with("IGNORE")).rowcount == 1
 
+    #: The id reported after a duplicate key is the conflicting row's: the shared layer checks whose it is.
+    insert_reports_holder = True
+
     def insert_ignoring_live_duplicate(self, connection: Connection, row: dict[str, Any]) -> Hashable | None:
-        """``ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)`` makes the driver report the live job's id."""
+        """``ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)`` makes the driver report the holder's id."""
         stmt = mysql.insert(self.jobs).values(**row)
         stmt = stmt.on_duplicate_key_update(id=sa.func.last_insert_id(self.jobs.c.id))
         return connection.execute(stmt).lastrowid  # type: ignore[no-any-return]
+
+    def keeping(self, queue: str, dedupe_key: str) -> sa.ColumnElement[bool]:
+        """``(queue, live_dedupe_key)``: the generated column shows a key exactly while its row keeps it."""
+        c = self.jobs.c
+        return sa.and_(c.queue == queue, c.live_dedupe_key == dedupe_key, c.dedupe_key == dedupe_key)
+
+    def insert_ignoring_conflicts(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+        """``INSERT ... ON DUPLICATE KEY UPDATE id = id``: a row that would break a unique key changes nothing.
+
+        (Not ``INSERT IGNORE``, which would also turn strict-mode errors into warnings.)
+        """
+        stmt = mysql.insert(self.jobs)
+        connection.execute(stmt.on_duplicate_key_update(id=stmt.inserted.id), rows)
+
+    def _slot_rows(self, connection: Connection, slots: set[tuple[str, str]]) -> list[Any]:
+        """Rows whose ``(queue, live_dedupe_key)`` is one of ``slots``, read with locks.
+
+        A row another transaction is still inserting is waited for: InnoDB's
+        locking read meets that row's implicit lock.
+        """
+        j = self.jobs
+        found: list[Any] = []
+        ordered = sorted(slots)
+        for start in range(0, len(ordered), RECORD_CHUNK):
+            chunk = ordered[start : start + RECORD_CHUNK]
+            # Two plain IN lists use the index (a long row-value IN list makes MariaDB scan); pairs are checked here.
+            stmt = (
+                sa.select(j.c.id, j.c.queue, j.c.live_dedupe_key, j.c.enqueue_token, j.c.import_key)
+                .where(j.c.queue.in_({q for q, _ in chunk}), j.c.live_dedupe_key.in_({k for _, k in chunk}))
+                .with_for_update()
+            )
+            wanted = set(chunk)
+            found.extend(row for row in connection.execute(stmt) if (row.queue, row.live_dedupe_key) in wanted)
+        return found
+
+    def find_enqueue_marker(self, conn: Connection, jobs: Sequence[NewJob], token: int) -> Hashable | None:
+        """The ``+token`` row, found through ``live_dedupe_key``, waiting for an attempt still committing.
+
+        The marker is in its own slot, or, when the marked row holds a dedupe
+        key, it is the holder of one of the batch's keys.
+        """
+        slots = {(job.queue, f"\x00t{token}") for job in jobs}
+        slots |= {(job.queue, job.dedupe_key) for job in jobs if job.dedupe_key is not None}
+        return next((row.id for row in self._slot_rows(conn, slots) if row.enqueue_token == token), None)
+
+    def find_imported(self, conn: Connection, records: Sequence[JobRecord]) -> dict[str, Hashable]:
+        """``{import_key: id}`` through ``live_dedupe_key``, waiting for rows still being committed.
+
+        Import keys are in their own slots, except on a row holding its dedupe
+        key, which shows the key there: the holders of the records' keys are
+        read too.
+        """
+        keys = {r.import_key for r in records if r.import_key is not None}
+        slots = {(r.queue, f"\x00i{r.import_key}") for r in records if r.import_key is not None}
+        slots |= {(r.queue, r.dedupe_key) for r in records if r.dedupe_key is not None}
+        return {row.import_key: row.id for row in self._slot_rows(conn, slots) if row.import_key in keys}

@@ -8,6 +8,10 @@ What differs from the shared SQL layer:
   ``jobs_ready`` index, and returns them.
 * Enqueue sends one tiny ``pg_notify`` per batch inside its own transaction,
   so the notification is delivered exactly when the jobs become visible.
+  The enqueue token rides in the same statement (``+token`` on the first
+  row, ``-token`` on the rest, from the row's ordinal), and a retry after a
+  lost connection waits on the marker's unique index entry, so a COMMIT
+  still in flight is seen before anything is inserted again.
   Idle workers block on a dedicated ``LISTEN`` connection (:class:`PgListener`).
 * ``connection=`` accepts the caller's SQLAlchemy ``Connection`` or a raw
   psycopg 3 connection; the jobs are written inside that transaction.
@@ -36,9 +40,9 @@ from sqlalchemy.pool import NullPool
 
 from .. import policy
 from ..errors import ConfigurationError
-from ..job import Job, JobStatus
+from ..job import Job, JobRecord, JobStatus, NewJob
 from .base import Capability, ClaimRequest, ClaimResult, EnqueueBatch, WakeupRequest, WakeupSource
-from .sql import SQL_CAPABILITIES, ErrorKind, SQLBackend
+from .sql import SQL_CAPABILITIES, ZERO, ErrorKind, SQLBackend
 
 _BIGINT_ARRAY = pg.ARRAY(sa.BigInteger())
 
@@ -81,6 +85,12 @@ _CAPPED = _sql(
 _CLAIMABLE_EXPIRED = _sql(
     sa.not_(policy.final_attempt_sql(sa.literal_column("attempts"), sa.literal_column("max_attempts")))
 )
+_EXPIRED_HOLD = _sql(
+    policy.dedupe_hold_sql(
+        policy.expired_lease_status_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts")),
+        sa.literal_column("now() + j.dedupe_for * interval '1 second'"),
+    )
+)
 
 # One statement, one round trip. `expired` and `ready` lock their rows with SKIP LOCKED; `chosen`
 # keeps the best `limit` of the ready rows and of the expired rows (of the asked queues and types)
@@ -122,6 +132,7 @@ WITH expired AS MATERIALIZED (
         locked_by = CASE WHEN m.claimed THEN CAST(:worker_id AS text) END,
         lease_expires_at = CASE WHEN m.claimed THEN now() + CAST(:lease AS float8) * interval '1 second' END,
         finished_at = CASE WHEN NOT m.claimed AND {_FINAL} THEN now() ELSE j.finished_at END,
+        dedupe_held_until = CASE WHEN m.claimed THEN j.dedupe_held_until ELSE {_EXPIRED_HOLD} END,
         last_error = CASE WHEN m.was_expired THEN {_EXPIRED_ERROR} ELSE j.last_error END
     FROM marked AS m
     WHERE j.id = m.id
@@ -164,6 +175,8 @@ def _ready_sql(jobs: str, pairs: int) -> str:
 _UNNEST_COLUMNS = (
     "queue", "job_type", "payload", "priority", "status", "attempts", "max_attempts", "lease_token", "delay",
 )
+#: A bulk insert's enqueue tokens: the call's marker on its first row, the rest's value on the others.
+_TOKEN_BY_ORD = "CASE WHEN ord = 1 THEN CAST(:first_token AS bigint) ELSE CAST(:next_token AS bigint) END"
 
 
 class PostgreSQLBackend(SQLBackend):
@@ -259,15 +272,24 @@ class PostgreSQLBackend(SQLBackend):
         call) and ``json.dumps`` of a list is C code (adapting Python lists to
         PostgreSQL arrays is not). Rows are inserted in input order, so the
         sequence hands out ascending ids in that order and the sorted returned
-        ids map back to the input.
+        ids map back to the input. Enqueue tokens follow the marks' shape
+        (one value for the first row, one for the rest) and travel as two
+        parameters, not an array.
         """
         if not rows:
             return []
         return self._inserted_ids(connection.execute(self._bulk_insert, self._bulk_params(rows)), rows)
 
     @staticmethod
-    def _bulk_params(rows: list[dict[str, Any]]) -> dict[str, str]:
-        return {c: json.dumps([row[c] for row in rows], ensure_ascii=False) for c in _UNNEST_COLUMNS}
+    def _bulk_params(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            c: json.dumps([row[c] for row in rows], ensure_ascii=False) for c in _UNNEST_COLUMNS
+        }
+        first, rest = rows[0].get("enqueue_token"), rows[-1].get("enqueue_token") if len(rows) > 1 else None
+        if any(row.get("enqueue_token") != rest for row in rows[1:]):
+            raise ValueError("bulk inserts take one enqueue token for the first row and one for the rest")
+        params.update(first_token=first, next_token=rest)
+        return params
 
     @staticmethod
     def _inserted_ids(result: Any, rows: Sequence[Any]) -> list[Hashable]:
@@ -282,8 +304,8 @@ class PostgreSQLBackend(SQLBackend):
         stored = [c for c in _UNNEST_COLUMNS if c != "delay"]
         values = ", ".join(f"CAST({c} AS {types[c]})" if c in types else c for c in stored)
         return (
-            f'INSERT INTO "{self.jobs.name}" ({", ".join(stored)}, created_at, run_at) '
-            f"SELECT {values}, now(), now() + CAST(delay AS float8) * interval '1 second' "
+            f'INSERT INTO "{self.jobs.name}" ({", ".join(stored)}, created_at, run_at, enqueue_token) '
+            f"SELECT {values}, now(), now() + CAST(delay AS float8) * interval '1 second', {_TOKEN_BY_ORD} "
             f"FROM ROWS FROM ({arrays}) WITH ORDINALITY AS r({', '.join(_UNNEST_COLUMNS)}, ord) "
             "ORDER BY ord RETURNING id"
         )
@@ -297,10 +319,10 @@ class PostgreSQLBackend(SQLBackend):
         # only the payloads travel as an array (one JSON array to encode and parse, not nine).
         return (
             f'INSERT INTO "{self.jobs.name}" (queue, job_type, payload, priority, status, attempts, max_attempts, '
-            "lease_token, created_at, run_at) "
+            "lease_token, created_at, run_at, enqueue_token) "
             "SELECT CAST(:queue AS text), CAST(:job_type AS text), payload, CAST(:priority AS int), "
             f"{_PENDING}, 0, CAST(:max_attempts AS int), 0, now(), "
-            "now() + CAST(:delay AS float8) * interval '1 second' "
+            f"now() + CAST(:delay AS float8) * interval '1 second', {_TOKEN_BY_ORD} "
             "FROM json_array_elements_text(CAST(:payloads AS json)) WITH ORDINALITY AS r(payload, ord) "
             "ORDER BY ord RETURNING id"
         )
@@ -322,16 +344,17 @@ class PostgreSQLBackend(SQLBackend):
     def _shared_insert_and_notify(self) -> sa.TextClause:
         return self._and_notify(self._shared_insert_sql())
 
-    def enqueue(self, batch: EnqueueBatch) -> list[Hashable]:
+    def _enqueue_marked(self, batch: EnqueueBatch) -> list[Hashable]:
         """Plain jobs outside a caller's transaction: ONE autocommit statement inserts them and sends the NOTIFY.
 
-        Jobs with a dedupe key or an absolute ``run_at``, and enqueues inside
-        the caller's transaction, take the general path (one transaction).
+        Jobs with a dedupe key or an absolute ``run_at`` take the general path
+        (one transaction); so do enqueues inside the caller's transaction
+        (:meth:`SQLBackend.enqueue` never sends those here).
         """
-        jobs = batch.jobs
+        jobs, token = batch.jobs, batch.token
         special = any(j.dedupe_key is not None or j.run_at is not None for j in jobs)
-        if batch.connection is not None or not jobs or special:
-            return super().enqueue(batch)
+        if special:
+            return super()._enqueue_marked(batch)
         shared = {(j.queue, j.job_type, j.priority, j.max_attempts, j.delay_seconds) for j in jobs}
         params: dict[str, Any]
         if len(shared) == 1:
@@ -346,10 +369,42 @@ class PostgreSQLBackend(SQLBackend):
             }
             statement = self._shared_insert_and_notify
         else:
-            params = self._bulk_params([self._plain_insert_params(job) for job in jobs])
+            params = self._bulk_params([self._plain_insert_params(job, -token if token else None) for job in jobs])
             statement = self._bulk_insert_and_notify
+        params.update(first_token=token, next_token=-token if token else None)
         params.update(channel=self.channel, notify_payload=self._notify_payload({j.queue for j in jobs}))
-        return self._run_single(lambda conn: self._inserted_ids(conn.execute(statement, params), jobs))
+        return self._run_single(
+            lambda conn: self._inserted_ids(conn.execute(statement, params), jobs), resume=self._resumer(jobs, token)
+        )
+
+    def find_imported(self, conn: Connection, records: Sequence[JobRecord]) -> dict[str, Hashable]:
+        """``{import_key: id}`` through ``import_key = ANY(array)``: one array parameter, not a list of them.
+
+        A transfer fills a new table faster than autovacuum analyzes it; the
+        generic plan of a long ``IN ($1, ..., $1000)`` list then scans the
+        table comparing every row with every key. One array parameter is
+        planned as a few index probes whatever the statistics say.
+        """
+        keys = sorted({r.import_key for r in records if r.import_key is not None})
+        if not keys:
+            return {}
+        c = self.jobs.c
+        wanted = sa.cast(sa.bindparam("import_keys", keys), pg.ARRAY(sa.String()))
+        stmt = sa.select(c.import_key, c.id).where(c.import_key == sa.func.any(wanted), c.import_key.is_not(None))
+        return {key: job_id for key, job_id in conn.execute(stmt)}
+
+    def wait_for_enqueue_marker(self, connection: Connection, jobs: Sequence[NewJob], token: int) -> None:
+        """Insert a probe row carrying ``+token`` and roll it back: the unique index makes it wait for an attempt
+        still committing that marker (a read would not see it and would not wait)."""
+        probe = NewJob(jobs[0].queue, jobs[0].job_type, "null", 0, 1, 0.0, None)
+        c = self.jobs.c
+        stmt = pg.insert(self.jobs).values(**self._row_values(probe, token))
+        stmt = stmt.on_conflict_do_nothing(index_elements=[c.enqueue_token], index_where=c.enqueue_token > ZERO)
+        savepoint = connection.begin_nested()
+        try:
+            connection.execute(stmt)
+        finally:
+            savepoint.rollback()
 
     def after_enqueue(self, connection: Connection, queues: set[str]) -> None:
         """One tiny NOTIFY per batch, delivered when (and only if) the enqueue transaction commits.

@@ -10,6 +10,14 @@ the database clock, how a transaction begins, how locked rows are updated
 ``UPDATE``), the indexes, how a duplicate dedupe key is ignored, and how
 driver errors are classified. Nothing here asks which database it is
 talking to.
+
+Two markers make retries safe. Every enqueue call carries a client token:
+the first row it inserts stores ``+token`` (under a unique index) and its
+other rows ``-token``, so when a dropped connection makes ``_run`` retry the
+call, the retry finds a committed first attempt by its marker (waiting for
+it if its commit is still in flight) and returns its rows instead of
+inserting them again. Every imported job stores its ``import_key`` (unique),
+so a transfer rerun after a crash finds what it already wrote.
 """
 
 from __future__ import annotations
@@ -31,8 +39,18 @@ from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import URL, Connection, Engine
 
 from .. import json_codec, policy
-from ..errors import BackendUnavailable, ConfigurationError, PolyqueueError, SchemaMissing
-from ..job import FINISHED_STATUSES, LIVE_STATUSES, STATUSES, Job, JobStatus, NewJob, ReplayResult, int_job_id
+from ..errors import BackendUnavailable, ConfigurationError, InvalidArgument, PolyqueueError, SchemaMissing
+from ..job import (
+    FINISHED_STATUSES,
+    LIVE_STATUSES,
+    STATUSES,
+    Job,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    ReplayResult,
+    int_job_id,
+)
 from . import base as spi
 from .after_commit import AfterCommitWatcher
 from .base import Backend, BackendOptions, Capability, OptionParser
@@ -67,8 +85,13 @@ LIVE_SQL = [status_literal(s) for s in LIVE_STATUSES]
 FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 
 #: Bumped whenever ``migrate`` has new work to do. 3: the ready index leads with (queue, job_type);
-#: 4: the periodic schedules and fires tables.
-SCHEMA_VERSION = 4
+#: 4: the periodic schedules and fires tables; 5: dedupe holds after finishing (``dedupe_for``,
+#: ``dedupe_held_until``), enqueue tokens and import keys.
+SCHEMA_VERSION = 5
+#: The columns version 5 added, in the order an upgrade adds them.
+_V5_COLUMNS = ("dedupe_for", "dedupe_held_until", "enqueue_token", "import_key")
+#: JobRecord fields stored under another column name.
+_RECORD_COLUMN = {"payload_json": "payload", "errors_json": "errors", "result_json": "result"}
 
 #: Job's fields in declaration order: rows are read in this order and passed to Job positionally.
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
@@ -85,6 +108,7 @@ SQL_CAPABILITIES = frozenset(
         Capability.TRANSACTIONAL_ENQUEUE,
         Capability.MULTI_PROCESS,
         Capability.PERIODIC,
+        Capability.TRANSFER,
     }
 )
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
@@ -95,6 +119,47 @@ THREADS = "threads"
 _ASYNCIO_ENGINE = "_asyncio_engine"
 #: The module each SQLAlchemy asyncio driver imports.
 _DRIVER_MODULES = {"psycopg_async": "psycopg", "asyncmy": "asyncmy", "aiomysql": "aiomysql", "aiosqlite": "aiosqlite"}
+#: Most rows one statement of an import, an export read-back or a fenced delete names.
+RECORD_CHUNK = 500
+#: SQL zero as an inline literal, so partial-index predicates (``enqueue_token > 0``) match in queries too.
+ZERO = sa.literal_column("0", sa.BigInteger())
+
+
+def holds_dedupe_slot(c: Any) -> sa.ColumnElement[bool]:
+    """Rows that keep their dedupe key in the unique dedupe index: live, or finished with a hold not yet released.
+
+    An expired hold stays in the index until an enqueue (or replay) that
+    meets it releases it (``dedupe_held_until`` set to NULL): the index
+    cannot read the clock, so the enqueue does.
+    """
+    return sa.and_(c.dedupe_key.is_not(None), sa.or_(c.status.in_(LIVE_SQL), c.dedupe_held_until.is_not(None)))
+
+
+class EnqueueTokenTaken(PolyqueueError):
+    """Another enqueue call's marker already carries this call's token (about once in 10**9 same-second pairs)."""
+
+
+class EnqueueMarks:
+    """The enqueue token each row of one enqueue call carries: ``+token`` on its first row, ``-token`` on the rest.
+
+    Only the first row enters the unique ``jobs_enqueue_token`` index (it
+    holds positive tokens only), so marking costs one index entry per call,
+    not per row. ``None`` when the call has no token.
+    """
+
+    def __init__(self, token: int | None) -> None:
+        self.token = token
+        self.marked = token is None
+
+    def peek(self) -> int | None:
+        """The token the next inserted row carries."""
+        if self.token is None:
+            return None
+        return -self.token if self.marked else self.token
+
+    def inserted(self) -> None:
+        """A row carrying :meth:`peek`'s value was inserted."""
+        self.marked = True
 
 
 class AwareUTCTime(sa.types.TypeDecorator[datetime]):
@@ -265,13 +330,16 @@ class SQLBackend(Backend):
     partial_index_keyword: ClassVar[str] = ""
 
     def indexes(self, jobs: sa.Table) -> list[sa.Index]:
-        """Indexes for ready-job lookups, lease rescue, dedupe and purge.
+        """Indexes for ready-job lookups, lease rescue, dedupe, purge, enqueue markers and import keys.
 
         The default uses partial indexes, so finished rows never enter the
         indexes that claims, rescues and dedupe checks read. The ready index
         leads with (queue, job_type): a claim reads each pair it asks for in
         claim order and stops after ``limit`` rows, however many jobs of
-        other types wait.
+        other types wait. The dedupe index holds the rows that keep their key
+        (:func:`holds_dedupe_slot`); the enqueue-token index only the first
+        row of each enqueue call (positive tokens), and the import-key index
+        only imported rows, so plain inserts pay nothing for either.
         """
         p, c = self.prefix, jobs.c
 
@@ -283,14 +351,10 @@ class SQLBackend(Backend):
                 f"{p}jobs_ready", c.queue, c.job_type, *policy.claim_order_sql(c), **where(c.status == PENDING_SQL)
             ),
             sa.Index(f"{p}jobs_leases", c.lease_expires_at, **where(c.status == PROCESSING_SQL)),
-            sa.Index(
-                f"{p}jobs_dedupe",
-                c.queue,
-                c.dedupe_key,
-                unique=True,
-                **where(sa.and_(c.dedupe_key.is_not(None), c.status.in_(LIVE_SQL))),
-            ),
+            sa.Index(f"{p}jobs_dedupe", c.queue, c.dedupe_key, unique=True, **where(holds_dedupe_slot(c))),
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at, **where(c.status.in_(FINISHED_SQL))),
+            sa.Index(f"{p}jobs_enqueue_token", c.enqueue_token, unique=True, **where(c.enqueue_token > ZERO)),
+            sa.Index(f"{p}jobs_import_key", c.import_key, unique=True, **where(c.import_key.is_not(None))),
         ]
 
     @contextmanager
@@ -303,9 +367,12 @@ class SQLBackend(Backend):
         raise NotImplementedError(f"{type(self).__name__} has no INSERT ... ON CONFLICT")
 
     def insert_ignoring_live_duplicate(self, connection: Connection, row: dict[str, Any]) -> Hashable | None:
-        """Insert one job that has a dedupe key; return its new id, or None if a live duplicate exists.
+        """Insert one job that has a dedupe key; return its new id, or None if the key is in the dedupe index.
 
-        The default is ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` on :meth:`conflict_insert`.
+        The default is ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` on
+        :meth:`conflict_insert`. A dialect that reports the conflicting row's
+        id instead sets :attr:`insert_reports_holder`; the caller then checks
+        whose row it is.
         """
         stmt = self.conflict_insert(self.jobs).values(**row).on_conflict_do_nothing().returning(self.jobs.c.id)
         return connection.execute(stmt).scalar()  # type: ignore[no-any-return]
@@ -402,6 +469,10 @@ class SQLBackend(Backend):
             sa.Column("errors", LONG_TEXT, nullable=True),
             sa.Column("dedupe_key", sa.String(255), nullable=True),
             sa.Column("result", LONG_TEXT, nullable=True),
+            sa.Column("dedupe_for", sa.Float, nullable=True),
+            sa.Column("dedupe_held_until", when(), nullable=True),
+            sa.Column("enqueue_token", sa.BigInteger, nullable=True),
+            sa.Column("import_key", sa.String(64), nullable=True),
             *self.extra_columns(),
         )
 
@@ -454,12 +525,37 @@ class SQLBackend(Backend):
         """Schema work inside ``migrate``'s lock when the schema is new (None) or older.
 
         Version 3 rebuilds the ready index to lead with (queue, job_type).
-        Dialects add their own steps and call this.
+        Version 5 adds the ``dedupe_for``, ``dedupe_held_until``,
+        ``enqueue_token`` and ``import_key`` columns, lets the dedupe index
+        hold finished jobs' keys too (:meth:`upgrade_dedupe_index`) and
+        creates the indexes of the new columns. Each step checks what exists,
+        so an upgrade interrupted half-way (MySQL DDL is not transactional)
+        completes on the next ``migrate``. Dialects add their own steps and call this.
         """
         if from_version is not None and from_version < 3:
-            ready = next(index for index in self.jobs.indexes if index.name == f"{self.prefix}jobs_ready")
-            ready.drop(connection, checkfirst=True)
-            ready.create(connection)
+            self._index(connection, "jobs_ready", rebuild=True)
+        if from_version is not None and from_version < 5:
+            present = {column["name"] for column in sa.inspect(connection).get_columns(self.jobs.name)}
+            for name in _V5_COLUMNS:
+                if name not in present:
+                    ddl = sa.schema.CreateColumn(self.jobs.c[name]).compile(dialect=connection.dialect)
+                    table = connection.dialect.identifier_preparer.quote(self.jobs.name)
+                    connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+            self.upgrade_dedupe_index(connection)
+            for name in ("jobs_enqueue_token", "jobs_import_key"):
+                self._index(connection, name, rebuild=False)
+
+    def upgrade_dedupe_index(self, connection: Connection) -> None:
+        """Version 5: the dedupe index also holds finished jobs' keys while held (a new predicate: rebuilt)."""
+        self._index(connection, "jobs_dedupe", rebuild=True)
+
+    def _index(self, connection: Connection, name: str, *, rebuild: bool) -> None:
+        """Create the jobs index ``name`` (of this prefix) if missing; with ``rebuild``, drop it first."""
+        found = [index for index in self.jobs.indexes if index.name == f"{self.prefix}{name}"]
+        for index in found:  # none when a dialect keeps this rule elsewhere (MySQL's generated column)
+            if rebuild:
+                index.drop(connection, checkfirst=True)
+            index.create(connection, checkfirst=True)
 
     def caller_transaction(self) -> Any:
         """``engine.begin()``: a SQLAlchemy Connection in a transaction, as an application would hold (tests)."""
@@ -557,21 +653,30 @@ class SQLBackend(Backend):
         except sa_exc.DBAPIError as exc:
             raise self._translate(exc) from exc
 
-    def _run(self, work: Callable[[Connection], T], *, retry_duplicates: bool = False) -> T:
+    def _run(
+        self,
+        work: Callable[[Connection], T],
+        *,
+        retry_duplicates: bool = False,
+        resume: Callable[[Connection], T] | None = None,
+    ) -> T:
         """Run ``work`` in its own transaction, retrying transient errors and reconnecting.
 
         Transient errors are retried ``transient_retries`` times; a lost
         connection is retried with back-off for ``reconnect_seconds``; then
         the error surfaces as a polyqueue error. Nothing is committed unless
-        ``work`` returns.
+        ``work`` returns. A lost connection may have lost only the answer to
+        a COMMIT the server carried out: ``resume``, when given, runs instead
+        of ``work`` on every attempt after one (in a transaction), to find
+        what a committed attempt did rather than doing it twice.
         """
-        return self._retrying(self.engine.begin, work, retry_duplicates)
+        return self._retrying(self.engine.begin, work, retry_duplicates, resume)
 
-    def _run_single(self, work: Callable[[Connection], T]) -> T:
+    def _run_single(self, work: Callable[[Connection], T], *, resume: Callable[[Connection], T] | None = None) -> T:
         """Like :meth:`_run` for ``work`` that sends ONE statement: autocommit, so no BEGIN/COMMIT round trips."""
         if self._autocommit_engine is None:
             self._autocommit_engine = self.autocommit_engine()
-        return self._retrying(self._autocommit_engine.begin, work, False)
+        return self._retrying(self._autocommit_engine.begin, work, False, resume)
 
     def autocommit_engine(self) -> Engine:
         """The engine for single-statement work; a dialect may return ``self.engine`` (in-memory SQLite)."""
@@ -584,12 +689,22 @@ class SQLBackend(Backend):
         """Held around every call's transactions; a dialect whose connection cannot be shared takes turns here."""
         return nullcontext()
 
-    def _retrying(self, begin: Callable[[], Any], work: Callable[[Connection], T], retry_duplicates: bool) -> T:
+    def _retrying(
+        self,
+        begin: Callable[[], Any],
+        work: Callable[[Connection], T],
+        retry_duplicates: bool,
+        resume: Callable[[Connection], T] | None = None,
+    ) -> T:
         with self.serialized():
-            return self._retrying_unserialized(begin, work, retry_duplicates)
+            return self._retrying_unserialized(begin, work, retry_duplicates, resume)
 
     def _retrying_unserialized(
-        self, begin: Callable[[], Any], work: Callable[[Connection], T], retry_duplicates: bool
+        self,
+        begin: Callable[[], Any],
+        work: Callable[[Connection], T],
+        retry_duplicates: bool,
+        resume: Callable[[Connection], T] | None,
     ) -> T:
         deadline: float | None = None
         attempt = 0
@@ -610,6 +725,9 @@ class SQLBackend(Backend):
                     now = time.monotonic()
                     deadline = deadline or now + self.reconnect_seconds
                     if now < deadline:
+                        if resume is not None:
+                            # The server may have committed before the connection went: look before redoing.
+                            begin, work = self.engine.begin, resume
                         self.pause(min(policy.RECONNECT.delay(attempt), max(0.0, deadline - now)))
                         continue
                 raise self._translate(exc) from exc
@@ -660,26 +778,39 @@ class SQLBackend(Backend):
             "max_attempts": job.max_attempts,
             "lease_token": 0,
             "dedupe_key": job.dedupe_key,
+            "dedupe_for": job.dedupe_for,
         }
 
-    def _row_values(self, job: NewJob) -> dict[str, Any]:
+    def _row_values(self, job: NewJob, enqueue_token: int | None = None) -> dict[str, Any]:
         """Values for a single-row INSERT, times from the database clock."""
         run_at = (
             sa.literal(job.run_at, self.time_type())
             if job.run_at is not None
             else self.seconds_from_now(sa.literal(float(job.delay_seconds), sa.Float()))
         )
-        return {**self._column_values(job), "created_at": self.now(), "run_at": run_at}
+        values = {**self._column_values(job), "created_at": self.now(), "run_at": run_at}
+        values["enqueue_token"] = enqueue_token
+        return values
 
-    def _plain_insert_params(self, job: NewJob) -> dict[str, Any]:
+    def _plain_insert_params(self, job: NewJob, enqueue_token: int | None = None) -> dict[str, Any]:
         """Parameters for :meth:`plain_insert` (no dedupe key, no absolute run_at)."""
-        return {**self._column_values(job), "delay": float(job.delay_seconds)}
+        return {**self._column_values(job), "delay": float(job.delay_seconds), "enqueue_token": enqueue_token}
 
-    def _enqueue_in(self, conn: Connection, jobs: Sequence[NewJob]) -> list[Hashable]:
+    def _enqueue_in(self, conn: Connection, jobs: Sequence[NewJob], token: int | None = None) -> list[Hashable]:
+        """Insert ``jobs`` in ``conn``'s transaction: plain ones first in one round trip, then the rest in order.
+
+        Rows carry ``token`` as :class:`EnqueueMarks` says. The order is part
+        of the contract with :meth:`_ids_committed`, which maps a committed
+        first attempt's rows back to the jobs the same way.
+        """
+        marks = EnqueueMarks(token)
         ids: list[Hashable | None] = [None] * len(jobs)
         plain = [i for i, j in enumerate(jobs) if j.dedupe_key is None and j.run_at is None]
         if plain:
             rows = [self._plain_insert_params(jobs[i]) for i in plain]
+            for row in rows:
+                row["enqueue_token"] = marks.peek()
+                marks.inserted()
             for i, new_id in zip(plain, self.insert_rows(conn, rows), strict=True):
                 ids[i] = new_id
         seen: dict[tuple[str, str], Hashable] = {}
@@ -687,60 +818,213 @@ class SQLBackend(Backend):
             if ids[i] is not None:
                 continue
             if job.dedupe_key is None:
-                inserted = conn.execute(sa.insert(self.jobs).values(**self._row_values(job))).inserted_primary_key
-                ids[i] = inserted[0] if inserted is not None else None
+                ids[i] = self._insert_one(conn, job, marks)
                 continue
             key = (job.queue, job.dedupe_key)
             if key in seen:
                 ids[i] = seen[key]
                 continue
-            ids[i] = seen[key] = self._insert_or_find_live(conn, job)
+            ids[i] = seen[key] = self._insert_or_find_holder(conn, job, marks)
         return ids  # type: ignore[return-value]
 
-    def _insert_or_find_live(self, conn: Connection, job: NewJob) -> Hashable:
-        row = self._row_values(job)
+    def _insert_one(self, conn: Connection, job: NewJob, marks: EnqueueMarks) -> Hashable:
+        inserted = conn.execute(sa.insert(self.jobs).values(**self._row_values(job, marks.peek()))).inserted_primary_key
+        marks.inserted()
+        return inserted[0]  # type: ignore[index]
+
+    #: Whether :meth:`insert_ignoring_live_duplicate` reports a conflicting row's id instead of None (MySQL).
+    insert_reports_holder: ClassVar[bool] = False
+
+    def _dedupe_holder(self, conn: Connection, job: NewJob, candidate: Hashable | None) -> Any:
+        """The row keeping ``job``'s dedupe key in the dedupe index (``candidate`` when given): id, holding, token."""
+        c = self.jobs.c
+        holding = sa.or_(c.status.in_(LIVE_SQL), c.dedupe_held_until > self.now())
+        stmt = sa.select(c.id, sa.case((holding, 1), else_=0).label("holding"), c.enqueue_token).where(
+            self.keeping(job.queue, str(job.dedupe_key))
+        )
+        if candidate is not None:
+            stmt = stmt.where(c.id == candidate)
+        return conn.execute(stmt).first()
+
+    def keeping(self, queue: str, dedupe_key: str) -> sa.ColumnElement[bool]:
+        """The rows keeping ``(queue, dedupe_key)`` in the dedupe index, as a condition the index serves."""
+        c = self.jobs.c
+        return sa.and_(c.queue == queue, c.dedupe_key == dedupe_key, holds_dedupe_slot(c))
+
+    def _release_expired_hold(self, conn: Connection, where: sa.ColumnElement[bool]) -> None:
+        """Let go of finished jobs' dedupe holds that have ended (``dedupe_held_until`` <= DB-now), among ``where``."""
+        c = self.jobs.c
+        conn.execute(
+            sa.update(self.jobs)
+            .where(where, c.status.not_in(LIVE_SQL), c.dedupe_held_until <= self.now())
+            .values(dedupe_held_until=None)
+        )
+
+    def _insert_or_find_holder(self, conn: Connection, job: NewJob, marks: EnqueueMarks) -> Hashable:
+        """Insert a job with a dedupe key, or return the job holding that key (live, or finished and held).
+
+        A row left in the dedupe index by a hold that has ended is released
+        and the insert tried again.
+        """
+        row = self._row_values(job, marks.peek())
         for _ in range(10):
             new_id = self.insert_ignoring_live_duplicate(conn, row)
-            if new_id is not None:
+            if new_id is not None and not self.insert_reports_holder:
+                marks.inserted()
                 return new_id
-            existing = conn.execute(
-                sa.select(self.jobs.c.id).where(
-                    self.jobs.c.queue == job.queue,
-                    self.jobs.c.dedupe_key == job.dedupe_key,
-                    self.jobs.c.status.in_(LIVE_SQL),
-                )
-            ).scalar()
-            if existing is not None:
-                return existing  # type: ignore[no-any-return]
+            holder = self._dedupe_holder(conn, job, new_id)
+            if holder is None:
+                if self._marker_taken(conn, row["enqueue_token"], new_id):
+                    raise EnqueueTokenTaken("this enqueue's token is another call's marker")
+                continue  # the holder finished or was released meanwhile: try again
+            if holder.holding:
+                if new_id is not None and marks.token is not None and holder.enqueue_token == row["enqueue_token"]:
+                    marks.inserted()  # MySQL reported the row it just inserted
+                return holder.id  # type: ignore[no-any-return]
+            self._release_expired_hold(conn, self.jobs.c.id == holder.id)
         raise BackendUnavailable("could not settle a dedupe key race after 10 tries")
 
+    def _marker_taken(self, conn: Connection, value: int | None, candidate: Hashable | None) -> bool:
+        """Whether a conflict just met was with another call's marker carrying ``value`` (only ``+token`` can be)."""
+        if value is None or value <= 0:
+            return False
+        c = self.jobs.c
+        if candidate is not None:  # the dialect named the conflicting row
+            return conn.execute(sa.select(c.enqueue_token).where(c.id == candidate)).scalar() == value
+        stmt = sa.select(c.id).where(c.enqueue_token == value, c.enqueue_token > ZERO)
+        return conn.execute(stmt).first() is not None
+
+    def find_enqueue_marker(self, conn: Connection, jobs: Sequence[NewJob], token: int) -> Hashable | None:
+        """The id of the row an earlier attempt of this enqueue call marked with ``+token``, or None.
+
+        Must not answer None while that attempt's transaction is still
+        committing (its answer was lost, not its work): dialects wait for it
+        (:meth:`wait_for_enqueue_marker`). ``jobs`` helps dialects that find
+        markers through other indexes.
+        """
+        self.wait_for_enqueue_marker(conn, jobs, token)
+        c = self.jobs.c
+        stmt = sa.select(c.id).where(c.enqueue_token == token, c.enqueue_token > ZERO)
+        return conn.execute(stmt).scalar()  # type: ignore[no-any-return]
+
+    def wait_for_enqueue_marker(self, conn: Connection, jobs: Sequence[NewJob], token: int) -> None:
+        """Block until no other transaction is still writing the ``+token`` marker.
+
+        Nothing by default: SQLite's writers take turns, so an earlier attempt
+        has always finished. Server databases wait on the marker's index entry.
+        """
+
+    def _resume_enqueue(self, conn: Connection, jobs: Sequence[NewJob], token: int) -> list[Hashable]:
+        """An enqueue retried after a lost connection: the first attempt's rows if it committed, else insert."""
+        marker = self.find_enqueue_marker(conn, jobs, token)
+        if marker is None:
+            ids = self._enqueue_in(conn, jobs, token)
+        else:
+            ids = self._ids_committed(conn, jobs, token, marker)
+            log.info("an enqueue whose answer was lost had committed; returning its %d job(s)", len(ids))
+        self.after_enqueue(conn, {j.queue for j in jobs})
+        return ids
+
+    def _ids_committed(self, conn: Connection, jobs: Sequence[NewJob], token: int, marker: Hashable) -> list[Hashable]:
+        """Map a committed attempt's rows (``+token`` at ``marker``, ``-token`` after it) back to ``jobs``.
+
+        Rows come in id order, which is :meth:`_enqueue_in`'s insertion order:
+        plain jobs first, then the others in input order. A job with a dedupe
+        key that has no row of its own was a duplicate then: its holder is
+        looked up again (or, if the key was let go meanwhile, it is inserted).
+        """
+        c = self.jobs.c
+        stmt = (
+            sa.select(c.id, c.queue, c.dedupe_key)
+            .where(c.id >= marker, c.enqueue_token.in_([token, -token]))
+            .order_by(c.id)
+        )
+        rows = list(conn.execute(stmt))
+        rows.reverse()  # pop() from the end takes them in id order
+
+        def take(job: NewJob) -> Hashable:
+            if not rows or (rows[-1].queue, rows[-1].dedupe_key) != (job.queue, job.dedupe_key):
+                raise PolyqueueError("an enqueue retried after a lost connection found rows it cannot account for")
+            return rows.pop().id  # type: ignore[no-any-return]
+
+        ids: list[Hashable | None] = [None] * len(jobs)
+        for i, job in enumerate(jobs):
+            if job.dedupe_key is None and job.run_at is None:
+                ids[i] = take(job)
+        seen: dict[tuple[str, str], Hashable] = {}
+        later = EnqueueMarks(token)
+        later.inserted()
+        for i, job in enumerate(jobs):
+            if ids[i] is not None:
+                continue
+            if job.dedupe_key is None:
+                ids[i] = take(job)
+                continue
+            key = (job.queue, job.dedupe_key)
+            if key in seen:
+                ids[i] = seen[key]
+            elif rows and (rows[-1].queue, rows[-1].dedupe_key) == key:
+                ids[i] = seen[key] = take(job)
+            else:
+                ids[i] = seen[key] = self._insert_or_find_holder(conn, job, later)
+        if rows:
+            raise PolyqueueError("an enqueue retried after a lost connection found rows it cannot account for")
+        return ids  # type: ignore[return-value]
+
     def enqueue(self, batch: spi.EnqueueBatch) -> list[Hashable]:
-        """Insert the batch in one transaction (or the caller's); see :class:`Backend`."""
+        """Insert the batch in one transaction (or the caller's); see :class:`Backend`.
+
+        A retry after a lost connection resumes (:meth:`_resume_enqueue`)
+        instead of inserting again, when the batch has a token. A token that
+        another call's marker already carries is replaced and the batch
+        stored again (the failed attempt stored nothing). Inside a caller's
+        transaction nothing retries, so its rows carry no marker.
+        """
         jobs, connection = batch.jobs, batch.connection
         if not jobs:
             return []
         if connection is not None:
             try:
                 with self.caller_connection(connection) as conn:
-                    ids = self._enqueue_in(conn, jobs)
+                    ids = self._enqueue_in(conn, jobs, None)
                     self.after_enqueue(conn, {j.queue for j in jobs})
             except sa_exc.DBAPIError as exc:
                 raise self._translate(exc) from exc
             return ids
+        for _ in range(3):
+            try:
+                return self._enqueue_marked(batch)
+            except PolyqueueError as exc:
+                # With conflicts on dedupe keys ignored, a marker is all a new row can collide with.
+                taken = isinstance(exc, EnqueueTokenTaken) or isinstance(exc.__cause__, sa_exc.IntegrityError)
+                if batch.token is None or not taken:
+                    raise
+                batch = dataclasses.replace(batch, token=policy.new_enqueue_token())
+        return self._enqueue_marked(batch)
 
+    def _enqueue_marked(self, batch: spi.EnqueueBatch) -> list[Hashable]:
+        """Store a batch outside any caller transaction, its rows marked with ``batch.token``."""
+        jobs, token = batch.jobs, batch.token
+        resume = self._resumer(jobs, token)
         (only,) = jobs if len(jobs) == 1 else (None,)
         no_follow_up = type(self).after_enqueue is SQLBackend.after_enqueue
         if only is not None and only.dedupe_key is None and only.run_at is None and no_follow_up:
             # One plain job is one INSERT: autocommit, no BEGIN/COMMIT round trips.
-            row = [self._plain_insert_params(only)]
-            return self._run_single(lambda conn: self.insert_rows(conn, row))
+            row = [self._plain_insert_params(only, token)]
+            return self._run_single(lambda conn: self.insert_rows(conn, row), resume=resume)
 
         def work(conn: Connection) -> list[Hashable]:
-            ids = self._enqueue_in(conn, jobs)
+            ids = self._enqueue_in(conn, jobs, token)
             self.after_enqueue(conn, {j.queue for j in jobs})
             return ids
 
-        return self._run(work)
+        return self._run(work, resume=resume)
+
+    def _resumer(self, jobs: Sequence[NewJob], token: int | None) -> Callable[[Connection], list[Hashable]] | None:
+        """What a retry of this enqueue runs after a lost connection (None without a token: it just retries)."""
+        if token is None:
+            return None
+        return lambda conn: self._resume_enqueue(conn, jobs, token)
 
     def after_enqueue(self, connection: Connection, queues: set[str]) -> None:
         """Run inside the enqueue transaction after the inserts (PostgreSQL sends NOTIFY here)."""
@@ -838,10 +1122,12 @@ class SQLBackend(Backend):
         """What a rescue writes on an expired lease, as the policy decides (``last_error`` before ``locked_by``)."""
         c = self.jobs.c
         final = policy.final_attempt_sql(c.attempts, c.max_attempts)
+        status = policy.expired_lease_status_sql(c.attempts, c.max_attempts)
         return [
             (c.last_error, policy.expired_lease_error_sql(c.locked_by)),
-            (c.status, policy.expired_lease_status_sql(c.attempts, c.max_attempts)),
+            (c.status, status),
             (c.finished_at, sa.case((final, self.now()), else_=None)),
+            (c.dedupe_held_until, policy.dedupe_hold_sql(status, self.seconds_from_now(c.dedupe_for))),
             (c.locked_by, None),
             (c.lease_expires_at, None),
         ]
@@ -975,6 +1261,8 @@ class SQLBackend(Backend):
             values["last_error"] = settlement.last_error
         if settlement.errors_json is not None:
             values["errors"] = settlement.errors_json
+        if settlement.hold_dedupe:
+            values["dedupe_held_until"] = self.seconds_from_now(c.dedupe_for)  # NULL without a dedupe_for
         return values
 
     def settle(self, request: spi.SettleRequest) -> set[Hashable]:
@@ -985,7 +1273,10 @@ class SQLBackend(Backend):
         statements: list[tuple[Sequence[Job], dict[str, Any]]] = []
         for settlement in request.settlements:
             if settlement.plain:
-                kind = (settlement.status, settlement.finished, settlement.run_in, settlement.refund_attempt)
+                kind = (
+                    settlement.status, settlement.finished, settlement.run_in, settlement.refund_attempt,
+                    settlement.hold_dedupe,
+                )  # fmt: skip
                 shared[kind].append(settlement)
             else:
                 statements.append(([settlement.job], self._settlement_values(settlement, request.token)))
@@ -1115,6 +1406,134 @@ class SQLBackend(Backend):
             pass
 
     # ------------------------------------------------------------------
+    # Moving jobs: export, import, fenced delete
+    # ------------------------------------------------------------------
+    @functools.cached_property
+    def _record_columns(self) -> list[tuple[str, sa.Column[Any]]]:
+        """(JobRecord field, column) for every record field this table stores."""
+        fields = [f.name for f in dataclasses.fields(JobRecord)]
+        names = {name: _RECORD_COLUMN.get(name, name) for name in fields}
+        return [(name, self.jobs.c[column]) for name, column in names.items() if column in self.jobs.c]
+
+    def export_jobs(self, query: spi.ExportQuery) -> list[JobRecord]:
+        """One page of jobs with every stored field, in id order after ``query.after``; see :class:`Backend`."""
+        j = self.jobs
+        statuses = sorted(set(query.statuses) - {JobStatus.PROCESSING})
+        if not statuses:
+            return []
+        stmt = sa.select(*(column for _, column in self._record_columns)).where(j.c.status.in_(statuses))
+        if query.queue is not None:
+            stmt = stmt.where(j.c.queue == query.queue)
+        if query.after is not None:
+            after = int_job_id(query.after)
+            if after is None:
+                raise InvalidArgument(f"{query.after!r} is not a job id of {self.name}")
+            stmt = stmt.where(j.c.id > after)
+        stmt = stmt.order_by(j.c.id).limit(query.limit)
+        names = [name for name, _ in self._record_columns]
+        rows = self._run(lambda conn: list(conn.execute(stmt)))
+        return [JobRecord(**dict(zip(names, row, strict=True))) for row in rows]
+
+    def _record_row(self, record: JobRecord) -> dict[str, Any]:
+        """The column values that store ``record`` (no lease: an imported job is never held)."""
+        row = {column.name: getattr(record, name) for name, column in self._record_columns if name != "id"}
+        row.update(locked_by=None, lease_expires_at=None, enqueue_token=None)
+        return row
+
+    def find_imported(self, conn: Connection, records: Sequence[JobRecord]) -> dict[str, Hashable]:
+        """``{import_key: id}`` of the jobs here carrying the records' import keys.
+
+        Must not miss a key another transaction is committing right now:
+        the caller inserts with conflicts ignored first, which waits for it.
+        """
+        c = self.jobs.c
+        found: dict[str, Hashable] = {}
+        keys = sorted({r.import_key for r in records if r.import_key is not None})
+        for start in range(0, len(keys), RECORD_CHUNK):
+            chunk = keys[start : start + RECORD_CHUNK]
+            stmt = sa.select(c.import_key, c.id).where(c.import_key.in_(chunk), c.import_key.is_not(None))
+            found.update((key, job_id) for key, job_id in conn.execute(stmt))
+        return found
+
+    def insert_ignoring_conflicts(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert rows, skipping any that would break a unique index (an import key or a held dedupe key).
+
+        The default is ``INSERT ... ON CONFLICT DO NOTHING`` on :meth:`conflict_insert`.
+        """
+        conn.execute(self.conflict_insert(self.jobs).on_conflict_do_nothing(), rows)
+
+    def import_jobs(self, batch: spi.ImportBatch) -> spi.ImportResult:
+        """Store the records in one transaction, idempotently by ``import_key``; see :class:`Backend`.
+
+        Records whose key is already here are reported, the others inserted
+        with conflicts ignored and read back by key: a record that did not
+        land lost to a held dedupe key. A hold that has ended is released and
+        its record tried once more.
+        """
+        records = list(batch.records)
+        for record in records:
+            if record.import_key is None:
+                raise InvalidArgument("every imported record needs an import_key")
+            if record.status not in STATUSES or record.status == JobStatus.PROCESSING:
+                raise InvalidArgument(f"cannot import a job with status {record.status!r}")
+
+        def work(conn: Connection) -> spi.ImportResult:
+            result = spi.ImportResult([None] * len(records))
+            found = self.find_imported(conn, records)
+            todo = []
+            for i, record in enumerate(records):
+                if record.import_key in found:
+                    result.ids[i] = found[record.import_key]  # type: ignore[index]
+                    result.existing.add(i)
+                else:
+                    todo.append(i)
+            for second_try in (False, True):
+                for start in range(0, len(todo), RECORD_CHUNK):
+                    chunk = todo[start : start + RECORD_CHUNK]
+                    self.insert_ignoring_conflicts(conn, [self._record_row(records[i]) for i in chunk])
+                stored = self.find_imported(conn, [records[i] for i in todo])
+                for i in todo:
+                    result.ids[i] = stored.get(records[i].import_key)  # type: ignore[arg-type]
+                todo = [i for i in todo if result.ids[i] is None]
+                if not todo or second_try:
+                    break
+                for i in todo:
+                    key = records[i].dedupe_key
+                    if key is not None:
+                        self._release_expired_hold(conn, self.keeping(records[i].queue, key))
+            for i in todo:
+                key = records[i].dedupe_key
+                result.skipped[i] = f"its dedupe key {key!r} is held here by another job"
+            if len(result.existing) + len(result.skipped) < len(records):
+                self.after_enqueue(conn, {records[i].queue for i, job_id in enumerate(result.ids) if job_id})
+            return result
+
+        return self._run(work)
+
+    def delete_jobs(self, request: spi.DeleteRequest) -> set[Hashable]:
+        """Delete the records' jobs still as exported (same status and lease token), in one transaction."""
+        fences = [(key, r.status, r.lease_token) for r in request.records if (key := int_job_id(r.id)) is not None]
+        if not fences:
+            return set()
+        c = self.jobs.c
+
+        def work(conn: Connection) -> set[Hashable]:
+            deleted: set[Hashable] = set()
+            for start in range(0, len(fences), RECORD_CHUNK):
+                chunk = {key: (status, token) for key, status, token in fences[start : start + RECORD_CHUNK]}
+                # Lock the rows by primary key, check the rest of the fence here: a plain id list reads the
+                # primary key on every dialect (MariaDB scans for a long row-value IN list).
+                lock = sa.select(c.id, c.status, c.lease_token).where(c.id.in_(list(chunk))).with_for_update()
+                rows = conn.execute(lock)
+                ids = [row.id for row in rows if chunk[row.id] == (row.status, row.lease_token)]
+                if ids:
+                    conn.execute(sa.delete(self.jobs).where(c.id.in_(ids)))
+                    deleted.update(ids)
+            return deleted
+
+        return self._run(work)
+
+    # ------------------------------------------------------------------
     # Inspecting and managing
     # ------------------------------------------------------------------
     def get(self, lookup: spi.JobLookup) -> Job | None:
@@ -1219,6 +1638,7 @@ class SQLBackend(Backend):
             "run_at": self.now(),
             "locked_by": None,
             "lease_expires_at": None,
+            "dedupe_held_until": None,  # live again: the key is held because the job is, until it finishes
         }
         plain = [r.id for r in candidates if r.dedupe_key is None]
         for start in range(0, len(plain), 500):
@@ -1229,12 +1649,18 @@ class SQLBackend(Backend):
             if r.dedupe_key is None:
                 continue
             upd = sa.update(j).where(j.c.id == r.id, j.c.status == JobStatus.DEAD).values(**revive)
+            others = sa.and_(self.keeping(r.queue, r.dedupe_key), j.c.id != r.id)
+
+            def revive_one(conn: Connection, upd: sa.Update = upd, others: sa.ColumnElement[bool] = others) -> int:
+                self._release_expired_hold(conn, others)  # a hold that has ended must not skip this job
+                return int(conn.execute(upd).rowcount)
+
             try:
-                result.replayed += self._run(self._rowcount_of(upd))
+                result.replayed += self._run(revive_one)
             except PolyqueueError as exc:
                 if not isinstance(exc.__cause__, sa_exc.IntegrityError):
                     raise
-                result.skipped[r.id] = f"dedupe key {r.dedupe_key!r} is held by a live job"
+                result.skipped[r.id] = f"dedupe key {r.dedupe_key!r} is held by another job"
         return result
 
     @staticmethod
@@ -1250,6 +1676,7 @@ class SQLBackend(Backend):
             .where(
                 j.c.status == status,
                 j.c.finished_at < self.seconds_before_now(sa.literal(float(request.older_than), sa.Float())),
+                sa.or_(j.c.dedupe_held_until.is_(None), j.c.dedupe_held_until <= self.now()),
             )
             .limit(request.batch_size)
         )

@@ -53,6 +53,11 @@ class CapabilityGuardQueue(Queue):
             self.uses(Capability.PRIORITIES)
         return job
 
+    def require_capability(self, capability: Capability, what: str) -> None:
+        """Every feature the Queue checks a capability for (``dedupe_for``, transfers, ...) counts as used."""
+        self.uses(capability)
+        super().require_capability(capability, what)
+
     def _store(self, batch: list[Any], connection: Any) -> list[Any]:
         if connection is not None:
             self.uses(Capability.TRANSACTIONAL_ENQUEUE)

@@ -417,6 +417,7 @@ def _matrix(runs: Sequence[_Run]) -> dict[str, Any]:
         "polyqueue_version": polyqueue.__version__,
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
+        "capabilities": sorted(_all_capabilities()),
         "backends": backends,
         "areas": {area: _area_doc(area) for area in _area_order()},
         "tests": ordered,
@@ -481,7 +482,10 @@ def render_readme(matrix: Mapping[str, Any]) -> str:
         if b["status"] == "ran":
             run += f" ({b['seconds']:.0f}s, exit {b['exit_code']})"
         lines.append(f"| **{b['label']}** | `{b['url']}` | {b['server_version'] or '-'} | {run} | {b['note']} |")
-    capabilities = sorted({c for b in backends.values() for c in b["capabilities"]} | _all_capabilities())
+    # The capabilities polyqueue had when the matrix was made (older matrices: those some backend had), so
+    # the README stays what matrix.json renders to when a later polyqueue adds one.
+    known = set(matrix.get("capabilities", ()))
+    capabilities = sorted({c for b in backends.values() for c in b["capabilities"]} | known)
     lines += ["", "## Capabilities", "", "| capability | " + " | ".join(backends[k]["label"] for k in keys) + " |"]
     lines.append("|---|" + "---|" * len(keys))
     for cap in capabilities:

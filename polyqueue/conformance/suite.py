@@ -11,6 +11,7 @@ without it they are skipped with the reason.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -35,7 +36,7 @@ from polyqueue import (
     PayloadTooLarge,
     SchemaMissing,
 )
-from polyqueue.backends.base import Capability
+from polyqueue.backends.base import Capability, DeleteRequest, ExportQuery, ImportBatch
 from polyqueue.testing import unique_prefix
 
 from .support import async_caller_transaction, caller_transaction, drop_schema
@@ -62,6 +63,7 @@ __all__ = [
     "TestRetries",
     "TestStats",
     "TestTransactionalEnqueue",
+    "TestTransfer",
     "TestWorker",
     "requires",
 ]
@@ -609,6 +611,75 @@ class TestDedupe:
         assert queue.cancel(live_id)
         assert queue.replay([dead_id]) == 1
         assert queue.enqueue("t", dedupe_key="k") == dead_id
+
+    #: A hold that outlasts any test (what "still held" is checked with), and one short enough to wait out.
+    #: Only waits are timed, on the database clock, never how fast the steps in between run.
+    LONG, SHORT = 3600, 1.0
+
+    def test_dedupe_for_keeps_the_key_held_after_the_job_is_done(self, queue: polyqueue.Queue) -> None:
+        first = queue.enqueue("t", {"v": 1}, dedupe_key="k", dedupe_for=self.LONG)
+        stored = queue.get(first)
+        assert stored is not None and stored.dedupe_for == self.LONG
+        (job,) = queue.claim()
+        queue.complete(job)
+        assert queue.require(first).status == "done"
+        assert queue.enqueue("t", {"v": 2}, dedupe_key="k") == first, "a done job holds its key for dedupe_for"
+        assert queue.enqueue_many([{"job_type": "t", "dedupe_key": "k"}]) == [first]
+        assert queue.purge("done", older_than=0) == 0, "purge keeps a job while it holds its key"
+        assert queue.stats()["pending"] == 0
+
+    def test_the_key_is_free_once_the_hold_has_ended(self, queue: polyqueue.Queue) -> None:
+        first = queue.enqueue("t", dedupe_key="k", dedupe_for=self.SHORT)
+        (job,) = queue.claim()
+        queue.complete(job)
+        done = queue.require(first)
+        assert done.finished_at is not None
+        sleep_past(queue, done.finished_at + timedelta(seconds=self.SHORT))
+        second = queue.enqueue("t", dedupe_key="k")
+        assert second != first, "the key is free once the hold has ended"
+        assert queue.enqueue("t", dedupe_key="k") == second
+        assert queue.purge("done", older_than=0) == 1
+
+    def test_dedupe_for_holds_after_dead_but_not_after_cancel(self, queue: polyqueue.Queue) -> None:
+        failed = queue.enqueue("t", dedupe_key="failed", dedupe_for=3600, max_attempts=1)
+        expired = queue.enqueue("t", dedupe_key="expired", dedupe_for=3600, max_attempts=1)
+        (job,) = queue.claim(limit=1)
+        assert job.id == failed
+        queue.fail(job, "boom")
+        assert queue.enqueue("t", dedupe_key="failed") == failed, "a dead job holds its key for dedupe_for"
+        (held,) = queue.claim(lease=0.5)
+        sleep_past(queue, held.lease_expires_at)
+        assert queue.claim() == []  # rescues the expired lease: its final attempt, so dead
+        assert queue.require(expired).status == "dead"
+        assert queue.enqueue("t", dedupe_key="expired") == expired, "dead by lease expiry holds it too"
+        assert queue.replay([failed]) == 1, "a dead job's own hold does not stop its replay"
+        assert queue.enqueue("t", dedupe_key="failed") == failed
+        cancelled = queue.enqueue("t", dedupe_key="cancelled", dedupe_for=3600)
+        assert queue.cancel(cancelled)
+        assert queue.enqueue("t", dedupe_key="cancelled") != cancelled, "cancelling lets the key go at once"
+
+    def test_replay_takes_a_key_whose_hold_has_ended(self, queue: polyqueue.Queue) -> None:
+        dead = {}
+        for key in ("long", "short"):
+            dead[key] = queue.enqueue("t", dedupe_key=key, max_attempts=1)
+            (job,) = queue.claim()
+            queue.fail(job, "x")
+        holders = {key: queue.enqueue("t", dedupe_key=key, dedupe_for=getattr(self, key.upper())) for key in dead}
+        for job in queue.claim(limit=2):
+            queue.complete(job)
+        result = queue.replay_detailed(list(dead.values()))
+        assert result.replayed == 0 and set(result.skipped) == set(dead.values()), "held by the done jobs"
+        finished = queue.require(holders["short"]).finished_at
+        assert finished is not None
+        sleep_past(queue, finished + timedelta(seconds=self.SHORT))
+        assert queue.replay_detailed(list(dead.values())).skipped.keys() == {dead["long"]}
+        assert queue.enqueue("t", dedupe_key="short") == dead["short"]
+
+    def test_dedupe_for_is_checked(self, queue: polyqueue.Queue) -> None:
+        for bad in ({"dedupe_for": 10}, {"dedupe_key": "k", "dedupe_for": -1}, {"dedupe_key": "k", "dedupe_for": "x"}):
+            with pytest.raises(InvalidArgument):
+                queue.enqueue("t", **bad)
+        assert queue.stats()["pending"] == 0
 
 
 # ---------------------------------------------------------------------------
@@ -1161,6 +1232,112 @@ class TestPeriodic:
         worker.periodic("* * * * *", "tick")
         with pytest.raises(InvalidArgument, match="already declared"):
             worker.periodic("*/2 * * * *", "tick")
+
+
+# ---------------------------------------------------------------------------
+@requires(Capability.TRANSFER)
+class TestTransfer:
+    """Export in pages, import with every field and an idempotency key, fenced delete: what transfers use."""
+
+    def _other(self, queue_factory: QueueFactory) -> polyqueue.Queue:
+        other = queue_factory(table_prefix=unique_prefix())
+        other.migrate()
+        return other
+
+    def _history(self, q: polyqueue.Queue) -> dict[str, Any]:
+        """Jobs in every movable state, with results, error histories and attempts; their ids by name."""
+        ids = {name: q.enqueue("t", {"name": name}) for name in ("pending", "retried", "dead", "done", "cancelled")}
+        ids["later"] = q.enqueue("t", {"name": "later"}, queue="other", max_attempts=7)
+        for job in q.claim(limit=4):
+            name = job.payload["name"]
+            if name == "retried":
+                q.fail(job, "try again", retry_in=3600)
+            elif name == "dead":
+                q.fail(job, "gave up", dead=True)
+            elif name == "done":
+                q.complete(job, {"ok": [1, 2]})
+            else:
+                q.release(job)
+        q.cancel(ids["cancelled"])
+        return ids
+
+    def test_export_pages_in_id_order_and_import_keeps_every_field(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory()
+        ids = self._history(q)
+        every = frozenset({"pending", "dead", "done", "cancelled"})
+        pages, after = [], None
+        while page := q.backend.export_jobs(ExportQuery(every, None, after, 2)):
+            pages.append(page)
+            after = page[-1].id
+        records = [r for page in pages for r in page]
+        assert [len(page) for page in pages] == [2, 2, 2]
+        assert sorted(map(str, (r.id for r in records))) == sorted(map(str, ids.values()))
+        assert len(q.backend.export_jobs(ExportQuery(frozenset({"dead"})))) == 1
+        assert [r.queue for r in q.backend.export_jobs(ExportQuery(every, "other"))] == ["other"]
+        other = self._other(queue_factory)
+        try:
+            keyed = [dataclasses.replace(r, import_key=f"key-{n}") for n, r in enumerate(records)]
+            result = other.backend.import_jobs(ImportBatch(keyed))
+            assert result.existing == set() and result.skipped == {} and None not in result.ids
+            for record, new_id in zip(keyed, result.ids, strict=True):
+                moved = other.require(new_id)
+                original = q.require(record.id)
+                for name in ("queue", "job_type", "payload", "priority", "status", "attempts", "max_attempts",
+                             "last_error", "dedupe_key", "result", "errors", "dedupe_for"):  # fmt: skip
+                    assert getattr(moved, name) == getattr(original, name), name
+                for name in ("run_at", "created_at", "finished_at"):
+                    a, b = getattr(moved, name), getattr(original, name)
+                    assert (a is None) == (b is None) and (a is None or close_to(a, b, 0.002)), name
+            retried = other.require(result.ids[[r.id for r in records].index(ids["retried"])])
+            assert retried.attempts == 1 and retried.errors[-1]["error"] == "try again"
+            again = other.backend.import_jobs(ImportBatch(keyed))
+            assert again.ids == result.ids and again.existing == set(range(len(keyed))), "an import key stores once"
+            assert sum(other.stats().values()) - other.stats()["scheduled"] == len(records)
+        finally:
+            drop_schema(other)
+
+    def test_delete_takes_only_jobs_unchanged_since_the_export(self, queue: polyqueue.Queue) -> None:
+        kept, taken = queue.enqueue("t", {"n": 1}), queue.enqueue("t", {"n": 2})
+        records = queue.backend.export_jobs(ExportQuery(frozenset({"pending"})))
+        assert [r.id for r in records] == [kept, taken]
+        (job,) = queue.claim()
+        assert job.id == kept
+        assert queue.backend.delete_jobs(DeleteRequest(records)) == {taken}
+        assert queue.get(taken) is None and queue.require(kept).status == "processing"
+        assert queue.backend.delete_jobs(DeleteRequest(records)) == set()
+        assert queue.backend.export_jobs(ExportQuery(frozenset({"pending", "processing"}))) == []
+
+    def test_transfer_moves_what_was_asked_and_leaves_processing_jobs(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory()
+        ids = self._history(q)
+        busy = q.enqueue("busy", {"name": "busy"})
+        (held,) = q.claim(job_types=["busy"])
+        assert held.id == busy
+        other = self._other(queue_factory)
+        try:
+            dry = polyqueue.transfer(q, other, dry_run=True)
+            assert (dry.moved, dry.dry_run) == (4, True) and other.stats()["pending"] == 0
+            result = polyqueue.transfer(q, other, batch_size=2)
+            assert (result.moved, result.processing) == (4, 1)
+            assert result.by_status == {"pending": 2, "scheduled": 1, "dead": 1}
+            assert {j.payload["name"] for j in other.claim(["default", "other"], limit=10)} == {"pending", "later"}
+            assert other.stats() | {"processing": 0} == {
+                "pending": 1, "scheduled": 1, "processing": 0, "done": 0, "dead": 1, "cancelled": 0,
+            }  # fmt: skip
+            left = q.stats()
+            assert (left["pending"], left["dead"], left["done"], left["processing"]) == (0, 0, 1, 1)
+            assert q.get(ids["done"]) is not None and q.get(ids["pending"]) is None
+            rest = polyqueue.transfer(q, other, statuses=["done", "cancelled"])
+            assert rest.moved == 2 and q.stats()["done"] == 0
+            for bad in (["processing"], ["nope"], []):
+                with pytest.raises(InvalidArgument):
+                    polyqueue.transfer(q, other, statuses=bad)
+            with pytest.raises(InvalidArgument):
+                polyqueue.transfer(q, other, batch_size=0)
+            with pytest.raises(polyqueue.ConfigurationError, match="same queue"):
+                polyqueue.transfer(q, q)
+        finally:
+            drop_schema(other)
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 from ..backends import base as spi
 from ..backends.base import Backend, BackendOptions, Capability, WakeupSource
 from ..errors import ConfigurationError, PolyqueueError
-from ..job import Job, JobStatus, NewJob, ReplayResult
+from ..job import Job, JobRecord, JobStatus, NewJob, ReplayResult
 from .client import CacheClient, database_identity
 from .constants import DEFAULT_SAFETY_POLL, DEFAULT_TTL, KEEP, LATE, MARKER, REBUILD_LOCK, CachedCounts, Verdict
 from .wakeups import RedisWakeups
@@ -248,8 +248,8 @@ class DepthCachedBackend(Backend):
                 continue
             if settlement.status == JobStatus.PENDING:
                 back[job.queue].append((job.id, settlement.run_in or 0.0, False))
-            else:
-                finished.append(job)
+            elif not (settlement.hold_dedupe and job.dedupe_for):
+                finished.append(job)  # a job still holding its key is remembered: enqueues may return its id
         for queue, items in back.items():
             self._add(queue, items, elapsed)
         self._forget_dedupe(finished)
@@ -362,6 +362,25 @@ class DepthCachedBackend(Backend):
     def purge(self, request: spi.PurgeRequest) -> int:
         """Purge through the wrapped backend (finished jobs are not counted)."""
         return self.inner.purge(request)
+
+    # --- moving jobs ---------------------------------------------------------------
+    def export_jobs(self, query: spi.ExportQuery) -> list[JobRecord]:
+        """Export from the wrapped backend."""
+        return self.inner.export_jobs(query)
+
+    def import_jobs(self, batch: spi.ImportBatch) -> spi.ImportResult:
+        """Import through the wrapped backend; the counts of the queues it filled are rebuilt and workers woken."""
+        result = self.inner.import_jobs(batch)
+        records = batch.records
+        stored = {r.queue for i, r in enumerate(records) if result.ids[i] is not None and i not in result.existing}
+        self._rebuild(stored)
+        return result
+
+    def delete_jobs(self, request: spi.DeleteRequest) -> set[Hashable]:
+        """Delete through the wrapped backend; the counts of the queues it emptied are rebuilt."""
+        deleted = self.inner.delete_jobs(request)
+        self._rebuild({r.queue for r in request.records if r.id in deleted})
+        return deleted
 
     # --- the cache itself ----------------------------------------------------------
     def read_counts(self, queues: Sequence[str]) -> dict[str, CachedCounts] | None:

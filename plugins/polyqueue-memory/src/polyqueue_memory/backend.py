@@ -3,7 +3,8 @@
 It is a real backend, not a test double: it keeps the same promises as the
 SQL backends (claim order, exact leases, fencing, rescue of expired leases,
 live-job dedupe, delayed jobs, replay, batched purge) and passes the
-conformance suite. What it cannot do it does not claim: jobs live only as
+conformance suite, and moves jobs to and from any other backend
+(``polyqueue transfer``). What it cannot do it does not claim: jobs live only as
 long as the process, and only threads of that process share them (no
 ``multi_process``), and there is no caller transaction to enqueue into (no
 ``transactional_enqueue``).
@@ -23,6 +24,7 @@ Times are kept as integer microseconds, so aware datetimes round-trip exactly.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import threading
@@ -37,8 +39,8 @@ from sqlalchemy.engine import URL
 from polyqueue import json_codec, policy
 from polyqueue.backends import base as spi
 from polyqueue.backends.base import Backend, BackendOptions, Capability, ChangeWatcher
-from polyqueue.errors import ConfigurationError, SchemaMissing
-from polyqueue.job import STATUSES, Job, JobStatus, NewJob, ReplayResult, int_job_id
+from polyqueue.errors import ConfigurationError, InvalidArgument, SchemaMissing
+from polyqueue.job import STATUSES, Job, JobRecord, JobStatus, NewJob, ReplayResult, int_job_id
 
 __all__ = ["MemoryBackend", "MemoryWakeups"]
 
@@ -77,6 +79,10 @@ def _seconds_to_us(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
 
+def _to_us_or_none(moment: datetime | None) -> int | None:
+    return None if moment is None else _to_us(moment)
+
+
 @dataclass(slots=True)
 class _Row:
     """One stored job; payload, result and errors are kept as JSON text, as a database keeps them."""
@@ -99,6 +105,10 @@ class _Row:
     last_error: str | None = None
     errors: str | None = None
     result: str | None = None
+    dedupe_for: float | None = None
+    #: Until when a finished job keeps its dedupe key held (microseconds); None: it holds none.
+    dedupe_held_until: int | None = None
+    import_key: str | None = None
     #: Generation of this row's newest heap entry; older entries are stale and skipped.
     entry: int = 0
 
@@ -122,7 +132,21 @@ class _Row:
             result=None if self.result is None else json_codec.loads(self.result),
             lease_token=self.lease_token,
             errors=json_codec.loads(self.errors) if self.errors else [],
+            dedupe_for=self.dedupe_for,
         )
+
+    def to_record(self) -> JobRecord:
+        run_at, created_at = _to_datetime(self.run_at), _to_datetime(self.created_at)
+        assert run_at is not None and created_at is not None
+        return JobRecord(
+            id=self.id, queue=self.queue, job_type=self.job_type, payload_json=self.payload,
+            priority=self.priority, status=self.status, attempts=self.attempts, max_attempts=self.max_attempts,
+            run_at=run_at, created_at=created_at, finished_at=_to_datetime(self.finished_at),
+            last_error=self.last_error, errors_json=self.errors, result_json=self.result,
+            dedupe_key=self.dedupe_key, dedupe_for=self.dedupe_for,
+            dedupe_held_until=_to_datetime(self.dedupe_held_until), lease_token=self.lease_token,
+            import_key=self.import_key,
+        )  # fmt: skip
 
 
 _LIVE = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
@@ -147,6 +171,10 @@ class _Store:
         self.scheduled: dict[Pair, list[tuple[int, int, int]]] = {}  # (queue, job_type) -> (run_at, id, entry)
         self.leases: dict[str, list[tuple[int, int, int]]] = {}  # queue -> (lease_expires_at, id, lease_token)
         self.live_keys: dict[tuple[str, str], int] = {}
+        #: Dedupe keys finished jobs still hold (until their ``dedupe_held_until``), as SQL's dedupe index keeps them.
+        self.held_keys: dict[tuple[str, str], int] = {}
+        #: Imported jobs by import key: what makes an import idempotent.
+        self.import_keys: dict[str, int] = {}
         self.pending: dict[str, set[int]] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self.generation: dict[str, int] = {}
@@ -172,23 +200,63 @@ class _Store:
             key = (row.queue, row.dedupe_key)
             if status in _LIVE:
                 self.live_keys[key] = row.id
-            elif self.live_keys.get(key) == row.id:
-                del self.live_keys[key]
+                row.dedupe_held_until = None
+                if self.held_keys.get(key) == row.id:
+                    del self.held_keys[key]
+            else:
+                if self.live_keys.get(key) == row.id:
+                    del self.live_keys[key]
+                if row.dedupe_held_until is not None:
+                    self.held_keys[key] = row.id
+
+    def holder(self, queue: str, dedupe_key: str, now: int) -> int | None:
+        """The id of the job holding a dedupe key: live, or finished within its hold (an ended hold is let go)."""
+        key = (queue, dedupe_key)
+        live = self.live_keys.get(key)
+        if live is not None:
+            return live
+        held = self.held_keys.get(key)
+        if held is None:
+            return None
+        row = self.rows[held]
+        if row.dedupe_held_until is not None and row.dedupe_held_until > now:
+            return held
+        del self.held_keys[key]
+        row.dedupe_held_until = None
+        return None
 
     def insert(self, row: _Row, now: int) -> None:
+        """Store a new row of any status (enqueued ones are pending; imported ones may be finished)."""
         self.rows[row.id] = row
         counts = self.counts.setdefault(row.queue, dict.fromkeys(STATUSES, 0))
         counts[row.status] += 1
-        self.pending.setdefault(row.queue, set()).add(row.id)
+        if row.import_key is not None:
+            self.import_keys[row.import_key] = row.id
         if row.dedupe_key is not None:
-            self.live_keys[(row.queue, row.dedupe_key)] = row.id
-        self.index_pending(row, now)
+            key = (row.queue, row.dedupe_key)
+            if row.status in _LIVE:
+                self.live_keys[key] = row.id
+            elif row.dedupe_held_until is not None:
+                self.held_keys[key] = row.id
+        if row.status == JobStatus.PENDING:
+            self.pending.setdefault(row.queue, set()).add(row.id)
+            self.index_pending(row, now)
 
     def delete(self, row: _Row) -> None:
+        """Remove a row that no claim holds, with everything that points at it (stale heap entries are skipped)."""
         del self.rows[row.id]
         self.counts[row.queue][row.status] -= 1
         if not any(self.counts[row.queue].values()):
             del self.counts[row.queue]
+        if row.status == JobStatus.PENDING:
+            self.pending[row.queue].discard(row.id)
+        if row.import_key is not None and self.import_keys.get(row.import_key) == row.id:
+            del self.import_keys[row.import_key]
+        if row.dedupe_key is not None:
+            key = (row.queue, row.dedupe_key)
+            for keys in (self.live_keys, self.held_keys):
+                if keys.get(key) == row.id:
+                    del keys[key]
 
     def index_pending(self, row: _Row, now: int) -> None:
         """Make a pending row findable: in the ready heap when due, else in the scheduled heap."""
@@ -248,6 +316,8 @@ class _Store:
         status = policy.expired_lease_status(row.attempts, row.max_attempts)
         if status == JobStatus.DEAD:
             row.finished_at = now
+        if policy.keeps_dedupe_key(status) and row.dedupe_for is not None:
+            row.dedupe_held_until = now + _seconds_to_us(row.dedupe_for)
         self.set_status(row, status)
         if status == JobStatus.PENDING:
             self.index_pending(row, now)
@@ -369,7 +439,14 @@ class MemoryBackend(Backend):
 
     name = "memory"
     capabilities = frozenset(
-        {Capability.DEDUPE, Capability.PRIORITIES, Capability.DELAYED, Capability.NOTIFY, Capability.PERIODIC}
+        {
+            Capability.DEDUPE,
+            Capability.PRIORITIES,
+            Capability.DELAYED,
+            Capability.NOTIFY,
+            Capability.PERIODIC,
+            Capability.TRANSFER,
+        }
     )
     #: Where ``polyqueue compat`` runs the conformance suite for this backend (it needs no server).
     conformance_url: ClassVar[str | None] = "memory://conformance"
@@ -442,14 +519,14 @@ class MemoryBackend(Backend):
 
     @staticmethod
     def _insert(store: _Store, jobs: Sequence[NewJob], now: int) -> list[Hashable]:
-        """Store new jobs (the store's lock held); a live duplicate dedupe key returns the live job's id."""
+        """Store new jobs (the store's lock held); a held dedupe key returns its holder's id."""
         absolute = [None if job.run_at is None else _to_us(job.run_at) for job in jobs]
         ids: list[Hashable] = []
         for job, run_at in zip(jobs, absolute, strict=True):
             if job.dedupe_key is not None:
-                live = store.live_keys.get((job.queue, job.dedupe_key))
-                if live is not None:
-                    ids.append(live)
+                holder = store.holder(job.queue, job.dedupe_key, now)
+                if holder is not None:
+                    ids.append(holder)
                     continue
             row = _Row(
                 id=store.next_id,
@@ -463,6 +540,7 @@ class MemoryBackend(Backend):
                 run_at=run_at if run_at is not None else now + _seconds_to_us(job.delay_seconds),
                 created_at=now,
                 dedupe_key=job.dedupe_key,
+                dedupe_for=job.dedupe_for,
             )
             store.next_id += 1
             store.insert(row, now)
@@ -580,6 +658,8 @@ class MemoryBackend(Backend):
                     row.last_error = settlement.last_error
                 if settlement.errors_json is not None:
                     row.errors = settlement.errors_json
+                if settlement.hold_dedupe and row.dedupe_for is not None:
+                    row.dedupe_held_until = now + _seconds_to_us(row.dedupe_for)
                 if settlement.run_in is not None:
                     row.run_at = now + _seconds_to_us(settlement.run_in)
                 store.set_status(row, settlement.status)
@@ -737,8 +817,9 @@ class MemoryBackend(Backend):
                     row = store.rows.get(row_id)
                     if row is None or row.status != JobStatus.DEAD or (queue is not None and row.queue != queue):
                         continue
-                    if row.dedupe_key is not None and (row.queue, row.dedupe_key) in store.live_keys:
-                        result.skipped[row.id] = f"dedupe key {row.dedupe_key!r} is held by a live job"
+                    holder = None if row.dedupe_key is None else store.holder(row.queue, row.dedupe_key, now)
+                    if holder is not None and holder != row.id:
+                        result.skipped[row.id] = f"dedupe key {row.dedupe_key!r} is held by another job"
                         continue
                     row.attempts = 0
                     row.finished_at = None
@@ -759,10 +840,12 @@ class MemoryBackend(Backend):
         status = request.status
         with store.lock:
             cutoff = _clock().now() - _seconds_to_us(request.older_than)
+            now = _clock().now()
             doomed = [
                 row.id
                 for row in store.rows.values()
                 if row.status == status and row.finished_at is not None and row.finished_at < cutoff
+                and (row.dedupe_held_until is None or row.dedupe_held_until <= now)
             ]
         deleted = 0
         for start in range(0, len(doomed), request.batch_size):
@@ -784,6 +867,87 @@ class MemoryBackend(Backend):
             for key, fire in list(store.fires.items()):
                 if fire not in newest and moment is not None and fire.fired_at < moment:
                     del store.fires[key]
+
+    # --- moving jobs -----------------------------------------------------------------
+    def export_jobs(self, query: spi.ExportQuery) -> list[JobRecord]:
+        """One page of jobs with every stored field, in id order after ``query.after``."""
+        store = self._store()
+        after = 0
+        if query.after is not None:
+            key = int_job_id(query.after)
+            if key is None:
+                raise InvalidArgument(f"{query.after!r} is not a job id of {self.describe()}")
+            after = key
+        statuses = set(query.statuses) - {JobStatus.PROCESSING}
+        with store.lock:
+            ids = list(store.rows)  # insertion order is id order: ids only grow
+            records: list[JobRecord] = []
+            for row_id in ids[bisect.bisect_right(ids, after) :]:
+                row = store.rows[row_id]
+                if row.status in statuses and (query.queue is None or row.queue == query.queue):
+                    records.append(row.to_record())
+                    if len(records) >= query.limit:
+                        break
+            return records
+
+    def import_jobs(self, batch: spi.ImportBatch) -> spi.ImportResult:
+        """Store the records atomically under the store's lock, once per ``import_key``."""
+        for record in batch.records:
+            if record.import_key is None:
+                raise InvalidArgument("every imported record needs an import_key")
+            if record.status not in STATUSES or record.status == JobStatus.PROCESSING:
+                raise InvalidArgument(f"cannot import a job with status {record.status!r}")
+        store = self._store()
+        result = spi.ImportResult([None] * len(batch.records))
+        with store.lock:
+            now = _clock().now()
+            woken: set[str] = set()
+            for i, record in enumerate(batch.records):
+                assert record.import_key is not None
+                known = store.import_keys.get(record.import_key)
+                if known is not None:
+                    result.ids[i] = known
+                    result.existing.add(i)
+                    continue
+                held = _to_us_or_none(record.dedupe_held_until)
+                holds = record.status in _LIVE or (held is not None and held > now)
+                key = record.dedupe_key
+                if key is not None and holds and store.holder(record.queue, key, now) is not None:
+                    result.skipped[i] = f"its dedupe key {key!r} is held here by another job"
+                    continue
+                row = _Row(
+                    id=store.next_id, queue=record.queue, job_type=record.job_type, payload=record.payload_json,
+                    priority=record.priority, status=record.status, attempts=record.attempts,
+                    max_attempts=record.max_attempts, run_at=_to_us(record.run_at),
+                    created_at=_to_us(record.created_at), dedupe_key=record.dedupe_key,
+                    finished_at=_to_us_or_none(record.finished_at), lease_token=record.lease_token,
+                    last_error=record.last_error, errors=record.errors_json, result=record.result_json,
+                    dedupe_for=record.dedupe_for, dedupe_held_until=held if holds else None,
+                    import_key=record.import_key,
+                )  # fmt: skip
+                store.next_id += 1
+                store.insert(row, now)
+                result.ids[i] = row.id
+                if row.status == JobStatus.PENDING:
+                    woken.add(row.queue)
+            if woken:
+                store.signal(woken)
+        return result
+
+    def delete_jobs(self, request: spi.DeleteRequest) -> set[Hashable]:
+        """Delete each record's job if its status and lease token are still the record's."""
+        store = self._store()
+        deleted: set[Hashable] = set()
+        with store.lock:
+            for record in request.records:
+                row = self._row(store, record.id)
+                if row is None or (row.status, row.lease_token) != (record.status, record.lease_token):
+                    continue
+                if row.status == JobStatus.PROCESSING:
+                    continue
+                store.delete(row)
+                deleted.add(row.id)
+        return deleted
 
     # --- waiting --------------------------------------------------------------------
     def wakeup_source(self, request: spi.WakeupRequest) -> MemoryWakeups:
