@@ -230,6 +230,7 @@ class AsyncQueue:
         run_at: datetime | None = None,
         max_attempts: int | None = None,
         dedupe_key: str | None = None,
+        dedupe_for: float | timedelta | str | None = None,
         connection: Any = None,
     ) -> Hashable:
         """Store one job and return its id; see :meth:`Queue.enqueue <polyqueue.Queue.enqueue>`.
@@ -239,7 +240,7 @@ class AsyncQueue:
         (PostgreSQL), or a synchronous connection the Queue accepts.
         """
         options = {"queue": queue, "priority": priority, "delay": delay, "run_at": run_at}
-        options.update(max_attempts=max_attempts, dedupe_key=dedupe_key)
+        options.update(max_attempts=max_attempts, dedupe_key=dedupe_key, dedupe_for=dedupe_for)
         return await self._with_connection(Queue.enqueue, connection, job_type, payload, **options)
 
     async def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, connection: Any = None) -> list[Hashable]:
@@ -324,13 +325,26 @@ class AsyncQueue:
         """Dead jobs, most recently finished first."""
         return await self._call(Queue.dead_jobs, queue, limit)
 
-    async def replay(self, ids: Iterable[Hashable] | None = None, queue: str | None = None) -> int:
-        """Make dead jobs pending again (attempts reset, error history kept); returns how many."""
-        return await self._call(Queue.replay, None if ids is None else _listed(ids), queue)
+    async def replay(
+        self, ids: Iterable[Hashable] | None = None, queue: str | None = None, *, rate: float | str | None = None
+    ) -> int:
+        """Make dead jobs pending again (attempts reset, error history kept); returns how many.
 
-    async def replay_detailed(self, ids: Iterable[Hashable] | None = None, queue: str | None = None) -> ReplayResult:
+        ``rate`` paces them (see :meth:`Queue.replay`); the wait never blocks the event loop.
+        """
+        return await self._call(Queue.replay, None if ids is None else _listed(ids), queue, rate=rate)
+
+    async def replay_detailed(
+        self,
+        ids: Iterable[Hashable] | None = None,
+        queue: str | None = None,
+        *,
+        rate: float | str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> ReplayResult:
         """Like :meth:`replay` but also says which jobs were skipped and why."""
-        return await self._call(Queue.replay_detailed, None if ids is None else _listed(ids), queue)
+        listed = None if ids is None else _listed(ids)
+        return await self._call(Queue.replay_detailed, listed, queue, rate=rate, on_progress=on_progress)
 
     async def purge(
         self, status: str = "done", older_than: float | timedelta | str = "7d", batch_size: int = 1000

@@ -551,7 +551,7 @@ class Queue:
         total = len(ids)
         result = ReplayResult(0)
         done = 0
-        for step in pace.batches(ids):
+        for step in pace.batches(ids, sleep=self.backend.pause):
             part = self.backend.replay(ReplayRequest(step, queue))
             result.replayed += part.replayed
             result.skipped.update(part.skipped)

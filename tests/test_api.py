@@ -128,3 +128,19 @@ def test_connect_async_validates_like_connect(tmp_path: Path) -> None:
     asyncio.run(main())
     with polyqueue.connect(f"sqlite:///{tmp_path / 'q.db'}") as q:
         assert q.stats()["pending"] == 1
+
+
+#: Queue methods with no coroutine twin: a worker's session, and the Queue re-opened on another backend object.
+_SYNC_ONLY = {"consumer_session", "rebound"}
+
+
+def test_the_async_queue_mirrors_every_queue_method() -> None:
+    """A parameter added to a Queue method must reach its AsyncQueue twin too (they drift apart otherwise)."""
+    import inspect
+
+    for name, method in inspect.getmembers(polyqueue.Queue, inspect.isfunction):
+        if name.startswith("_") or name in _SYNC_ONLY:
+            continue
+        twin = getattr(polyqueue.AsyncQueue, name, None)
+        assert twin is not None, f"AsyncQueue has no {name}()"
+        assert list(inspect.signature(method).parameters) == list(inspect.signature(twin).parameters), name

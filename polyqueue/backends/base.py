@@ -508,6 +508,14 @@ class Backend(abc.ABC):
         """The server's version string, for the compat matrix; '' when not applicable."""
         return ""
 
+    def pause(self, seconds: float) -> None:
+        """How the library waits between steps on this backend (a paced replay): a sleep.
+
+        A backend opened for :class:`~polyqueue.AsyncQueue` on an asyncio
+        driver waits by yielding to the event loop instead.
+        """
+        time.sleep(seconds)
+
     # --- producing -------------------------------------------------------
     @abc.abstractmethod
     def enqueue(self, batch: EnqueueBatch) -> list[Hashable]:
