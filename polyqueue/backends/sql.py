@@ -62,6 +62,7 @@ __all__ = [
     "THREADS",
     "AwareUTCTime",
     "ErrorKind",
+    "KeysetPage",
     "SQLBackend",
     "UpdateValues",
     "status_literal",
@@ -86,8 +87,8 @@ FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 
 #: Bumped whenever ``migrate`` has new work to do. 3: the ready index leads with (queue, job_type);
 #: 4: the periodic schedules and fires tables; 5: dedupe holds after finishing (``dedupe_for``,
-#: ``dedupe_held_until``), enqueue tokens and import keys.
-SCHEMA_VERSION = 5
+#: ``dedupe_held_until``), enqueue tokens and import keys; 6: the listing indexes of ``list_jobs``.
+SCHEMA_VERSION = 6
 #: The columns version 5 added, in the order an upgrade adds them.
 _V5_COLUMNS = ("dedupe_for", "dedupe_held_until", "enqueue_token", "import_key")
 #: JobRecord fields stored under another column name.
@@ -109,6 +110,8 @@ SQL_CAPABILITIES = frozenset(
         Capability.MULTI_PROCESS,
         Capability.PERIODIC,
         Capability.TRANSFER,
+        Capability.LIST_JOBS,
+        Capability.THROUGHPUT,
     }
 )
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
@@ -123,6 +126,23 @@ _DRIVER_MODULES = {"psycopg_async": "psycopg", "asyncmy": "asyncmy", "aiomysql":
 RECORD_CHUNK = 500
 #: SQL zero as an inline literal, so partial-index predicates (``enqueue_token > 0``) match in queries too.
 ZERO = sa.literal_column("0", sa.BigInteger())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeysetPage:
+    """One page of jobs in id order, as :meth:`SQLBackend.keyset_page` reads it (export and listing share it).
+
+    ``statuses`` None means any; ``after`` is the integer id the page
+    continues after (None: from the first); ``newest_first`` reads ids
+    downwards (listing), else upwards (export).
+    """
+
+    statuses: frozenset[str] | None
+    queue: str | None
+    job_type: str | None
+    after: int | None
+    limit: int
+    newest_first: bool = True
 
 
 def holds_dedupe_slot(c: Any) -> sa.ColumnElement[bool]:
@@ -355,6 +375,15 @@ class SQLBackend(Backend):
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at, **where(c.status.in_(FINISHED_SQL))),
             sa.Index(f"{p}jobs_enqueue_token", c.enqueue_token, unique=True, **where(c.enqueue_token > ZERO)),
             sa.Index(f"{p}jobs_import_key", c.import_key, unique=True, **where(c.import_key.is_not(None))),
+            *self.listing_indexes(jobs),
+        ]
+
+    def listing_indexes(self, jobs: sa.Table) -> list[sa.Index]:
+        """What :meth:`keyset_page` reads: (status, id) and (queue, status, id), whole (every status is listed)."""
+        p, c = self.prefix, jobs.c
+        return [
+            sa.Index(f"{p}jobs_by_status", c.status, c.id),
+            sa.Index(f"{p}jobs_by_queue_status", c.queue, c.status, c.id),
         ]
 
     @contextmanager
@@ -525,6 +554,7 @@ class SQLBackend(Backend):
         """Schema work inside ``migrate``'s lock when the schema is new (None) or older.
 
         Version 3 rebuilds the ready index to lead with (queue, job_type).
+        Version 6 creates the listing indexes (:meth:`listing_indexes`).
         Version 5 adds the ``dedupe_for``, ``dedupe_held_until``,
         ``enqueue_token`` and ``import_key`` columns, lets the dedupe index
         hold finished jobs' keys too (:meth:`upgrade_dedupe_index`) and
@@ -543,6 +573,9 @@ class SQLBackend(Backend):
                     connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
             self.upgrade_dedupe_index(connection)
             for name in ("jobs_enqueue_token", "jobs_import_key"):
+                self._index(connection, name, rebuild=False)
+        if from_version is not None and from_version < 6:
+            for name in ("jobs_by_status", "jobs_by_queue_status"):
                 self._index(connection, name, rebuild=False)
 
     def upgrade_dedupe_index(self, connection: Connection) -> None:
@@ -1417,22 +1450,64 @@ class SQLBackend(Backend):
 
     def export_jobs(self, query: spi.ExportQuery) -> list[JobRecord]:
         """One page of jobs with every stored field, in id order after ``query.after``; see :class:`Backend`."""
-        j = self.jobs
-        statuses = sorted(set(query.statuses) - {JobStatus.PROCESSING})
+        statuses = frozenset(query.statuses) - {JobStatus.PROCESSING}
         if not statuses:
             return []
-        stmt = sa.select(*(column for _, column in self._record_columns)).where(j.c.status.in_(statuses))
-        if query.queue is not None:
-            stmt = stmt.where(j.c.queue == query.queue)
-        if query.after is not None:
-            after = int_job_id(query.after)
-            if after is None:
-                raise InvalidArgument(f"{query.after!r} is not a job id of {self.name}")
-            stmt = stmt.where(j.c.id > after)
-        stmt = stmt.order_by(j.c.id).limit(query.limit)
+        page = KeysetPage(statuses, query.queue, None, self._page_cursor(query.after), query.limit, newest_first=False)
+        stmt = self.keyset_page([column for _, column in self._record_columns], page)
         names = [name for name, _ in self._record_columns]
         rows = self._run(lambda conn: list(conn.execute(stmt)))
         return [JobRecord(**dict(zip(names, row, strict=True))) for row in rows]
+
+    def _page_cursor(self, after: Hashable | None) -> int | None:
+        """The integer id a page continues after, or None for the first page; InvalidArgument for a foreign id."""
+        if after is None:
+            return None
+        key = int_job_id(after)
+        if key is None:
+            raise InvalidArgument(f"{after!r} is not a job id of {self.name}")
+        return key
+
+    def keyset_page(self, columns: Sequence[sa.ColumnElement[Any]], page: KeysetPage) -> sa.Select[Any]:
+        """A SELECT of ``columns`` for one page of jobs in id order (``page.newest_first``: descending).
+
+        One ordered range of the listing indexes per status -- (status, id),
+        or (queue, status, id) with a queue -- each stopping after
+        ``page.limit`` rows, merged by id: the cost depends on the page size
+        and the number of statuses, not on how many jobs the table holds.
+        ``job_type`` filters within those ranges. Without statuses, the
+        primary key's range serves the page.
+        """
+        j = self.jobs
+        order = j.c.id.desc() if page.newest_first else j.c.id.asc()
+        shared: list[sa.ColumnElement[bool]] = []
+        if page.queue is not None:
+            shared.append(j.c.queue == page.queue)
+        if page.job_type is not None:
+            shared.append(j.c.job_type == page.job_type)
+        if page.after is not None:
+            shared.append(j.c.id < page.after if page.newest_first else j.c.id > page.after)
+        if page.statuses is None:
+            return sa.select(*columns).where(*shared).order_by(order).limit(page.limit)
+        arms = [
+            sa.select(*columns).where(j.c.status == status, *shared).order_by(order).limit(page.limit)
+            for status in sorted(page.statuses)
+        ]
+        if len(arms) == 1:
+            return arms[0]
+        # Each arm as a derived table: SQLite and MySQL take ORDER BY ... LIMIT in a compound's arms only so.
+        merged = sa.union_all(*(sa.select(arm.subquery()) for arm in arms)).subquery("page")
+        merged_order = merged.c.id.desc() if page.newest_first else merged.c.id.asc()
+        return sa.select(merged).order_by(merged_order).limit(page.limit)
+
+    def list_jobs(self, query: spi.ListQuery) -> list[Job]:
+        """One page of jobs, newest first; see :class:`Backend`."""
+        statuses = None if query.statuses is None else frozenset(query.statuses)
+        if statuses is not None and not statuses:
+            return []
+        page = KeysetPage(statuses, query.queue, query.job_type, self._page_cursor(query.after), query.limit)
+        stmt = self.keyset_page(self._columns, page)
+        return [self._job_from_row(r) for r in self._run(lambda conn: list(conn.execute(stmt)))]
 
     def _record_row(self, record: JobRecord) -> dict[str, Any]:
         """The column values that store ``record`` (no lease: an imported job is never held)."""
@@ -1532,6 +1607,38 @@ class SQLBackend(Backend):
             return deleted
 
         return self._run(work)
+
+    def throughput(self, query: spi.ThroughputQuery) -> spi.Throughput:
+        """Finished jobs per slice in one statement over the ``jobs_finished`` index's last window.
+
+        Each row counts, for every k, whether it finished within the last k
+        slices (a portable CASE per slice, no dialect's date arithmetic); the
+        slices are the differences of neighbouring counts.
+        """
+        j = self.jobs
+        width = query.window / query.buckets
+
+        def since(seconds: float) -> sa.ColumnElement[Any]:
+            return self.seconds_before_now(sa.literal(seconds, sa.Float()))
+
+        within = [
+            sa.func.sum(sa.case((j.c.finished_at >= since(width * k), 1), else_=0))
+            for k in range(1, query.buckets + 1)
+        ]
+        stmt = sa.select(j.c.queue, j.c.status, *within).where(
+            j.c.status.in_([status_literal(JobStatus.DONE), status_literal(JobStatus.DEAD)]),
+            j.c.finished_at >= since(query.window),
+        )
+        if query.queue is not None:
+            stmt = stmt.where(j.c.queue == query.queue)
+        stmt = stmt.group_by(j.c.queue, j.c.status)
+        rows, now = self._run(lambda conn: (list(conn.execute(stmt)), conn.execute(sa.select(self.now())).scalar_one()))
+        result = spi.Throughput(now, width)
+        for queue, status, *cumulative in rows:
+            totals = [0, *(int(n or 0) for n in cumulative)]
+            slices = [totals[k] - totals[k - 1] for k in range(1, len(totals))]
+            result.counts.setdefault(queue, {})[status] = slices[::-1]
+        return result
 
     # ------------------------------------------------------------------
     # Inspecting and managing

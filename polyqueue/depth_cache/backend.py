@@ -364,6 +364,14 @@ class DepthCachedBackend(Backend):
         return self.inner.purge(request)
 
     # --- moving jobs ---------------------------------------------------------------
+    def list_jobs(self, query: spi.ListQuery) -> list[Job]:
+        """A page of jobs, from the wrapped backend."""
+        return self.inner.list_jobs(query)
+
+    def throughput(self, query: spi.ThroughputQuery) -> spi.Throughput:
+        """Throughput, from the wrapped backend."""
+        return self.inner.throughput(query)
+
     def export_jobs(self, query: spi.ExportQuery) -> list[JobRecord]:
         """Export from the wrapped backend."""
         return self.inner.export_jobs(query)
