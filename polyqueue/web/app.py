@@ -125,7 +125,7 @@ class _Dashboard:
         offered = request.query_params.get("token")
         if offered is not None and request.method == "GET" and tokens_match(offered, expected):
             clean = request.url.remove_query_params("token")
-            response = RedirectResponse(str(clean), status_code=303)
+            response = RedirectResponse(clean.path + (f"?{clean.query}" if clean.query else ""), status_code=303)
             response.set_cookie(
                 TOKEN_COOKIE, expected, httponly=True, samesite="strict", path=self._cookie_path(request)
             )
@@ -163,9 +163,7 @@ class _Dashboard:
         body = (await request.body()).decode("utf-8", "replace")
         form = {key: values[-1] for key, values in urllib.parse.parse_qs(body, keep_blank_values=True).items()}
         if not self.csrf.accepts(form.get("csrf"), request.cookies.get(CSRF_COOKIE)):
-            return PlainTextResponse(
-                "polyqueue dashboard: missing or bad CSRF token; reload the page", status_code=403
-            )
+            return PlainTextResponse("polyqueue dashboard: missing or bad CSRF token; reload the page", status_code=403)
         return form
 
     # --- rendering ----------------------------------------------------------------
@@ -206,7 +204,7 @@ class _Dashboard:
         rows = []
         for name in sorted(by_queue):
             counts = by_queue[name]
-            finished = (seen.counts.get(name, {}) if seen else {})
+            finished = seen.counts.get(name, {}) if seen else {}
             last5 = {s: sum(finished.get(s, [0])[-5:]) / 5 for s in ("done", "dead")}
             rows.append(
                 {
@@ -339,4 +337,3 @@ class _Dashboard:
 def rate_text(per_minute: float) -> str:
     """A rate for the overview: whole numbers plainly, small ones with a decimal."""
     return "0" if per_minute == 0 else (f"{per_minute:.0f}" if per_minute >= 10 else f"{per_minute:.1f}")
-
