@@ -43,6 +43,7 @@ def throughput_svg(bars: list[Bar], title: str) -> str:
         parts.append("</g>")
     parts.append(f'<text x="0" y="{HEIGHT + 12}">{escape(bars[0].label) if bars else ""}</text>')
     parts.append(f'<text x="{WIDTH}" y="{HEIGHT + 12}" text-anchor="end">now</text>')
-    parts.append(f'<text x="{WIDTH}" y="10" text-anchor="end">{top}/slice</text>')
+    legend = '<tspan class="done">done</tspan> <tspan class="dead">dead</tspan>'
+    parts.append(f'<text x="2" y="10">{top} per slice · {legend}</text>')
     parts.append("</svg>")
     return "".join(parts)
