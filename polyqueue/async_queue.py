@@ -309,9 +309,9 @@ class AsyncQueue:
         """Counts by status plus ``scheduled``, for one queue or all queues together."""
         return await self._call(Queue.stats, queue)
 
-    async def stats_by_queue(self) -> dict[str, dict[str, int]]:
-        """``{queue: counts}`` as :meth:`stats` gives them, for every queue that has jobs."""
-        return await self._call(Queue.stats_by_queue)
+    async def stats_by_queue(self, statuses: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """``{queue: counts}`` as :meth:`stats` gives them (of ``statuses`` only, when given; see the Queue's)."""
+        return await self._call(Queue.stats_by_queue, None if statuses is None else _listed(statuses))
 
     async def stats_by_type(self, queue: str | None = None) -> dict[str, dict[str, dict[str, int]]]:
         """``{queue: {job_type: counts}}``: shows jobs of a type no worker handles (they stay pending)."""

@@ -487,9 +487,17 @@ class Queue:
                 totals[key] = totals.get(key, 0) + value
         return totals
 
-    def stats_by_queue(self) -> dict[str, dict[str, int]]:
-        """``{queue: counts}`` as :meth:`stats` gives them, for every queue that has jobs."""
-        return self.backend.stats(StatsRequest())
+    def stats_by_queue(self, statuses: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """``{queue: counts}`` as :meth:`stats` gives them, for every queue that has jobs.
+
+        ``statuses`` counts only those (with ``scheduled`` when ``pending`` is
+        one): every queue holding jobs of them, and a store may skip its
+        finished history, so ``("pending", "processing", "dead")`` stays
+        cheap however many done jobs there are. A store may count more.
+        """
+        if statuses is None:
+            return self.backend.stats(StatsRequest())
+        return self.backend.stats(StatsRequest(statuses=_check_statuses(list(statuses))))
 
     def stats_by_type(self, queue: str | None = None) -> dict[str, dict[str, dict[str, int]]]:
         """``{queue: {job_type: counts}}``: shows jobs of a type no worker handles (they stay pending)."""

@@ -211,10 +211,16 @@ class CancelRequest:
 
 @dataclass(frozen=True, slots=True)
 class StatsRequest:
-    """Counts for one queue (``queue``) or all; ``by_type`` splits each queue's counts by job type."""
+    """Counts for one queue (``queue``) or all; ``by_type`` splits each queue's counts by job type.
+
+    ``statuses`` None counts every status; otherwise only those need
+    counting (a hint that lets a store skip its finished history: it may
+    count more, and the caller reads only the ones it asked for).
+    """
 
     queue: str | None = None
     by_type: bool = False
+    statuses: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1673,13 +1673,18 @@ class SQLBackend(Backend):
         stmt = sa.select(*keys, j.c.status, sa.func.count(), scheduled).group_by(*keys, j.c.status)
         if request.queue is not None:
             stmt = stmt.where(j.c.queue == request.queue)
+        counted: tuple[str, ...] = STATUSES
+        if request.statuses is not None:
+            counted = tuple(s for s in STATUSES if s in request.statuses)
+            stmt = stmt.where(j.c.status.in_([status_literal(s) for s in counted]))
+        zeros = {s: 0 for s in counted} | ({"scheduled": 0} if JobStatus.PENDING in counted else {})
         out: dict[str, dict[str, Any]] = {}
         for row in self._run(lambda conn: list(conn.execute(stmt))):
             *names, status, count, sched = row
             home: dict[str, Any] = out
             for name in names[:-1]:
                 home = home.setdefault(name, {})
-            counts = home.setdefault(names[-1], {s: 0 for s in (*STATUSES, "scheduled")})
+            counts = home.setdefault(names[-1], dict(zeros))
             counts[status] = int(count)
             if status == JobStatus.PENDING:
                 counts["scheduled"] = int(sched or 0)

@@ -733,6 +733,13 @@ class TestStats:
         assert processing.status == "processing"
         by_queue = queue.stats_by_queue()
         assert set(by_queue) == {"a", "b"} and by_queue["b"]["pending"] == 1
+        live = queue.stats_by_queue(["pending", "processing", "dead"])
+        assert {"a", "b"} <= set(live), "every queue holding jobs of the statuses asked for"
+        assert {k: live["a"][k] for k in ("pending", "scheduled", "processing", "dead")} == {
+            "pending": 1, "scheduled": 0, "processing": 1, "dead": 1,
+        }  # fmt: skip
+        with pytest.raises(InvalidArgument):
+            queue.stats_by_queue(["waiting"])
 
 
 # ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The dashboard's ASGI application: server-rendered pages over one :class:`~polyqueue.Queue`.
 
-Pages: the overview (``/``: counts per queue, finished-per-minute over the
-last hour), the job list (``/jobs``, filtered, keyset-paged with
+Pages: the overview (``/``: live and dead counts per queue, jobs finished
+per minute over the last hour -- never a count of the whole done history,
+which would read every row of it), the job list (``/jobs``, filtered, keyset-paged with
 :meth:`~polyqueue.Queue.list_jobs`), a job (``/jobs/{id}``: payload,
 headers, timings, the whole error history). Actions are POSTs with a CSRF
 token, answered with a redirect (303) and a short notice: replay, cancel,
@@ -33,7 +34,6 @@ from starlette.templating import Jinja2Templates
 from ..errors import PolyqueueError
 from ..job import STATUSES
 from ..queue import Queue
-from ..tables import STATUS_COLUMNS
 from ..validation import parse_duration
 from .charts import Bar, throughput_svg
 from .security import CSRF_COOKIE, TOKEN_COOKIE, CsrfGuard, tokens_match
@@ -50,6 +50,8 @@ NOTICES = {
     "resumed": "Resumed.",
     "purged": "Purged.",
 }
+#: What the overview counts per queue: the live jobs and the dead letters, never the (huge) done history.
+OVERVIEW_STATUSES = ("pending", "processing", "dead")
 #: Jobs per page of the job list.
 PAGE_SIZE = 50
 
@@ -196,23 +198,25 @@ class _Dashboard:
     def overview(self, request: Request) -> Response:
         """Counts per queue, finished per minute over the last hour, and the purge form."""
         try:
-            by_queue = self.queue.stats_by_queue()
+            # Live and dead jobs only: counting the done history would cost a scan of all of it (see the module doc).
+            by_queue = self.queue.stats_by_queue(OVERVIEW_STATUSES)
             seen = self.queue.throughput() if self._has("throughput") else None
             paused = set(self.queue.paused()) if self._can_pause() else set()  # type: ignore[attr-defined]
         except PolyqueueError as exc:
             return self._error(request, exc, 503)
         rows = []
-        for name in sorted(by_queue):
-            counts = by_queue[name]
+        for name in sorted(set(by_queue) | set(seen.counts if seen else ())):
+            counts = by_queue.get(name, {})
             finished = seen.counts.get(name, {}) if seen else {}
-            last5 = {s: sum(finished.get(s, [0])[-5:]) / 5 for s in ("done", "dead")}
             rows.append(
                 {
                     "name": name,
                     "ready": counts.get("pending", 0) - counts.get("scheduled", 0),
                     "counts": counts,
-                    "done_rate": last5["done"],
-                    "dead_rate": last5["dead"],
+                    "done_hour": sum(finished.get("done", [])),
+                    "dead_hour": sum(finished.get("dead", [])),
+                    "done_rate": sum(finished.get("done", [0])[-5:]) / 5,
+                    "dead_rate": sum(finished.get("dead", [0])[-5:]) / 5,
                     "paused": name in paused,
                 }
             )
@@ -229,7 +233,7 @@ class _Dashboard:
             request,
             "overview.html",
             rows=rows,
-            columns=STATUS_COLUMNS,
+            throughput=seen is not None,
             chart=chart,
             can_pause=self._can_pause(),
             refresh=self.settings.refresh,
@@ -246,7 +250,7 @@ class _Dashboard:
             return self._render(request, "jobs.html", jobs=[], filters={}, queues=[], statuses=STATUSES, more=None)
         try:
             listed = self.queue.list_jobs(queue_name, status, job_type, after, PAGE_SIZE)
-            queues = sorted(self.queue.stats_by_queue())
+            queues = sorted(self.queue.stats_by_queue(OVERVIEW_STATUSES))
         except PolyqueueError as exc:
             return self._error(request, exc)
         filters = {k: v for k, v in (("queue", queue_name), ("status", status), ("job_type", job_type)) if v}
