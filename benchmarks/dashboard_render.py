@@ -74,18 +74,21 @@ def main() -> int:
     parser.add_argument("--finished", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default=None, help="Also write the figures here.")
+    parser.add_argument("--prefix", default=None, help="Table prefix: reused as filled when its table has jobs.")
+    parser.add_argument("--keep", action="store_true", help="Keep the table afterwards (to look at plans).")
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)
     from starlette.testclient import TestClient
 
     from polyqueue.web import DashboardSettings, create_app
 
-    q = polyqueue.connect(args.url or server_url("postgresql"), table_prefix=unique_prefix())
+    q = polyqueue.connect(args.url or server_url("postgresql"), table_prefix=args.prefix or unique_prefix())
     q.migrate()
     try:
-        started = time.perf_counter()
-        fill(q, args.finished)
-        print(f"filled {args.finished:,} finished + 2,000 pending jobs in {time.perf_counter() - started:.0f} s")
+        if not q.list_jobs(limit=1):
+            started = time.perf_counter()
+            fill(q, args.finished)
+            print(f"filled {args.finished:,} finished + 2,000 pending jobs in {time.perf_counter() - started:.0f} s")
         dead = q.list_jobs(status="dead", limit=1)[0].id
         deep = q.list_jobs(status="done", queue="queue_3", limit=1)[0].id
         pages = {
@@ -108,7 +111,8 @@ def main() -> int:
                 json.dump({"finished": args.finished, "target_ms": TARGET_MS, "pages": results}, out, indent=2)
         return 0 if all(r["median_ms"] <= TARGET_MS for r in results.values()) else 1
     finally:
-        drop_schema(q)
+        if not args.keep:
+            drop_schema(q)
         q.close()
 
 
