@@ -314,11 +314,12 @@ def purge(ctx: click.Context, status: str, older_than: str, batch_size: int) -> 
 def dashboard(ctx: click.Context, host: str, port: int, read_only: bool, token: str | None, root_path: str) -> None:
     """Serve the web dashboard: queue counts and throughput, jobs, errors, actions, /metrics."""
     try:
-        from .web import DashboardSettings, serve
+        from .web import DashboardSettings, check_serving, serve
     except ImportError as exc:
         fail(f"the dashboard needs the web extra: pip install 'polyqueue[web]' ({exc.name} is missing)")
+    settings = DashboardSettings(read_only=read_only, token=token or None)
+    check_serving(host, settings, root_path)
     with opened(ctx) as q:
-        settings = DashboardSettings(read_only=read_only, token=token or None)
         shown = "[read-only] " if read_only else ""
         err_console.print(f"polyqueue dashboard {shown}on http://{host}:{port}{root_path}/ ({q.backend.describe()})")
         serve(q, host=host, port=port, settings=settings, root_path=root_path)

@@ -14,7 +14,7 @@ from ..queue import Queue
 from .app import DashboardSettings, create_app
 from .security import is_loopback
 
-__all__ = ["DashboardSettings", "create_app", "serve"]
+__all__ = ["DashboardSettings", "check_serving", "create_app", "serve"]
 
 
 def serve(
@@ -34,11 +34,16 @@ def serve(
     import uvicorn
 
     chosen = settings or DashboardSettings()
-    if not is_loopback(host) and not chosen.token:
+    check_serving(host, chosen, root_path)
+    uvicorn.run(create_app(queue, chosen), host=host, port=port, root_path=root_path, log_level="warning")
+
+
+def check_serving(host: str, settings: DashboardSettings, root_path: str = "") -> None:
+    """Raise :class:`ConfigurationError` unless the dashboard may listen on ``host`` as set up (see :func:`serve`)."""
+    if not is_loopback(host) and not settings.token:
         raise ConfigurationError(
             f"the dashboard binds {host}, beyond loopback: give it an access token "
             "(--token or POLYQUEUE_DASHBOARD_TOKEN)"
         )
     if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
         raise ConfigurationError("root_path must start with / and not end with one, e.g. /polyqueue")
-    uvicorn.run(create_app(queue, chosen), host=host, port=port, root_path=root_path, log_level="warning")
