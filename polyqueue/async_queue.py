@@ -305,6 +305,10 @@ class AsyncQueue:
         """Cancel a pending job; True if it was pending and is now cancelled."""
         return await self._call(Queue.cancel, job_id)
 
+    async def retry_now(self, job_id: Hashable) -> bool:
+        """Make a pending job that waits for its time due now; True if it did (see :meth:`Queue.retry_now`)."""
+        return await self._call(Queue.retry_now, job_id)
+
     async def stats(self, queue: str | None = None) -> dict[str, int]:
         """Counts by status plus ``scheduled``, for one queue or all queues together."""
         return await self._call(Queue.stats, queue)

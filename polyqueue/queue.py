@@ -31,6 +31,7 @@ from .backends.base import (
     PurgeRequest,
     ReadyCount,
     ReplayRequest,
+    RetryNowRequest,
     ScheduleQuery,
     ScheduleRecord,
     StatsRequest,
@@ -476,6 +477,16 @@ class Queue:
     def cancel(self, job_id: Hashable) -> bool:
         """Cancel a pending job; True if it was pending and is now cancelled."""
         return self.backend.cancel(CancelRequest(job_id))
+
+    def retry_now(self, job_id: Hashable) -> bool:
+        """Make a pending job that waits for its time (a retry's back-off, a delay) due now; True if it did.
+
+        False when the job is not pending, is due already, or does not exist.
+        Idle workers of its queue are woken as after an enqueue. Needs the
+        ``retry_now`` capability (:class:`ConfigurationError` without it).
+        """
+        self.require_capability(Capability.RETRY_NOW, "retry now")
+        return self.backend.retry_now(RetryNowRequest(job_id))
 
     def stats(self, queue: str | None = None) -> dict[str, int]:
         """Counts by status plus ``scheduled``, for one queue or all queues together."""

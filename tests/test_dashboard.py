@@ -270,3 +270,18 @@ def test_pause_and_resume_show_only_where_the_queue_has_them(
         assert "Resume</button>" in client.get("/").text
         client.post("/queues/mail/resume", data={"csrf": token})
         assert q.paused() == []  # type: ignore[attr-defined]
+
+
+def test_retry_now_makes_a_waiting_retry_due(
+    tmp_path: Any, fresh_queue: Callable[..., polyqueue.Queue], make_client: Callable[..., Any]
+) -> None:
+    q = fresh_queue(backend_url("sqlite", tmp_path))
+    job_id = q.enqueue("t", queue="mail")
+    [job] = q.claim("mail")
+    q.fail(job, "try later", retry_in=3600)
+    client = make_client(q)
+    page = client.get(f"/jobs/{job_id}")
+    assert 'id="retry-now"' in page.text
+    done = client.post(f"/jobs/{job_id}/retry-now", data={"csrf": csrf_of(page.text)})
+    assert done.status_code == 200 and "Due now" in done.text and 'id="retry-now"' not in done.text
+    assert [j.id for j in q.claim("mail")] == [job_id]

@@ -59,6 +59,7 @@ __all__ = [
     "PurgeRequest",
     "ReadyCount",
     "ReplayRequest",
+    "RetryNowRequest",
     "ScheduleQuery",
     "ScheduleRecord",
     "ScheduleSpec",
@@ -90,6 +91,7 @@ class Capability(enum.StrEnum):
     TRANSFER = "transfer"  #: export_jobs / import_jobs / delete_jobs: jobs move to and from other backends
     LIST_JOBS = "list_jobs"  #: list_jobs: pages through jobs by queue, status and type, newest first
     THROUGHPUT = "throughput"  #: throughput: jobs finished per minute over the last hour, from the store
+    RETRY_NOW = "retry_now"  #: retry_now: a pending job waiting for its time (a retry's back-off) becomes due now
 
 
 CAPABILITIES = frozenset(Capability)
@@ -245,6 +247,13 @@ class DeadJobsQuery:
 
     queue: str | None = None
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RetryNowRequest:
+    """Make one pending job that is not yet due (waiting out a retry's back-off, or delayed) due now."""
+
+    job_id: Hashable
 
 
 @dataclass(frozen=True, slots=True)
@@ -744,6 +753,15 @@ class Backend(abc.ABC):
         not an id of this backend.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot list jobs")
+
+    def retry_now(self, request: RetryNowRequest) -> bool:
+        """Set a pending, not yet due job's ``run_at`` to DB-now, and wake idle workers of its queue.
+
+        True when it did; False when the job is not pending or already due
+        (its place in claim order is kept), or does not exist. Atomic and
+        idempotent (a second call finds it due). The ``retry_now`` capability.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot make jobs due now")
 
     def throughput(self, query: ThroughputQuery) -> Throughput:
         """Jobs finished ``done`` and ``dead`` per slice of the last ``query.window`` seconds (DB clock), per queue.

@@ -112,6 +112,7 @@ SQL_CAPABILITIES = frozenset(
         Capability.TRANSFER,
         Capability.LIST_JOBS,
         Capability.THROUGHPUT,
+        Capability.RETRY_NOW,
     }
 )
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
@@ -1676,6 +1677,23 @@ class SQLBackend(Backend):
             .values(status=JobStatus.CANCELLED, finished_at=self.now())
         )
         return bool(self._run(lambda conn: conn.execute(stmt).rowcount))
+
+    def retry_now(self, request: spi.RetryNowRequest) -> bool:
+        """One fenced UPDATE (pending and not yet due), then the queue's wake-up as after an enqueue."""
+        key = int_job_id(request.job_id)
+        if key is None:
+            return False
+        j = self.jobs
+        waiting = sa.and_(j.c.id == key, j.c.status == PENDING_SQL, j.c.run_at > self.now())
+
+        def work(conn: Connection) -> bool:
+            queue = conn.execute(sa.select(j.c.queue).where(waiting)).scalar()
+            if queue is None or not conn.execute(sa.update(j).where(waiting).values(run_at=self.now())).rowcount:
+                return False
+            self.after_enqueue(conn, {queue})
+            return True
+
+        return bool(self._run(work))
 
     def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
         """Counts per queue (and job type) and status, plus ``scheduled`` (pending, not yet due)."""

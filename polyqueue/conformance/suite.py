@@ -62,6 +62,7 @@ __all__ = [
     "TestPeriodic",
     "TestPurge",
     "TestRetries",
+    "TestRetryNow",
     "TestStats",
     "TestThroughput",
     "TestTransactionalEnqueue",
@@ -1463,6 +1464,39 @@ class TestListJobs:
                 await aq.list_jobs(status="waiting")
 
         in_loop(queue_factory, test)
+
+
+@requires(Capability.RETRY_NOW, Capability.DELAYED)
+class TestRetryNow:
+    """``retry_now``: a pending job waiting out its back-off becomes due now, and nothing else changes."""
+
+    def test_a_waiting_retry_becomes_due(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", queue="rn")
+        [job] = queue.claim("rn")
+        queue.fail(job, "flaky", retry_in=3600)
+        assert queue.claim("rn") == [] and queue.stats("rn")["scheduled"] == 1
+        assert queue.retry_now(job_id) is True
+        assert queue.retry_now(job_id) is False, "due already: nothing to do"
+        [again] = queue.claim("rn")
+        assert again.id == job_id and again.attempts == 2 and again.errors[-1]["error"] == "flaky"
+        assert queue.retry_now(job_id) is False, "processing jobs are left alone"
+        queue.complete(again)
+        assert queue.retry_now(job_id) is False and queue.retry_now("no-such-job") is False
+
+    def test_a_due_job_keeps_its_place(self, queue: polyqueue.Queue) -> None:
+        first = queue.enqueue("t", queue="rn")
+        second = queue.enqueue("t", queue="rn")
+        assert queue.retry_now(first) is False
+        assert [j.id for j in queue.claim("rn", limit=2)] == [first, second]
+
+    def test_async_queue_mirrors_it(self, queue: polyqueue.Queue, queue_factory: QueueFactory) -> None:
+        job_id = queue.enqueue("t", queue="rn", delay=3600)
+
+        async def test(aq: polyqueue.AsyncQueue) -> None:
+            assert await aq.retry_now(job_id) is True
+
+        in_loop(queue_factory, test)
+        assert [j.id for j in queue.claim("rn")] == [job_id]
 
 
 @requires(Capability.THROUGHPUT)

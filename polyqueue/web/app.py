@@ -44,6 +44,8 @@ __all__ = ["NOTICES", "DashboardSettings", "create_app", "rate_text"]
 NOTICES = {
     "replayed": "Replayed: the job is pending again.",
     "not-replayed": "Not replayed: the job is not dead, or its dedupe key is held by another job.",
+    "retried": "Due now: the next free worker takes it.",
+    "not-retried": "Not changed: the job is not pending, or is due already.",
     "cancelled": "Cancelled.",
     "not-cancelled": "Not cancelled: the job is no longer pending.",
     "paused": "Paused: no worker claims this queue's jobs until it is resumed.",
@@ -275,11 +277,19 @@ class _Dashboard:
         waited = None
         if job.created_at is not None and job.finished_at is not None:
             waited = (job.finished_at - job.created_at).total_seconds()
-        return self._render(request, "job.html", job=job, headers=headers, took=waited, errors=list(job.errors))
+        waiting = (
+            job.status == "pending"
+            and self._has("retry_now")
+            and job.run_at is not None
+            and job.run_at > self.queue.backend.db_now()
+        )
+        return self._render(
+            request, "job.html", job=job, headers=headers, took=waited, errors=list(job.errors), can_retry_now=waiting
+        )
 
     # --- actions ----------------------------------------------------------------
     async def job_action(self, request: Request) -> Response:
-        """``replay`` (a dead job) or ``cancel`` (a pending one), then back to the job."""
+        """``replay`` (a dead job), ``retry-now`` (a pending one waiting for its time) or ``cancel``, then back."""
         form = await self._posted(request)
         if isinstance(form, Response):
             return form
@@ -287,6 +297,8 @@ class _Dashboard:
         if action == "replay":
             done = await run_in_threadpool(self.queue.replay, [job_id])
             notice = "replayed" if done else "not-replayed"
+        elif action == "retry-now" and self._has("retry_now"):
+            notice = "retried" if await run_in_threadpool(self.queue.retry_now, job_id) else "not-retried"
         elif action == "cancel":
             notice = "cancelled" if await run_in_threadpool(self.queue.cancel, job_id) else "not-cancelled"
         else:

@@ -448,6 +448,7 @@ class MemoryBackend(Backend):
             Capability.TRANSFER,
             Capability.LIST_JOBS,
             Capability.THROUGHPUT,
+            Capability.RETRY_NOW,
         }
     )
     #: Where ``polyqueue compat`` runs the conformance suite for this backend (it needs no server).
@@ -712,6 +713,19 @@ class MemoryBackend(Backend):
                 return False
             row.finished_at = _clock().now()
             store.set_status(row, JobStatus.CANCELLED)
+            return True
+
+    def retry_now(self, request: spi.RetryNowRequest) -> bool:
+        """A pending job not yet due becomes due now (re-indexed as ready) and its queue's waiters wake."""
+        store = self._store()
+        with store.lock:
+            row = self._row(store, request.job_id)
+            now = _clock().now()
+            if row is None or row.status != JobStatus.PENDING or row.run_at <= now:
+                return False
+            row.run_at = now
+            store.index_pending(row, now)
+            store.signal({row.queue})
             return True
 
     def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
