@@ -83,7 +83,7 @@ def _backend(q: polyqueue.Queue) -> RedisBackend:
 def test_both_url_forms_are_served_by_the_installed_plugin(q: polyqueue.Queue) -> None:
     assert isinstance(q.backend, RedisBackend)
     assert q.plugins.has_plugin("redis")
-    assert q.capabilities == {"dedupe", "priorities", "delayed", "notify", "multi_process", "periodic"}
+    assert q.capabilities == {"dedupe", "priorities", "delayed", "notify", "multi_process", "periodic", "transfer"}
     assert "transactional_enqueue" not in q.capabilities
 
 
