@@ -27,6 +27,7 @@ Per queue, under ``{PREFIX:TAG}``:
 ``:ik``                   hash: import key -> N of the jobs ``import_jobs`` stored
 ``:b:BATCH``              ids an enqueue batch got (expires): a resent enqueue returns them
 ``:k:TOKEN``              job numbers a claim took (expires with the lease): a resent claim returns them
+``:x:NONCE``              job numbers a transfer's delete took (expires): a resent delete returns them
 ``:w``                    sharded pub/sub channel: the job types just made ready
 ``:sn``                   set: the periodic schedules that fired into this queue
 ``:sf:SCHEDULE``          hash: a fired slot of the schedule -> ``fired_at (us),job number,nonce``;
