@@ -604,7 +604,9 @@ def bench(bench_args: tuple[str, ...]) -> None:
 
 def _require_module(module: str, extra: str) -> None:
     """Fail with the pip extra to install when a tool's dependency is missing."""
-    if importlib.util.find_spec(module) is None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
         fail(f"this command needs {module}, which is not installed: pip install 'polyqueue[{extra}]'")
 
 
