@@ -74,6 +74,9 @@ def job_table(job: Any) -> Table:
         value = getattr(job, f.name)
         if f.name == "errors":
             text = f"{len(value)} recorded (below)"
+        elif f.name == "last_error" and value and job.errors and job.errors[-1].get("error") == value:
+            # The newest history entry holds the same text: its first line is enough here.
+            text = f"{value.strip().splitlines()[0]} (error {len(job.errors)} below)"
         elif f.name in ("payload", "result"):
             text = "" if value is None and f.name == "result" else _json_text(value)
         elif isinstance(value, datetime):
