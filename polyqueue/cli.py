@@ -309,7 +309,7 @@ def cron(ctx: click.Context, history_of: str | None, limit: int) -> None:
             fires = q.fire_history(history_of, limit=limit)
             if not fires:
                 fail(f"schedule {history_of!r} has never fired")
-            console.print(fires_table(fires, title=f"fires of {history_of}"))
+            console.print(fires_table(fires, title=f"fires of {escape(history_of)}"))
             return
         records = q.schedules()
         now = q.backend.db_now()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .job import Job
@@ -184,7 +185,7 @@ def run_demo(url: str | None, *, count: int = 240, concurrency: int = 8, console
     rng = random.Random(42)
     with connect(url, backoff_base=0.25, backoff_max=2.0) as q, _failures_quiet():
         q.migrate()
-        console.print(f"[bold]polyqueue demo[/] on {q.backend.describe()}", highlight=False)
+        console.print(f"[bold]polyqueue demo[/] on {escape(q.backend.describe())}", highlight=False)
         before = sum(_settled(q.stats(name)) for name in DEMO_QUEUES)
         started = time.perf_counter()
         ids = q.enqueue_many(demo_jobs(count, rng))

@@ -465,7 +465,14 @@ class Queue:
         return self.backend.cancel(CancelRequest(job_id))
 
     def stats(self, queue: str | None = None) -> dict[str, int]:
-        """Counts by status plus ``scheduled``, for one queue or all queues together."""
+        """Counts by status plus ``scheduled``, for one queue or all queues together.
+
+        Keys: ``pending`` (every pending job, due or not), ``scheduled`` (the
+        pending ones not yet due: ``pending - scheduled`` are ready now),
+        ``processing``, ``done``, ``dead``, ``cancelled``. A sum over the keys
+        counts scheduled jobs twice; the CLI's table shows ready and scheduled
+        apart for that reason.
+        """
         if queue is not None:
             queue = check_queue_name(queue)
         totals = dict.fromkeys(("pending", "scheduled", "processing", "done", "dead", "cancelled"), 0)

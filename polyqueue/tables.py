@@ -67,7 +67,9 @@ def job_table(job: Any) -> Table:
     """Every field of one job, one row each (times in UTC; payload and result as JSON; the error history apart)."""
     from dataclasses import fields
 
-    table = Table(title=f"job {job.id}", show_header=False)
+    from rich.markup import escape
+
+    table = Table(title=f"job {escape(str(job.id))}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for f in fields(job):
