@@ -279,13 +279,13 @@ def stats(ctx: click.Context, queue_name: str | None, as_json: bool, by_type: bo
         check_queue_name(queue_name, "--queue")
     with opened(ctx) as q:
         counts: dict[str, Any] = q.stats_by_type(queue_name) if by_type else q.stats_by_queue()
-    if queue_name is not None:
-        known = sorted(counts)
-        counts = {k: v for k, v in counts.items() if k == queue_name}
-        if not counts:
-            # A misspelt name must not read as an empty queue.
-            others = f"; queues with jobs: {', '.join(known)}" if known else "; no queue has any job"
-            fail(f"queue {queue_name!r} has no jobs at all{others}")
+        if queue_name is not None:
+            counts = {k: v for k, v in counts.items() if k == queue_name}
+            if not counts:
+                # A misspelt name must not read as an empty queue.
+                known = sorted(q.stats_by_queue())
+                others = f"; queues with jobs: {', '.join(known)}" if known else "; no queue has any job"
+                fail(f"queue {queue_name!r} has no jobs at all{others}")
     if as_json:
         click.echo(json.dumps(counts, indent=2, sort_keys=True))
     elif not counts:

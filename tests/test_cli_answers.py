@@ -207,6 +207,7 @@ def test_queue_names_with_outer_blanks_are_refused_and_lists_are_stripped(tmp_pa
     misspelt = one_line_error(polyqueue_cmd("stats", "--queue", "emials", url=url), "'emials' has no jobs at all")
     assert "emails, payments" in misspelt
     one_line_error(polyqueue_cmd("stats", "--queue", "emials", "--json", url=url), "'emials' has no jobs at all")
+    one_line_error(polyqueue_cmd("stats", "--queue", "emials", "--by-type", url=url), "with jobs: emails, payments")
     assert json.loads(polyqueue_cmd("stats", "--queue", "emails", "--json", url=url).stdout)["emails"]["done"] == 1
 
 
