@@ -74,20 +74,33 @@ def _columns(prefix: str = "") -> dict[str, Any]:
 
 _CLAIM_ORDER = ", ".join(_sql(clause) for clause in policy.claim_order_sql(_columns()))
 _MERGE_ORDER = ", ".join(_sql(clause) for clause in policy.claim_order_sql(_columns("c.")))
-_FINAL = _sql(policy.final_attempt_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts")))
+_CANCEL_FLAG = sa.literal_column("j.cancel_requested", sa.Boolean())
+_FINAL = _sql(
+    sa.or_(
+        policy.final_attempt_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts")),
+        sa.true() == _CANCEL_FLAG,
+    )
+)
 _EXPIRED_STATUS = _sql(
-    policy.expired_lease_status_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts"))
+    policy.expired_lease_status_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts"), _CANCEL_FLAG)
 )
 _EXPIRED_ERROR = _sql(policy.expired_lease_error_sql(sa.literal_column("j.locked_by")))
 _CAPPED = _sql(
     policy.capped_max_attempts_sql(sa.literal_column("j.max_attempts"), sa.literal_column("CAST(:cap AS integer)"))
 )
+# An expired lease is claimed again at once only where the policy would send it back to pending.
 _CLAIMABLE_EXPIRED = _sql(
-    sa.not_(policy.final_attempt_sql(sa.literal_column("attempts"), sa.literal_column("max_attempts")))
-)
+    policy.expired_lease_status_sql(
+        sa.literal_column("attempts"), sa.literal_column("max_attempts"),
+        sa.literal_column("cancel_requested", sa.Boolean()),
+    )
+    == JobStatus.PENDING
+)  # fmt: skip
 _EXPIRED_HOLD = _sql(
     policy.dedupe_hold_sql(
-        policy.expired_lease_status_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts")),
+        policy.expired_lease_status_sql(
+            sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts"), _CANCEL_FLAG
+        ),
         sa.literal_column("now() + j.dedupe_for * interval '1 second'"),
     )
 )
@@ -101,7 +114,7 @@ _EXPIRED_HOLD = _sql(
 # are the policy module's expressions, rendered once.
 _CLAIM_SQL = f"""
 WITH expired AS MATERIALIZED (
-    SELECT id, queue, job_type, priority, run_at, attempts, max_attempts
+    SELECT id, queue, job_type, priority, run_at, attempts, max_attempts, cancel_requested
     FROM {{jobs}}
     WHERE status = {_PROCESSING} AND lease_expires_at <= now()
     ORDER BY lease_expires_at
@@ -347,12 +360,12 @@ class PostgreSQLBackend(SQLBackend):
     def _enqueue_marked(self, batch: EnqueueBatch) -> list[Hashable]:
         """Plain jobs outside a caller's transaction: ONE autocommit statement inserts them and sends the NOTIFY.
 
-        Jobs with a dedupe key or an absolute ``run_at`` take the general path
+        Jobs with a dedupe key, an absolute ``run_at``, headers or a timeout take the general path
         (one transaction); so do enqueues inside the caller's transaction
         (:meth:`SQLBackend.enqueue` never sends those here).
         """
         jobs, token = batch.jobs, batch.token
-        special = any(j.dedupe_key is not None or j.run_at is not None for j in jobs)
+        special = not all(j.plain for j in jobs)
         if special:
             return super()._enqueue_marked(batch)
         shared = {(j.queue, j.job_type, j.priority, j.max_attempts, j.delay_seconds) for j in jobs}
