@@ -46,6 +46,7 @@ class ChildGone(Exception):
 def _child_main(conn: Connection, handlers: Mapping[str, Callable[[Job], Any]]) -> None:
     """The child's loop: run each job sent, answer ``("ok", result)`` or ``("error", text, summary)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    conn.send(("ready",))  # imports done: an attempt's clock starts only now
     while True:
         try:
             job = conn.recv()
@@ -74,15 +75,30 @@ class _Child:
         )
         self.process.start()
         child_end.close()
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        """Block until the child has imported its handlers (EOFError if it died first)."""
+        if not self.ready:
+            self.conn.recv()
+            self.ready = True
 
     def kill(self) -> None:
+        """End the process (SIGTERM, then SIGKILL); a thread blocked reading its pipe then reads EOF."""
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(_TERM_GRACE)
             if self.process.is_alive():
                 self.process.kill()
                 self.process.join(_TERM_GRACE)
-        self.conn.close()
+
+    def close(self) -> None:
+        """Kill the process and close the pipe (only the thread that uses the pipe calls this)."""
+        self.kill()
+        try:
+            self.conn.close()
+        except OSError:
+            pass
 
     def stop(self) -> None:
         try:
@@ -90,7 +106,7 @@ class _Child:
         except OSError:
             pass
         self.process.join(_TERM_GRACE)
-        self.kill()
+        self.close()
 
 
 class ProcessPool:
@@ -113,14 +129,18 @@ class ProcessPool:
         self._busy: dict[int, _Child] = {}  # by id(job)
         self._closed = False
 
-    def run(self, job: Job) -> Any:
+    def run(self, job: Job, starting: Callable[[], None] = lambda: None) -> Any:
         """Run ``job``'s handler in a child and return its result.
 
+        ``starting`` is called once a child is ready, just before the job is
+        handed over (a new child's start-up does not count as the job's run).
         Raises :class:`ChildFailure` when the handler raised, :class:`ChildGone`
         when the child died first (see :meth:`kill`).
         """
         child = self._take(job)
         try:
+            child.wait_ready()
+            starting()
             child.conn.send(job)
             reply = child.conn.recv()
         except (EOFError, OSError, BrokenPipeError):
@@ -144,20 +164,22 @@ class ProcessPool:
         return True
 
     def close(self) -> None:
-        """Stop idle children; busy ones are killed (their jobs were released or settled by then)."""
+        """Stop idle children and kill busy ones (their jobs were released or settled by then)."""
         with self._lock:
             self._closed = True
-            children, self._idle = [*self._idle, *self._busy.values()], []
-            self._busy.clear()
-        for child in children:
+            idle, self._idle = self._idle, []
+            busy = list(self._busy.values())
+        for child in idle:
             child.stop()
+        for child in busy:
+            child.kill()  # the thread running its job reads EOF and closes the pipe
 
     def _take(self, job: Job) -> _Child:
         with self._lock:
             child = self._idle.pop() if self._idle else None
         if child is None or not child.process.is_alive():
             if child is not None:
-                child.kill()
+                child.close()
             child = _Child(self._context, self._handlers)
         with self._lock:
             self._busy[id(job)] = child
@@ -174,4 +196,4 @@ class ProcessPool:
     def _discard(self, job: Job, child: _Child) -> None:
         with self._lock:
             self._busy.pop(id(job), None)
-        child.kill()
+        child.close()

@@ -373,7 +373,11 @@ class Worker:
         """Refuse to run without handlers or schedules; the periodic scheduler, when there are schedules."""
         if not self.handlers and not self.schedules:
             raise ConfigurationError("the worker has no handlers: register one with worker.register() first")
-        return self._scheduler()
+        scheduler = self._scheduler()
+        if self.execution == "process":
+            sync_handlers = {t: fn for t, fn in self.handlers.items() if t not in self._async_types}
+            self._processes = ProcessPool(sync_handlers, self.concurrency)  # refuses handlers it cannot send
+        return scheduler
 
     def _run(self, burst: bool, scheduler: Scheduler | None, loop: asyncio.AbstractEventLoop | None) -> int:
         """The run itself, in the calling thread; async handlers go to ``loop`` (which must not be this thread's)."""
@@ -381,9 +385,6 @@ class Worker:
         self._stopping.clear()
         succeeded_before = self.processed
         restore = self._install_signal_handlers()
-        if self.execution == "process":
-            sync_handlers = {t: fn for t, fn in self.handlers.items() if t not in self._async_types}
-            self._processes = ProcessPool(sync_handlers, self.concurrency)
         wakeups = None if burst or not self.handlers else self.session.wakeup_source(self.queues, self.job_types)
         self._start_threads()
         schedule_thread = None
@@ -667,11 +668,12 @@ class Worker:
 
     def _run_sync_job(self, job: Job) -> None:
         started = time.perf_counter()
-        self._start_clock(job)
+        if self._processes is None:
+            self._start_clock(job)
         self.session.fire("polyqueue_job_started", job=job)
         try:
             if self._processes is not None:
-                result = self._processes.run(job)
+                result = self._processes.run(job, functools.partial(self._start_clock, job))
             else:
                 result = self._handler_for(job)(job)
             if inspect.isawaitable(result):
