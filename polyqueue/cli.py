@@ -104,6 +104,8 @@ def migrate(ctx: click.Context) -> None:
 @click.option("--max-attempts", type=int, default=None)
 @click.option("--dedupe-key", default=None)
 @click.option("--dedupe-for", default=None, help="Keep the dedupe key held this long after the job ends (e.g. 1h).")
+@click.option("--header", "headers", multiple=True, metavar="NAME=VALUE", help="A job header; repeat for more.")
+@click.option("--timeout", default=None, help="Longest run of one attempt (e.g. 30s, 5m).")
 @click.pass_context
 def enqueue(
     ctx: click.Context,
@@ -115,12 +117,20 @@ def enqueue(
     max_attempts: int | None,
     dedupe_key: str | None,
     dedupe_for: str | None,
+    headers: tuple[str, ...],
+    timeout: str | None,
 ) -> None:
     """Enqueue one job; prints its id."""
     try:
         payload = None if payload_json is None else json.loads(payload_json)
     except json.JSONDecodeError as exc:
         fail(f"PAYLOAD_JSON is not valid JSON: {exc}")
+    header_map: dict[str, str] = {}
+    for item in headers:
+        name, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--header takes NAME=VALUE, got {item!r}")
+        header_map[name] = value
     with opened(ctx) as q:
         job_id = q.enqueue(
             job_type,
@@ -131,8 +141,11 @@ def enqueue(
             max_attempts=max_attempts,
             dedupe_key=dedupe_key,
             dedupe_for=dedupe_for,
+            headers=header_map or None,
+            timeout=None if timeout is None else parse_duration(timeout, "timeout"),
         )
     click.echo(str(job_id))
+
 
 
 def _load_handlers(spec: str) -> Callable[[Any], None]:
@@ -143,6 +156,8 @@ def _load_handlers(spec: str) -> Callable[[Any], None]:
             path = Path(module_name).resolve()
             if not path.exists():
                 fail(f"no such file: {module_name}")
+            # Importable by name from here on, so execution="process" children can import its handlers too.
+            sys.path.insert(0, str(path.parent))
             loader_spec = importlib.util.spec_from_file_location(path.stem, path)
             assert loader_spec is not None and loader_spec.loader is not None
             module = importlib.util.module_from_spec(loader_spec)
@@ -173,14 +188,35 @@ def _load_handlers(spec: str) -> Callable[[Any], None]:
 @click.option("--concurrency", type=int, default=4, show_default=True)
 @click.option("--lease", type=float, default=30.0, show_default=True)
 @click.option("--burst", is_flag=True, help="Drain what is ready, then exit.")
+@click.option("--timeout", default=None, help="Longest run of one attempt (e.g. 30s, 5m); a job's own wins.")
+@click.option(
+    "--execution", type=click.Choice(["thread", "process"]), default="thread", show_default=True,
+    help="Run sync handlers on threads or in child processes (killed when they overrun).",
+)  # fmt: skip
 @click.pass_context
-def worker(ctx: click.Context, module: str, queues: str, concurrency: int, lease: float, burst: bool) -> None:
+def worker(
+    ctx: click.Context,
+    module: str,
+    queues: str,
+    concurrency: int,
+    lease: float,
+    burst: bool,
+    timeout: str | None,
+    execution: str,
+) -> None:
     """Run a worker with the handlers of MODULE (its setup(worker) or HANDLERS dict) until SIGTERM/SIGINT."""
     from .worker import Worker
 
     register = _load_handlers(module)
     with opened(ctx) as q:
-        w = Worker(q, queues=[name for name in queues.split(",") if name], concurrency=concurrency, lease=lease)
+        w = Worker(
+            q,
+            queues=[name for name in queues.split(",") if name],
+            concurrency=concurrency,
+            lease=lease,
+            timeout=None if timeout is None else parse_duration(timeout, "timeout"),
+            execution=execution,
+        )
         register(w)
         if not w.handlers:
             fail(f"{module} registered no handlers")
@@ -280,11 +316,15 @@ def replay(
 @click.argument("job_id")
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str) -> None:
-    """Cancel a pending job."""
+    """Cancel a pending job, or ask a processing one to stop (its worker ends it ``cancelled``)."""
     with opened(ctx) as q:
+        before = q.get(job_id)
         if not q.cancel(job_id):
             fail(f"job {job_id} is not pending (or does not exist)")
-    console.print(f"cancelled {job_id}")
+    if before is not None and before.status == "processing":
+        console.print(f"asked {job_id} to stop: its worker ends it cancelled at its next heartbeat")
+    else:
+        console.print(f"cancelled {job_id}")
 
 
 @cli.command()
