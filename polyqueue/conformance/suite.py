@@ -1984,6 +1984,19 @@ class TestHeaders:
         assert worker.run(burst=True) == 1
         assert seen == [("started", {"request_id": "r-1"}), ("succeeded", {"request_id": "r-1"})]
 
+    @requires(Capability.TRANSFER, Capability.TIMEOUTS)
+    def test_transfer_carries_headers_and_timeouts(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory()
+        other = queue_factory(table_prefix=unique_prefix())
+        other.migrate()
+        source = q.enqueue("t", headers=self.HEADERS, timeout=90)
+        plain = q.enqueue("t")
+        result = polyqueue.transfer(q, other)
+        assert result.moved == 2
+        jobs = other.claim(limit=10)
+        assert sorted((job.headers == self.HEADERS, job.timeout or 0.0) for job in jobs) == [(False, 0.0), (True, 90.0)]
+        assert q.get(source) is None and q.get(plain) is None
+
     @pytest.mark.parametrize(
         "headers",
         [
