@@ -1984,6 +1984,22 @@ class TestHeaders:
         assert worker.run(burst=True) == 1
         assert seen == [("started", {"request_id": "r-1"}), ("succeeded", {"request_id": "r-1"})]
 
+    @requires(Capability.TIMEOUTS, Capability.CANCEL_RUNNING)
+    def test_async_queue_takes_headers_and_timeouts_and_cancels_running_jobs(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        async def test(aq: polyqueue.AsyncQueue) -> None:
+            job_id = await aq.enqueue("t", headers={"tenant": "acme"}, timeout=30)
+            (other,) = await aq.enqueue_many([{"job_type": "t", "headers": {"n": "1"}}])
+            (claimed,) = await aq.claim(job_types=["t"])
+            assert (claimed.headers, claimed.timeout) == ({"tenant": "acme"}, 30.0)
+            assert await aq.cancel(job_id) is True
+            stored = await aq.get(job_id)
+            assert stored is not None and stored.cancel_requested
+            assert (await aq.require(other)).headers == {"n": "1"}
+
+        in_loop(queue_factory, test)
+
     @requires(Capability.TRANSFER, Capability.TIMEOUTS)
     def test_transfer_carries_headers_and_timeouts(self, queue_factory: QueueFactory) -> None:
         q = queue_factory()
