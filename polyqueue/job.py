@@ -122,8 +122,8 @@ class NewJob:
 
     @property
     def plain(self) -> bool:
-        """No dedupe key, absolute start, headers or timeout: a row that stores' bulk inserts can take."""
-        return self.dedupe_key is None and self.run_at is None and self.headers_json is None and self.timeout is None
+        """No dedupe key and no absolute start: a row that stores' bulk inserts can take."""
+        return self.dedupe_key is None and self.run_at is None
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,6 +187,7 @@ def _ready_sql(jobs: str, pairs: int) -> str:
 #: The columns a plain bulk insert sends as JSON arrays (``delay`` becomes ``run_at``).
 _UNNEST_COLUMNS = (
     "queue", "job_type", "payload", "priority", "status", "attempts", "max_attempts", "lease_token", "delay",
+    "headers", "timeout",
 )
 #: A bulk insert's enqueue tokens: the call's marker on its first row, the rest's value on the others.
 _TOKEN_BY_ORD = "CASE WHEN ord = 1 THEN CAST(:first_token AS bigint) ELSE CAST(:next_token AS bigint) END"
@@ -313,6 +314,7 @@ class PostgreSQLBackend(SQLBackend):
 
     def _bulk_insert_sql(self) -> str:
         types = {"priority": "int", "attempts": "int", "max_attempts": "int", "lease_token": "bigint"}
+        types["timeout"] = "float8"
         arrays = ", ".join(f"json_array_elements_text(CAST(:{c} AS json))" for c in _UNNEST_COLUMNS)
         stored = [c for c in _UNNEST_COLUMNS if c != "delay"]
         values = ", ".join(f"CAST({c} AS {types[c]})" if c in types else c for c in stored)
@@ -360,7 +362,7 @@ class PostgreSQLBackend(SQLBackend):
     def _enqueue_marked(self, batch: EnqueueBatch) -> list[Hashable]:
         """Plain jobs outside a caller's transaction: ONE autocommit statement inserts them and sends the NOTIFY.
 
-        Jobs with a dedupe key, an absolute ``run_at``, headers or a timeout take the general path
+        Jobs with a dedupe key or an absolute ``run_at`` take the general path
         (one transaction); so do enqueues inside the caller's transaction
         (:meth:`SQLBackend.enqueue` never sends those here).
         """
@@ -369,8 +371,9 @@ class PostgreSQLBackend(SQLBackend):
         if special:
             return super()._enqueue_marked(batch)
         shared = {(j.queue, j.job_type, j.priority, j.max_attempts, j.delay_seconds) for j in jobs}
+        bare = all(j.headers_json is None and j.timeout is None for j in jobs)
         params: dict[str, Any]
-        if len(shared) == 1:
+        if len(shared) == 1 and bare:
             ((queue, job_type, priority, max_attempts, delay),) = shared
             params = {
                 "queue": queue,
