@@ -238,6 +238,12 @@ class DepthCachedBackend(Backend):
         Released jobs count as ready again and wake workers; retries count as
         scheduled, due after their delay; finished jobs free their dedupe memory.
         """
+        returning = [s.job for s in request.settlements if s.status == JobStatus.PENDING]
+        # A job whose cancel was requested while it ran ends cancelled instead of pending (the policy's rule,
+        # applied by the database): read the flags first, so such a job is not counted as ready again.
+        flagged = set()
+        if returning and Capability.CANCEL_RUNNING in self.inner.capabilities:
+            flagged = self.inner.cancel_requests(spi.CancelCheck(returning))
         began = time.monotonic()
         lost = self.inner.settle(request)
         elapsed = time.monotonic() - began
@@ -247,9 +253,9 @@ class DepthCachedBackend(Backend):
             job = settlement.job
             if job.id in lost:
                 continue
-            if policy.settled_status(settlement.status, job.cancel_requested) == JobStatus.PENDING:
+            if policy.settled_status(settlement.status, job.id in flagged) == JobStatus.PENDING:
                 back[job.queue].append((job.id, settlement.run_in or 0.0, False))
-            elif not (settlement.hold_dedupe and job.dedupe_for):
+            elif not (settlement.hold_dedupe and job.dedupe_for) or job.id in flagged:
                 finished.append(job)  # a job still holding its key is remembered: enqueues may return its id
         for queue, items in back.items():
             self._add(queue, items, elapsed)
