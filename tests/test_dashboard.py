@@ -285,3 +285,16 @@ def test_retry_now_makes_a_waiting_retry_due(
     done = client.post(f"/jobs/{job_id}/retry-now", data={"csrf": csrf_of(page.text)})
     assert done.status_code == 200 and "Due now" in done.text and 'id="retry-now"' not in done.text
     assert [j.id for j in q.claim("mail")] == [job_id]
+
+
+def test_a_jobs_headers_are_shown(
+    tmp_path: Any, fresh_queue: Callable[..., polyqueue.Queue], make_client: Callable[..., Any]
+) -> None:
+    q = fresh_queue(backend_url("sqlite", tmp_path))
+    if "headers" not in q.capabilities:
+        pytest.skip("this queue has no job headers")
+    job_id = q.enqueue("t", queue="mail", headers={"traceparent": "00-abc-def-01", "tenant": "<acme>"})
+    page = make_client(q).get(f"/jobs/{job_id}").text
+    table = re.search(r'<table id="headers">(.*?)</table>', page, re.S)
+    assert table and "traceparent" in table.group(1) and "00-abc-def-01" in table.group(1)
+    assert "&lt;acme&gt;" in table.group(1), "escaped"
