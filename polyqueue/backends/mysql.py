@@ -187,6 +187,7 @@ class MySQLBackend(SQLBackend):
             sa.Index(f"{p}jobs_leases", c.status, c.lease_expires_at),
             sa.Index(f"{p}jobs_dedupe", c.queue, c.live_dedupe_key, unique=True),
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at),
+            *self.listing_indexes(jobs),
         ]
 
     def migrate(self) -> None:

@@ -205,6 +205,7 @@ class PostgreSQLBackend(SQLBackend):
     default_async_driver = "psycopg_async"
     async_driver_extra = "postgresql,asyncio"
     partial_index_keyword = "postgresql_where"
+    include_keyword = "postgresql_include"
 
     @property
     def channel(self) -> str:
