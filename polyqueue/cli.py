@@ -388,7 +388,8 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     for number, entry in enumerate(job.errors, 1):
         attempt = entry.get("attempt", "?")
         worker_id = entry.get("worker") or "unknown worker"
-        say(f"\nerror {number} of {len(job.errors)}: attempt {attempt}, on {worker_id}")
+        when = f", at {entry['at']}" if entry.get("at") else ""  # older entries have no time
+        say(f"\nerror {number} of {len(job.errors)}: attempt {attempt}, on {worker_id}{when}")
         say(str(entry.get("error", "")).rstrip())
 
 

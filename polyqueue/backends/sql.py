@@ -337,6 +337,23 @@ class SQLBackend(Backend):
         """DB-now minus ``seconds``."""
         return self.seconds_from_now(-seconds)
 
+    def now_text(self) -> sa.ColumnElement[str]:
+        """DB-now as an error history entry's ``at``: :data:`polyqueue.policy.ERROR_TIME_FORMAT`."""
+        raise NotImplementedError
+
+    def history_appended(self, history: sa.ColumnElement[Any], entry: dict[str, Any]) -> sa.ColumnElement[str]:
+        """The JSON array text ``history`` (NULL reads as empty) with ``entry`` appended as an object.
+
+        Keeps the newest :data:`~polyqueue.policy.ERROR_HISTORY_LIMIT`
+        entries. ``entry`` maps keys to SQL values (see
+        :func:`polyqueue.policy.expired_lease_entry_sql`).
+        """
+        raise NotImplementedError
+
+    def history_stamped(self, history: sa.ColumnElement[Any], at: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+        """The JSON array text ``history`` with ``at`` set on its newest entry."""
+        raise NotImplementedError
+
     def engine_options(self) -> dict[str, Any]:
         """Extra ``create_engine`` keyword arguments."""
         return {}
@@ -1197,12 +1214,14 @@ class SQLBackend(Backend):
         return values
 
     def _rescue_values(self) -> UpdateValues:
-        """What a rescue writes on an expired lease, as the policy decides (``last_error`` before ``locked_by``)."""
+        """What a rescue writes on an expired lease, as the policy decides (set ``locked_by`` last: see MySQL)."""
         c = self.jobs.c
+        entry = policy.expired_lease_entry_sql(c.attempts, c.locked_by, self.now_text())
         finishes = sa.or_(policy.final_attempt_sql(c.attempts, c.max_attempts), c.cancel_requested == sa.true())
         status = policy.expired_lease_status_sql(c.attempts, c.max_attempts, c.cancel_requested)
         return [
             (c.last_error, policy.expired_lease_error_sql(c.locked_by)),
+            (c.errors, self.history_appended(c.errors, entry)),
             (c.status, status),
             (c.finished_at, sa.case((finishes, self.now()), else_=None)),
             (c.dedupe_held_until, policy.dedupe_hold_sql(status, self.seconds_from_now(c.dedupe_for))),
@@ -1344,7 +1363,7 @@ class SQLBackend(Backend):
         if settlement.last_error is not None:
             values["last_error"] = settlement.last_error
         if settlement.errors_json is not None:
-            values["errors"] = settlement.errors_json
+            values["errors"] = self.history_stamped(sa.literal(settlement.errors_json, sa.Text()), self.now_text())
         if settlement.hold_dedupe:
             values["dedupe_held_until"] = self.seconds_from_now(c.dedupe_for)  # NULL without a dedupe_for
         return values

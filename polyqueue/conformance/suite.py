@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from polyqueue import (
     SchemaMissing,
 )
 from polyqueue.backends.base import Capability, DeleteRequest, ExportQuery, ImportBatch
+from polyqueue.policy import ERROR_HISTORY_LIMIT
 from polyqueue.testing import unique_prefix
 
 from .support import async_caller_transaction, caller_transaction, drop_schema
@@ -57,6 +59,7 @@ __all__ = [
     "TestDedupe",
     "TestDelayed",
     "TestEnqueue",
+    "TestErrorHistory",
     "TestFencing",
     "TestHeaders",
     "TestJobTypes",
@@ -341,6 +344,75 @@ class TestLeases:
         assert stored is not None and (stored.status, stored.attempts) == ("pending", 0)
         (again,) = queue.claim()
         assert again.id == job.id and again.attempts == 1
+
+
+# ---------------------------------------------------------------------------
+_ENTRY_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def entry_times(job: Job) -> list[datetime]:
+    """The ``at`` of every error history entry of ``job``, each checked to be in the one format."""
+    times = []
+    for entry in job.errors:
+        assert _ENTRY_TIME.fullmatch(str(entry.get("at"))), f"entry time not ISO 8601 UTC to the ms: {entry}"
+        times.append(datetime.fromisoformat(entry["at"].replace("Z", "+00:00")))
+    return times
+
+
+class TestErrorHistory:
+    """The error history is whole: lease expiries are recorded with failures, every entry timed by the store."""
+
+    def test_expiries_and_failures_appear_in_order_with_store_times(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", max_attempts=5)
+        (first,) = queue.claim(lease=0.3, worker_id="w-lost")
+        sleep_past(queue, first.lease_expires_at)
+        (second,) = queue.claim(lease=30, worker_id="w-failing")
+        assert second.id == job_id and [e["attempt"] for e in second.errors] == [1]
+        queue.fail(second, "boom", retry_in=0)
+        (third,) = queue.claim(lease=0.3, worker_id="w-lost-again")
+        sleep_past(queue, third.lease_expires_at)
+        (fourth,) = queue.claim(lease=30, worker_id="w-last")
+        stored = queue.get(job_id)
+        assert stored is not None and fourth.id == job_id
+        assert [(e["attempt"], e["error"], e["worker"]) for e in stored.errors] == [
+            (1, "lease expired while held by w-lost", "w-lost"),
+            (2, "boom", "w-failing"),
+            (3, "lease expired while held by w-lost-again", "w-lost-again"),
+        ]
+        times = entry_times(stored)
+        assert times == sorted(times)
+        # Each expiry is recorded by the claim that found it: after the lease ran out, by the store's clock.
+        assert times[0] >= (first.lease_expires_at or times[0]) - timedelta(milliseconds=1)
+        assert times[2] >= (third.lease_expires_at or times[2]) - timedelta(milliseconds=1)
+        assert close_to(times[-1], queue.backend.db_now(), 60)
+
+    def test_expiry_on_the_final_attempt_is_the_dead_jobs_last_entry(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", max_attempts=2)
+        (job,) = queue.claim(worker_id="w-failing")
+        queue.fail(job, ValueError("first"), retry_in=0)
+        (job,) = queue.claim(lease=0.3, worker_id="w-lost")
+        sleep_past(queue, job.lease_expires_at)
+        assert queue.claim(lease=30) == []
+        dead = queue.get(job_id)
+        assert dead is not None and dead.status == "dead"
+        assert [(e["attempt"], e["worker"]) for e in dead.errors] == [(1, "w-failing"), (2, "w-lost")]
+        assert dead.errors[0]["error"] == "ValueError: first" and dead.errors[1]["error"] == dead.last_error
+        times = entry_times(dead)
+        assert times == sorted(times) and close_to(times[-1], queue.backend.db_now(), 60)
+
+    def test_an_expiry_keeps_the_history_to_its_limit(self, queue: polyqueue.Queue) -> None:
+        limit = ERROR_HISTORY_LIMIT
+        job_id = queue.enqueue("t", max_attempts=limit + 5)
+        for n in range(limit):
+            (job,) = queue.claim()
+            queue.fail(job, f"failure {n}", retry_in=0)
+        (job,) = queue.claim(lease=0.3, worker_id="w-lost")
+        sleep_past(queue, job.lease_expires_at)
+        queue.claim(lease=30)
+        stored = queue.get(job_id)
+        assert stored is not None and len(stored.errors) == limit
+        assert stored.errors[0]["error"] == "failure 1" and stored.errors[-1]["worker"] == "w-lost"
+        assert len(entry_times(stored)) == limit
 
 
 # ---------------------------------------------------------------------------

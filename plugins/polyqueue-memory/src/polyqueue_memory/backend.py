@@ -318,6 +318,8 @@ class _Store:
 
     def _rescue(self, row: _Row, now: int) -> str:
         row.last_error = policy.expired_lease_error(row.locked_by)
+        entry = policy.expired_lease_entry(row.attempts, row.locked_by, policy.error_time(now))
+        row.errors = policy.appended_entry(row.errors, entry)
         row.locked_by = None
         row.lease_expires_at = None
         status = policy.expired_lease_status(row.attempts, row.max_attempts, row.cancel_requested)
@@ -673,7 +675,7 @@ class MemoryBackend(Backend):
                 if settlement.last_error is not None:
                     row.last_error = settlement.last_error
                 if settlement.errors_json is not None:
-                    row.errors = settlement.errors_json
+                    row.errors = policy.stamp_newest_entry(settlement.errors_json, policy.error_time(now))
                 if settlement.hold_dedupe and row.dedupe_for is not None:
                     row.dedupe_held_until = now + _seconds_to_us(row.dedupe_for)
                 if settlement.run_in is not None and status == JobStatus.PENDING:
