@@ -36,6 +36,20 @@ def polyqueue_backends() -> Mapping[str, Any] | None:
 
 
 @hookspec
+def polyqueue_enqueue_headers(
+    queue: QueueArg, job_type: str, queue_name: str, headers: Mapping[str, str]
+) -> Mapping[str, str] | None:
+    """Return headers to add to a job about to be stored (trace context, tenant), or None.
+
+    Called once per valid job, before anything is stored, with the caller's own
+    ``headers`` (empty if none; do not change them). The results of every
+    plugin are merged; on a clash the caller's own headers win. The merged
+    headers are validated as a caller's are. A hook that raises is logged and
+    ignored: it never makes an enqueue fail.
+    """
+
+
+@hookspec
 def polyqueue_job_enqueued(queue: QueueArg, job_ids: Sequence[Any], queue_names: Sequence[str]) -> None:
     """Jobs were committed (or written into a caller's transaction)."""
 
