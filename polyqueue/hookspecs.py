@@ -14,7 +14,7 @@ from typing import Any
 
 import pluggy
 
-from .job import Job
+from .job import Job, NewJob
 
 #: The ``polyqueue.Queue`` a lifecycle hook is called for (typed loosely: the hook specs sit below the Queue).
 QueueArg = Any
@@ -50,8 +50,15 @@ def polyqueue_enqueue_headers(
 
 
 @hookspec
-def polyqueue_job_enqueued(queue: QueueArg, job_ids: Sequence[Any], queue_names: Sequence[str]) -> None:
-    """Jobs were committed (or written into a caller's transaction)."""
+def polyqueue_job_enqueued(
+    queue: QueueArg, job_ids: Sequence[Any], queue_names: Sequence[str], jobs: Sequence[NewJob]
+) -> None:
+    """Jobs were committed (or written into a caller's transaction).
+
+    ``jobs`` are those jobs as they were stored (queue, job type, headers as
+    JSON text), in the order of ``job_ids``; with a held dedupe key, a job's
+    id is the holding job's. A plugin may take any subset of these arguments.
+    """
 
 
 @hookspec

@@ -433,6 +433,7 @@ class Queue:
                 queue=self,
                 job_ids=ids,
                 queue_names=sorted({j.queue for j in batch}),
+                jobs=batch,
             )
         return ids
 

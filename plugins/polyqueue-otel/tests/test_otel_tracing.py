@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import polyqueue_otel.tracing
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -156,18 +158,35 @@ def test_each_job_of_a_batch_gets_its_own_publish_span(q: polyqueue.Queue, expor
 
 
 def test_a_failed_batch_leaves_no_span_mistaken_for_the_next_job(
-    q: polyqueue.Queue, exporter: InMemorySpanExporter
+    q: polyqueue.Queue, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(polyqueue.errors.InvalidArgument):
         # The second job is refused after the first was built (and its span started): nothing is stored.
         q.enqueue_many([{"job_type": "a"}, {"job_type": "b", "priority": "high"}])
-    job_id = q.enqueue("c")
-    finished = spans_named(exporter, "default publish")
-    assert len(finished) == 2
-    stale, stored = sorted(finished, key=lambda s: "messaging.message.id" in (s.attributes or {}))
-    assert stale.status.status_code == StatusCode.ERROR
+    assert spans_named(exporter, "default publish") == []
+    monkeypatch.setattr(polyqueue_otel.tracing, "UNSTORED_AFTER", 0.0)
+    job_id = q.enqueue("c")  # ends the span of the job never stored: it is older than UNSTORED_AFTER
+    stale, stored = spans_named(exporter, "default publish")
+    assert stale.status.status_code == StatusCode.ERROR and stale.attributes is not None
+    assert stale.attributes["polyqueue.job.type"] == "a" and "messaging.message.id" not in stale.attributes
     assert stored.attributes is not None and stored.attributes["messaging.message.id"] == str(job_id)
     assert stored.attributes["polyqueue.job.type"] == "c"
+
+
+def test_concurrent_enqueues_each_end_their_own_span(q: polyqueue.Queue, exporter: InMemorySpanExporter) -> None:
+    def produce(n: int) -> list[object]:
+        return [q.enqueue(f"t{n}", n) for _ in range(5)]
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = [job_id for batch in pool.map(produce, range(4)) for job_id in batch]
+    by_text = {str(job_id): job_id for job_id in ids}
+    spans = spans_named(exporter, "default publish")
+    assert len(spans) == len(by_text) == 20
+    for span in spans:
+        assert span.attributes is not None and span.context is not None
+        job = q.require(by_text[str(span.attributes["messaging.message.id"])])
+        assert job.job_type == span.attributes["polyqueue.job.type"]
+        assert job.headers["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
 
 
 def test_the_callers_trace_context_is_the_parent_and_its_own_headers_win(
@@ -182,6 +201,7 @@ def test_the_callers_trace_context_is_the_parent_and_its_own_headers_win(
     own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     other = q.enqueue("welcome", headers={"traceparent": own})
     assert q.require(other).headers == {"traceparent": own}
+    assert len(spans_named(exporter, "default publish")) == 1  # the caller traces that enqueue itself
 
 
 def test_without_the_plugin_no_headers_are_added(url: str) -> None:

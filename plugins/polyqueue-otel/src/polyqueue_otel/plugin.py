@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import polyqueue
+from polyqueue.job import NewJob
 
 from .tracing import default_tracing
 
@@ -25,9 +26,9 @@ def polyqueue_enqueue_headers(
 
 
 @polyqueue.hookimpl
-def polyqueue_job_enqueued(queue: Any, job_ids: Sequence[Any], queue_names: Sequence[str]) -> None:
+def polyqueue_job_enqueued(job_ids: Sequence[Any], jobs: Sequence[NewJob]) -> None:
     """End the publish spans of the jobs stored."""
-    default_tracing().polyqueue_job_enqueued(queue=queue, job_ids=job_ids, queue_names=queue_names)
+    default_tracing().polyqueue_job_enqueued(job_ids=job_ids, jobs=jobs)
 
 
 @polyqueue.hookimpl

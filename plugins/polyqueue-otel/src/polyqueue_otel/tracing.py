@@ -10,8 +10,10 @@ OpenTelemetry messaging semantic conventions.
 from __future__ import annotations
 
 import contextvars
+import json
 import sys
 import threading
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -21,12 +23,16 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 import polyqueue
+from polyqueue.job import NewJob
 
 __all__ = ["OpenTelemetryTracing", "default_tracing"]
 
 SYSTEM = "polyqueue"
 #: Instrumentation scope name of every span this plugin makes.
 SCOPE = "polyqueue_otel"
+#: Seconds after which a publish span whose job was never reported stored is ended as "not stored"
+#: (its enqueue failed after the span began: a later job of its batch was invalid, the store was down).
+UNSTORED_AFTER = 300.0
 
 # The consumer span made current while a handler runs, and the token that undoes it, in the
 # handler's own context (its thread, or its asyncio task): spans the handler makes are children.
@@ -50,9 +56,8 @@ class OpenTelemetryTracing:
         self._tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
         self._propagator = propagator
         self._lock = threading.Lock()
-        # Producer spans started for jobs not yet stored, per thread: Queue.enqueue builds, stores and
-        # reports a batch on the thread that called it, so the last n of them are the batch reported.
-        self._pending = threading.local()
+        # Publish spans of jobs built but not yet reported stored, by span id, oldest first.
+        self._publishing: dict[int, tuple[Span, float]] = {}
         self._running: dict[tuple[int, Hashable], Span] = {}
 
     @property
@@ -65,7 +70,13 @@ class OpenTelemetryTracing:
     def polyqueue_enqueue_headers(
         self, queue: Any, job_type: str, queue_name: str, headers: Mapping[str, str]
     ) -> Mapping[str, str] | None:
-        """Start the job's ``<queue> publish`` span and return its trace context as headers."""
+        """Start the job's ``<queue> publish`` span and return its trace context as headers.
+
+        A caller who gave a trace context of its own keeps it, and no publish span is made.
+        """
+        propagator = self.propagator
+        if any(name in headers for name in propagator.fields):
+            return None
         span = self._tracer.start_span(
             f"{queue_name} publish",
             kind=SpanKind.PRODUCER,
@@ -77,32 +88,55 @@ class OpenTelemetryTracing:
                 "polyqueue.job.type": job_type,
             },
         )
-        self._pending_spans().append(span)
         carrier: dict[str, str] = {}
-        self.propagator.inject(carrier, context=trace.set_span_in_context(span))
+        propagator.inject(carrier, context=trace.set_span_in_context(span))
+        now = time.monotonic()
+        with self._lock:
+            stale = self._stale_publishing(now)
+            self._publishing[span.get_span_context().span_id] = (span, now)
+        self._end_unstored(stale)
         return carrier
 
     @polyqueue.hookimpl
-    def polyqueue_job_enqueued(self, queue: Any, job_ids: Sequence[Any], queue_names: Sequence[str]) -> None:
-        """End the publish spans of the jobs just stored, each with its job's id."""
-        pending = self._pending_spans()
-        if not pending:
-            return  # jobs this plugin did not see built (a periodic schedule's)
-        count = min(len(job_ids), len(pending))
-        stale, batch = pending[: len(pending) - count], pending[len(pending) - count :]
-        pending.clear()
-        for span in stale:  # built by an earlier call that then failed: nothing of it was stored
+    def polyqueue_job_enqueued(self, job_ids: Sequence[Any], jobs: Sequence[NewJob]) -> None:
+        """End the publish spans of the jobs just stored, each with its job's id.
+
+        Each job's span is found by the span id in its stored ``traceparent``, so concurrent enqueues
+        (threads, asyncio tasks, greenlets) never swap spans.
+        """
+        with self._lock:
+            if not self._publishing:
+                return
+        for job_id, job in zip(job_ids, jobs, strict=True):
+            span = self._publishing_span(job.headers_json)
+            if span is not None:
+                span.set_attribute("messaging.message.id", str(job_id))
+                span.end()
+
+    def _publishing_span(self, headers_json: str | None) -> Span | None:
+        if not headers_json:
+            return None
+        context = self.propagator.extract(json.loads(headers_json))
+        span_id = trace.get_current_span(context).get_span_context().span_id
+        with self._lock:
+            found = self._publishing.pop(span_id, None)
+        return None if found is None else found[0]
+
+    def _stale_publishing(self, now: float) -> list[Span]:
+        """Under the lock: publish spans of jobs never stored (their call failed after the span began)."""
+        stale: list[Span] = []
+        for span_id, (span, started) in list(self._publishing.items()):
+            if now - started < UNSTORED_AFTER:
+                break  # oldest first: the rest are younger
+            del self._publishing[span_id]
+            stale.append(span)
+        return stale
+
+    @staticmethod
+    def _end_unstored(spans: list[Span]) -> None:
+        for span in spans:
             span.set_status(Status(StatusCode.ERROR, "not stored"))
             span.end()
-        for span, job_id in zip(batch, job_ids[len(job_ids) - count :], strict=True):
-            span.set_attribute("messaging.message.id", str(job_id))
-            span.end()
-
-    def _pending_spans(self) -> list[Span]:
-        spans: list[Span] | None = getattr(self._pending, "spans", None)
-        if spans is None:
-            spans = self._pending.spans = []
-        return spans
 
     # --- consuming -------------------------------------------------------------------------------
     @polyqueue.hookimpl
