@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -217,6 +218,7 @@ def test_without_the_plugin_no_headers_are_added(url: str) -> None:
 
 
 WORKER_MODULE = """
+import asyncio
 import json
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -262,3 +264,30 @@ def test_a_worker_subprocess_continues_the_trace(tmp_path: Path) -> None:
     assert process["context"]["trace_id"] == f"0x{publish.context.trace_id:032x}"
     assert process["parent_id"] == f"0x{publish.context.span_id:016x}"
     assert process["attributes"]["messaging.message.id"] == str(job_id)
+
+
+def test_concurrent_async_enqueues_are_children_of_the_callers_span(
+    url: str, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """AsyncQueue (on PostgreSQL its native asyncio variant, in greenlets on the loop) keeps the caller's context."""
+    tracing = OpenTelemetryTracing(tracer_provider=provider, propagator=TraceContextTextMapPropagator())
+    aq = polyqueue.connect_async(url, plugins=[tracing], table_prefix=unique_prefix())
+
+    async def produce() -> tuple[list[object], int]:
+        await aq.migrate()
+        with provider.get_tracer("web").start_as_current_span("POST /batch") as request:
+            ids = await asyncio.gather(*[aq.enqueue("t", n) for n in range(6)])
+        return list(ids), request.get_span_context().span_id
+
+    try:
+        ids, request_span = asyncio.run(produce())
+        publish = spans_named(exporter, "default publish")
+        assert sorted(str(s.attributes["messaging.message.id"]) for s in publish) == sorted(map(str, ids))  # type: ignore[index]
+        assert all(s.parent is not None and s.parent.span_id == request_span for s in publish)
+        for span in publish:
+            assert span.attributes is not None and span.context is not None
+            stored = aq.sync.require(next(i for i in ids if str(i) == span.attributes["messaging.message.id"]))
+            assert stored.headers["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
+    finally:
+        drop_schema(aq.sync)
+        asyncio.run(aq.close())
