@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import polyqueue
+from polyqueue.backends.base import Capability
 
 
 class Adds:
@@ -76,3 +77,14 @@ def test_the_hook_sees_only_valid_jobs(url: str, fresh_queue: Callable[..., poly
     ids = q.enqueue_many([{"job_type": "a"}, {"job_type": "b", "queue": "other"}])
     assert [c[:2] for c in plugin.calls] == [("a", "default"), ("b", "other")]
     assert all(q.require(i).headers == {"t": "1"} for i in ids)
+
+
+def test_a_backend_without_headers_is_not_offered_any(
+    redis_url: str, fresh_queue: Callable[..., polyqueue.Queue]
+) -> None:
+    """The Redis plugin stores no headers: a plugin adding some must not make its enqueues fail."""
+    plugin = Adds({"traceparent": "x"})
+    q = fresh_queue(redis_url, plugins=[plugin])
+    assert Capability.HEADERS not in q.capabilities
+    job_id = q.enqueue("x")
+    assert q.require(job_id).headers == {} and plugin.calls == []
