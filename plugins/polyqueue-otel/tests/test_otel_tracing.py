@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -130,6 +131,7 @@ def test_a_failing_attempt_ends_in_error_with_its_exception(q: polyqueue.Queue, 
         assert event.attributes is not None
         assert event.attributes["exception.type"] == "RuntimeError"
         assert "broke" in str(event.attributes["exception.message"])
+        assert "in boom" in str(event.attributes["exception.stacktrace"])  # the handler's own traceback
     assert [span.attributes["polyqueue.job.dead"] for span in attempts] == [False, True]  # type: ignore[index]
 
 
@@ -146,6 +148,37 @@ def test_an_async_handler_failure_is_recorded_too(q: polyqueue.Queue, exporter: 
     assert span.status.status_code == StatusCode.ERROR
     (event,) = [e for e in span.events if e.name == "exception"]
     assert event.attributes is not None and event.attributes["exception.type"] == "ValueError"
+
+
+def test_a_job_cancelled_while_it_runs_ends_its_span_with_an_event(
+    q: polyqueue.Queue, exporter: InMemorySpanExporter
+) -> None:
+    job_id = q.enqueue("work")
+    started = threading.Event()
+    worker = polyqueue.Worker(q, concurrency=1, lease=3)  # a heartbeat every second
+
+    @worker.handler("work")
+    def work(job: polyqueue.Job) -> None:
+        started.set()
+        while True:
+            job.check()
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert started.wait(60)
+        assert q.cancel(job_id) is True
+        deadline = time.monotonic() + 60
+        while not spans_named(exporter, "default process"):
+            assert time.monotonic() < deadline, "no process span ended"
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        thread.join(60)
+    (span,) = spans_named(exporter, "default process")
+    assert [event.name for event in span.events] == ["polyqueue.job.cancelled"]
+    assert q.require(job_id).status == "cancelled"
 
 
 def test_each_job_of_a_batch_gets_its_own_publish_span(q: polyqueue.Queue, exporter: InMemorySpanExporter) -> None:

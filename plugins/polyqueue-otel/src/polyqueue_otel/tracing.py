@@ -161,7 +161,12 @@ class OpenTelemetryTracing:
             },
         )
         with self._lock:
+            unseen = self._running.pop((id(queue), job.id), None)
             self._running[(id(queue), job.id)] = span
+        if unseen is not None:
+            # This process ran an earlier attempt whose end it never saw (its lease was lost).
+            unseen.set_status(Status(StatusCode.ERROR, "attempt ended unseen (lease lost)"))
+            unseen.end()
         self._make_current(span)
 
     @polyqueue.hookimpl
