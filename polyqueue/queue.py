@@ -319,7 +319,8 @@ class Queue:
         timeout = spec.get("timeout")
         if timeout is not None:
             timeout = check_seconds(timeout, "timeout", positive=True)
-        headers_json = self._with_plugin_headers(queue, job_type, spec.get("headers"), headers_json)
+        if self.plugins.hook.polyqueue_enqueue_headers.get_hookimpls():  # checked here: enqueue_many's hot path
+            headers_json = self._with_plugin_headers(queue, job_type, spec.get("headers"), headers_json)
         return NewJob(
             queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at, dedupe_for,
             headers_json, timeout,
