@@ -269,34 +269,46 @@ def setup(worker):
 """
 
 
-def test_a_worker_subprocess_continues_the_trace(tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path / 'sub.db'}"
+def test_a_worker_subprocess_continues_the_trace(url: str, tmp_path: Path) -> None:
+    db = f"{url}{'&' if '?' in url else '?'}table_prefix={unique_prefix()}"  # the worker's CLI reads it from the URL
     producer_spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(producer_spans))
     tracing = OpenTelemetryTracing(tracer_provider=provider, propagator=TraceContextTextMapPropagator())
     queue = polyqueue.connect(db, plugins=[tracing])
     queue.migrate()
-    job_id = queue.enqueue("greet")
-    queue.close()
-    (publish,) = producer_spans.get_finished_spans()
-    assert publish.context is not None
-
-    spans_file = tmp_path / "spans.jsonl"
-    (tmp_path / "traced_handlers.py").write_text(WORKER_MODULE.format(path=str(spans_file)))
-    env = {k: v for k, v in os.environ.items() if k not in ("POLYQUEUE_URL", "POLYQUEUE_PLUGINS")}
-    env.update(POLYQUEUE_URL=db, POLYQUEUE_PLUGINS="otel")
-    worked = subprocess.run(
-        [sys.executable, "-m", "polyqueue.cli", "worker", "traced_handlers", "--burst"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
-    )  # fmt: skip
-    assert worked.returncode == 0, worked.stderr
-    (process,) = [json.loads(line) for line in spans_file.read_text().splitlines() if line.strip()]
+    try:
+        job_id = queue.enqueue("greet")
+        (publish,) = producer_spans.get_finished_spans()
+        assert publish.context is not None
+        worked = run_traced_worker(db, tmp_path)
+        assert worked.returncode == 0, worked.stderr
+        assert queue.require(job_id).status == "done"
+    finally:
+        drop_schema(queue)
+        queue.close()
+    (process,) = [json.loads(line) for line in (tmp_path / "spans.jsonl").read_text().splitlines() if line.strip()]
     assert process["name"] == "default process"
     assert process["kind"] == "SpanKind.CONSUMER"
     assert process["context"]["trace_id"] == f"0x{publish.context.trace_id:032x}"
     assert process["parent_id"] == f"0x{publish.context.span_id:016x}"
     assert process["attributes"]["messaging.message.id"] == str(job_id)
+
+
+def run_traced_worker(db: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``POLYQUEUE_PLUGINS=otel polyqueue worker traced_handlers --burst``, its spans written to spans.jsonl."""
+    spans_file = tmp_path / "spans.jsonl"
+    (tmp_path / "traced_handlers.py").write_text(WORKER_MODULE.format(path=str(spans_file)))
+    env = {k: v for k, v in os.environ.items() if k not in ("POLYQUEUE_URL", "POLYQUEUE_PLUGINS")}
+    env.update(POLYQUEUE_URL=db, POLYQUEUE_PLUGINS="otel")
+    return subprocess.run(
+        [sys.executable, "-m", "polyqueue.cli", "worker", "traced_handlers", "--burst"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
 
 
 def test_concurrent_async_enqueues_are_children_of_the_callers_span(
