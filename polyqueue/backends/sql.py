@@ -1384,7 +1384,7 @@ class SQLBackend(Backend):
         return [spi.FireRecord(*row) for row in self._run(lambda conn: list(conn.execute(stmt)))]
 
     def _purge_fires(self, older_than: float, batch_size: int) -> None:
-        """Delete fire rows older than ``older_than`` seconds, in batches, keeping each schedule's newest."""
+        """Delete fire rows older than ``older_than`` seconds, in paced batches, keeping each schedule's newest."""
         f = self.fires_table
         later = f.alias("later")
         doomed = (
@@ -1393,17 +1393,17 @@ class SQLBackend(Backend):
                 f.c.fired_at < self.seconds_before_now(sa.literal(float(older_than), sa.Float())),
                 sa.exists().where(later.c.name == f.c.name, later.c.slot_at > f.c.slot_at),
             )
-            .limit(batch_size)
         )
 
-        def work(conn: Connection) -> int:
-            keys = [(r[0], r[1]) for r in conn.execute(doomed)]
-            if not keys:
-                return 0
-            return conn.execute(sa.delete(f).where(sa.tuple_(f.c.name, f.c.slot).in_(keys))).rowcount
+        def work(conn: Connection, size: int) -> int:
+            keys = [(r[0], r[1]) for r in conn.execute(doomed.limit(size))]
+            if keys:
+                conn.execute(sa.delete(f).where(sa.tuple_(f.c.name, f.c.slot).in_(keys)))
+            return len(keys)
 
-        while self._run(work):
-            pass
+        for size in policy.PurgePace(batch_size, self.lock_poll_seconds, self.pause).sizes():
+            if not self._run(functools.partial(work, size=size)):
+                break
 
     # ------------------------------------------------------------------
     # Moving jobs: export, import, fenced delete
@@ -1668,7 +1668,7 @@ class SQLBackend(Backend):
         return lambda conn: int(conn.execute(stmt).rowcount)
 
     def purge(self, request: spi.PurgeRequest) -> int:
-        """Delete finished rows in batches of ``request.batch_size``, each its own transaction."""
+        """Delete finished rows in :class:`~polyqueue.policy.PurgePace` batches, each its own transaction."""
         j = self.jobs
         status = request.status
         select_batch = (
@@ -1678,20 +1678,21 @@ class SQLBackend(Backend):
                 j.c.finished_at < self.seconds_before_now(sa.literal(float(request.older_than), sa.Float())),
                 sa.or_(j.c.dedupe_held_until.is_(None), j.c.dedupe_held_until <= self.now()),
             )
-            .limit(request.batch_size)
         )
+
+        def work(conn: Connection, size: int) -> tuple[int, int]:
+            batch = [r[0] for r in conn.execute(select_batch.limit(size))]
+            if not batch:
+                return 0, 0
+            # A row that changed since the select (replayed meanwhile) stays; the batch still was not the last.
+            return len(batch), int(conn.execute(sa.delete(j).where(j.c.id.in_(batch), j.c.status == status)).rowcount)
+
         total = 0
-        while True:
-
-            def work(conn: Connection) -> int:
-                batch = [r[0] for r in conn.execute(select_batch)]
-                if not batch:
-                    return 0
-                return conn.execute(sa.delete(j).where(j.c.id.in_(batch), j.c.status == status)).rowcount
-
-            deleted = self._run(work)
+        for size in policy.PurgePace(request.batch_size, self.lock_poll_seconds, self.pause).sizes():
+            found, deleted = self._run(functools.partial(work, size=size))
             total += deleted
-            if deleted == 0:
-                if status == JobStatus.DONE:
-                    self._purge_fires(request.older_than, request.batch_size)
-                return total
+            if not found:
+                break
+        if status == JobStatus.DONE:
+            self._purge_fires(request.older_than, request.batch_size)
+        return total

@@ -100,6 +100,9 @@ class SQLiteBackend(SQLBackend):
     # Queue call, measured faster (docs/asyncio.md).
     default_async_driver = THREADS
     partial_index_keyword = "sqlite_where"
+    # A writer blocked on the file lock sleeps in SQLite's busy handler (1, 2, 5, 10, 15, 20, 25 ms, ...) and
+    # looks again only then: a purge rests at least this long between batches so a waiting claim gets in.
+    lock_poll_seconds = 0.03
 
     def __init__(self, url: sa.engine.URL, options: dict[str, Any]) -> None:
         self.in_memory = url.database in (None, "", ":memory:")

@@ -37,6 +37,7 @@ from polyqueue import (
     SchemaMissing,
 )
 from polyqueue.backends.base import Capability, DeleteRequest, ExportQuery, ImportBatch
+from polyqueue.job import JobRecord
 from polyqueue.testing import unique_prefix
 
 from .support import async_caller_transaction, caller_transaction, drop_schema
@@ -786,6 +787,57 @@ class TestPurge:
         assert queue.purge("dead", older_than=0) == 0
         with pytest.raises(InvalidArgument):
             queue.purge("pending", older_than=0)
+
+    @requires(Capability.TRANSFER)
+    def test_a_purge_over_many_batches_deletes_every_old_finished_row_and_nothing_else(
+        self, queue: polyqueue.Queue
+    ) -> None:
+        """Old history is stored with its old times (as a transfer would), beside every kind of row to keep."""
+        now = queue.backend.db_now()
+        old = now - timedelta(days=3)
+        a_day_ago = now - timedelta(days=1, hours=1)
+
+        def finished(status: str, at: datetime, n: int, queue_name: str = "default", **more: Any) -> list[JobRecord]:
+            return [
+                JobRecord(
+                    None, queue_name, "t", "{}", 0, status, 1, 5, at, at, at, **more,
+                    import_key=f"{status}-{queue_name}-{more.get('dedupe_key')}-{i}",
+                )
+                for i in range(n)
+            ]  # fmt: skip
+
+        records = [
+            *finished("done", old, 230),
+            *finished("done", a_day_ago, 40, "other"),
+            *finished("done", old, 1, dedupe_key="k", dedupe_for=864000.0, dedupe_held_until=now + timedelta(days=7)),
+            *finished("dead", old, 30),
+            *finished("cancelled", old, 20),
+        ]
+        for start in range(0, len(records), 100):
+            assert None not in queue.backend.import_jobs(ImportBatch(records[start : start + 100])).ids
+        recent = queue.enqueue("t", queue="recent")
+        queue.complete(queue.claim("recent")[0])
+        pending = queue.enqueue("t")
+        processing = queue.enqueue("t", queue="busy")
+        [claimed] = queue.claim("busy")
+
+        def left() -> Counter[tuple[str, str]]:
+            statuses = frozenset({"pending", "done", "dead", "cancelled"})
+            return Counter((r.status, r.queue) for r in queue.backend.export_jobs(ExportQuery(statuses, limit=1000)))
+
+        assert queue.purge("done", older_than="2d", batch_size=7) == 230
+        assert left() == Counter({
+            ("done", "other"): 40, ("done", "default"): 1, ("dead", "default"): 30, ("cancelled", "default"): 20,
+            ("done", "recent"): 1, ("pending", "default"): 1,
+        }), "only the old done rows without a dedupe hold go"  # fmt: skip
+        assert queue.purge("done", older_than="1d", batch_size=1000) == 40
+        assert queue.purge("dead", older_than="2d", batch_size=3) == 30
+        assert queue.purge("cancelled", older_than="2d") == 20
+        assert queue.purge("done", older_than="2d") == 0
+        assert left() == Counter({("done", "default"): 1, ("done", "recent"): 1, ("pending", "default"): 1})
+        assert queue.get(recent) is not None and queue.get(pending) is not None
+        queue.complete(claimed)  # the processing job was left alone
+        assert queue.get(processing) is not None
 
 
 # ---------------------------------------------------------------------------
