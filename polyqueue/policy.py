@@ -500,7 +500,7 @@ class Pace:
 
 # --- purge pacing ------------------------------------------------------------------------------------
 #: How long one purge batch should hold its locks: short enough that a claim waiting behind it barely notices.
-PURGE_BATCH_SECONDS = 0.02
+PURGE_BATCH_SECONDS = 0.01
 #: The first batch of a purge, before any has been timed (never more than the caller's batch size).
 PURGE_FIRST_BATCH = 100
 #: The longest rest between two purge batches, however slow the last batch was.
@@ -520,10 +520,14 @@ class PurgePace:
     timing, toward :data:`PURGE_BATCH_SECONDS`, at most doubling and never
     over ``limit`` (the caller's batch size).
 
+    The time a batch takes is what it held the store for: a caller that
+    first waited for a lock (a claim had it) reports the part after the wait
+    with :meth:`held`; otherwise the wall time of its loop body counts.
     Iterate :meth:`sizes` and stop when the store has nothing left::
 
-        for size in policy.PurgePace(request.batch_size, floor, backend.pause).sizes():
-            if delete_one_batch(size) == 0:
+        pace = policy.PurgePace(request.batch_size, floor, backend.pause)
+        for size in pace.sizes():
+            if delete_one_batch(size, report=pace.held) == 0:
                 break
     """
 
@@ -538,6 +542,11 @@ class PurgePace:
         self.rest_floor = rest_floor
         self.pause = pause
         self.clock = clock
+        self._held: float | None = None
+
+    def held(self, seconds: float) -> None:
+        """Report how long the current batch held the store (its time after any wait for a lock)."""
+        self._held = seconds
 
     def next_size(self, size: int, elapsed: float) -> int:
         """The size of the batch after one of ``size`` rows that took ``elapsed`` seconds."""
@@ -559,8 +568,9 @@ class PurgePace:
         """
         size = min(self.limit, PURGE_FIRST_BATCH)
         while True:
+            self._held = None
             started = self.clock()
             yield size
-            elapsed = self.clock() - started
+            elapsed = self.clock() - started if self._held is None else self._held
             self.pause(self.rest(elapsed))
             size = self.next_size(size, elapsed)

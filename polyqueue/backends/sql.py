@@ -1395,13 +1395,17 @@ class SQLBackend(Backend):
             )
         )
 
+        pace = policy.PurgePace(batch_size, self.lock_poll_seconds, self.pause)
+
         def work(conn: Connection, size: int) -> int:
+            began = time.monotonic()  # the transaction has begun: any wait for the write lock is over
             keys = [(r[0], r[1]) for r in conn.execute(doomed.limit(size))]
             if keys:
                 conn.execute(sa.delete(f).where(sa.tuple_(f.c.name, f.c.slot).in_(keys)))
+            pace.held(time.monotonic() - began)
             return len(keys)
 
-        for size in policy.PurgePace(batch_size, self.lock_poll_seconds, self.pause).sizes():
+        for size in pace.sizes():
             if not self._run(functools.partial(work, size=size)):
                 break
 
@@ -1680,15 +1684,20 @@ class SQLBackend(Backend):
             )
         )
 
+        pace = policy.PurgePace(request.batch_size, self.lock_poll_seconds, self.pause)
+
         def work(conn: Connection, size: int) -> tuple[int, int]:
+            began = time.monotonic()  # the transaction has begun: any wait for the write lock is over
             batch = [r[0] for r in conn.execute(select_batch.limit(size))]
-            if not batch:
-                return 0, 0
-            # A row that changed since the select (replayed meanwhile) stays; the batch still was not the last.
-            return len(batch), int(conn.execute(sa.delete(j).where(j.c.id.in_(batch), j.c.status == status)).rowcount)
+            deleted = 0
+            if batch:
+                # A row that changed since the select (replayed meanwhile) stays; the batch still was not the last.
+                deleted = conn.execute(sa.delete(j).where(j.c.id.in_(batch), j.c.status == status)).rowcount
+            pace.held(time.monotonic() - began)
+            return len(batch), int(deleted)
 
         total = 0
-        for size in policy.PurgePace(request.batch_size, self.lock_poll_seconds, self.pause).sizes():
+        for size in pace.sizes():
             found, deleted = self._run(functools.partial(work, size=size))
             total += deleted
             if not found:

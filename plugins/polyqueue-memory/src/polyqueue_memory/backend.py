@@ -850,10 +850,12 @@ class MemoryBackend(Backend):
             cutoff = _clock().now() - _seconds_to_us(request.older_than)
             ids = list(store.rows)
         position = deleted = 0
-        for size in policy.PurgePace(request.batch_size, self.lock_poll_seconds, self.pause).sizes():
+        pace = policy.PurgePace(request.batch_size, self.lock_poll_seconds, self.pause)
+        for size in pace.sizes():
             if position >= len(ids):
                 break
             with store.lock:
+                began = time.monotonic()
                 now = _clock().now()
                 stop, gone = min(len(ids), position + size * _PURGE_SCAN), 0
                 while position < stop and gone < size:
@@ -866,6 +868,7 @@ class MemoryBackend(Backend):
                     ):  # fmt: skip
                         store.delete(row)
                         gone += 1
+                pace.held(time.monotonic() - began)
             deleted += gone
         if status == JobStatus.DONE:
             self._purge_fires(store, cutoff)
