@@ -314,6 +314,9 @@ class SQLBackend(Backend):
     def begin_transaction(self, connection: Connection) -> None:
         """Run at the start of each transaction this backend opens (``BEGIN IMMEDIATE`` on SQLite)."""
 
+    def after_purge_batch(self) -> None:
+        """Called after each purge batch, before its rest: housekeeping a dialect needs so claims stay quick."""
+
     def eager_locking(self) -> AbstractContextManager[Any]:
         """A context in which this thread's transactions wait for locks by polling often (a purge's batches).
 
@@ -1710,6 +1713,7 @@ class SQLBackend(Backend):
             with self.eager_locking():
                 found, deleted = self._run(functools.partial(work, size=size))
             total += deleted
+            self.after_purge_batch()
             if not found:
                 break
         if status == JobStatus.DONE:

@@ -171,6 +171,25 @@ class SQLiteBackend(SQLBackend):
         else:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
+    def after_purge_batch(self) -> None:
+        """Checkpoint the WAL the batch wrote (PASSIVE: it takes no lock and waits for none).
+
+        Otherwise the deleted pages pile up in the WAL until some commit
+        passes the auto-checkpoint size and copies them back itself, inside
+        that commit: a claim's, stalled for the whole copy.
+        """
+        if self.in_memory:
+            return
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+
     def eager_locking(self) -> AbstractContextManager[Any]:
         """Transactions begun in this context poll for the write lock every millisecond (see :meth:`_begin_polling`)."""
         return _eager_context()
