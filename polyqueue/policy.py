@@ -517,8 +517,8 @@ class PurgePace:
     that (a SQLite writer blocked on the file lock sleeps in its busy
     handler and looks again only every few milliseconds; servers that queue
     lock waiters need none). Each batch is resized from the last one's
-    timing, toward :data:`PURGE_BATCH_SECONDS`, at most doubling and never
-    over ``limit`` (the caller's batch size).
+    timing, toward :data:`PURGE_BATCH_SECONDS`, at most doubling, never
+    over ``limit`` (the caller's batch size) nor under the first batch.
 
     The time a batch takes is what it held the store for: a caller that
     first waited for a lock (a claim had it) reports the part after the wait
@@ -554,7 +554,9 @@ class PurgePace:
             wanted = size * 2
         else:
             wanted = int(size * PURGE_BATCH_SECONDS / elapsed)
-        return max(1, min(self.limit, size * 2, wanted))
+        # Never below the first batch: a batch's round trips cost the same for one row as for a hundred, so on a
+        # slow moment smaller batches would only make the purge crawl without holding the store any shorter.
+        return max(min(self.limit, PURGE_FIRST_BATCH), min(self.limit, size * 2, wanted))
 
     def rest(self, elapsed: float) -> float:
         """Seconds to rest after a batch that took ``elapsed``: as long as it took, at least the floor, capped."""

@@ -173,9 +173,9 @@ def test_a_purge_rests_after_each_batch_as_long_as_it_took_and_at_least_the_floo
     assert clock.slept == pytest.approx([0.03, 0.03, 0.05, policy.PURGE_REST_CAP, 0.03])
     assert sizes[0] == policy.PURGE_FIRST_BATCH
     assert sizes[1:3] == [200, 400], "a fast batch at most doubles the next"
-    assert sizes[3] == int(400 * policy.PURGE_BATCH_SECONDS / 0.05), "a slow one shrinks it toward the target time"
-    assert sizes[4] == 1, "never below one row"
-    assert sizes[5] == 2
+    assert sizes[3] == max(100, int(400 * policy.PURGE_BATCH_SECONDS / 0.05)), "a slow one shrinks it"
+    assert sizes[4] == 100, "never below the first batch: its round trips cost the same"
+    assert sizes[5] == 200
 
 
 def test_a_purge_batch_never_exceeds_the_callers_batch_size() -> None:
