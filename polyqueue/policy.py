@@ -14,7 +14,8 @@ This module owns the rules:
   every wait on an outage (database, Redis, a dropped LISTEN connection);
 * **storable error text** -- what a failure records, whatever the exception held;
 * **dedupe holds** -- which endings keep a job's dedupe key held for its ``dedupe_for`` seconds;
-* **pacing** -- the steady timetable of a paced redrive (``replay(..., rate=R)``);
+* **pacing** -- the steady timetable of a paced redrive (``replay(..., rate=R)``), and the
+  batches of a purge: short, each followed by a rest that leaves room for claims.
 * **runtime control** -- which timeout an attempt runs under and when it is up, what a
   timeout records, and that a cancel requested while a job runs ends it ``cancelled``
   and never retried (a failure, a release or an expired lease of such a job included).
@@ -62,6 +63,7 @@ __all__ = [
     "MAX_ERROR_LENGTH",
     "OUTAGE",
     "PACE_STEP",
+    "PURGE_BATCH_SECONDS",
     "RECONNECT",
     "RECORD_RETRY",
     "RESCUE_BATCH",
@@ -70,6 +72,7 @@ __all__ = [
     "Jitter",
     "Outage",
     "Pace",
+    "PurgePace",
     "appended_entry",
     "attempt_deadline",
     "attempt_timeout",
@@ -623,3 +626,83 @@ class Pace:
                 next_at = now - interval  # fell behind: make up at most one step, never burst
             yield pending[start : start + self.step]
             next_at += interval
+
+
+# --- purge pacing ------------------------------------------------------------------------------------
+#: How long one purge batch should hold its locks: short enough that a claim waiting behind it barely notices.
+PURGE_BATCH_SECONDS = 0.01
+#: The first batch of a purge, before any has been timed (never more than the caller's batch size).
+PURGE_FIRST_BATCH = 100
+#: The longest rest between two purge batches, however slow the last batch was.
+PURGE_REST_CAP = 1.0
+
+
+class PurgePace:
+    """The batches of a purge: sized to take about :data:`PURGE_BATCH_SECONDS`, each followed by a rest.
+
+    A purge deletes in batches, each its own short transaction; between two
+    it rests at least as long as the last batch took, so a purge takes at
+    most half of the store's time and a claim waiting behind a batch gets in
+    during the rest. ``rest_floor`` is the least rest the store needs for
+    that (a SQLite writer blocked on the file lock sleeps in its busy
+    handler and looks again only every few milliseconds; servers that queue
+    lock waiters need none). Each batch is resized from the last one's
+    timing, toward :data:`PURGE_BATCH_SECONDS`, at most doubling, never
+    over ``limit`` (the caller's batch size) nor under the first batch.
+
+    The time a batch takes is what it held the store for: a caller that
+    first waited for a lock (a claim had it) reports the part after the wait
+    with :meth:`held`; otherwise the wall time of its loop body counts.
+    Iterate :meth:`sizes` and stop when the store has nothing left::
+
+        pace = policy.PurgePace(request.batch_size, floor, backend.pause)
+        for size in pace.sizes():
+            if delete_one_batch(size, report=pace.held) == 0:
+                break
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        rest_floor: float = 0.0,
+        pause: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = max(1, limit)
+        self.rest_floor = rest_floor
+        self.pause = pause
+        self.clock = clock
+        self._held: float | None = None
+
+    def held(self, seconds: float) -> None:
+        """Report how long the current batch held the store (its time after any wait for a lock)."""
+        self._held = seconds
+
+    def next_size(self, size: int, elapsed: float) -> int:
+        """The size of the batch after one of ``size`` rows that took ``elapsed`` seconds."""
+        if elapsed <= 0:
+            wanted = size * 2
+        else:
+            wanted = int(size * PURGE_BATCH_SECONDS / elapsed)
+        # Never below the first batch: a batch's round trips cost the same for one row as for a hundred, so on a
+        # slow moment smaller batches would only make the purge crawl without holding the store any shorter.
+        return max(min(self.limit, PURGE_FIRST_BATCH), min(self.limit, size * 2, wanted))
+
+    def rest(self, elapsed: float) -> float:
+        """Seconds to rest after a batch that took ``elapsed``: as long as it took, at least the floor, capped."""
+        return min(PURGE_REST_CAP, max(elapsed, self.rest_floor))
+
+    def sizes(self) -> Iterator[int]:
+        """Batch sizes without end; each next one comes after the rest that follows the batch before it.
+
+        The caller's loop body runs one batch; stopping the loop (the store
+        had nothing left) skips the rest a further batch would have needed.
+        """
+        size = min(self.limit, PURGE_FIRST_BATCH)
+        while True:
+            self._held = None
+            started = self.clock()
+            yield size
+            elapsed = self.clock() - started if self._held is None else self._held
+            self.pause(self.rest(elapsed))
+            size = self.next_size(size, elapsed)

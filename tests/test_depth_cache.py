@@ -174,17 +174,18 @@ def test_delayed_jobs_become_visible_when_due(db_url: str, cache_url: str, fresh
     backend = q.backend
     assert isinstance(backend, DepthCachedBackend)
     try:
-        q.enqueue("t", delay=0.4)
-        other.enqueue("t", delay=1.5)  # unseen by the cache: rebuilds learn from the database when it falls due
+        # Delays of seconds, not fractions: the checks before each falls due have a margin at load 10.
+        q.enqueue("t", delay=2.0)
+        other.enqueue("t", delay=6.0)  # unseen by the cache: rebuilds learn from the database when it falls due
         assert q.depth() == 0
-        assert wait_until(lambda: backend.cached_depth("default") == 1, 3.0)
+        assert wait_until(lambda: backend.cached_depth("default") == 1, 10.0)
         # The cache dates a delayed job from when its enqueue began, so it may call it due a few
         # milliseconds (that enqueue's own round trip) before the database does: never later.
         claimed: list[Any] = []
-        assert wait_until(lambda: bool(claimed.extend(q.claim()) or claimed), 0.5)
+        assert wait_until(lambda: bool(claimed.extend(q.claim()) or claimed), 1.0)
         assert len(claimed) == 1
         assert backend.cached_depth("default") == 0
-        assert wait_until(lambda: backend.cached_depth("default") == 1, 3.0)
+        assert wait_until(lambda: backend.cached_depth("default") == 1, 10.0)
         assert q.depth(exact=True) == 1
     finally:
         other.close()

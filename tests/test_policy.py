@@ -160,6 +160,32 @@ def test_a_pace_that_fell_behind_makes_up_one_step_and_never_bursts() -> None:
     assert times[5:] == [5.3, 5.4, 5.5, 5.6, 5.7], "then the pace resumes; the lost five seconds are not rushed"
 
 
+def test_a_purge_rests_after_each_batch_as_long_as_it_took_and_at_least_the_floor() -> None:
+    clock = FakeClock()
+    pace = policy.PurgePace(1000, rest_floor=0.03, pause=clock.sleep, clock=clock)
+    took = [0.001, 0.004, 0.05, 2.0, 0.005]
+    sizes: list[int] = []
+    for n, size in enumerate(pace.sizes()):
+        sizes.append(size)
+        if n == len(took):
+            break  # the store had nothing left: no rest after the last batch
+        clock.now += took[n]
+    assert clock.slept == pytest.approx([0.03, 0.03, 0.05, policy.PURGE_REST_CAP, 0.03])
+    assert sizes[0] == policy.PURGE_FIRST_BATCH
+    assert sizes[1:3] == [200, 400], "a fast batch at most doubles the next"
+    assert sizes[3] == max(100, int(400 * policy.PURGE_BATCH_SECONDS / 0.05)), "a slow one shrinks it"
+    assert sizes[4] == 100, "never below the first batch: its round trips cost the same"
+    assert sizes[5] == 200
+
+
+def test_a_purge_batch_never_exceeds_the_callers_batch_size() -> None:
+    clock = FakeClock()
+    sizes = policy.PurgePace(150, pause=clock.sleep, clock=clock).sizes()
+    assert [next(sizes) for _ in range(4)] == [100, 150, 150, 150]  # batches that took no time at all
+    assert clock.slept == [0.0, 0.0, 0.0]
+    assert next(policy.PurgePace(7).sizes()) == 7
+
+
 def test_rates_are_parsed_and_checked() -> None:
     from polyqueue.errors import InvalidArgument
     from polyqueue.validation import parse_rate

@@ -552,6 +552,10 @@ class Backend(abc.ABC):
     conformance_url: ClassVar[str | None] = None
     #: The heading of that compat-matrix column ("" for the URL scheme).
     conformance_label: ClassVar[str] = ""
+    #: How long a writer blocked behind another transaction may sleep before it looks at the lock again.
+    #: Zero where the store queues lock waiters and wakes them itself; a purge rests at least this long
+    #: between batches (:class:`~polyqueue.policy.PurgePace`), so a waiting claim gets its turn.
+    lock_poll_seconds: ClassVar[float] = 0.0
 
     def __init__(self, url: Any, options: BackendOptions) -> None:  # noqa: B027 - the constructor every backend has
         """Open the store a URL names (a SQLAlchemy ``URL``), with the validated ``options``; connect lazily."""
@@ -719,10 +723,11 @@ class Backend(abc.ABC):
     def purge(self, request: PurgeRequest) -> int:
         """Delete jobs of ``request.status`` finished more than ``request.older_than`` seconds ago.
 
-        Works in batches of ``request.batch_size`` rows, each its own short
-        transaction, so it can run online; returns the number deleted. A job
-        still holding its dedupe key (``dedupe_held_until`` after DB-now) is
-        kept until the hold ends.
+        Works in batches of at most ``request.batch_size`` rows, each its own
+        short transaction, sized and spaced by :class:`~polyqueue.policy.PurgePace`
+        (resting with :meth:`pause`), so it can run online without starving
+        claims; returns the number deleted. A job still holding its dedupe key
+        (``dedupe_held_until`` after DB-now) is kept until the hold ends.
         """
 
     # --- waiting ---------------------------------------------------------

@@ -364,6 +364,17 @@ class SQLBackend(Backend):
     def begin_transaction(self, connection: Connection) -> None:
         """Run at the start of each transaction this backend opens (``BEGIN IMMEDIATE`` on SQLite)."""
 
+    def after_purge_batch(self) -> None:
+        """Called after each purge batch, before its rest: housekeeping a dialect needs so claims stay quick."""
+
+    def eager_locking(self) -> AbstractContextManager[Any]:
+        """A context in which this thread's transactions wait for locks by polling often (a purge's batches).
+
+        A purge batch must catch the short gaps between a busy worker's
+        transactions. Servers queue lock waiters and wake them: nothing to do.
+        """
+        return nullcontext()
+
     def classify(self, error: sa_exc.DBAPIError) -> str:
         """Return an :class:`ErrorKind` for a driver error."""
         if error.connection_invalidated:
@@ -1487,7 +1498,7 @@ class SQLBackend(Backend):
         return [spi.FireRecord(*row) for row in self._run(lambda conn: list(conn.execute(stmt)))]
 
     def _purge_fires(self, older_than: float, batch_size: int) -> None:
-        """Delete fire rows older than ``older_than`` seconds, in batches, keeping each schedule's newest."""
+        """Delete fire rows older than ``older_than`` seconds, in paced batches, keeping each schedule's newest."""
         f = self.fires_table
         later = f.alias("later")
         doomed = (
@@ -1496,17 +1507,22 @@ class SQLBackend(Backend):
                 f.c.fired_at < self.seconds_before_now(sa.literal(float(older_than), sa.Float())),
                 sa.exists().where(later.c.name == f.c.name, later.c.slot_at > f.c.slot_at),
             )
-            .limit(batch_size)
         )
 
-        def work(conn: Connection) -> int:
-            keys = [(r[0], r[1]) for r in conn.execute(doomed)]
-            if not keys:
-                return 0
-            return conn.execute(sa.delete(f).where(sa.tuple_(f.c.name, f.c.slot).in_(keys))).rowcount
+        pace = policy.PurgePace(batch_size, self.lock_poll_seconds, self.pause)
 
-        while self._run(work):
-            pass
+        def work(conn: Connection, size: int) -> int:
+            began = time.monotonic()  # the transaction has begun: any wait for the write lock is over
+            keys = [(r[0], r[1]) for r in conn.execute(doomed.limit(size))]
+            if keys:
+                conn.execute(sa.delete(f).where(sa.tuple_(f.c.name, f.c.slot).in_(keys)))
+            pace.held(time.monotonic() - began)
+            return len(keys)
+
+        for size in pace.sizes():
+            with self.eager_locking():
+                if not self._run(functools.partial(work, size=size)):
+                    break
 
     # ------------------------------------------------------------------
     # Moving jobs: export, import, fenced delete
@@ -1895,7 +1911,7 @@ class SQLBackend(Backend):
         return lambda conn: int(conn.execute(stmt).rowcount)
 
     def purge(self, request: spi.PurgeRequest) -> int:
-        """Delete finished rows in batches of ``request.batch_size``, each its own transaction."""
+        """Delete finished rows in :class:`~polyqueue.policy.PurgePace` batches, each its own transaction."""
         j = self.jobs
         status = request.status
         select_batch = (
@@ -1905,20 +1921,28 @@ class SQLBackend(Backend):
                 j.c.finished_at < self.seconds_before_now(sa.literal(float(request.older_than), sa.Float())),
                 sa.or_(j.c.dedupe_held_until.is_(None), j.c.dedupe_held_until <= self.now()),
             )
-            .limit(request.batch_size)
         )
+
+        pace = policy.PurgePace(request.batch_size, self.lock_poll_seconds, self.pause)
+
+        def work(conn: Connection, size: int) -> tuple[int, int]:
+            began = time.monotonic()  # the transaction has begun: any wait for the write lock is over
+            batch = [r[0] for r in conn.execute(select_batch.limit(size))]
+            deleted = 0
+            if batch:
+                # A row that changed since the select (replayed meanwhile) stays; the batch still was not the last.
+                deleted = conn.execute(sa.delete(j).where(j.c.id.in_(batch), j.c.status == status)).rowcount
+            pace.held(time.monotonic() - began)
+            return len(batch), int(deleted)
+
         total = 0
-        while True:
-
-            def work(conn: Connection) -> int:
-                batch = [r[0] for r in conn.execute(select_batch)]
-                if not batch:
-                    return 0
-                return conn.execute(sa.delete(j).where(j.c.id.in_(batch), j.c.status == status)).rowcount
-
-            deleted = self._run(work)
+        for size in pace.sizes():
+            with self.eager_locking():
+                found, deleted = self._run(functools.partial(work, size=size))
             total += deleted
-            if deleted == 0:
-                if status == JobStatus.DONE:
-                    self._purge_fires(request.older_than, request.batch_size)
-                return total
+            self.after_purge_batch()
+            if not found:
+                break
+        if status == JobStatus.DONE:
+            self._purge_fires(request.older_than, request.batch_size)
+        return total

@@ -46,7 +46,9 @@ __all__ = ["MemoryBackend", "MemoryWakeups"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-#: How many jobs one replay or purge step handles while holding the store's lock.
+#: How many jobs a purge batch looks at, per job it may delete, while holding the store's lock.
+_PURGE_SCAN = 8
+#: How many jobs one replay step handles while holding the store's lock.
 _BATCH = 500
 
 
@@ -880,26 +882,39 @@ class MemoryBackend(Backend):
         return result
 
     def purge(self, request: spi.PurgeRequest) -> int:
-        """Delete jobs of the request's status finished before now - ``older_than``, ``batch_size`` per lock hold."""
+        """Delete jobs of the request's status finished before now - ``older_than``, a paced batch per lock hold.
+
+        The jobs are walked in id order from a list of the ids taken at the
+        start; a batch deletes up to its size and looks at no more than
+        :data:`_PURGE_SCAN` times as many jobs, so no lock hold grows with the
+        store.
+        """
         store = self._store()
         status = request.status
         with store.lock:
             cutoff = _clock().now() - _seconds_to_us(request.older_than)
-            now = _clock().now()
-            doomed = [
-                row.id
-                for row in store.rows.values()
-                if row.status == status and row.finished_at is not None and row.finished_at < cutoff
-                and (row.dedupe_held_until is None or row.dedupe_held_until <= now)
-            ]
-        deleted = 0
-        for start in range(0, len(doomed), request.batch_size):
+            ids = list(store.rows)
+        position = deleted = 0
+        pace = policy.PurgePace(request.batch_size, self.lock_poll_seconds, self.pause)
+        for size in pace.sizes():
+            if position >= len(ids):
+                break
             with store.lock:
-                for row_id in doomed[start : start + request.batch_size]:
-                    row = store.rows.get(row_id)
-                    if row is not None and row.status == status:
+                began = time.monotonic()
+                now = _clock().now()
+                stop, gone = min(len(ids), position + size * _PURGE_SCAN), 0
+                while position < stop and gone < size:
+                    row = store.rows.get(ids[position])
+                    position += 1
+                    if (
+                        row is not None and row.status == status
+                        and row.finished_at is not None and row.finished_at < cutoff
+                        and (row.dedupe_held_until is None or row.dedupe_held_until <= now)
+                    ):  # fmt: skip
                         store.delete(row)
-                        deleted += 1
+                        gone += 1
+                pace.held(time.monotonic() - began)
+            deleted += gone
         if status == JobStatus.DONE:
             self._purge_fires(store, cutoff)
         return deleted
