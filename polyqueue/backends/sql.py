@@ -39,7 +39,7 @@ from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import URL, Connection, Engine
 
 from .. import json_codec, policy
-from ..errors import BackendUnavailable, ConfigurationError, InvalidArgument, PolyqueueError, SchemaMissing
+from ..errors import BackendUnavailable, ConfigurationError, InvalidArgument, PolyqueueError
 from ..job import (
     FINISHED_STATUSES,
     LIVE_STATUSES,
@@ -51,6 +51,7 @@ from ..job import (
     ReplayResult,
     int_job_id,
 )
+from ..policy import ErrorKind
 from . import base as spi
 from .after_commit import AfterCommitWatcher
 from .base import Backend, BackendOptions, Capability, OptionParser
@@ -187,16 +188,6 @@ class AwareUTCTime(sa.types.TypeDecorator[datetime]):
     def from_stored(self, value: Any) -> datetime:
         """The stored value as an aware UTC datetime."""
         raise NotImplementedError
-
-
-class ErrorKind:
-    """How the shared layer reacts to a driver error, as classified by the dialect."""
-
-    TRANSIENT = "transient"  #: deadlock, serialization failure, busy: retry the transaction
-    DISCONNECT = "disconnect"  #: the connection or server went away: reconnect and retry
-    MISSING_SCHEMA = "missing_schema"  #: a polyqueue table does not exist
-    DUPLICATE = "duplicate"  #: a unique constraint was violated
-    OTHER = "other"
 
 
 class SQLBackend(Backend):
@@ -716,7 +707,7 @@ class SQLBackend(Backend):
             except sa_exc.TimeoutError as exc:  # the pool had no connection to lend within pool_timeout
                 raise BackendUnavailable(f"{self.describe()} is unavailable: no free connection ({exc})") from exc
             except sa_exc.DBAPIError as exc:
-                kind = self.classify(exc)
+                kind = self.error_kind(exc)
                 if kind == ErrorKind.TRANSIENT or (kind == ErrorKind.DUPLICATE and retry_duplicates):
                     if attempt <= self.transient_retries:
                         self.pause(policy.TRANSIENT.delay(attempt))
@@ -732,17 +723,30 @@ class SQLBackend(Backend):
                         continue
                 raise self._translate(exc) from exc
 
-    def _translate(self, exc: sa_exc.DBAPIError) -> PolyqueueError:
+    def error_kind(self, exc: sa_exc.DBAPIError) -> str:
+        """The dialect's :meth:`classify`, with a failed connection to an unknown host name made a configuration error.
+
+        Drivers report a misspelt host like a refused connection; DNS tells
+        them apart without parsing any driver's message (see
+        :func:`polyqueue.policy.host_name_unknown`).
+        """
         kind = self.classify(exc)
+        if kind == ErrorKind.DISCONNECT and exc.statement is None and policy.host_name_unknown(self.url.host):
+            return ErrorKind.CONFIGURATION
+        return kind
+
+    def _translate(self, exc: sa_exc.DBAPIError) -> PolyqueueError:
+        """The polyqueue error for a driver error no retry cured (the policy decides which)."""
+        kind = self.error_kind(exc)
         if kind == ErrorKind.MISSING_SCHEMA:
-            return SchemaMissing(
-                f"the polyqueue tables ({self.prefix}jobs) do not exist in {self.describe()}: "
-                "run `polyqueue migrate` (or Queue.migrate())"
-            )
-        detail = self._scrub(str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__)
-        if kind in (ErrorKind.DISCONNECT, ErrorKind.TRANSIENT) or isinstance(exc, sa_exc.OperationalError):
-            return BackendUnavailable(f"{self.describe()} is unavailable: {detail}")
-        return PolyqueueError(f"{self.describe()} rejected the operation: {detail}")
+            detail = f"{self.prefix}jobs"
+        elif kind == ErrorKind.CONFIGURATION and self.classify(exc) == ErrorKind.DISCONNECT:
+            detail = f"unknown host name {self.url.host!r}"
+        else:
+            orig = getattr(exc, "orig", None) or exc
+            text = str(orig).strip()
+            detail = self._scrub(text.splitlines()[0] if text else type(orig).__name__)
+        return policy.error_for(kind, self.describe(), detail, outage=isinstance(exc, sa_exc.OperationalError))
 
     def _scrub(self, text: str) -> str:
         password = self.url.password

@@ -29,6 +29,8 @@ __all__ = ["CommitWatcher", "EpochTime", "SQLiteBackend"]
 
 T = TypeVar("T")
 _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+#: The database file cannot be opened: its directory is missing or not writable (a wrong path in the URL).
+_SQLITE_CANTOPEN = sqlite3.SQLITE_CANTOPEN
 _EPOCH_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
@@ -159,8 +161,12 @@ class SQLiteBackend(SQLBackend):
         code = getattr(orig, "sqlite_errorcode", None)
         if code is not None and (code & 0xFF) in _SQLITE_BUSY:
             return ErrorKind.TRANSIENT
+        if code is not None and (code & 0xFF) == _SQLITE_CANTOPEN:
+            return ErrorKind.CONFIGURATION  # the file's directory does not exist or is not writable
         if isinstance(orig, sqlite3.OperationalError) and "no such table" in str(orig):
             return ErrorKind.MISSING_SCHEMA
+        if isinstance(orig, sqlite3.OperationalError) and "no such column" in str(orig):
+            return ErrorKind.SCHEMA_MISMATCH
         return super().classify(error)
 
     def serialized(self) -> AbstractContextManager[Any]:
