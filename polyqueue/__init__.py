@@ -22,6 +22,7 @@ from .errors import (
     LeaseLost,
     PayloadTooLarge,
     PolyqueueError,
+    SchemaMismatch,
     SchemaMissing,
 )
 from .hookspecs import hookimpl
@@ -48,6 +49,7 @@ __all__ = [
     "PayloadTooLarge",
     "PolyqueueError",
     "Queue",
+    "SchemaMismatch",
     "SchemaMissing",
     "TransferResult",
     "Worker",

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import Settlement
-from .errors import BackendUnavailable, ConfigurationError, PolyqueueError, SchemaMissing
+from .errors import BackendUnavailable, ConfigurationError, PolyqueueError, SchemaMismatch, SchemaMissing
 from .job import Job, JobStatus
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ class ErrorKind(enum.StrEnum):
       cannot help: :class:`ConfigurationError` at once.
     * ``MISSING_SCHEMA`` -- a polyqueue table does not exist: :class:`SchemaMissing`.
     * ``SCHEMA_MISMATCH`` -- a table lacks a column polyqueue uses (an older or
-      foreign schema): :class:`ConfigurationError` saying to migrate.
+      foreign schema): :class:`SchemaMismatch` saying to migrate.
     * ``DUPLICATE`` -- a unique key was violated (callers that expect it retry).
     * ``OTHER`` -- the store refused this one operation.
     """
@@ -254,7 +254,7 @@ def error_for(kind: str, where: str, detail: str, *, outage: bool = False) -> Po
             f"the polyqueue tables ({detail}) do not exist in {where}: run `polyqueue migrate` (or Queue.migrate())"
         )
     if kind == ErrorKind.SCHEMA_MISMATCH:
-        return ConfigurationError(
+        return SchemaMismatch(
             f"the polyqueue tables in {where} do not match this polyqueue ({detail}): run `polyqueue migrate`"
         )
     if is_retried(kind) or (outage and kind == ErrorKind.OTHER):

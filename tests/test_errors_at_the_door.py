@@ -9,17 +9,23 @@ entry point, on the real servers.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import polyqueue
-from polyqueue.errors import BackendUnavailable, ConfigurationError
-from polyqueue.testing import require_server
+from polyqueue.backends.sql import SCHEMA_VERSION
+from polyqueue.errors import BackendUnavailable, ConfigurationError, SchemaMismatch, SchemaMissing
+from polyqueue.testing import drop_schema, require_server, unique_prefix
+
+MakeQueue = Callable[..., polyqueue.Queue]
 
 #: The installed console script, next to this interpreter.
 POLYQUEUE = str(Path(sys.executable).parent / "polyqueue")
@@ -202,3 +208,87 @@ def test_a_refused_connection_is_an_outage_retried_with_back_off() -> None:
         q.stats()
     # It kept trying for its reconnect window before giving up.
     assert time.monotonic() - started >= 1.0
+
+
+# --- point 11: schema safety -----------------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def sql_url(request: pytest.FixtureRequest) -> str:
+    """Each SQL backend's test server (SQLite: a fresh file)."""
+    fixture = {"sqlite": "sqlite_url", "postgresql": "pg_url", "mysql": "mysql_url"}[request.param]
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def prefixed(sql_url: str) -> Iterator[polyqueue.Queue]:
+    """An unmigrated queue on a fresh prefix; whatever it or the test created is dropped afterwards."""
+    q = polyqueue.connect(sql_url, table_prefix=unique_prefix())
+    yield q
+    try:
+        with q.backend.engine.begin() as conn:  # type: ignore[attr-defined]
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {q.backend.jobs.name}")  # type: ignore[attr-defined]
+        drop_schema(q)
+    finally:
+        q.close()
+
+
+def _execute(q: polyqueue.Queue, *statements: str) -> None:
+    with q.backend.engine.begin() as conn:  # type: ignore[attr-defined]
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+
+def test_migrate_refuses_a_foreign_jobs_table_naming_it(prefixed: polyqueue.Queue) -> None:
+    table = prefixed.backend.jobs.name  # type: ignore[attr-defined]
+    _execute(
+        prefixed,
+        f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, title VARCHAR(50))",
+        f"INSERT INTO {table} VALUES (1, 'x')",
+    )
+    with pytest.raises(SchemaMismatch, match=f"table {table} .* is not a polyqueue jobs table"):
+        prefixed.migrate()
+    with prefixed.backend.engine.connect() as conn:  # type: ignore[attr-defined]
+        inspector = sa.inspect(conn)
+        # Nothing was created beside it, and the table itself is untouched (PostgreSQL: no fillfactor set).
+        assert not inspector.has_table(prefixed.backend.schema_table.name)  # type: ignore[attr-defined]
+        assert {c["name"] for c in inspector.get_columns(table)} == {"id", "title"}
+        if conn.dialect.name == "postgresql":
+            options = conn.exec_driver_sql(f"SELECT reloptions FROM pg_class WHERE relname = '{table}'").scalar()
+            assert not options
+    # Used anyway, it is a configuration error at once, never an outage a worker would wait out.
+    with pytest.raises((SchemaMismatch, SchemaMissing)) as caught:
+        prefixed.enqueue("t")
+    assert "polyqueue migrate" in str(caught.value)
+
+
+def test_an_older_schema_says_run_migrate_and_a_newer_says_upgrade(sql_url: str, fresh_queue: MakeQueue) -> None:
+    q = fresh_queue(sql_url)
+    schema = q.backend.schema_table.name  # type: ignore[attr-defined]
+    # Newer first: the older case's migrate then brings the schema back to this polyqueue's version.
+    for version, advice in ((SCHEMA_VERSION + 1, "upgrade polyqueue"), (SCHEMA_VERSION - 1, "run `polyqueue migrate`")):
+        _execute(q, f"UPDATE {schema} SET version = {version}")
+        with polyqueue.connect(sql_url, table_prefix=q.backend.prefix) as other:  # type: ignore[attr-defined]
+            with pytest.raises(SchemaMismatch, match=re.escape(advice)):
+                other.enqueue("t")
+            with pytest.raises(SchemaMismatch, match=re.escape(advice)):
+                other.stats()
+            if version > SCHEMA_VERSION:
+                with pytest.raises(SchemaMismatch, match="upgrade polyqueue"):
+                    other.migrate()
+            else:
+                other.migrate()
+                other.enqueue("t")
+    with polyqueue.connect(sql_url, table_prefix=q.backend.prefix) as other:  # type: ignore[attr-defined]
+        assert other.stats()["pending"] == 1
+
+
+def test_a_jobs_table_without_its_version_row_is_upgraded_not_stamped(mysql_url: str, fresh_queue: MakeQueue) -> None:
+    """A MySQL table of polyqueue's first shape (TEXT payloads) and no schema row: migrate upgrades it all."""
+    q = fresh_queue(mysql_url)
+    table, schema = q.backend.jobs.name, q.backend.schema_table.name  # type: ignore[attr-defined]
+    _execute(q, f"DELETE FROM {schema}", f"ALTER TABLE `{table}` MODIFY payload TEXT NOT NULL")
+    with polyqueue.connect(mysql_url, table_prefix=q.backend.prefix) as other:  # type: ignore[attr-defined]
+        with pytest.raises(SchemaMismatch, match=r"no schema version.*polyqueue migrate"):
+            other.enqueue("t")
+        other.migrate()
+        job_id = other.enqueue("big", {"blob": "x" * 100_000})  # TEXT holds 64 KB: error 1406 if not upgraded
+        assert other.require(job_id).payload == {"blob": "x" * 100_000}

@@ -196,6 +196,10 @@ class MySQLBackend(SQLBackend):
 
     def migrate(self) -> None:
         """Create the tables (InnoDB, utf8mb4, the server's exact collation), then as the shared layer does."""
+        with self._schema_check_suspended():
+            self._migrate_with_exact_collation()
+
+    def _migrate_with_exact_collation(self) -> None:
         available = self._run(
             lambda conn: [
                 r[0]

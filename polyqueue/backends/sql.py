@@ -39,7 +39,14 @@ from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import URL, Connection, Engine
 
 from .. import json_codec, policy
-from ..errors import BackendUnavailable, ConfigurationError, InvalidArgument, PolyqueueError
+from ..errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    InvalidArgument,
+    PolyqueueError,
+    SchemaMismatch,
+    SchemaMissing,
+)
 from ..job import (
     FINISHED_STATUSES,
     LIVE_STATUSES,
@@ -91,6 +98,9 @@ FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 SCHEMA_VERSION = 5
 #: The columns version 5 added, in the order an upgrade adds them.
 _V5_COLUMNS = ("dedupe_for", "dedupe_held_until", "enqueue_token", "import_key")
+#: The version ``migrate`` upgrades from when it finds a jobs table of polyqueue's shape but no version row
+#: (a MySQL migration interrupted between its DDL and the stamp, or a table from before the schema table).
+_UNSTAMPED = 0
 #: JobRecord fields stored under another column name.
 _RECORD_COLUMN = {"payload_json": "payload", "errors_json": "errors", "result_json": "result"}
 
@@ -497,20 +507,109 @@ class SQLBackend(Backend):
         return schedules, fires
 
     def migrate(self) -> None:
-        """Create the tables and indexes if missing and record the schema version."""
+        """Create the tables and indexes if missing and record the schema version.
+
+        Refuses (:class:`SchemaMismatch`, nothing changed) a ``<prefix>jobs``
+        table that is not polyqueue's, and a schema newer than this polyqueue.
+        A jobs table of polyqueue's shape without a version row is upgraded
+        from the oldest version: every upgrade step checks what exists.
+        """
 
         def work(conn: Connection) -> None:
             with self.migration_lock(conn):
+                existing = self._existing_jobs_columns(conn)
+                if existing is not None:
+                    self._refuse_foreign_jobs_table(existing)
+                    if sa.inspect(conn).has_table(self.schema_table.name):
+                        stamped = conn.execute(sa.select(self.schema_table.c.version)).scalar()
+                        if stamped is not None and stamped > SCHEMA_VERSION:
+                            raise self._newer_schema(stamped)  # before any DDL: a newer polyqueue owns these tables
                 self.metadata.create_all(conn, checkfirst=True)
                 current = conn.execute(sa.select(self.schema_table.c.version)).scalar()
-                if current is None or current < SCHEMA_VERSION:
+                if current is None and existing is not None:
+                    self.upgrade_schema(conn, _UNSTAMPED)
+                elif current is None or current < SCHEMA_VERSION:
                     self.upgrade_schema(conn, current)
                 if current is None:
                     conn.execute(sa.insert(self.schema_table).values(id=1, version=SCHEMA_VERSION))
                 elif current < SCHEMA_VERSION:
                     conn.execute(sa.update(self.schema_table).values(version=SCHEMA_VERSION))
 
-        self._run(work, retry_duplicates=True)
+        with self._schema_check_suspended():
+            self._run(work, retry_duplicates=True)
+
+    def _existing_jobs_columns(self, connection: Connection) -> set[str] | None:
+        """The column names of an existing ``<prefix>jobs`` table, or None when there is none."""
+        inspector = sa.inspect(connection)
+        if not inspector.has_table(self.jobs.name):
+            return None
+        return {column["name"] for column in inspector.get_columns(self.jobs.name)}
+
+    def _refuse_foreign_jobs_table(self, columns: set[str]) -> None:
+        """Raise :class:`SchemaMismatch` naming the table unless it has every column polyqueue's first schema had."""
+        extra = {column.name for column in self.extra_columns()}
+        required = [c.name for c in self.jobs.c if c.name not in _V5_COLUMNS and c.name not in extra]
+        missing = [name for name in required if name not in columns]
+        if missing:
+            raise SchemaMismatch(
+                f"table {self.jobs.name} in {self.describe()} is not a polyqueue jobs table "
+                f"(it has no {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} column): "
+                "choose another table_prefix, or rename that table"
+            )
+
+    def _newer_schema(self, version: int) -> SchemaMismatch:
+        return SchemaMismatch(
+            f"the polyqueue tables ({self.prefix}jobs) in {self.describe()} are schema version {version}, "
+            f"newer than this polyqueue's {SCHEMA_VERSION}: upgrade polyqueue"
+        )
+
+    _schema_verified = False
+
+    @contextmanager
+    def _schema_check_suspended(self) -> Iterator[None]:
+        """Within: no first-use version check (``migrate`` and ``drop_schema`` deal with any version themselves).
+
+        After a success the schema counts as checked; after an error, the next call checks again.
+        """
+        verified, self._schema_verified = self._schema_verified, True
+        try:
+            yield
+        except BaseException:
+            self._schema_verified = verified
+            raise
+
+    def verify_schema(self) -> None:
+        """Check once per backend, on first use, that the tables are the schema this polyqueue uses.
+
+        Raises :class:`SchemaMismatch` when they are older ("run ``polyqueue
+        migrate``"), newer ("upgrade polyqueue") or have no version row; the
+        next call checks again. With no tables at all it returns: each call
+        that needs them raises :class:`SchemaMissing` itself, and calls that
+        need none (``db_now``) work before ``migrate``.
+        """
+        if self._schema_verified:
+            return
+        self._schema_verified = True  # the read below runs through _retrying too
+        try:
+            version = self._retrying(
+                self.engine.begin, lambda conn: conn.execute(sa.select(self.schema_table.c.version)).scalar(), False
+            )
+        except SchemaMissing:
+            self._schema_verified = False
+            return
+        except BaseException:
+            self._schema_verified = False
+            raise
+        if version is not None and version == SCHEMA_VERSION:
+            return
+        self._schema_verified = False
+        if version is not None and version > SCHEMA_VERSION:
+            raise self._newer_schema(version)
+        found = "have no schema version" if version is None else f"are schema version {version}"
+        raise SchemaMismatch(
+            f"the polyqueue tables ({self.prefix}jobs) in {self.describe()} {found}; this polyqueue "
+            f"needs {SCHEMA_VERSION}: run `polyqueue migrate` (or Queue.migrate())"
+        )
 
     def upgrade_schema(self, connection: Connection, from_version: int | None) -> None:
         """Schema work inside ``migrate``'s lock when the schema is new (None) or older.
@@ -578,7 +677,8 @@ class SQLBackend(Backend):
 
     def drop_schema(self) -> None:
         """Drop the tables and indexes of this prefix (tests and uninstalling)."""
-        self._run(lambda conn: self.metadata.drop_all(conn, checkfirst=True))
+        with self._schema_check_suspended():
+            self._run(lambda conn: self.metadata.drop_all(conn, checkfirst=True))
 
     # ------------------------------------------------------------------
     # Engine, transactions and error translation
@@ -687,6 +787,7 @@ class SQLBackend(Backend):
         retry_duplicates: bool,
         resume: Callable[[Connection], T] | None = None,
     ) -> T:
+        self.verify_schema()
         with self.serialized():
             return self._retrying_unserialized(begin, work, retry_duplicates, resume)
 
@@ -988,6 +1089,7 @@ class SQLBackend(Backend):
         if not jobs:
             return []
         if connection is not None:
+            self.verify_schema()
             try:
                 with self.caller_connection(connection) as conn:
                     ids = self._enqueue_in(conn, jobs, None)

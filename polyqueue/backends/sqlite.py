@@ -31,6 +31,8 @@ T = TypeVar("T")
 _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 #: The database file cannot be opened: its directory is missing or not writable (a wrong path in the URL).
 _SQLITE_CANTOPEN = sqlite3.SQLITE_CANTOPEN
+#: SQLite's messages for a column the table lacks (it has no error code of their own).
+_MISSING_COLUMN = ("no such column", "has no column")
 _EPOCH_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
@@ -165,7 +167,7 @@ class SQLiteBackend(SQLBackend):
             return ErrorKind.CONFIGURATION  # the file's directory does not exist or is not writable
         if isinstance(orig, sqlite3.OperationalError) and "no such table" in str(orig):
             return ErrorKind.MISSING_SCHEMA
-        if isinstance(orig, sqlite3.OperationalError) and "no such column" in str(orig):
+        if isinstance(orig, sqlite3.OperationalError) and any(text in str(orig) for text in _MISSING_COLUMN):
             return ErrorKind.SCHEMA_MISMATCH
         return super().classify(error)
 
