@@ -15,6 +15,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigurationError
+from .urls import did_you_mean
 
 __all__ = ["ENTRY_POINT_GROUP", "backend_class_for", "call_hook", "known_schemes", "make_plugin_manager"]
 
@@ -100,9 +101,23 @@ def _describe(impl: pluggy.HookImpl) -> str:
 
 
 def known_schemes(pm: pluggy.PluginManager) -> list[str]:
-    """Schemes registered now plus those installed entry points offer."""
+    """Schemes registered now plus those installed entry points offer.
+
+    Entry points not loaded yet are loaded here, each on a scratch manager,
+    to learn whether they offer backends at all (a metrics plugin offers
+    none): this runs only to word an error. One that fails to import is left out.
+    """
     names = set(_backend_table(pm))
-    names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in names or pm.has_plugin(ep.name):
+            continue
+        scratch = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        scratch.add_hookspecs(hookspecs)
+        try:
+            scratch.register(ep.load())
+            names.update(_backend_table(scratch))
+        except Exception:
+            log.debug("entry point %s could not be loaded to list its schemes", ep.name, exc_info=True)
     return sorted(names)
 
 
@@ -111,9 +126,15 @@ def backend_class_for(pm: pluggy.PluginManager, scheme: str) -> type:
     table = _backend_table(pm)
     if scheme not in table and _load_entry_point(pm, scheme):
         table = _backend_table(pm)
-    if scheme not in table:
+    if scheme not in table and pm.has_plugin(scheme):
         raise ConfigurationError(
-            f"unknown URL scheme {scheme!r}; known schemes: {', '.join(known_schemes(pm))}. "
+            f"{scheme!r} is a lifecycle plugin, not a backend: open a backend's URL (sqlite:///polyqueue.db, "
+            f"postgresql://...) with connect(url, plugins=[{scheme!r}]) or POLYQUEUE_PLUGINS={scheme}"
+        )
+    if scheme not in table:
+        known = known_schemes(pm)
+        raise ConfigurationError(
+            f"unknown URL scheme {scheme!r}{did_you_mean(scheme, known)} Known schemes: {', '.join(known)}. "
             f"Backends for other databases are plugins registered under the entry-point group "
             f"{ENTRY_POINT_GROUP!r} (pip install the plugin package)"
         )

@@ -292,3 +292,71 @@ def test_a_jobs_table_without_its_version_row_is_upgraded_not_stamped(mysql_url:
         other.migrate()
         job_id = other.enqueue("big", {"blob": "x" * 100_000})  # TEXT holds 64 KB: error 1406 if not upgraded
         assert other.require(job_id).payload == {"blob": "x" * 100_000}
+
+
+# --- point 9: URL and scheme errors ----------------------------------------------------------------------
+def _configuration_error(url: str, **options: object) -> str:
+    """The ConfigurationError message opening ``url`` (and using it once) gives."""
+    # Opening or the first use, whichever refuses.
+    prefix = unique_prefix()
+    with pytest.raises(ConfigurationError) as caught, polyqueue.connect(url, table_prefix=prefix, **options) as q:
+        q.stats()
+    return str(caught.value)
+
+
+def test_a_lifecycle_plugin_is_not_offered_or_taken_as_a_backend() -> None:
+    message = _configuration_error("prometheus://sqlite:///x.db")
+    assert "'prometheus' is a lifecycle plugin, not a backend" in message and "plugins=['prometheus']" in message
+    listed = _configuration_error("nosuchscheme://x").partition("Known schemes:")[2]
+    assert "sqlite" in listed and "redis" in listed and "prometheus" not in listed
+
+
+def test_a_near_miss_scheme_gets_a_suggestion() -> None:
+    assert "did you mean postgresql://?" in _configuration_error("postgres://root@127.0.0.1/test")
+    assert "did you mean" not in _configuration_error("nosuchscheme://x")
+
+
+def test_a_driver_polyqueue_does_not_install_is_named_with_the_way_out() -> None:
+    message = _configuration_error("postgresql+psycopg2://root@127.0.0.1/test")
+    assert "needs the module 'psycopg2'" in message and "postgresql://" in message
+    assert "SQLAlchemy has no driver 'postgresql+nosuch'" in _configuration_error("postgresql+nosuch://root@h/db")
+
+
+def test_a_bad_port_is_one_clear_line_without_the_password() -> None:
+    message = _configuration_error("postgresql://root:s3cr3t@127.0.0.1:notaport/db")
+    assert "port 'notaport' is not a number" in message and "s3cr3t" not in message
+
+
+def test_an_unknown_driver_parameter_is_a_configuration_error(mysql_url: str) -> None:
+    message = _configuration_error(mysql_url + "?no_such_parameter=1")
+    assert "query parameter its driver does not take" in message and "no_such_parameter" in message
+
+
+def test_sqlite_with_two_slashes_is_one_line_saying_three() -> None:
+    message = _configuration_error("sqlite://polyqueue.db")
+    assert "sqlite:///polyqueue.db" in message and "\n" not in message
+
+
+def test_urls_show_as_written_with_every_password_masked(pg_url: str) -> None:
+    with polyqueue.connect("sqlite:///:memory:") as q:
+        assert repr(q) == "<polyqueue.Queue sqlite:///:memory:>"
+    with_at = with_password(pg_url, "x").replace(":x@", ":p@ss@w0rd@")  # an '@' its owner did not encode
+    with polyqueue.connect(with_at, table_prefix=unique_prefix()) as q:
+        assert "ss" not in repr(q).partition("@")[0] and "w0rd" not in repr(q)
+        assert q.backend.url.password == "p@ss@w0rd"  # type: ignore[attr-defined]
+    with polyqueue.connect("sqlite:///:memory:", depth_cache="redis://:cachepw@127.0.0.1:6379/0") as q:
+        assert "cachepw" not in repr(q.options) and "cachepw" not in repr(q)
+
+
+def test_the_command_answers_url_mistakes_in_one_line() -> None:
+    for url, fragment in [
+        ("postgres://root:s3cr3t@127.0.0.1/test", "did you mean postgresql://?"),
+        ("sqlite://polyqueue.db", "three slashes"),
+        ("prometheus://sqlite:///x.db", "lifecycle plugin"),
+        ("postgresql://root:s3cr3t@127.0.0.1:notaport/db", "is not a number"),
+    ]:
+        result, _ = run_command("--url", url, "stats")
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and "Traceback" not in output and "unexpected" not in output
+        assert fragment in output and "s3cr3t" not in output
+        assert len(result.stderr.strip().splitlines()) == 1, output

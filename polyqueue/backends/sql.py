@@ -59,6 +59,7 @@ from ..job import (
     int_job_id,
 )
 from ..policy import ErrorKind
+from ..urls import display_url
 from . import base as spi
 from .after_commit import AfterCommitWatcher
 from .base import Backend, BackendOptions, Capability, OptionParser
@@ -435,8 +436,8 @@ class SQLBackend(Backend):
         return self.update_locked(connection, self.ready_ids(pairs, limit), values, returning=True)
 
     def describe(self) -> str:
-        """The URL with its password masked."""
-        return self.url.render_as_string(hide_password=True)
+        """The URL with its password masked, its database as written (``sqlite:///:memory:``)."""
+        return display_url(self.url)
 
     def server_version(self) -> str:
         """``major.minor...`` as SQLAlchemy reports it after connecting."""
@@ -704,17 +705,47 @@ class SQLBackend(Backend):
                 from sqlalchemy.ext.asyncio import create_async_engine
 
                 engine = create_async_engine(url, **options).sync_engine
-        except (ImportError, sa_exc.NoSuchModuleError) as exc:
+        except sa_exc.NoSuchModuleError as exc:
             raise ConfigurationError(
-                f"the driver for {url.drivername!r} is not installed: pip install 'polyqueue[{extra}]'"
+                f"SQLAlchemy has no driver {url.drivername!r}: use {self.name}:// "
+                f"(pip install 'polyqueue[{extra}]')"
             ) from exc
+        except ImportError as exc:
+            raise ConfigurationError(self._missing_driver(url, exc, extra)) from exc
         except sa_exc.ArgumentError as exc:
-            raise ConfigurationError(f"invalid options for {self.describe()}: {exc}") from exc
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigurationError(f"invalid URL or options for {self.describe()}: {self._scrub(reason)}") from exc
         sa.event.listen(engine, "connect", lambda dbapi_conn, _record: self.on_connect(dbapi_conn))
+        sa.event.listen(engine, "do_connect", self._connect_or_explain)
         if not autocommit:
             sa.event.listen(engine, "begin", self.begin_transaction)
         sa.event.listen(engine, "handle_error", self._agree_on_disconnects)
         return engine
+
+    def _missing_driver(self, url: URL, exc: ImportError, extra: str) -> str:
+        """What to install: the extra for polyqueue's own driver, or the module another driver a URL names needs."""
+        ours = {self.default_driver, *self.async_drivers.values()}
+        if url.drivername in ours or not exc.name:
+            return f"the driver for {url.drivername!r} is not installed: pip install 'polyqueue[{extra}]'"
+        return (
+            f"{url.drivername!r} needs the module {exc.name!r}, which is not installed (pip install {exc.name}); "
+            f"polyqueue's own driver is {self.default_driver!r}, which {self.name}:// chooses "
+            f"(pip install 'polyqueue[{self.driver_extra}]')"
+        )
+
+    def _connect_or_explain(self, dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+        """Open a DBAPI connection as SQLAlchemy would; a keyword the driver does not take is the URL's fault.
+
+        Drivers raise ``TypeError`` for a URL query parameter they do not know
+        (``?foo=1``): that is a :class:`ConfigurationError` naming the
+        parameter, not a raw ``TypeError`` from deep in a call.
+        """
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"{self.describe()} has a query parameter its driver does not take: {self._scrub(str(exc))}"
+            ) from exc
 
     def _names_async_driver(self, url: URL) -> bool:
         """Whether the URL names one of this dialect's asyncio drivers (the sync engine then uses the default)."""

@@ -106,6 +106,12 @@ class SQLiteBackend(SQLBackend):
     partial_index_keyword = "sqlite_where"
 
     def __init__(self, url: sa.engine.URL, options: dict[str, Any]) -> None:
+        if url.host:
+            # sqlite://polyqueue.db reads "polyqueue.db" as a host name; SQLAlchemy's answer is five lines.
+            raise ConfigurationError(
+                f"a SQLite URL has three slashes before a relative path and four before an absolute one: "
+                f"sqlite:///{url.host}{'/' + url.database if url.database else ''} or sqlite:////var/lib/app/queue.db"
+            )
         self.in_memory = url.database in (None, "", ":memory:")
         if self.in_memory:
             # One shared connection: serialise transactions across threads ourselves.
