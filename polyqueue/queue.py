@@ -43,6 +43,7 @@ from .validation import (
     check_int,
     check_job_types,
     check_name,
+    check_queue_name,
     check_seconds,
     parse_duration,
     parse_rate,
@@ -260,7 +261,7 @@ class Queue:
     def _new_job(self, spec: Mapping[str, Any]) -> NewJob:
         """A validated, encoded job from ``enqueue``'s arguments (a dict with its keyword names)."""
         job_type = check_name(spec.get("job_type"), "job_type")
-        queue = check_name(spec.get("queue", "default"), "queue name")
+        queue = check_queue_name(spec.get("queue", "default"))
         priority = check_int(spec.get("priority", 0), "priority", -(2**31), 2**31 - 1)
         max_attempts, dedupe_key = spec.get("max_attempts"), spec.get("dedupe_key")
         attempts = self.max_attempts if max_attempts is None else check_int(max_attempts, "max_attempts", 1, 10_000)
@@ -444,9 +445,16 @@ class Queue:
         return self.backend.cancel(CancelRequest(job_id))
 
     def stats(self, queue: str | None = None) -> dict[str, int]:
-        """Counts by status plus ``scheduled``, for one queue or all queues together."""
+        """Counts by status plus ``scheduled``, for one queue or all queues together.
+
+        Keys: ``pending`` (every pending job, due or not), ``scheduled`` (the
+        pending ones not yet due: ``pending - scheduled`` are ready now),
+        ``processing``, ``done``, ``dead``, ``cancelled``. A sum over the keys
+        counts scheduled jobs twice; the CLI's table shows ready and scheduled
+        apart for that reason.
+        """
         if queue is not None:
-            queue = check_name(queue, "queue name")
+            queue = check_queue_name(queue)
         totals = dict.fromkeys(("pending", "scheduled", "processing", "done", "dead", "cancelled"), 0)
         for counts in self.backend.stats(StatsRequest(queue)).values():
             for key, value in counts.items():
@@ -460,7 +468,7 @@ class Queue:
     def stats_by_type(self, queue: str | None = None) -> dict[str, dict[str, dict[str, int]]]:
         """``{queue: {job_type: counts}}``: shows jobs of a type no worker handles (they stay pending)."""
         if queue is not None:
-            queue = check_name(queue, "queue name")
+            queue = check_queue_name(queue)
         return self.backend.stats(StatsRequest(queue, by_type=True))
 
     def depth(self, queue: str = "default", *, exact: bool = False) -> int:
@@ -468,14 +476,14 @@ class Queue:
 
         ``exact`` always counts in the database.
         """
-        name = check_name(queue, "queue name")
+        name = check_queue_name(queue)
         cached = None if exact else self.backend.cached_depth(name)
         return cached if cached is not None else self.backend.count_ready(ReadyCount(name))
 
     def dead_jobs(self, queue: str | None = None, limit: int = 100) -> list[Job]:
         """Dead jobs, most recently finished first."""
         if queue is not None:
-            queue = check_name(queue, "queue name")
+            queue = check_queue_name(queue)
         return self.backend.dead_jobs(DeadJobsQuery(queue, check_int(limit, "limit", 1, 1_000_000)))
 
     def replay(
@@ -505,7 +513,7 @@ class Queue:
         With ``rate``, ``on_progress(done, total)`` is called after each step.
         """
         if queue is not None:
-            queue = check_name(queue, "queue name")
+            queue = check_queue_name(queue)
         if isinstance(ids, (str, bytes)):
             raise InvalidArgument("ids must be an iterable of job ids")
         wanted = None if ids is None else list(ids)

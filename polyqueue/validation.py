@@ -20,10 +20,12 @@ __all__ = [
     "check_int",
     "check_job_types",
     "check_name",
+    "check_queue_name",
     "check_seconds",
     "parse_duration",
     "parse_rate",
     "queue_list",
+    "split_names",
 ]
 
 MAX_NAME_LENGTH = 255
@@ -104,6 +106,30 @@ def check_name(value: Any, what: str) -> str:
     return value
 
 
+def check_queue_name(value: Any, what: str = "queue name") -> str:
+    """A queue name: :func:`check_name`, and no leading or trailing whitespace.
+
+    ``"emails "`` would otherwise be a second queue, printed just like
+    ``"emails"``, that no worker of ``"emails"`` ever drains.
+    """
+    name = check_name(value, what)
+    if name != name.strip():
+        raise InvalidArgument(f"{what} {name!r} has leading or trailing whitespace")
+    return name
+
+
+def split_names(text: str, what: str = "queue name") -> list[str]:
+    """Names from comma-separated text (a command-line list): blanks around commas dropped, each checked.
+
+    ``"emails, payments"`` is ``["emails", "payments"]``; an empty item
+    (``"a,,b"``, a trailing comma) is refused rather than silently skipped.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if any(not part for part in parts):
+        raise InvalidArgument(f"{text!r} is not a comma-separated list of {what}s (an item is empty)")
+    return [check_queue_name(part, what) for part in dict.fromkeys(parts)]
+
+
 def check_int(value: Any, what: str, low: int, high: int) -> int:
     """An integer (not a bool) between ``low`` and ``high`` inclusive."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -126,7 +152,7 @@ def queue_list(queues: str | Iterable[str]) -> list[str]:
     names = [queues] if isinstance(queues, str) else list(queues)
     if not names:
         raise InvalidArgument("queues must name at least one queue")
-    return [check_name(q, "queue name") for q in dict.fromkeys(names)]
+    return [check_queue_name(q) for q in dict.fromkeys(names)]
 
 
 def check_job_types(job_types: Iterable[str] | None) -> frozenset[str] | None:

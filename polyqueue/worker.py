@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from . import policy
 from .backends.base import Capability
 from .errors import BackendUnavailable, ConfigurationError, InvalidArgument, InvalidPayload, LeaseLost, PolyqueueError
-from .job import Job, JobStatus
+from .job import Job
 from .periodic import DEFAULT_CATCH_UP_LIMIT, Schedule, Scheduler
 from .queue import Queue, default_worker_id
 from .validation import check_int, check_name, check_seconds, queue_list
@@ -710,32 +710,22 @@ class Worker:
     def _fail(self, job: Job, exc: BaseException) -> None:
         with self._done_lock:
             self.failed += 1
+        # The session logs the failure (with its traceback) once it is recorded.
+        error: BaseException | str = exc
         if isinstance(exc, InvalidPayload):
-            error: BaseException | str = f"handler result is not storable: {exc}"
-        else:
-            error = policy.error_text(exc, with_traceback=True)
+            error = f"handler result is not storable: {exc}"
         try:
-            settlement = self.session.fail(job, error)
+            self.session.fail(job, error, with_traceback=True)
         except LeaseLost:
-            log.warning("job %s (%s) failed; its lease was lost before the failure was recorded", job.id, job.job_type)
             return
         except Exception as err:  # refused outright or an outage past patience; the thread must live
-            log.error("job %s: failure not recorded (%s); its lease will expire, then it runs again", job.id, err)
+            log.error(
+                "job %s (%s) attempt %d/%d failed: %s; the failure was not recorded (%s): its lease will expire, "
+                "then it runs again",
+                job.id, job.job_type, job.attempts, job.max_attempts, policy.error_text(exc), err,
+                exc_info=exc,
+            )  # fmt: skip
             return
-        outcome = "dead" if settlement.status == JobStatus.DEAD else f"retry in {settlement.run_in or 0:.1f}s"
-        summary = policy.error_text(exc)
-        # The traceback goes with the record, unless the exception's text would break log handlers
-        # (a lone surrogate cannot be written as UTF-8): then the escaped traceback is in the message.
-        try:
-            printable = policy.storable_text(str(exc)) == str(exc)
-        except Exception:  # a broken __str__
-            printable = False
-        log.warning(
-            "job %s (%s) attempt %d/%d failed, %s: %s",
-            job.id, job.job_type, job.attempts, job.max_attempts, outcome,
-            summary if printable else policy.error_text(exc, with_traceback=True),
-            exc_info=exc if printable else None,
-        )  # fmt: skip
 
     def _release_unstarted(self) -> None:
         """Give back, in one statement, the buffered jobs no handler has taken yet."""
