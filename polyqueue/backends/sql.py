@@ -99,6 +99,11 @@ FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 SCHEMA_VERSION = 5
 #: The columns version 5 added, in the order an upgrade adds them.
 _V5_COLUMNS = ("dedupe_for", "dedupe_held_until", "enqueue_token", "import_key")
+#: The jobs columns every polyqueue schema has had: a ``<prefix>jobs`` table lacking one is not polyqueue's.
+#: Fixed on purpose: a later version's new columns are added by its upgrade, not required of the table.
+_FIRST_SCHEMA_COLUMNS = ("id", "queue", "job_type", "payload", "priority", "status", "attempts", "max_attempts",
+                         "run_at", "created_at", "finished_at", "locked_by", "lease_expires_at", "lease_token",
+                         "last_error", "errors", "dedupe_key", "result")  # fmt: skip
 #: The version ``migrate`` upgrades from when it finds a jobs table of polyqueue's shape but no version row
 #: (a MySQL migration interrupted between its DDL and the stamp, or a table from before the schema table).
 _UNSTAMPED = 0
@@ -547,10 +552,8 @@ class SQLBackend(Backend):
         return {column["name"] for column in inspector.get_columns(self.jobs.name)}
 
     def _refuse_foreign_jobs_table(self, columns: set[str]) -> None:
-        """Raise :class:`SchemaMismatch` naming the table unless it has every column polyqueue's first schema had."""
-        extra = {column.name for column in self.extra_columns()}
-        required = [c.name for c in self.jobs.c if c.name not in _V5_COLUMNS and c.name not in extra]
-        missing = [name for name in required if name not in columns]
+        """Raise :class:`SchemaMismatch` naming the table unless it has every column of polyqueue's first schema."""
+        missing = [name for name in _FIRST_SCHEMA_COLUMNS if name not in columns]
         if missing:
             raise SchemaMismatch(
                 f"table {self.jobs.name} in {self.describe()} is not a polyqueue jobs table "
