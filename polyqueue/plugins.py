@@ -17,7 +17,14 @@ from . import hookspecs
 from .errors import ConfigurationError
 from .urls import did_you_mean
 
-__all__ = ["ENTRY_POINT_GROUP", "backend_class_for", "call_hook", "known_schemes", "make_plugin_manager"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "backend_class_for",
+    "call_hook",
+    "known_schemes",
+    "make_plugin_manager",
+    "unloaded_plugins",
+]
 
 ENTRY_POINT_GROUP = "polyqueue"
 log = logging.getLogger("polyqueue.plugins")
@@ -101,24 +108,18 @@ def _describe(impl: pluggy.HookImpl) -> str:
 
 
 def known_schemes(pm: pluggy.PluginManager) -> list[str]:
-    """Schemes registered now plus those installed entry points offer.
+    """The URL schemes the backends registered now serve (built-ins and plugins already loaded)."""
+    return sorted(_backend_table(pm))
 
-    Entry points not loaded yet are loaded here, each on a scratch manager,
-    to learn whether they offer backends at all (a metrics plugin offers
-    none): this runs only to word an error. One that fails to import is left out.
+
+def unloaded_plugins(pm: pluggy.PluginManager) -> list[str]:
+    """Installed entry points of the ``polyqueue`` group not loaded yet.
+
+    Each may add schemes or only lifecycle hooks (metrics, tracing): nothing
+    says which until it is imported, and listing them imports nothing.
     """
-    names = set(_backend_table(pm))
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in names or pm.has_plugin(ep.name):
-            continue
-        scratch = pluggy.PluginManager(ENTRY_POINT_GROUP)
-        scratch.add_hookspecs(hookspecs)
-        try:
-            scratch.register(ep.load())
-            names.update(_backend_table(scratch))
-        except Exception:
-            log.debug("entry point %s could not be loaded to list its schemes", ep.name, exc_info=True)
-    return sorted(names)
+    names = {ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(name for name in names if not pm.has_plugin(name) and name not in _backend_table(pm))
 
 
 def backend_class_for(pm: pluggy.PluginManager, scheme: str) -> type:
@@ -132,9 +133,11 @@ def backend_class_for(pm: pluggy.PluginManager, scheme: str) -> type:
             f"postgresql://...) with connect(url, plugins=[{scheme!r}]) or POLYQUEUE_PLUGINS={scheme}"
         )
     if scheme not in table:
-        known = known_schemes(pm)
+        known, unloaded = known_schemes(pm), unloaded_plugins(pm)
+        others = f"; installed plugins, not loaded: {', '.join(unloaded)}" if unloaded else ""
         raise ConfigurationError(
-            f"unknown URL scheme {scheme!r}{did_you_mean(scheme, known)} Known schemes: {', '.join(known)}. "
+            f"unknown URL scheme {scheme!r}{did_you_mean(scheme, [*known, *unloaded])} "
+            f"Known schemes: {', '.join(known)}{others}. "
             f"Backends for other databases are plugins registered under the entry-point group "
             f"{ENTRY_POINT_GROUP!r} (pip install the plugin package)"
         )
