@@ -127,9 +127,9 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
             scheme = raw.partition("://")[0] if "://" in raw else ""
             if scheme:
                 backend_class_for(pm, scheme.split("+", 1)[0])  # an unknown scheme or a lifecycle plugin says so first
-            raise ConfigurationError(
-                f"could not parse the queue URL {mask_url(raw)!r}: {describe_parse_error(raw)}"
-            ) from None
+            # Only the scheme is echoed: an unparsable URL's password cannot be told from the rest of it.
+            shown = f" (scheme {scheme[:40]!r})" if scheme else ""
+            raise ConfigurationError(f"could not parse the queue URL{shown}: {describe_parse_error(raw)}") from None
     else:
         raise ConfigurationError("url must be a string, a SQLAlchemy URL or None")
     backend_cls: type[Backend] = backend_class_for(pm, parsed.drivername.split("+", 1)[0])
