@@ -131,6 +131,8 @@ def migrate(ctx: click.Context) -> None:
 @click.option("--dedupe-key", default=None, help="At most one live job per queue holds this key.")
 @click.option("--dedupe-for", default=None, help="Keep the dedupe key held this long after the job ends (e.g. 1h).")
 @url_option
+@click.option("--header", "headers", multiple=True, metavar="NAME=VALUE", help="A job header; repeat for more.")
+@click.option("--timeout", default=None, help="Longest run of one attempt (e.g. 30s, 5m).")
 @click.pass_context
 def enqueue(
     ctx: click.Context,
@@ -142,6 +144,8 @@ def enqueue(
     max_attempts: int | None,
     dedupe_key: str | None,
     dedupe_for: str | None,
+    headers: tuple[str, ...],
+    timeout: str | None,
 ) -> None:
     """Enqueue one job; prints its id.
 
@@ -149,6 +153,12 @@ def enqueue(
     @FILE to read it from a file (for payloads too large for an argument).
     """
     payload = None if payload_json is None else _read_payload(payload_json)
+    header_map: dict[str, str] = {}
+    for item in headers:
+        name, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--header takes NAME=VALUE, got {item!r}")
+        header_map[name] = value
     with opened(ctx) as q:
         job_id = q.enqueue(
             job_type,
@@ -159,6 +169,8 @@ def enqueue(
             max_attempts=max_attempts,
             dedupe_key=dedupe_key,
             dedupe_for=dedupe_for,
+            headers=header_map or None,
+            timeout=None if timeout is None else parse_duration(timeout, "timeout"),
         )
     click.echo(str(job_id))
 
@@ -204,6 +216,8 @@ def _load_handlers(spec: str) -> Callable[[Any], None]:
             path = Path(module_name).resolve()
             if not path.exists():
                 fail(f"no such file: {module_name}")
+            # Importable by name from here on, so execution="process" children can import its handlers too.
+            sys.path.insert(0, str(path.parent))
             loader_spec = importlib.util.spec_from_file_location(path.stem, path)
             assert loader_spec is not None and loader_spec.loader is not None
             module = importlib.util.module_from_spec(loader_spec)
@@ -246,15 +260,36 @@ def _load_handlers(spec: str) -> Callable[[Any], None]:
 @click.option("--lease", type=float, default=30.0, show_default=True, help="Seconds a claim holds a job unheartbeated.")
 @click.option("--burst", is_flag=True, help="Drain what is ready, then exit.")
 @url_option
+@click.option("--timeout", default=None, help="Longest run of one attempt (e.g. 30s, 5m); a job's own wins.")
+@click.option(
+    "--execution", type=click.Choice(["thread", "process"]), default="thread", show_default=True,
+    help="Run sync handlers on threads or in child processes (killed when they overrun).",
+)  # fmt: skip
 @click.pass_context
-def worker(ctx: click.Context, module: str, queues: str, concurrency: int, lease: float, burst: bool) -> None:
+def worker(
+    ctx: click.Context,
+    module: str,
+    queues: str,
+    concurrency: int,
+    lease: float,
+    burst: bool,
+    timeout: str | None,
+    execution: str,
+) -> None:
     """Run a worker with the handlers of MODULE (its setup(worker) or HANDLERS dict) until SIGTERM/SIGINT."""
     from .worker import Worker
 
     names = split_names(queues)
     register = _load_handlers(module)
     with opened(ctx) as q:
-        w = Worker(q, queues=names, concurrency=concurrency, lease=lease)
+        w = Worker(
+            q,
+            queues=names,
+            concurrency=concurrency,
+            lease=lease,
+            timeout=None if timeout is None else parse_duration(timeout, "timeout"),
+            execution=execution,
+        )
         register(w)
         if not w.handlers:
             fail(f"{module} registered no handlers")
@@ -420,12 +455,16 @@ def _not_dead(q: Queue, ids: tuple[str, ...], queue_name: str | None) -> dict[Ha
 @url_option
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str) -> None:
-    """Cancel a pending job."""
+    """Cancel a pending job, or ask a processing one to stop (its worker ends it ``cancelled``)."""
     with opened(ctx) as q:
+        before = q.get(job_id)
         if not q.cancel(job_id):
             job = q.get(job_id)
             fail(f"job {job_id} does not exist" if job is None else f"job {job_id} is {job.status}, not pending")
-    say(f"cancelled {job_id}")
+    if before is not None and before.status == "processing":
+        say(f"asked {job_id} to stop: its worker ends it cancelled at its next heartbeat")
+    else:
+        say(f"cancelled {job_id}")
 
 
 @cli.command()
@@ -439,6 +478,32 @@ def purge(ctx: click.Context, status: str, older_than: str, batch_size: int) -> 
     with opened(ctx) as q:
         deleted = q.purge(status, older_than=older_than, batch_size=batch_size)
     say(f"purged {deleted} {status} job(s) older than {older_than}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; beyond loopback needs --token.")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--read-only", is_flag=True, help="Show everything, change nothing: no replay, cancel, pause or purge.")
+@click.option(
+    "--token",
+    envvar="POLYQUEUE_DASHBOARD_TOKEN",
+    default=None,
+    help="Access token every request must carry (Bearer header, or ?token= once). Env: POLYQUEUE_DASHBOARD_TOKEN.",
+)
+@click.option("--root-path", default="", help="The path prefix a reverse proxy serves the dashboard under (/pq).")
+@click.pass_context
+def dashboard(ctx: click.Context, host: str, port: int, read_only: bool, token: str | None, root_path: str) -> None:
+    """Serve the web dashboard: queue counts and throughput, jobs, errors, actions, /metrics."""
+    try:
+        from .web import DashboardSettings, check_serving, serve
+    except ImportError as exc:
+        fail(f"the dashboard needs the web extra: pip install 'polyqueue[web]' ({exc.name} is missing)")
+    settings = DashboardSettings(read_only=read_only, token=token or None)
+    check_serving(host, settings, root_path)
+    with opened(ctx) as q:
+        shown = "[read-only] " if read_only else ""
+        err_console.print(f"polyqueue dashboard {shown}on http://{host}:{port}{root_path}/ ({q.backend.describe()})")
+        serve(q, host=host, port=port, settings=settings, root_path=root_path)
 
 
 def _progress(what: str) -> Progress:

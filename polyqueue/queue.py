@@ -26,20 +26,25 @@ from .backends.base import (
     FireHistoryQuery,
     FireRecord,
     JobLookup,
+    ListQuery,
     OptionParser,
     PurgeRequest,
     ReadyCount,
     ReplayRequest,
+    RetryNowRequest,
     ScheduleQuery,
     ScheduleRecord,
     StatsRequest,
+    Throughput,
+    ThroughputQuery,
 )
 from .errors import ConfigurationError, InvalidArgument, InvalidPayload, JobNotFound
-from .job import FINISHED_STATUSES, Job, NewJob, ReplayResult
+from .job import FINISHED_STATUSES, STATUSES, Job, NewJob, ReplayResult
 from .plugins import backend_class_for, call_hook, make_plugin_manager
 from .session import ConsumerSession, lease_lost
 from .urls import describe_parse_error, mask_url, parse_url
 from .validation import (
+    check_headers,
     check_int,
     check_job_types,
     check_name,
@@ -59,6 +64,8 @@ log = logging.getLogger("polyqueue")
 
 DEFAULT_URL = "sqlite:///polyqueue.db"
 MAX_CLAIM_BATCH = 1000
+#: Most jobs one ``list_jobs`` page holds.
+MAX_LIST_PAGE = 1000
 #: Most dead jobs one paced replay of "every dead job" takes on (a paced million takes hours anyway).
 MAX_PACED_REPLAY = 1_000_000
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
@@ -149,6 +156,15 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
     queue = Queue(backend, pm, opts)
     queue._url = raw if isinstance(raw, str) else raw.render_as_string(hide_password=False)
     return queue
+
+
+def _check_statuses(status: str | Iterable[str]) -> frozenset[str]:
+    """One job status or several, each one of :data:`~polyqueue.job.STATUSES`."""
+    chosen = frozenset([status] if isinstance(status, str) else status)
+    unknown = sorted(str(s) for s in chosen - set(STATUSES))
+    if not chosen or unknown:
+        raise InvalidArgument(f"status must be one or more of {', '.join(STATUSES)}; got {unknown or 'none'}")
+    return chosen
 
 
 def _positive(value: Any, what: str) -> int:
@@ -279,7 +295,14 @@ class Queue:
         if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
             raise InvalidArgument("run_at must be a timezone-aware datetime")
         payload_json = json_codec.encode_payload(spec.get("payload"), self.max_payload_bytes)
-        return NewJob(queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at, dedupe_for)
+        headers_json = check_headers(spec.get("headers"))
+        timeout = spec.get("timeout")
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout", positive=True)
+        return NewJob(
+            queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at, dedupe_for,
+            headers_json, timeout,
+        )  # fmt: skip
 
     def enqueue(
         self,
@@ -293,6 +316,8 @@ class Queue:
         max_attempts: int | None = None,
         dedupe_key: str | None = None,
         dedupe_for: float | timedelta | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | timedelta | str | None = None,
         connection: Any = None,
     ) -> Hashable:
         """Store one job and return its id (or, when its ``dedupe_key`` is held, the holding job's id).
@@ -301,17 +326,23 @@ class Queue:
         :class:`InvalidPayload` / :class:`PayloadTooLarge`, nothing stored).
         A ``dedupe_key`` is held while its job is live; ``dedupe_for`` keeps
         it held that many seconds more after the job is done or dead (a
-        cancelled job lets it go at once). ``connection`` writes the job
-        inside the caller's open transaction. Every call carries a client
-        token, so the library's own retry after a dropped connection never
-        stores the job twice.
+        cancelled job lets it go at once). ``headers`` is a small dict of
+        str -> str carried with the job (``job.headers``: trace context,
+        tenant, request id), kept through retries and replay. ``timeout``
+        limits each attempt's run in seconds (over the worker's own
+        ``timeout``): an attempt that runs longer fails with a timeout error.
+        ``connection`` writes the job inside the caller's open transaction.
+        Every call carries a client token, so the library's own retry after a
+        dropped connection never stores the job twice.
         """
         spec = {"job_type": job_type, "payload": payload, "queue": queue, "priority": priority, "delay": delay}
         spec.update(run_at=run_at, max_attempts=max_attempts, dedupe_key=dedupe_key, dedupe_for=dedupe_for)
+        spec.update(headers=headers, timeout=timeout)
         return self._store([self._new_job(spec)], connection)[0]
 
     _JOB_KEYS = frozenset(
         {"job_type", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "dedupe_key", "dedupe_for"}
+        | {"headers", "timeout"}
     )
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, connection: Any = None) -> list[Hashable]:
@@ -344,6 +375,10 @@ class Queue:
             self.require_capability(Capability.TRANSACTIONAL_ENQUEUE, "transactional enqueue (connection=)")
         if any(job.dedupe_for is not None for job in batch):
             self.require_capability(Capability.DEDUPE, "dedupe keys (dedupe_for=)")
+        if any(job.headers_json is not None for job in batch):
+            self.require_capability(Capability.HEADERS, "job headers (headers=)")
+        if any(job.timeout is not None for job in batch):
+            self.require_capability(Capability.TIMEOUTS, "per-job timeouts (timeout=)")
         # One client token per call: a retry of this call after a dropped connection finds its first attempt.
         ids = self.backend.enqueue(EnqueueBatch(batch, connection, policy.new_enqueue_token()))
         if ids:
@@ -441,8 +476,26 @@ class Queue:
         return self.backend.get(JobLookup(job_id))
 
     def cancel(self, job_id: Hashable) -> bool:
-        """Cancel a pending job; True if it was pending and is now cancelled."""
+        """Cancel a job: a pending one at once; a processing one is asked to stop. True if either happened.
+
+        On a backend with the ``cancel_running`` capability, a processing
+        job's worker learns of the request within a heartbeat
+        (``lease / 3``): the handler sees ``job.cancel_requested`` and
+        ``job.check()`` raises :class:`~polyqueue.JobCancelled`, and the job
+        ends ``cancelled``, never retried. False for a finished or unknown
+        job (and for a processing one on a backend without the capability).
+        """
         return self.backend.cancel(CancelRequest(job_id))
+
+    def retry_now(self, job_id: Hashable) -> bool:
+        """Make a pending job that waits for its time (a retry's back-off, a delay) due now; True if it did.
+
+        False when the job is not pending, is due already, or does not exist.
+        Idle workers of its queue are woken as after an enqueue. Needs the
+        ``retry_now`` capability (:class:`ConfigurationError` without it).
+        """
+        self.require_capability(Capability.RETRY_NOW, "retry now")
+        return self.backend.retry_now(RetryNowRequest(job_id))
 
     def stats(self, queue: str | None = None) -> dict[str, int]:
         """Counts by status plus ``scheduled``, for one queue or all queues together.
@@ -461,9 +514,17 @@ class Queue:
                 totals[key] = totals.get(key, 0) + value
         return totals
 
-    def stats_by_queue(self) -> dict[str, dict[str, int]]:
-        """``{queue: counts}`` as :meth:`stats` gives them, for every queue that has jobs."""
-        return self.backend.stats(StatsRequest())
+    def stats_by_queue(self, statuses: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """``{queue: counts}`` as :meth:`stats` gives them, for every queue that has jobs.
+
+        ``statuses`` counts only those (with ``scheduled`` when ``pending`` is
+        one): every queue holding jobs of them, and a store may skip its
+        finished history, so ``("pending", "processing", "dead")`` stays
+        cheap however many done jobs there are. A store may count more.
+        """
+        if statuses is None:
+            return self.backend.stats(StatsRequest())
+        return self.backend.stats(StatsRequest(statuses=_check_statuses(list(statuses))))
 
     def stats_by_type(self, queue: str | None = None) -> dict[str, dict[str, dict[str, int]]]:
         """``{queue: {job_type: counts}}``: shows jobs of a type no worker handles (they stay pending)."""
@@ -485,6 +546,49 @@ class Queue:
         if queue is not None:
             queue = check_queue_name(queue)
         return self.backend.dead_jobs(DeadJobsQuery(queue, check_int(limit, "limit", 1, 1_000_000)))
+
+    def list_jobs(
+        self,
+        queue: str | None = None,
+        status: str | Iterable[str] | None = None,
+        job_type: str | None = None,
+        after: Hashable | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """One page of jobs, newest first: of ``queue``, ``status`` and ``job_type`` when given.
+
+        ``status`` is one status or several (of ``pending``, ``processing``,
+        ``done``, ``dead``, ``cancelled``). ``after`` is the ``id`` of the
+        last job of the previous page: the next page holds older jobs only
+        (keyset pagination, served by indexes, so the thousandth page costs
+        what the first does; jobs added meanwhile never shift a page).
+        ``limit`` is 1 to 1000. ``[]`` when nothing is left. Needs the
+        ``list_jobs`` capability (:class:`ConfigurationError` without it);
+        :class:`InvalidArgument` for a bad filter or an ``after`` that is
+        not a job id of this backend.
+        """
+        name = None if queue is None else check_name(queue, "queue name")
+        statuses = None if status is None else _check_statuses(status)
+        kind = None if job_type is None else check_name(job_type, "job_type")
+        size = check_int(limit, "limit", 1, MAX_LIST_PAGE)
+        self.require_capability(Capability.LIST_JOBS, "job listing")
+        return self.backend.list_jobs(ListQuery(statuses, name, kind, after, size))
+
+    def throughput(
+        self, queue: str | None = None, *, window: float | timedelta | str = 3600.0, buckets: int = 60
+    ) -> Throughput:
+        """Jobs that ended ``done`` or ``dead`` in each of ``buckets`` slices of the last ``window`` (DB clock).
+
+        ``Throughput.counts`` is ``{queue: {"done": [...], "dead": [...]}}``,
+        oldest slice first (a status or queue with none finished is absent).
+        Reads only the window's finished jobs, not the history. Needs the
+        ``throughput`` capability (:class:`ConfigurationError` without it).
+        """
+        name = None if queue is None else check_name(queue, "queue name")
+        seconds = check_seconds(window, "window", positive=True)
+        slices = check_int(buckets, "buckets", 1, 1440)
+        self.require_capability(Capability.THROUGHPUT, "throughput counts")
+        return self.backend.throughput(ThroughputQuery(name, seconds, slices))
 
     def replay(
         self, ids: Iterable[Hashable] | None = None, queue: str | None = None, *, rate: float | str | None = None

@@ -21,6 +21,8 @@ import pluggy
 from . import json_codec, policy
 from .backends.base import (
     Backend,
+    CancelCheck,
+    Capability,
     ClaimRequest,
     DueProbe,
     ExtendRequest,
@@ -189,6 +191,22 @@ class ConsumerSession:
         if settlement.status == JobStatus.DEAD:
             self.fire("polyqueue_job_dead", job=job, error=text)
         return settlement
+
+    def cancel_running(self, job: Job) -> None:
+        """Settle a job whose cancel was requested while it ran: ``cancelled``, never retried.
+
+        Raises :class:`LeaseLost` if this claim no longer holds it. Fires the ``cancelled`` hook.
+        """
+        if self._settle([policy.cancelled(job)]):
+            raise lease_lost([job.id])
+        job.status, job.last_error = JobStatus.CANCELLED, policy.CANCELLED_ERROR
+        self.fire("polyqueue_job_cancelled", job=job)
+
+    def cancel_requests(self, jobs: Sequence[Job]) -> set[Hashable]:
+        """The ids of held ``jobs`` whose cancel was requested (empty without the ``cancel_running`` capability)."""
+        if not jobs or Capability.CANCEL_RUNNING not in self._backend.capabilities:
+            return set()
+        return self._backend.cancel_requests(CancelCheck(jobs))
 
     def release(self, jobs: Sequence[Job]) -> set[Hashable]:
         """Give claimed jobs back unrun, the attempt not charged; returns the ids no longer held."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +16,10 @@ from .errors import InvalidArgument
 
 __all__ = [
     "MAX_DURATION_SECONDS",
+    "MAX_HEADERS",
+    "MAX_HEADERS_BYTES",
     "MAX_NAME_LENGTH",
+    "check_headers",
     "check_int",
     "check_job_types",
     "check_name",
@@ -37,6 +40,10 @@ _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|
 _RATE_UNITS = {None: 1, "s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 #: The fastest pace a rate may ask for (jobs per second).
 MAX_RATE = 1_000_000.0
+#: Most entries a job's headers may hold.
+MAX_HEADERS = 64
+#: Largest a job's headers may be, as the UTF-8 of their JSON (they travel with every claim).
+MAX_HEADERS_BYTES = 8192
 
 
 def parse_duration(value: float | int | timedelta | str, what: str = "duration") -> float:
@@ -165,3 +172,38 @@ def check_job_types(job_types: Iterable[str] | None) -> frozenset[str] | None:
     if not types:
         raise InvalidArgument("job_types must name at least one job type (or be None for all)")
     return types
+
+
+def check_headers(value: Any) -> str | None:
+    """A job's headers (a dict of str -> str, small) as the JSON text to store; None for none or empty.
+
+    At most :data:`MAX_HEADERS` entries and :data:`MAX_HEADERS_BYTES` bytes of
+    JSON; keys are non-empty names up to 255 characters; values are text
+    (no NUL), possibly empty.
+    """
+    import json
+
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(f"headers must be a dict of str to str, not {type(value).__name__}")
+    value = dict(value)
+    if len(value) > MAX_HEADERS:
+        raise InvalidArgument(f"headers hold at most {MAX_HEADERS} entries, got {len(value)}")
+    for key, item in value.items():
+        check_name(key, "header name")
+        if not isinstance(item, str):
+            raise InvalidArgument(f"header {key!r} must be a str, not {type(item).__name__}")
+        if "\x00" in item:
+            raise InvalidArgument(f"header {key!r} contains a NUL character")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"header {key!r} is not valid Unicode text (lone surrogate)") from None
+    if not value:
+        return None
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    size = len(text.encode("utf-8"))
+    if size > MAX_HEADERS_BYTES:
+        raise InvalidArgument(f"headers are {size} bytes of JSON, over the limit of {MAX_HEADERS_BYTES}")
+    return text

@@ -34,6 +34,7 @@ __all__ = [
     "CAPABILITIES",
     "Backend",
     "BackendOptions",
+    "CancelCheck",
     "CancelRequest",
     "Capability",
     "ChangeWatcher",
@@ -54,10 +55,12 @@ __all__ = [
     "ImportResult",
     "JobLookup",
     "JobRecord",
+    "ListQuery",
     "OptionParser",
     "PurgeRequest",
     "ReadyCount",
     "ReplayRequest",
+    "RetryNowRequest",
     "ScheduleQuery",
     "ScheduleRecord",
     "ScheduleSpec",
@@ -65,6 +68,8 @@ __all__ = [
     "SettleRequest",
     "Settlement",
     "StatsRequest",
+    "Throughput",
+    "ThroughputQuery",
     "WakeupRequest",
     "WakeupSource",
 ]
@@ -85,6 +90,12 @@ class Capability(enum.StrEnum):
     DEPTH_CACHE = "depth_cache"  #: depth() answered from a cache
     PERIODIC = "periodic"  #: declare_schedules / fire / schedules: each (schedule, slot) fires once
     TRANSFER = "transfer"  #: export_jobs / import_jobs / delete_jobs: jobs move to and from other backends
+    LIST_JOBS = "list_jobs"  #: list_jobs: pages through jobs by queue, status and type, newest first
+    THROUGHPUT = "throughput"  #: throughput: jobs finished per minute over the last hour, from the store
+    RETRY_NOW = "retry_now"  #: retry_now: a pending job waiting for its time (a retry's back-off) becomes due now
+    HEADERS = "headers"  #: Job.headers stored with the job, kept through retries, replay and transfer
+    TIMEOUTS = "timeouts"  #: enqueue(..., timeout=S): a per-job attempt timeout stored with the job
+    CANCEL_RUNNING = "cancel_running"  #: cancel(id) on a processing job flags it; cancel_requests() reports it
 
 
 CAPABILITIES = frozenset(Capability)
@@ -153,8 +164,13 @@ class Settlement:
     ``result``, ``last_error`` and ``errors`` when not None; the dedupe
     hold (``dedupe_held_until`` = DB-now + the job's ``dedupe_for``) when
     ``hold_dedupe``; and always ``locked_by`` and ``lease_expires_at``
-    cleared and a lease token no claim holds. Build one with the named
-    constructors of :mod:`polyqueue.policy`.
+    cleared and a lease token no claim holds. One rule of the policy is
+    applied by the store because only it knows the stored flag: a
+    settlement to ``pending`` of a job whose cancel was requested meanwhile
+    writes ``cancelled`` (finished) instead
+    (:func:`polyqueue.policy.settled_status_sql`), so a cancelled job is
+    never retried. Build one with the named constructors of
+    :mod:`polyqueue.policy`.
     """
 
     job: Job
@@ -199,17 +215,30 @@ class JobLookup:
 
 @dataclass(frozen=True, slots=True)
 class CancelRequest:
-    """Cancel one pending job."""
+    """Cancel one job: a pending one at once; a processing one is flagged (with ``cancel_running``)."""
 
     job_id: Hashable
 
 
 @dataclass(frozen=True, slots=True)
+class CancelCheck:
+    """A worker's heartbeat question: which of the jobs it holds have had a cancel requested?"""
+
+    jobs: Sequence[Job]
+
+
+@dataclass(frozen=True, slots=True)
 class StatsRequest:
-    """Counts for one queue (``queue``) or all; ``by_type`` splits each queue's counts by job type."""
+    """Counts for one queue (``queue``) or all; ``by_type`` splits each queue's counts by job type.
+
+    ``statuses`` None counts every status; otherwise only those need
+    counting (a hint that lets a store skip its finished history: it may
+    count more, and the caller reads only the ones it asked for).
+    """
 
     queue: str | None = None
     by_type: bool = False
+    statuses: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +263,13 @@ class DeadJobsQuery:
 
     queue: str | None = None
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RetryNowRequest:
+    """Make one pending job that is not yet due (waiting out a retry's back-off, or delayed) due now."""
+
+    job_id: Hashable
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +307,45 @@ class ExportQuery:
     queue: str | None = None
     after: Hashable | None = None
     limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """One page of jobs to show, newest (highest id) first: those with an id below ``after`` (None: from the newest).
+
+    Only jobs whose status is in ``statuses`` (None: any), of ``queue`` and
+    of ``job_type`` when given; at most ``limit``. The last job's ``id`` is
+    the ``after`` of the next page (keyset pagination, as :class:`ExportQuery`
+    but in the other direction: a page costs the same however deep it is).
+    """
+
+    statuses: frozenset[str] | None = None
+    queue: str | None = None
+    job_type: str | None = None
+    after: Hashable | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ThroughputQuery:
+    """Jobs that ended ``done`` or ``dead`` in each of ``buckets`` equal slices of the last ``window`` seconds."""
+
+    queue: str | None = None
+    window: float = 3600.0
+    buckets: int = 60
+
+
+@dataclass(slots=True)
+class Throughput:
+    """What :meth:`Backend.throughput` counted: per queue, per status (``done``, ``dead``), oldest slice first.
+
+    ``db_now`` is the database clock the slices end at; a queue with no job
+    finished in the window is absent.
+    """
+
+    db_now: datetime
+    bucket_seconds: float
+    counts: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,7 +666,22 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, request: CancelRequest) -> bool:
-        """Cancel a pending job (status ``cancelled``, dedupe key released at once). False if it is not pending."""
+        """Cancel a pending job (status ``cancelled``, dedupe key released at once). False if it is not pending.
+
+        With the ``cancel_running`` capability a ``processing`` job is not
+        changed but flagged (``cancel_requested``) and True returned: its
+        worker learns of it through :meth:`cancel_requests` and settles it
+        ``cancelled``; a lease of a flagged job that expires ends it
+        ``cancelled`` too. Idempotent.
+        """
+
+    def cancel_requests(self, check: CancelCheck) -> set[Hashable]:
+        """The ids of ``check.jobs`` whose cancel was requested while processing (``cancel_running`` only).
+
+        One cheap read, no locks; a job no longer held may or may not be
+        reported. Without the capability: always empty.
+        """
+        return set()
 
     @abc.abstractmethod
     def stats(self, request: StatsRequest) -> dict[str, dict[str, Any]]:
@@ -693,6 +783,36 @@ class Backend(abc.ABC):
         transaction; a job that changed, or is gone, is left alone.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot delete jobs")
+
+    # --- seeing jobs (the ``list_jobs`` capability) ---------------------------
+    def list_jobs(self, query: ListQuery) -> list[Job]:
+        """One page of jobs, newest first (descending id order), after ``query.after``; see :class:`ListQuery`.
+
+        Reads only, no locks held after it returns; ``[]`` when no job is
+        left. Served by indexes, so a page costs the same however many
+        finished jobs the store holds. Raises
+        :class:`~polyqueue.errors.InvalidArgument` for an ``after`` that is
+        not an id of this backend.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list jobs")
+
+    def retry_now(self, request: RetryNowRequest) -> bool:
+        """Set a pending, not yet due job's ``run_at`` to DB-now, and wake idle workers of its queue.
+
+        True when it did; False when the job is not pending or already due
+        (its place in claim order is kept), or does not exist. Atomic and
+        idempotent (a second call finds it due). The ``retry_now`` capability.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot make jobs due now")
+
+    def throughput(self, query: ThroughputQuery) -> Throughput:
+        """Jobs finished ``done`` and ``dead`` per slice of the last ``query.window`` seconds (DB clock), per queue.
+
+        Reads only the jobs finished in the window (through an index on the
+        finish time), so it costs what the window's traffic is, not what the
+        history is. The ``throughput`` capability.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot count throughput")
 
     # --- periodic jobs (the ``periodic`` capability) ----------------------
     def declare_schedules(self, request: DeclareSchedules) -> ScheduleState:

@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
@@ -51,6 +51,7 @@ from ..job import (
     FINISHED_STATUSES,
     LIVE_STATUSES,
     STATUSES,
+    STORED_FIELDS,
     Job,
     JobRecord,
     JobStatus,
@@ -71,6 +72,7 @@ __all__ = [
     "THREADS",
     "AwareUTCTime",
     "ErrorKind",
+    "KeysetPage",
     "SQLBackend",
     "UpdateValues",
     "status_literal",
@@ -95,10 +97,13 @@ FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 
 #: Bumped whenever ``migrate`` has new work to do. 3: the ready index leads with (queue, job_type);
 #: 4: the periodic schedules and fires tables; 5: dedupe holds after finishing (``dedupe_for``,
-#: ``dedupe_held_until``), enqueue tokens and import keys.
-SCHEMA_VERSION = 5
+#: ``dedupe_held_until``), enqueue tokens and import keys; 6: runtime control (``headers``,
+#: ``timeout``, ``cancel_requested``); 7: the listing indexes of ``list_jobs``.
+SCHEMA_VERSION = 7
 #: The columns version 5 added, in the order an upgrade adds them.
 _V5_COLUMNS = ("dedupe_for", "dedupe_held_until", "enqueue_token", "import_key")
+#: The columns version 6 added (runtime control), in the order an upgrade adds them.
+_V6_COLUMNS = ("headers", "timeout", "cancel_requested")
 #: The jobs columns every polyqueue schema has had: a ``<prefix>jobs`` table lacking one is not polyqueue's.
 #: Fixed on purpose: a later version's new columns are added by its upgrade, not required of the table.
 _FIRST_SCHEMA_COLUMNS = ("id", "queue", "job_type", "payload", "priority", "status", "attempts", "max_attempts",
@@ -108,11 +113,14 @@ _FIRST_SCHEMA_COLUMNS = ("id", "queue", "job_type", "payload", "priority", "stat
 #: (a MySQL migration interrupted between its DDL and the stamp, or a table from before the schema table).
 _UNSTAMPED = 0
 #: JobRecord fields stored under another column name.
-_RECORD_COLUMN = {"payload_json": "payload", "errors_json": "errors", "result_json": "result"}
+_RECORD_COLUMN = {
+    "payload_json": "payload", "errors_json": "errors", "result_json": "result", "headers_json": "headers",
+}  # fmt: skip
 
 #: Job's fields in declaration order: rows are read in this order and passed to Job positionally.
-_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
-_DECODED_FIELDS = tuple(_JOB_FIELDS.index(name) for name in ("payload", "result", "errors"))
+_JOB_FIELDS = STORED_FIELDS
+_DECODED = ("payload", "result", "errors", "headers", "cancel_requested", "timeout")
+_DECODED_FIELDS = tuple(_JOB_FIELDS.index(name) for name in _DECODED)
 
 #: Payloads, results and error histories: unbounded text (MySQL's TEXT stops at 64 KB, below ``max_payload_bytes``).
 LONG_TEXT = sa.Text().with_variant(mysql_types.LONGTEXT(), "mysql", "mariadb")
@@ -126,6 +134,12 @@ SQL_CAPABILITIES = frozenset(
         Capability.MULTI_PROCESS,
         Capability.PERIODIC,
         Capability.TRANSFER,
+        Capability.LIST_JOBS,
+        Capability.THROUGHPUT,
+        Capability.RETRY_NOW,
+        Capability.HEADERS,
+        Capability.TIMEOUTS,
+        Capability.CANCEL_RUNNING,
     }
 )
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
@@ -140,6 +154,25 @@ _DRIVER_MODULES = {"psycopg_async": "psycopg", "asyncmy": "asyncmy", "aiomysql":
 RECORD_CHUNK = 500
 #: SQL zero as an inline literal, so partial-index predicates (``enqueue_token > 0``) match in queries too.
 ZERO = sa.literal_column("0", sa.BigInteger())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeysetPage:
+    """One page of jobs in id order, as :meth:`SQLBackend.keyset_page` reads it (export and listing share it).
+
+    ``statuses`` None means any; ``after`` is the integer id the page
+    continues after (None: from the first); ``newest_first`` reads ids
+    downwards (listing), else upwards (export).
+    """
+
+    statuses: frozenset[str] | None
+    queue: str | None
+    job_type: str | None
+    after: int | None
+    limit: int
+    newest_first: bool = True
+def _scalars(stmt: sa.Select[Any], conn: Connection) -> list[Any]:
+    return list(conn.execute(stmt).scalars())
 
 
 def holds_dedupe_slot(c: Any) -> sa.ColumnElement[bool]:
@@ -362,6 +395,25 @@ class SQLBackend(Backend):
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at, **where(c.status.in_(FINISHED_SQL))),
             sa.Index(f"{p}jobs_enqueue_token", c.enqueue_token, unique=True, **where(c.enqueue_token > ZERO)),
             sa.Index(f"{p}jobs_import_key", c.import_key, unique=True, **where(c.import_key.is_not(None))),
+            *self.listing_indexes(jobs),
+        ]
+
+    #: The ``Index`` keyword for covering columns (``postgresql_include``), or "" if the dialect has none.
+    include_keyword: ClassVar[str] = ""
+
+    def listing_indexes(self, jobs: sa.Table) -> list[sa.Index]:
+        """What :meth:`keyset_page` reads: (status, id) and (queue, status, id), whole (every status is listed).
+
+        Where the dialect has covering columns, (status, id) also carries
+        queue and run_at, so counting the jobs of a few statuses per queue
+        (the dashboard's overview: live and dead, never the done history)
+        reads this index alone, not one heap page per row.
+        """
+        p, c = self.prefix, jobs.c
+        covering: dict[str, Any] = {self.include_keyword: ["queue", "run_at"]} if self.include_keyword else {}
+        return [
+            sa.Index(f"{p}jobs_by_status", c.status, c.id, **covering),
+            sa.Index(f"{p}jobs_by_queue_status", c.queue, c.status, c.id),
         ]
 
     @contextmanager
@@ -480,6 +532,15 @@ class SQLBackend(Backend):
             sa.Column("dedupe_held_until", when(), nullable=True),
             sa.Column("enqueue_token", sa.BigInteger, nullable=True),
             sa.Column("import_key", sa.String(64), nullable=True),
+            sa.Column("headers", LONG_TEXT, nullable=True),
+            sa.Column("timeout", sa.Float, nullable=True),
+            sa.Column(
+                "cancel_requested",
+                sa.Boolean(create_constraint=False),
+                nullable=False,
+                default=False,
+                server_default=sa.false(),
+            ),
             *self.extra_columns(),
         )
 
@@ -619,25 +680,37 @@ class SQLBackend(Backend):
         """Schema work inside ``migrate``'s lock when the schema is new (None) or older.
 
         Version 3 rebuilds the ready index to lead with (queue, job_type).
+        Version 7 creates the listing indexes (:meth:`listing_indexes`).
         Version 5 adds the ``dedupe_for``, ``dedupe_held_until``,
         ``enqueue_token`` and ``import_key`` columns, lets the dedupe index
         hold finished jobs' keys too (:meth:`upgrade_dedupe_index`) and
-        creates the indexes of the new columns. Each step checks what exists,
+        creates the indexes of the new columns. Version 6 adds ``headers``,
+        ``timeout`` and ``cancel_requested`` (runtime control; no index:
+        they are read only with rows found by id or by the claim). Each step checks what exists,
         so an upgrade interrupted half-way (MySQL DDL is not transactional)
         completes on the next ``migrate``. Dialects add their own steps and call this.
         """
         if from_version is not None and from_version < 3:
             self._index(connection, "jobs_ready", rebuild=True)
         if from_version is not None and from_version < 5:
-            present = {column["name"] for column in sa.inspect(connection).get_columns(self.jobs.name)}
-            for name in _V5_COLUMNS:
-                if name not in present:
-                    ddl = sa.schema.CreateColumn(self.jobs.c[name]).compile(dialect=connection.dialect)
-                    table = connection.dialect.identifier_preparer.quote(self.jobs.name)
-                    connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+            self._add_columns(connection, _V5_COLUMNS)
             self.upgrade_dedupe_index(connection)
             for name in ("jobs_enqueue_token", "jobs_import_key"):
                 self._index(connection, name, rebuild=False)
+        if from_version is not None and from_version < 6:
+            self._add_columns(connection, _V6_COLUMNS)
+        if from_version is not None and from_version < 7:
+            for name in ("jobs_by_status", "jobs_by_queue_status"):
+                self._index(connection, name, rebuild=False)
+
+    def _add_columns(self, connection: Connection, names: Sequence[str]) -> None:
+        """Add the jobs columns ``names`` that are missing (a rerun after an interrupted upgrade adds the rest)."""
+        present = {column["name"] for column in sa.inspect(connection).get_columns(self.jobs.name)}
+        for name in names:
+            if name not in present:
+                ddl = sa.schema.CreateColumn(self.jobs.c[name]).compile(dialect=connection.dialect)
+                table = connection.dialect.identifier_preparer.quote(self.jobs.name)
+                connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
 
     def upgrade_dedupe_index(self, connection: Connection) -> None:
         """Version 5: the dedupe index also holds finished jobs' keys while held (a new predicate: rebuilt)."""
@@ -895,10 +968,13 @@ class SQLBackend(Backend):
     def _job_from_row(self, row: Any) -> Job:
         """A :class:`Job` from a row selecting ``self._columns`` (positional: this runs once per claimed job)."""
         values = [row[i] for i in self._job_field_positions]
-        payload, result, errors = _DECODED_FIELDS
+        payload, result, errors, headers, cancel_requested, timeout = _DECODED_FIELDS
         values[payload] = json_codec.loads(values[payload])
         values[result] = json_codec.loads(values[result]) if values[result] is not None else None
         values[errors] = json_codec.loads(values[errors]) if values[errors] else []
+        values[headers] = json_codec.loads(values[headers]) if values[headers] else {}
+        values[cancel_requested] = bool(values[cancel_requested])
+        values[timeout] = float(values[timeout]) if values[timeout] is not None else None
         return Job(*values)
 
     # ------------------------------------------------------------------
@@ -918,6 +994,8 @@ class SQLBackend(Backend):
             "lease_token": 0,
             "dedupe_key": job.dedupe_key,
             "dedupe_for": job.dedupe_for,
+            "headers": job.headers_json,
+            "timeout": job.timeout,
         }
 
     def _row_values(self, job: NewJob, enqueue_token: int | None = None) -> dict[str, Any]:
@@ -944,7 +1022,7 @@ class SQLBackend(Backend):
         """
         marks = EnqueueMarks(token)
         ids: list[Hashable | None] = [None] * len(jobs)
-        plain = [i for i, j in enumerate(jobs) if j.dedupe_key is None and j.run_at is None]
+        plain = [i for i, j in enumerate(jobs) if j.plain]
         if plain:
             rows = [self._plain_insert_params(jobs[i]) for i in plain]
             for row in rows:
@@ -1088,7 +1166,7 @@ class SQLBackend(Backend):
 
         ids: list[Hashable | None] = [None] * len(jobs)
         for i, job in enumerate(jobs):
-            if job.dedupe_key is None and job.run_at is None:
+            if job.plain:
                 ids[i] = take(job)
         seen: dict[tuple[str, str], Hashable] = {}
         later = EnqueueMarks(token)
@@ -1148,7 +1226,7 @@ class SQLBackend(Backend):
         resume = self._resumer(jobs, token)
         (only,) = jobs if len(jobs) == 1 else (None,)
         no_follow_up = type(self).after_enqueue is SQLBackend.after_enqueue
-        if only is not None and only.dedupe_key is None and only.run_at is None and no_follow_up:
+        if only is not None and only.plain and no_follow_up:
             # One plain job is one INSERT: autocommit, no BEGIN/COMMIT round trips.
             row = [self._plain_insert_params(only, token)]
             return self._run_single(lambda conn: self.insert_rows(conn, row), resume=resume)
@@ -1261,12 +1339,12 @@ class SQLBackend(Backend):
     def _rescue_values(self) -> UpdateValues:
         """What a rescue writes on an expired lease, as the policy decides (``last_error`` before ``locked_by``)."""
         c = self.jobs.c
-        final = policy.final_attempt_sql(c.attempts, c.max_attempts)
-        status = policy.expired_lease_status_sql(c.attempts, c.max_attempts)
+        finishes = sa.or_(policy.final_attempt_sql(c.attempts, c.max_attempts), c.cancel_requested == sa.true())
+        status = policy.expired_lease_status_sql(c.attempts, c.max_attempts, c.cancel_requested)
         return [
             (c.last_error, policy.expired_lease_error_sql(c.locked_by)),
             (c.status, status),
-            (c.finished_at, sa.case((final, self.now()), else_=None)),
+            (c.finished_at, sa.case((finishes, self.now()), else_=None)),
             (c.dedupe_held_until, policy.dedupe_hold_sql(status, self.seconds_from_now(c.dedupe_for))),
             (c.locked_by, None),
             (c.lease_expires_at, None),
@@ -1384,15 +1462,21 @@ class SQLBackend(Backend):
     def _settlement_values(self, settlement: spi.Settlement, token: int) -> dict[str, Any]:
         """The columns a settlement writes (see :class:`~polyqueue.backends.base.Settlement`)."""
         c = self.jobs.c
+        cancelled = c.cancel_requested == sa.true()
+        finished_at: Any = self.now() if settlement.finished else None
+        if settlement.status == JobStatus.PENDING:  # a cancel requested meanwhile ends it (the policy's rule)
+            finished_at = sa.case((cancelled, self.now()), else_=None)
         values: dict[str, Any] = {
-            "status": settlement.status,
-            "finished_at": self.now() if settlement.finished else None,
+            "status": policy.settled_status_sql(settlement.status, c.cancel_requested),
+            "finished_at": finished_at,
             "locked_by": None,
             "lease_expires_at": None,
             "lease_token": token,
         }
         if settlement.run_in is not None:
             values["run_at"] = self.seconds_from_now(sa.literal(float(settlement.run_in), sa.Float()))
+            if settlement.status == JobStatus.PENDING:
+                values["run_at"] = sa.case((cancelled, c.run_at), else_=values["run_at"])
         if settlement.refund_attempt:
             values["attempts"] = c.attempts - 1
         if settlement.result_json is not None:
@@ -1557,22 +1641,64 @@ class SQLBackend(Backend):
 
     def export_jobs(self, query: spi.ExportQuery) -> list[JobRecord]:
         """One page of jobs with every stored field, in id order after ``query.after``; see :class:`Backend`."""
-        j = self.jobs
-        statuses = sorted(set(query.statuses) - {JobStatus.PROCESSING})
+        statuses = frozenset(query.statuses) - {JobStatus.PROCESSING}
         if not statuses:
             return []
-        stmt = sa.select(*(column for _, column in self._record_columns)).where(j.c.status.in_(statuses))
-        if query.queue is not None:
-            stmt = stmt.where(j.c.queue == query.queue)
-        if query.after is not None:
-            after = int_job_id(query.after)
-            if after is None:
-                raise InvalidArgument(f"{query.after!r} is not a job id of {self.name}")
-            stmt = stmt.where(j.c.id > after)
-        stmt = stmt.order_by(j.c.id).limit(query.limit)
+        page = KeysetPage(statuses, query.queue, None, self._page_cursor(query.after), query.limit, newest_first=False)
+        stmt = self.keyset_page([column for _, column in self._record_columns], page)
         names = [name for name, _ in self._record_columns]
         rows = self._run(lambda conn: list(conn.execute(stmt)))
         return [JobRecord(**dict(zip(names, row, strict=True))) for row in rows]
+
+    def _page_cursor(self, after: Hashable | None) -> int | None:
+        """The integer id a page continues after, or None for the first page; InvalidArgument for a foreign id."""
+        if after is None:
+            return None
+        key = int_job_id(after)
+        if key is None:
+            raise InvalidArgument(f"{after!r} is not a job id of {self.name}")
+        return key
+
+    def keyset_page(self, columns: Sequence[sa.ColumnElement[Any]], page: KeysetPage) -> sa.Select[Any]:
+        """A SELECT of ``columns`` for one page of jobs in id order (``page.newest_first``: descending).
+
+        One ordered range of the listing indexes per status -- (status, id),
+        or (queue, status, id) with a queue -- each stopping after
+        ``page.limit`` rows, merged by id: the cost depends on the page size
+        and the number of statuses, not on how many jobs the table holds.
+        ``job_type`` filters within those ranges. Without statuses, the
+        primary key's range serves the page.
+        """
+        j = self.jobs
+        order = j.c.id.desc() if page.newest_first else j.c.id.asc()
+        shared: list[sa.ColumnElement[bool]] = []
+        if page.queue is not None:
+            shared.append(j.c.queue == page.queue)
+        if page.job_type is not None:
+            shared.append(j.c.job_type == page.job_type)
+        if page.after is not None:
+            shared.append(j.c.id < page.after if page.newest_first else j.c.id > page.after)
+        if page.statuses is None:
+            return sa.select(*columns).where(*shared).order_by(order).limit(page.limit)
+        arms = [
+            sa.select(*columns).where(j.c.status == status, *shared).order_by(order).limit(page.limit)
+            for status in sorted(page.statuses)
+        ]
+        if len(arms) == 1:
+            return arms[0]
+        # Each arm as a derived table: SQLite and MySQL take ORDER BY ... LIMIT in a compound's arms only so.
+        merged = sa.union_all(*(sa.select(arm.subquery()) for arm in arms)).subquery("page")
+        merged_order = merged.c.id.desc() if page.newest_first else merged.c.id.asc()
+        return sa.select(merged).order_by(merged_order).limit(page.limit)
+
+    def list_jobs(self, query: spi.ListQuery) -> list[Job]:
+        """One page of jobs, newest first; see :class:`Backend`."""
+        statuses = None if query.statuses is None else frozenset(query.statuses)
+        if statuses is not None and not statuses:
+            return []
+        page = KeysetPage(statuses, query.queue, query.job_type, self._page_cursor(query.after), query.limit)
+        stmt = self.keyset_page(self._columns, page)
+        return [self._job_from_row(r) for r in self._run(lambda conn: list(conn.execute(stmt)))]
 
     def _record_row(self, record: JobRecord) -> dict[str, Any]:
         """The column values that store ``record`` (no lease: an imported job is never held)."""
@@ -1673,6 +1799,41 @@ class SQLBackend(Backend):
 
         return self._run(work)
 
+    def throughput(self, query: spi.ThroughputQuery) -> spi.Throughput:
+        """Finished jobs per slice: one statement over the ``jobs_finished`` index's last window.
+
+        The slice edges are read off the database clock first and bound as
+        values, so each row costs a few comparisons (a portable CASE per
+        edge, no dialect's date arithmetic): each sum counts the rows that
+        finished within the last k slices, and the slices are the
+        differences of neighbouring sums.
+        """
+        j = self.jobs
+        width = query.window / query.buckets
+
+        def work(conn: Connection) -> tuple[datetime, list[Any]]:
+            now: datetime = conn.execute(sa.select(self.now())).scalar_one()
+            edges = [now - timedelta(seconds=width * k) for k in range(1, query.buckets + 1)]
+            within = [
+                sa.func.sum(sa.case((j.c.finished_at >= edge, 1), else_=0))
+                for edge in edges
+            ]
+            stmt = sa.select(j.c.queue, j.c.status, *within).where(
+                j.c.status.in_([status_literal(JobStatus.DONE), status_literal(JobStatus.DEAD)]),
+                j.c.finished_at >= edges[-1],
+            )
+            if query.queue is not None:
+                stmt = stmt.where(j.c.queue == query.queue)
+            return now, list(conn.execute(stmt.group_by(j.c.queue, j.c.status)))
+
+        now, rows = self._run(work)
+        result = spi.Throughput(now, width)
+        for queue, status, *cumulative in rows:
+            totals = [0, *(int(n or 0) for n in cumulative)]
+            slices = [totals[k] - totals[k - 1] for k in range(1, len(totals))]
+            result.counts.setdefault(queue, {})[status] = slices[::-1]
+        return result
+
     # ------------------------------------------------------------------
     # Inspecting and managing
     # ------------------------------------------------------------------
@@ -1685,17 +1846,58 @@ class SQLBackend(Backend):
         return self._job_from_row(row) if row is not None else None
 
     def cancel(self, request: spi.CancelRequest) -> bool:
-        """Cancel a pending job; False when it is not pending (or does not exist)."""
+        """Cancel a pending job, or flag a processing one; False when it is neither (or does not exist).
+
+        One transaction of two statements at most: a job that is claimed
+        between them is flagged by the second, one settled between them is
+        finished and reports False.
+        """
         key = int_job_id(request.job_id)
         if key is None:
             return False
         j = self.jobs
-        stmt = (
+        pending = (
             sa.update(j)
-            .where(j.c.id == key, j.c.status == JobStatus.PENDING)
+            .where(j.c.id == key, j.c.status == PENDING_SQL)
             .values(status=JobStatus.CANCELLED, finished_at=self.now())
         )
-        return bool(self._run(lambda conn: conn.execute(stmt).rowcount))
+        # rowcount counts matched rows on every dialect here (MySQL's client flag): a repeat still reports True.
+        processing = sa.update(j).where(j.c.id == key, j.c.status == PROCESSING_SQL).values(cancel_requested=True)
+
+        def work(conn: Connection) -> bool:
+            return bool(conn.execute(pending).rowcount or conn.execute(processing).rowcount)
+
+        return self._run(work)
+
+    def cancel_requests(self, check: spi.CancelCheck) -> set[Hashable]:
+        """The held jobs of ``check`` whose cancel was requested: one read by primary key."""
+        ids = sorted({job.id for job in check.jobs})  # type: ignore[type-var]
+        if not ids:
+            return set()
+        j = self.jobs
+        found: set[Hashable] = set()
+        for start in range(0, len(ids), FENCE_CHUNK):
+            chunk = ids[start : start + FENCE_CHUNK]
+            stmt = sa.select(j.c.id).where(j.c.id.in_(chunk), j.c.cancel_requested == sa.true())
+            found |= set(self._run_single(functools.partial(_scalars, stmt)))
+        return found
+
+    def retry_now(self, request: spi.RetryNowRequest) -> bool:
+        """One fenced UPDATE (pending and not yet due), then the queue's wake-up as after an enqueue."""
+        key = int_job_id(request.job_id)
+        if key is None:
+            return False
+        j = self.jobs
+        waiting = sa.and_(j.c.id == key, j.c.status == PENDING_SQL, j.c.run_at > self.now())
+
+        def work(conn: Connection) -> bool:
+            queue = conn.execute(sa.select(j.c.queue).where(waiting)).scalar()
+            if queue is None or not conn.execute(sa.update(j).where(waiting).values(run_at=self.now())).rowcount:
+                return False
+            self.after_enqueue(conn, {queue})
+            return True
+
+        return bool(self._run(work))
 
     def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
         """Counts per queue (and job type) and status, plus ``scheduled`` (pending, not yet due)."""
@@ -1706,13 +1908,18 @@ class SQLBackend(Backend):
         stmt = sa.select(*keys, j.c.status, sa.func.count(), scheduled).group_by(*keys, j.c.status)
         if request.queue is not None:
             stmt = stmt.where(j.c.queue == request.queue)
+        counted: tuple[str, ...] = STATUSES
+        if request.statuses is not None:
+            counted = tuple(s for s in STATUSES if s in request.statuses)
+            stmt = stmt.where(j.c.status.in_([status_literal(s) for s in counted]))
+        zeros = {s: 0 for s in counted} | ({"scheduled": 0} if JobStatus.PENDING in counted else {})
         out: dict[str, dict[str, Any]] = {}
         for row in self._run(lambda conn: list(conn.execute(stmt))):
             *names, status, count, sched = row
             home: dict[str, Any] = out
             for name in names[:-1]:
                 home = home.setdefault(name, {})
-            counts = home.setdefault(names[-1], {s: 0 for s in (*STATUSES, "scheduled")})
+            counts = home.setdefault(names[-1], dict(zeros))
             counts[status] = int(count)
             if status == JobStatus.PENDING:
                 counts["scheduled"] = int(sched or 0)
@@ -1779,6 +1986,7 @@ class SQLBackend(Backend):
             "locked_by": None,
             "lease_expires_at": None,
             "dedupe_held_until": None,  # live again: the key is held because the job is, until it finishes
+            "cancel_requested": False,  # a cancel asked of an earlier run does not stop the replayed one
         }
         plain = [r.id for r in candidates if r.dedupe_key is None]
         for start in range(0, len(plain), 500):

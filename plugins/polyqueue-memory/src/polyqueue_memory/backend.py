@@ -109,6 +109,10 @@ class _Row:
     #: Until when a finished job keeps its dedupe key held (microseconds); None: it holds none.
     dedupe_held_until: int | None = None
     import_key: str | None = None
+    #: Headers as JSON text (None: none), the per-job attempt timeout, and the cancel-while-running flag.
+    headers: str | None = None
+    timeout: float | None = None
+    cancel_requested: bool = False
     #: Generation of this row's newest heap entry; older entries are stale and skipped.
     entry: int = 0
 
@@ -133,6 +137,9 @@ class _Row:
             lease_token=self.lease_token,
             errors=json_codec.loads(self.errors) if self.errors else [],
             dedupe_for=self.dedupe_for,
+            headers=json_codec.loads(self.headers) if self.headers else {},
+            timeout=self.timeout,
+            cancel_requested=self.cancel_requested,
         )
 
     def to_record(self) -> JobRecord:
@@ -145,7 +152,7 @@ class _Row:
             last_error=self.last_error, errors_json=self.errors, result_json=self.result,
             dedupe_key=self.dedupe_key, dedupe_for=self.dedupe_for,
             dedupe_held_until=_to_datetime(self.dedupe_held_until), lease_token=self.lease_token,
-            import_key=self.import_key,
+            import_key=self.import_key, headers_json=self.headers, timeout=self.timeout,
         )  # fmt: skip
 
 
@@ -313,8 +320,8 @@ class _Store:
         row.last_error = policy.expired_lease_error(row.locked_by)
         row.locked_by = None
         row.lease_expires_at = None
-        status = policy.expired_lease_status(row.attempts, row.max_attempts)
-        if status == JobStatus.DEAD:
+        status = policy.expired_lease_status(row.attempts, row.max_attempts, row.cancel_requested)
+        if status != JobStatus.PENDING:
             row.finished_at = now
         if policy.keeps_dedupe_key(status) and row.dedupe_for is not None:
             row.dedupe_held_until = now + _seconds_to_us(row.dedupe_for)
@@ -446,6 +453,12 @@ class MemoryBackend(Backend):
             Capability.NOTIFY,
             Capability.PERIODIC,
             Capability.TRANSFER,
+            Capability.LIST_JOBS,
+            Capability.THROUGHPUT,
+            Capability.RETRY_NOW,
+            Capability.HEADERS,
+            Capability.TIMEOUTS,
+            Capability.CANCEL_RUNNING,
         }
     )
     #: Where ``polyqueue compat`` runs the conformance suite for this backend (it needs no server).
@@ -541,6 +554,8 @@ class MemoryBackend(Backend):
                 created_at=now,
                 dedupe_key=job.dedupe_key,
                 dedupe_for=job.dedupe_for,
+                headers=job.headers_json,
+                timeout=job.timeout,
             )
             store.next_id += 1
             store.insert(row, now)
@@ -646,10 +661,11 @@ class MemoryBackend(Backend):
                 if row is None:
                     lost.add(settlement.job.id)
                     continue
+                status = policy.settled_status(settlement.status, row.cancel_requested)
                 row.locked_by = None
                 row.lease_expires_at = None
                 row.lease_token = request.token
-                row.finished_at = now if settlement.finished else None
+                row.finished_at = now if settlement.finished or status == JobStatus.CANCELLED else None
                 if settlement.refund_attempt:
                     row.attempts -= 1
                 if settlement.result_json is not None:
@@ -660,10 +676,10 @@ class MemoryBackend(Backend):
                     row.errors = settlement.errors_json
                 if settlement.hold_dedupe and row.dedupe_for is not None:
                     row.dedupe_held_until = now + _seconds_to_us(row.dedupe_for)
-                if settlement.run_in is not None:
+                if settlement.run_in is not None and status == JobStatus.PENDING:
                     row.run_at = now + _seconds_to_us(settlement.run_in)
-                store.set_status(row, settlement.status)
-                if settlement.status == JobStatus.PENDING:
+                store.set_status(row, status)
+                if status == JobStatus.PENDING:
                     store.index_pending(row, now)
                     woken.add(row.queue)
             if woken:
@@ -702,15 +718,41 @@ class MemoryBackend(Backend):
             return None if row is None else row.to_job()
 
     def cancel(self, request: spi.CancelRequest) -> bool:
-        """Cancel a pending job (due or scheduled), releasing its dedupe key; False if it is not pending."""
+        """Cancel a pending job (due or scheduled), releasing its dedupe key, or flag a processing one.
+
+        False if it is neither pending nor processing.
+        """
         store = self._store()
         with store.lock:
             row = self._row(store, request.job_id)
+            if row is not None and row.status == JobStatus.PROCESSING:
+                row.cancel_requested = True
+                return True
             if row is None or row.status != JobStatus.PENDING:
                 return False
             row.finished_at = _clock().now()
             store.set_status(row, JobStatus.CANCELLED)
             return True
+
+    def retry_now(self, request: spi.RetryNowRequest) -> bool:
+        """A pending job not yet due becomes due now (re-indexed as ready) and its queue's waiters wake."""
+        store = self._store()
+        with store.lock:
+            row = self._row(store, request.job_id)
+            now = _clock().now()
+            if row is None or row.status != JobStatus.PENDING or row.run_at <= now:
+                return False
+            row.run_at = now
+            store.index_pending(row, now)
+            store.signal({row.queue})
+            return True
+
+    def cancel_requests(self, check: spi.CancelCheck) -> set[Hashable]:
+        """The jobs of ``check`` whose cancel was requested while they ran."""
+        store = self._store()
+        with store.lock:
+            rows = [self._row(store, job.id) for job in check.jobs]
+            return {row.id for row in rows if row is not None and row.cancel_requested}
 
     def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
         """Counts per queue (and job type) and status plus ``scheduled``; queues without jobs are absent."""
@@ -822,6 +864,7 @@ class MemoryBackend(Backend):
                         result.skipped[row.id] = f"dedupe key {row.dedupe_key!r} is held by another job"
                         continue
                     row.attempts = 0
+                    row.cancel_requested = False
                     row.finished_at = None
                     row.run_at = now
                     row.locked_by = None
@@ -869,26 +912,84 @@ class MemoryBackend(Backend):
                     del store.fires[key]
 
     # --- moving jobs -----------------------------------------------------------------
+    def _page_cursor(self, after: Hashable | None) -> int | None:
+        """The integer id a page continues after (None: from the first); InvalidArgument for a foreign id."""
+        if after is None:
+            return None
+        key = int_job_id(after)
+        if key is None:
+            raise InvalidArgument(f"{after!r} is not a job id of {self.describe()}")
+        return key
+
+    def _page_rows(
+        self,
+        statuses: Iterable[str] | None,
+        queue: str | None,
+        job_type: str | None,
+        after: Hashable | None,
+        limit: int,
+        *,
+        newest_first: bool,
+    ) -> list[_Row]:
+        """One keyset page of rows in id order (descending when ``newest_first``), what export and listing share.
+
+        The caller holds the store's lock and turns the rows into what it returns.
+        """
+        store = self._store()
+        key = self._page_cursor(after)
+        wanted = None if statuses is None else frozenset(statuses)
+        ids = list(store.rows)  # insertion order is id order: ids only grow
+        if newest_first:
+            span = reversed(ids[: len(ids) if key is None else bisect.bisect_left(ids, key)])
+        else:
+            span = iter(ids[0 if key is None else bisect.bisect_right(ids, key) :])
+        rows: list[_Row] = []
+        for row_id in span:
+            row = store.rows[row_id]
+            if (
+                (wanted is None or row.status in wanted)
+                and (queue is None or row.queue == queue)
+                and (job_type is None or row.job_type == job_type)
+            ):
+                rows.append(row)
+                if len(rows) >= limit:
+                    break
+        return rows
+
     def export_jobs(self, query: spi.ExportQuery) -> list[JobRecord]:
         """One page of jobs with every stored field, in id order after ``query.after``."""
         store = self._store()
-        after = 0
-        if query.after is not None:
-            key = int_job_id(query.after)
-            if key is None:
-                raise InvalidArgument(f"{query.after!r} is not a job id of {self.describe()}")
-            after = key
         statuses = set(query.statuses) - {JobStatus.PROCESSING}
         with store.lock:
-            ids = list(store.rows)  # insertion order is id order: ids only grow
-            records: list[JobRecord] = []
-            for row_id in ids[bisect.bisect_right(ids, after) :]:
-                row = store.rows[row_id]
-                if row.status in statuses and (query.queue is None or row.queue == query.queue):
-                    records.append(row.to_record())
-                    if len(records) >= query.limit:
-                        break
-            return records
+            rows = self._page_rows(statuses, query.queue, None, query.after, query.limit, newest_first=False)
+            return [row.to_record() for row in rows]
+
+    def list_jobs(self, query: spi.ListQuery) -> list[Job]:
+        """One page of jobs, newest first, after ``query.after``."""
+        store = self._store()
+        with store.lock:
+            rows = self._page_rows(
+                query.statuses, query.queue, query.job_type, query.after, query.limit, newest_first=True
+            )
+            return [row.to_job() for row in rows]
+
+    def throughput(self, query: spi.ThroughputQuery) -> spi.Throughput:
+        """Done and dead jobs per slice of the last window, counted under the store's lock."""
+        store = self._store()
+        width_us = query.window * 1_000_000 / query.buckets
+        with store.lock:
+            now = _clock().now()
+            result = spi.Throughput(_to_datetime(now) or datetime.now(UTC), query.window / query.buckets)
+            for row in store.rows.values():
+                if row.status not in (JobStatus.DONE, JobStatus.DEAD) or row.finished_at is None:
+                    continue
+                if query.queue is not None and row.queue != query.queue:
+                    continue
+                age = int((now - row.finished_at) // width_us)
+                if 0 <= age < query.buckets:
+                    slices = result.counts.setdefault(row.queue, {}).setdefault(row.status, [0] * query.buckets)
+                    slices[query.buckets - 1 - age] += 1
+            return result
 
     def import_jobs(self, batch: spi.ImportBatch) -> spi.ImportResult:
         """Store the records atomically under the store's lock, once per ``import_key``."""
@@ -923,7 +1024,7 @@ class MemoryBackend(Backend):
                     finished_at=_to_us_or_none(record.finished_at), lease_token=record.lease_token,
                     last_error=record.last_error, errors=record.errors_json, result=record.result_json,
                     dedupe_for=record.dedupe_for, dedupe_held_until=held if holds else None,
-                    import_key=record.import_key,
+                    import_key=record.import_key, headers=record.headers_json, timeout=record.timeout,
                 )  # fmt: skip
                 store.next_id += 1
                 store.insert(row, now)
