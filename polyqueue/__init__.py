@@ -24,6 +24,7 @@ from .errors import (
     LeaseLost,
     PayloadTooLarge,
     PolyqueueError,
+    SchemaMismatch,
     SchemaMissing,
 )
 from .hookspecs import hookimpl
@@ -52,6 +53,7 @@ __all__ = [
     "PayloadTooLarge",
     "PolyqueueError",
     "Queue",
+    "SchemaMismatch",
     "SchemaMissing",
     "TransferResult",
     "Worker",

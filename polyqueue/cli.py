@@ -633,9 +633,13 @@ def demo(ctx: click.Context, count: int, workers: int) -> None:
 def conformance(url: str, pytest_args: tuple[str, ...]) -> None:
     """Run the conformance suite against URL (extra arguments go to pytest)."""
     _require_module("pytest", "conformance")
+    from .testing import conformance_preflight
+
+    # Checked before the suite is imported: a wrong URL or a server that is down answers in a second, in one line.
+    conformance_preflight(url)
     from .conformance.matrix import run_conformance
 
-    raise SystemExit(run_conformance(url, list(pytest_args)))
+    raise SystemExit(run_conformance(url, list(pytest_args), check=False))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

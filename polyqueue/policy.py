@@ -18,7 +18,11 @@ This module owns the rules:
   batches of a purge: short, each followed by a rest that leaves room for claims.
 * **runtime control** -- which timeout an attempt runs under and when it is up, what a
   timeout records, and that a cancel requested while a job runs ends it ``cancelled``
-  and never retried (a failure, a release or an expired lease of such a job included).
+  and never retried (a failure, a release or an expired lease of such a job included);
+* **store errors** -- what each kind of error a store reports does: retried at
+  once, reconnected with back-off then ``BackendUnavailable``, or a
+  ``ConfigurationError`` at once for a wrong URL (authentication, unknown
+  database or host name). Backends only say which kind an error is.
 
 Where SQL must apply a rule inside one statement (the PostgreSQL claim
 rescues expired leases as it claims), it takes the expression from the
@@ -36,6 +40,7 @@ import enum
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import traceback
@@ -45,6 +50,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import Settlement
+from .errors import BackendUnavailable, ConfigurationError, PolyqueueError, SchemaMismatch, SchemaMissing
 from .job import Job, JobStatus
 
 if TYPE_CHECKING:
@@ -69,6 +75,7 @@ __all__ = [
     "RESCUE_BATCH",
     "TRANSIENT",
     "Backoff",
+    "ErrorKind",
     "Jitter",
     "Outage",
     "Pace",
@@ -86,6 +93,7 @@ __all__ = [
     "completed",
     "dedupe_hold_sql",
     "error_entry",
+    "error_for",
     "error_history",
     "error_text",
     "error_time",
@@ -104,7 +112,9 @@ __all__ = [
     "holds_claim",
     "holds_claim_lua",
     "holds_claim_sql",
+    "host_name_unknown",
     "is_final_attempt",
+    "is_retried",
     "job_claim_key",
     "keeps_dedupe_key",
     "lua_literal",
@@ -215,6 +225,81 @@ def new_enqueue_token(now: Callable[[], float] = time.time) -> int:
     """
     seconds = max(0, int(now()) - _TOKEN_EPOCH) & 0xFFFF_FFFF
     return (seconds << 30) | ((int.from_bytes(os.urandom(4)) >> 2) or 1)
+
+
+# --- store errors ------------------------------------------------------------------------------------
+class ErrorKind(enum.StrEnum):
+    """What an error a store reports means. A backend classifies its driver's errors into these; this module decides.
+
+    * ``TRANSIENT`` -- deadlock, serialization failure, busy: the call runs
+      its transaction again at once (:data:`TRANSIENT` back-off), a few times.
+    * ``DISCONNECT`` -- the connection was refused, timed out or lost: the call
+      reconnects with :data:`RECONNECT` back-off for its reconnect window, then
+      raises :class:`BackendUnavailable` (which a worker waits out).
+    * ``CONFIGURATION`` -- the URL is wrong: authentication failed, the
+      database or role does not exist, the host name is unknown. Retrying
+      cannot help: :class:`ConfigurationError` at once.
+    * ``MISSING_SCHEMA`` -- a polyqueue table does not exist: :class:`SchemaMissing`.
+    * ``SCHEMA_MISMATCH`` -- a table lacks a column polyqueue uses (an older or
+      foreign schema): :class:`SchemaMismatch` saying to migrate.
+    * ``DUPLICATE`` -- a unique key was violated (callers that expect it retry).
+    * ``OTHER`` -- the store refused this one operation.
+    """
+
+    TRANSIENT = "transient"
+    DISCONNECT = "disconnect"
+    CONFIGURATION = "configuration"
+    MISSING_SCHEMA = "missing_schema"
+    SCHEMA_MISMATCH = "schema_mismatch"
+    DUPLICATE = "duplicate"
+    OTHER = "other"
+
+
+def is_retried(kind: str) -> bool:
+    """Whether a call retries an error of this kind (at once or after reconnecting) before giving up."""
+    return kind in (ErrorKind.TRANSIENT, ErrorKind.DISCONNECT)
+
+
+def error_for(kind: str, where: str, detail: str, *, outage: bool = False) -> PolyqueueError:
+    """The polyqueue error a call raises for a store error of ``kind`` it did not (or no longer) retry.
+
+    ``where`` names the store with its password masked; ``detail`` is the
+    driver's one-line reason, already scrubbed of secrets (for
+    ``MISSING_SCHEMA``: the tables that are missing). ``outage`` makes an
+    unclassified error an outage (a DBAPI ``OperationalError``: the database,
+    not the operation, is in trouble).
+    """
+    if kind == ErrorKind.CONFIGURATION:
+        return ConfigurationError(f"{where} refused the connection: {detail} (check the URL)")
+    if kind == ErrorKind.MISSING_SCHEMA:
+        return SchemaMissing(
+            f"the polyqueue tables ({detail}) do not exist in {where}: run `polyqueue migrate` (or Queue.migrate())"
+        )
+    if kind == ErrorKind.SCHEMA_MISMATCH:
+        return SchemaMismatch(
+            f"the polyqueue tables in {where} do not match this polyqueue ({detail}): run `polyqueue migrate`"
+        )
+    if is_retried(kind) or (outage and kind == ErrorKind.OTHER):
+        return BackendUnavailable(f"{where} is unavailable: {detail}")
+    return PolyqueueError(f"{where} rejected the operation: {detail}")
+
+
+def host_name_unknown(host: str | None) -> bool:
+    """Whether DNS says ``host`` does not exist (a typo in the URL), as opposed to "cannot answer now".
+
+    A store whose connection failed asks this before retrying: an unknown
+    name is a :data:`ErrorKind.CONFIGURATION` error, a DNS outage
+    (``EAI_AGAIN``) or an unreachable address an outage. Needs no driver.
+    """
+    if not host or host.startswith("/"):
+        return False
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        return exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME))
+    except (OSError, UnicodeError):
+        return False
+    return False
 
 
 # --- claim order -------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from .errors import ConfigurationError, InvalidArgument, InvalidPayload, JobNotF
 from .job import FINISHED_STATUSES, STATUSES, Job, NewJob, ReplayResult
 from .plugins import backend_class_for, call_hook, make_plugin_manager
 from .session import ConsumerSession, lease_lost
+from .urls import describe_parse_error, mask_url, parse_url
 from .validation import (
     check_headers,
     check_int,
@@ -123,19 +124,21 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
     from sqlalchemy.exc import ArgumentError
 
     raw = url if url is not None else os.environ.get("POLYQUEUE_URL") or DEFAULT_URL
+    pm = make_plugin_manager(list(plugins) + _env_plugins())
     if isinstance(raw, URL):
         parsed = raw
     elif isinstance(raw, str):
         try:
-            parsed = _parse_url(raw)
+            parsed = parse_url(raw)
         except (ArgumentError, ValueError):
-            scheme = raw.split(":", 1)[0] if ":" in raw else "?"
-            raise ConfigurationError(
-                f"could not parse the queue URL (scheme {scheme[:40]!r}); expected e.g. sqlite:///polyqueue.db"
-            ) from None
+            scheme = raw.partition("://")[0] if "://" in raw else ""
+            if scheme:
+                backend_class_for(pm, scheme.split("+", 1)[0])  # an unknown scheme or a lifecycle plugin says so first
+            # Only the scheme is echoed: an unparsable URL's password cannot be told from the rest of it.
+            shown = f" (scheme {scheme[:40]!r})" if scheme else ""
+            raise ConfigurationError(f"could not parse the queue URL{shown}: {describe_parse_error(raw)}") from None
     else:
         raise ConfigurationError("url must be a string, a SQLAlchemy URL or None")
-    pm = make_plugin_manager(list(plugins) + _env_plugins())
     backend_cls: type[Backend] = backend_class_for(pm, parsed.drivername.split("+", 1)[0])
     parsed, opts = _split_options(parsed, options, {**CORE_OPTIONS, **backend_cls.connect_options})
     prefix = opts.setdefault("table_prefix", "polyqueue_")
@@ -148,34 +151,11 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
         from .depth_cache import DepthCachedBackend
 
         backend = DepthCachedBackend(backend, opts["depth_cache"], opts)
+        # The cache holds its URL; what the queue shows (q.options, reprs) must not hold its password.
+        opts["depth_cache"] = mask_url(opts["depth_cache"])
     queue = Queue(backend, pm, opts)
     queue._url = raw if isinstance(raw, str) else raw.render_as_string(hide_password=False)
     return queue
-
-
-#: ``scheme://[credentials@]h1:p1,h2:p2[/path][?query]``: a URL naming several hosts (a cluster's nodes).
-_SEVERAL_HOSTS = re.compile(
-    r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://(?:[^@/?#]*@)?)(?P<hosts>[^/?#@]*,[^/?#@]*)(?P<tail>.*)$", re.S
-)
-
-
-def _parse_url(raw: str) -> URL:
-    """``make_url(raw)``, also for URLs naming several hosts, which become repeated ``host`` query parameters.
-
-    SQLAlchemy's URL holds one host and port; several hosts are spelt
-    ``?host=h1:p1&host=h2:p2`` in its convention (as for psycopg), and a
-    backend that takes several (a cluster's startup nodes) reads them there.
-    """
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(raw)
-    except ValueError:
-        several = _SEVERAL_HOSTS.match(raw)
-        if several is None:
-            raise
-        hosts = [("host", host) for host in several["hosts"].split(",")]
-        return make_url(several["head"] + several["tail"]).update_query_pairs(hosts, append=True)
 
 
 def _check_statuses(status: str | Iterable[str]) -> frozenset[str]:

@@ -587,6 +587,17 @@ class Backend(abc.ABC):
         """The server's version string, for the compat matrix; '' when not applicable."""
         return ""
 
+    def check_connection(self) -> None:
+        """Reach the store once, without retrying, and give the connection back.
+
+        Raises :class:`~polyqueue.errors.ConfigurationError` when the URL is
+        wrong (authentication, unknown database or host) and
+        :class:`~polyqueue.errors.BackendUnavailable` when the store cannot
+        be reached now. The default asks for :meth:`server_version`; a backend
+        whose calls retry on their own overrides this to try just once.
+        """
+        self.server_version()
+
     def pause(self, seconds: float) -> None:
         """How the library waits between steps on this backend (a paced replay): a sleep.
 

@@ -58,6 +58,11 @@ __all__ = ["MySQLBackend", "UTCDateTime", "check_server_version", "exact_collati
 _TRANSIENT = {1213, 1205}
 #: Lost or refused connections, server shutdown, connection killed, too many connections.
 _DISCONNECT = {1040, 1053, 1077, 1152, 1927, 2002, 2003, 2006, 2013, 2014, 2055, 4031}
+#: Access denied (1044, 1045, 1698), unknown database (1049), an authentication method the client cannot
+#: speak (1251, 2059): the URL is wrong, and retrying cannot help.
+_REFUSED_LOGIN = {1044, 1045, 1049, 1251, 1698, 2059}
+#: Unknown column (1054), data too long for a column (1406): the table is not the shape this polyqueue writes.
+_SCHEMA_MISMATCH = {1054, 1406}
 #: Set per session so the server's global mode cannot change behaviour. Strict, and in particular
 #: without NO_BACKSLASH_ESCAPES or ANSI_QUOTES, which would break the driver's quoting.
 _SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
@@ -212,6 +217,10 @@ class MySQLBackend(SQLBackend):
 
     def migrate(self) -> None:
         """Create the tables (InnoDB, utf8mb4, the server's exact collation), then as the shared layer does."""
+        with self._schema_check_suspended():
+            self._migrate_with_exact_collation()
+
+    def _migrate_with_exact_collation(self) -> None:
         available = self._run(
             lambda conn: [
                 r[0]
@@ -281,7 +290,11 @@ class MySQLBackend(SQLBackend):
         check_server_version(version)
 
     def classify(self, error: sa_exc.DBAPIError) -> str:
-        """By MySQL error number: 1213/1205 transient, 1146 missing table, 2003/2006/2013... disconnect."""
+        """By MySQL error number: 1213/1205 transient, 1146 missing table, 2003/2006/2013... disconnect.
+
+        Access denied and unknown database are configuration errors; an
+        unknown column or a value too long for its column a schema mismatch.
+        """
         args = getattr(error.orig, "args", ())
         code = args[0] if args and isinstance(args[0], int) else None
         if code in _TRANSIENT:
@@ -292,6 +305,10 @@ class MySQLBackend(SQLBackend):
             return ErrorKind.DISCONNECT
         if code == 1062:
             return ErrorKind.DUPLICATE
+        if code in _REFUSED_LOGIN:
+            return ErrorKind.CONFIGURATION
+        if code in _SCHEMA_MISMATCH:
+            return ErrorKind.SCHEMA_MISMATCH
         return super().classify(error)
 
     # ------------------------------------------------------------------

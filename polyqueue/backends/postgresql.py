@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import threading
 import time
 import zlib
@@ -53,6 +54,15 @@ log = logging.getLogger("polyqueue.postgresql")
 _TRANSIENT = {"40001", "40P01", "55P03"}
 #: connection_exception (08...), operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 starting up).
 _DISCONNECT_PREFIXES = ("08", "57P")
+#: undefined_column: the table is not the shape this polyqueue writes (an older schema, or not ours).
+_SCHEMA_MISMATCH = {"42703"}
+#: What the server answers a connection it refuses for good -- wrong password, unknown role or database,
+#: no pg_hba.conf entry. libpq reports these without a SQLSTATE, so the message is all there is.
+_REFUSED_LOGIN = re.compile(
+    r"authentication failed|no password supplied|no pg_hba\.conf entry|(role|database) \"[^\"]*\" does not exist|"
+    r"permission denied for database",
+    re.IGNORECASE,
+)
 #: Notification payloads longer than this are sent empty ("look at every queue") rather than truncated.
 _MAX_NOTIFY_QUEUE_BYTES = 200
 #: Detect a silently dead connection (host gone, network cut) within about a minute, at no cost to the server.
@@ -281,12 +291,23 @@ class PostgreSQLBackend(SQLBackend):
         return {"connect_args": connect_args, "pool_size": 8, "max_overflow": 32}
 
     def classify(self, error: sa_exc.DBAPIError) -> str:
-        """SQLSTATE-based: 40001/40P01/55P03 transient, classes 08/57P disconnects, 42P01 missing table."""
+        """SQLSTATE-based: 40001/40P01/55P03 transient, classes 08/57P disconnects, 42P01 missing table.
+
+        A connection the server refused for good (class 28, 3D000, or
+        libpq's message for them, which carries no SQLSTATE) is a
+        configuration error; 42703 (a column is missing) a schema mismatch.
+        """
         state = getattr(error.orig, "sqlstate", None)
         if state in _TRANSIENT:
             return ErrorKind.TRANSIENT
         if state == "42P01":
             return ErrorKind.MISSING_SCHEMA
+        if state in _SCHEMA_MISMATCH:
+            return ErrorKind.SCHEMA_MISMATCH
+        if (state is not None and state.startswith(("28", "3D"))) or (
+            state is None and error.statement is None and _REFUSED_LOGIN.search(str(error.orig))
+        ):
+            return ErrorKind.CONFIGURATION
         if state is not None and state.startswith(_DISCONNECT_PREFIXES):
             return ErrorKind.DISCONNECT
         if state is None and isinstance(error, sa_exc.OperationalError):

@@ -39,7 +39,14 @@ from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import URL, Connection, Engine
 
 from .. import json_codec, policy
-from ..errors import BackendUnavailable, ConfigurationError, InvalidArgument, PolyqueueError, SchemaMissing
+from ..errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    InvalidArgument,
+    PolyqueueError,
+    SchemaMismatch,
+    SchemaMissing,
+)
 from ..job import (
     FINISHED_STATUSES,
     LIVE_STATUSES,
@@ -52,6 +59,8 @@ from ..job import (
     ReplayResult,
     int_job_id,
 )
+from ..policy import ErrorKind
+from ..urls import display_url
 from . import base as spi
 from .after_commit import AfterCommitWatcher
 from .base import Backend, BackendOptions, Capability, OptionParser
@@ -95,6 +104,14 @@ SCHEMA_VERSION = 7
 _V5_COLUMNS = ("dedupe_for", "dedupe_held_until", "enqueue_token", "import_key")
 #: The columns version 6 added (runtime control), in the order an upgrade adds them.
 _V6_COLUMNS = ("headers", "timeout", "cancel_requested")
+#: The jobs columns every polyqueue schema has had: a ``<prefix>jobs`` table lacking one is not polyqueue's.
+#: Fixed on purpose: a later version's new columns are added by its upgrade, not required of the table.
+_FIRST_SCHEMA_COLUMNS = ("id", "queue", "job_type", "payload", "priority", "status", "attempts", "max_attempts",
+                         "run_at", "created_at", "finished_at", "locked_by", "lease_expires_at", "lease_token",
+                         "last_error", "errors", "dedupe_key", "result")  # fmt: skip
+#: The version ``migrate`` upgrades from when it finds a jobs table of polyqueue's shape but no version row
+#: (a MySQL migration interrupted between its DDL and the stamp, or a table from before the schema table).
+_UNSTAMPED = 0
 #: JobRecord fields stored under another column name.
 _RECORD_COLUMN = {
     "payload_json": "payload", "errors_json": "errors", "result_json": "result", "headers_json": "headers",
@@ -220,16 +237,6 @@ class AwareUTCTime(sa.types.TypeDecorator[datetime]):
     def from_stored(self, value: Any) -> datetime:
         """The stored value as an aware UTC datetime."""
         raise NotImplementedError
-
-
-class ErrorKind:
-    """How the shared layer reacts to a driver error, as classified by the dialect."""
-
-    TRANSIENT = "transient"  #: deadlock, serialization failure, busy: retry the transaction
-    DISCONNECT = "disconnect"  #: the connection or server went away: reconnect and retry
-    MISSING_SCHEMA = "missing_schema"  #: a polyqueue table does not exist
-    DUPLICATE = "duplicate"  #: a unique constraint was violated
-    OTHER = "other"
 
 
 class SQLBackend(Backend):
@@ -514,8 +521,8 @@ class SQLBackend(Backend):
         return self.update_locked(connection, self.ready_ids(pairs, limit), values, returning=True)
 
     def describe(self) -> str:
-        """The URL with its password masked."""
-        return self.url.render_as_string(hide_password=True)
+        """The URL with its password masked, its database as written (``sqlite:///:memory:``)."""
+        return display_url(self.url)
 
     def server_version(self) -> str:
         """``major.minor...`` as SQLAlchemy reports it after connecting."""
@@ -595,20 +602,107 @@ class SQLBackend(Backend):
         return schedules, fires
 
     def migrate(self) -> None:
-        """Create the tables and indexes if missing and record the schema version."""
+        """Create the tables and indexes if missing and record the schema version.
+
+        Refuses (:class:`SchemaMismatch`, nothing changed) a ``<prefix>jobs``
+        table that is not polyqueue's, and a schema newer than this polyqueue.
+        A jobs table of polyqueue's shape without a version row is upgraded
+        from the oldest version: every upgrade step checks what exists.
+        """
 
         def work(conn: Connection) -> None:
             with self.migration_lock(conn):
+                existing = self._existing_jobs_columns(conn)
+                if existing is not None:
+                    self._refuse_foreign_jobs_table(existing)
+                    if sa.inspect(conn).has_table(self.schema_table.name):
+                        stamped = conn.execute(sa.select(self.schema_table.c.version)).scalar()
+                        if stamped is not None and stamped > SCHEMA_VERSION:
+                            raise self._newer_schema(stamped)  # before any DDL: a newer polyqueue owns these tables
                 self.metadata.create_all(conn, checkfirst=True)
                 current = conn.execute(sa.select(self.schema_table.c.version)).scalar()
-                if current is None or current < SCHEMA_VERSION:
+                if current is None and existing is not None:
+                    self.upgrade_schema(conn, _UNSTAMPED)
+                elif current is None or current < SCHEMA_VERSION:
                     self.upgrade_schema(conn, current)
                 if current is None:
                     conn.execute(sa.insert(self.schema_table).values(id=1, version=SCHEMA_VERSION))
                 elif current < SCHEMA_VERSION:
                     conn.execute(sa.update(self.schema_table).values(version=SCHEMA_VERSION))
 
-        self._run(work, retry_duplicates=True)
+        with self._schema_check_suspended():
+            self._run(work, retry_duplicates=True)
+
+    def _existing_jobs_columns(self, connection: Connection) -> set[str] | None:
+        """The column names of an existing ``<prefix>jobs`` table, or None when there is none."""
+        inspector = sa.inspect(connection)
+        if not inspector.has_table(self.jobs.name):
+            return None
+        return {column["name"] for column in inspector.get_columns(self.jobs.name)}
+
+    def _refuse_foreign_jobs_table(self, columns: set[str]) -> None:
+        """Raise :class:`SchemaMismatch` naming the table unless it has every column of polyqueue's first schema."""
+        missing = [name for name in _FIRST_SCHEMA_COLUMNS if name not in columns]
+        if missing:
+            raise SchemaMismatch(
+                f"table {self.jobs.name} in {self.describe()} is not a polyqueue jobs table "
+                f"(it has no {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} column): "
+                "choose another table_prefix, or rename that table"
+            )
+
+    def _newer_schema(self, version: int) -> SchemaMismatch:
+        return SchemaMismatch(
+            f"the polyqueue tables ({self.prefix}jobs) in {self.describe()} are schema version {version}, "
+            f"newer than this polyqueue's {SCHEMA_VERSION}: upgrade polyqueue"
+        )
+
+    _schema_verified = False
+
+    @contextmanager
+    def _schema_check_suspended(self) -> Iterator[None]:
+        """Within: no first-use version check (``migrate`` and ``drop_schema`` deal with any version themselves).
+
+        After a success the schema counts as checked; after an error, the next call checks again.
+        """
+        verified, self._schema_verified = self._schema_verified, True
+        try:
+            yield
+        except BaseException:
+            self._schema_verified = verified
+            raise
+
+    def verify_schema(self) -> None:
+        """Check once per backend, on first use, that the tables are the schema this polyqueue uses.
+
+        Raises :class:`SchemaMismatch` when they are older ("run ``polyqueue
+        migrate``"), newer ("upgrade polyqueue") or have no version row; the
+        next call checks again. With no tables at all it returns: each call
+        that needs them raises :class:`SchemaMissing` itself, and calls that
+        need none (``db_now``) work before ``migrate``.
+        """
+        if self._schema_verified:
+            return
+        self._schema_verified = True  # the read below runs through _retrying too
+        try:
+            version = self._retrying(
+                self.engine.begin, lambda conn: conn.execute(sa.select(self.schema_table.c.version)).scalar(), False
+            )
+        except SchemaMissing:
+            self._schema_verified = False
+            return
+        except BaseException:
+            self._schema_verified = False
+            raise
+        if version is not None and version == SCHEMA_VERSION:
+            return
+        self._schema_verified = False
+        if version is not None and version > SCHEMA_VERSION:
+            raise self._newer_schema(version)
+        found = "have no schema version" if version is None else f"are schema version {version}"
+        raise SchemaMismatch(
+            f"the polyqueue tables ({self.prefix}jobs) in {self.describe()} {found}; this polyqueue "
+            f"needs {SCHEMA_VERSION}: run `polyqueue migrate` (or Queue.migrate())"
+        )
 
     def upgrade_schema(self, connection: Connection, from_version: int | None) -> None:
         """Schema work inside ``migrate``'s lock when the schema is new (None) or older.
@@ -688,7 +782,8 @@ class SQLBackend(Backend):
 
     def drop_schema(self) -> None:
         """Drop the tables and indexes of this prefix (tests and uninstalling)."""
-        self._run(lambda conn: self.metadata.drop_all(conn, checkfirst=True))
+        with self._schema_check_suspended():
+            self._run(lambda conn: self.metadata.drop_all(conn, checkfirst=True))
 
     # ------------------------------------------------------------------
     # Engine, transactions and error translation
@@ -714,17 +809,47 @@ class SQLBackend(Backend):
                 from sqlalchemy.ext.asyncio import create_async_engine
 
                 engine = create_async_engine(url, **options).sync_engine
-        except (ImportError, sa_exc.NoSuchModuleError) as exc:
+        except sa_exc.NoSuchModuleError as exc:
             raise ConfigurationError(
-                f"the driver for {url.drivername!r} is not installed: pip install 'polyqueue[{extra}]'"
+                f"SQLAlchemy has no driver {url.drivername!r}: use {self.name}:// "
+                f"(pip install 'polyqueue[{extra}]')"
             ) from exc
+        except ImportError as exc:
+            raise ConfigurationError(self._missing_driver(url, exc, extra)) from exc
         except sa_exc.ArgumentError as exc:
-            raise ConfigurationError(f"invalid options for {self.describe()}: {exc}") from exc
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigurationError(f"invalid URL or options for {self.describe()}: {self._scrub(reason)}") from exc
         sa.event.listen(engine, "connect", lambda dbapi_conn, _record: self.on_connect(dbapi_conn))
+        sa.event.listen(engine, "do_connect", self._connect_or_explain)
         if not autocommit:
             sa.event.listen(engine, "begin", self.begin_transaction)
         sa.event.listen(engine, "handle_error", self._agree_on_disconnects)
         return engine
+
+    def _missing_driver(self, url: URL, exc: ImportError, extra: str) -> str:
+        """What to install: the extra for polyqueue's own driver, or the module another driver a URL names needs."""
+        ours = {self.default_driver, *self.async_drivers.values()}
+        if url.drivername in ours or not exc.name:
+            return f"the driver for {url.drivername!r} is not installed: pip install 'polyqueue[{extra}]'"
+        return (
+            f"{url.drivername!r} needs the module {exc.name!r}, which is not installed (pip install {exc.name}); "
+            f"polyqueue's own driver is {self.default_driver!r}, which {self.name}:// chooses "
+            f"(pip install 'polyqueue[{self.driver_extra}]')"
+        )
+
+    def _connect_or_explain(self, dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+        """Open a DBAPI connection as SQLAlchemy would; a keyword the driver does not take is the URL's fault.
+
+        Drivers raise ``TypeError`` for a URL query parameter they do not know
+        (``?foo=1``): that is a :class:`ConfigurationError` naming the
+        parameter, not a raw ``TypeError`` from deep in a call.
+        """
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"{self.describe()} has a query parameter its driver does not take: {self._scrub(str(exc))}"
+            ) from exc
 
     def _names_async_driver(self, url: URL) -> bool:
         """Whether the URL names one of this dialect's asyncio drivers (the sync engine then uses the default)."""
@@ -797,6 +922,7 @@ class SQLBackend(Backend):
         retry_duplicates: bool,
         resume: Callable[[Connection], T] | None = None,
     ) -> T:
+        self.verify_schema()
         with self.serialized():
             return self._retrying_unserialized(begin, work, retry_duplicates, resume)
 
@@ -817,7 +943,7 @@ class SQLBackend(Backend):
             except sa_exc.TimeoutError as exc:  # the pool had no connection to lend within pool_timeout
                 raise BackendUnavailable(f"{self.describe()} is unavailable: no free connection ({exc})") from exc
             except sa_exc.DBAPIError as exc:
-                kind = self.classify(exc)
+                kind = self.error_kind(exc)
                 if kind == ErrorKind.TRANSIENT or (kind == ErrorKind.DUPLICATE and retry_duplicates):
                     if attempt <= self.transient_retries:
                         self.pause(policy.TRANSIENT.delay(attempt))
@@ -833,17 +959,30 @@ class SQLBackend(Backend):
                         continue
                 raise self._translate(exc) from exc
 
-    def _translate(self, exc: sa_exc.DBAPIError) -> PolyqueueError:
+    def error_kind(self, exc: sa_exc.DBAPIError) -> str:
+        """The dialect's :meth:`classify`, with a failed connection to an unknown host name made a configuration error.
+
+        Drivers report a misspelt host like a refused connection; DNS tells
+        them apart without parsing any driver's message (see
+        :func:`polyqueue.policy.host_name_unknown`).
+        """
         kind = self.classify(exc)
+        if kind == ErrorKind.DISCONNECT and exc.statement is None and policy.host_name_unknown(self.url.host):
+            return ErrorKind.CONFIGURATION
+        return kind
+
+    def _translate(self, exc: sa_exc.DBAPIError) -> PolyqueueError:
+        """The polyqueue error for a driver error no retry cured (the policy decides which)."""
+        kind = self.error_kind(exc)
         if kind == ErrorKind.MISSING_SCHEMA:
-            return SchemaMissing(
-                f"the polyqueue tables ({self.prefix}jobs) do not exist in {self.describe()}: "
-                "run `polyqueue migrate` (or Queue.migrate())"
-            )
-        detail = self._scrub(str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__)
-        if kind in (ErrorKind.DISCONNECT, ErrorKind.TRANSIENT) or isinstance(exc, sa_exc.OperationalError):
-            return BackendUnavailable(f"{self.describe()} is unavailable: {detail}")
-        return PolyqueueError(f"{self.describe()} rejected the operation: {detail}")
+            detail = f"{self.prefix}jobs"
+        elif kind == ErrorKind.CONFIGURATION and self.classify(exc) == ErrorKind.DISCONNECT:
+            detail = f"unknown host name {self.url.host!r}"
+        else:
+            orig = getattr(exc, "orig", None) or exc
+            text = str(orig).strip()
+            detail = self._scrub(text.splitlines()[0] if text else type(orig).__name__)
+        return policy.error_for(kind, self.describe(), detail, outage=isinstance(exc, sa_exc.OperationalError))
 
     def _scrub(self, text: str) -> str:
         password = self.url.password
@@ -1090,6 +1229,7 @@ class SQLBackend(Backend):
         if not jobs:
             return []
         if connection is not None:
+            self.verify_schema()
             try:
                 with self.caller_connection(connection) as conn:
                     ids = self._enqueue_in(conn, jobs, None)

@@ -33,6 +33,10 @@ T = TypeVar("T")
 #: Set while this thread's transactions should poll for the write lock (:meth:`SQLiteBackend.eager_locking`).
 _EAGER: contextvars.ContextVar[bool] = contextvars.ContextVar("polyqueue_sqlite_eager", default=False)
 _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+#: The database file cannot be opened: its directory is missing or not writable (a wrong path in the URL).
+_SQLITE_CANTOPEN = sqlite3.SQLITE_CANTOPEN
+#: SQLite's messages for a column the table lacks (it has no error code of their own).
+_MISSING_COLUMN = ("no such column", "has no column")
 _EPOCH_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
@@ -118,6 +122,12 @@ class SQLiteBackend(SQLBackend):
     lock_poll_seconds = 0.03
 
     def __init__(self, url: sa.engine.URL, options: dict[str, Any]) -> None:
+        if url.host:
+            # sqlite://polyqueue.db reads "polyqueue.db" as a host name; SQLAlchemy's answer is five lines.
+            raise ConfigurationError(
+                f"a SQLite URL has three slashes before a relative path and four before an absolute one: "
+                f"sqlite:///{url.host}{'/' + url.database if url.database else ''} or sqlite:////var/lib/app/queue.db"
+            )
         self.in_memory = url.database in (None, "", ":memory:")
         if self.in_memory:
             # One shared connection: serialise transactions across threads ourselves.
@@ -244,8 +254,12 @@ class SQLiteBackend(SQLBackend):
         code = getattr(orig, "sqlite_errorcode", None)
         if code is not None and (code & 0xFF) in _SQLITE_BUSY:
             return ErrorKind.TRANSIENT
+        if code is not None and (code & 0xFF) == _SQLITE_CANTOPEN:
+            return ErrorKind.CONFIGURATION  # the file's directory does not exist or is not writable
         if isinstance(orig, sqlite3.OperationalError) and "no such table" in str(orig):
             return ErrorKind.MISSING_SCHEMA
+        if isinstance(orig, sqlite3.OperationalError) and any(text in str(orig) for text in _MISSING_COLUMN):
+            return ErrorKind.SCHEMA_MISMATCH
         return super().classify(error)
 
     def serialized(self) -> AbstractContextManager[Any]:

@@ -1734,6 +1734,11 @@ HOSTILE_NAMES = [
 ]
 
 
+#: Ids of the wrong form or range: Unicode digits ('²'.isdigit() is true), beyond 64 bits, signs, floats, bytes.
+ODD_JOB_IDS: list[Any] = ["²", "١٢", 2**70, str(2**70), 2**63, -1, 0, "-5", "1e3", "0x1", "", "abc", 1.5, None,
+                          True, b"1", (1,), "9" * 40]  # fmt: skip
+
+
 class TestBadInput:
     """Bad input fails clearly and stores nothing."""
 
@@ -1816,6 +1821,17 @@ class TestBadInput:
             queue.complete("not a job")  # type: ignore[arg-type]
         with pytest.raises(InvalidArgument):
             queue.enqueue("")
+
+    def test_odd_job_ids_are_not_found_on_every_path(self, queue: polyqueue.Queue) -> None:
+        """Ids no backend could have issued: one answer everywhere, never a driver's or int()'s exception."""
+        real = queue.enqueue("t")
+        for job_id in ODD_JOB_IDS:
+            assert queue.get(job_id) is None, job_id
+            with pytest.raises(polyqueue.JobNotFound):
+                queue.require(job_id)
+            assert queue.cancel(job_id) is False, job_id
+        assert queue.replay_detailed(ODD_JOB_IDS).replayed == 0
+        assert queue.require(real).status == "pending"  # nothing else was touched
 
 
 # ---------------------------------------------------------------------------
