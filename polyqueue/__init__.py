@@ -25,7 +25,7 @@ from .errors import (
     SchemaMissing,
 )
 from .hookspecs import hookimpl
-from .job import Job, JobRecord, JobStatus
+from .job import Job, JobRecord, JobStatus, QueueLimits, QueueSettings
 from .moving import TransferResult, transfer
 from .queue import DEFAULT_URL, Queue, connect
 from .worker import Worker
@@ -48,6 +48,8 @@ __all__ = [
     "PayloadTooLarge",
     "PolyqueueError",
     "Queue",
+    "QueueLimits",
+    "QueueSettings",
     "SchemaMissing",
     "TransferResult",
     "Worker",

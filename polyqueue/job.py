@@ -16,6 +16,8 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "NewJob",
+    "QueueLimits",
+    "QueueSettings",
     "ReplayResult",
     "int_job_id",
 ]
@@ -67,6 +69,8 @@ class Job:
     errors: list[dict[str, Any]] = field(default_factory=list)
     #: Seconds the dedupe key stays held after the job is done or dead (``enqueue(..., dedupe_for=)``); None: released.
     dedupe_for: float | None = None
+    #: The flow-control key (``enqueue(..., concurrency_key=)``): a queue's ``per_key`` limit counts jobs per key.
+    concurrency_key: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -90,6 +94,8 @@ class NewJob:
     run_at: datetime | None = None
     #: Seconds the dedupe key stays held after the job is done or dead; None releases it when the job finishes.
     dedupe_for: float | None = None
+    #: The key a queue's ``per_key`` limit counts processing jobs by; None: the job is counted under no key.
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +133,41 @@ class JobRecord:
     dedupe_held_until: datetime | None = None
     lease_token: int = 0
     import_key: str | None = None
+    concurrency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """A queue's flow control, enforced by the claim itself across every worker (None: no such limit).
+
+    ``concurrency``: at most this many of the queue's jobs processing at once.
+    ``rate``: at most this many jobs started per second (database clock).
+    ``per_key``: at most this many processing per ``concurrency_key``; jobs
+    enqueued without a key are not counted against it.
+    """
+
+    concurrency: int | None = None
+    rate: float | None = None
+    per_key: int | None = None
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set."""
+        return self.concurrency is not None or self.rate is not None or self.per_key is not None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """What the database stores about one queue: its limits and whether it is paused."""
+
+    queue: str
+    limits: QueueLimits = field(default_factory=QueueLimits)
+    paused: bool = False
+
+    @property
+    def controlled(self) -> bool:
+        """Whether a claim must read these settings (paused, or limited); otherwise the queue is plain."""
+        return self.paused or self.limits.any
 
 
 @dataclass(slots=True)

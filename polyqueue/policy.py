@@ -14,7 +14,9 @@ This module owns the rules:
   every wait on an outage (database, Redis, a dropped LISTEN connection);
 * **storable error text** -- what a failure records, whatever the exception held;
 * **dedupe holds** -- which endings keep a job's dedupe key held for its ``dedupe_for`` seconds;
-* **pacing** -- the steady timetable of a paced redrive (``replay(..., rate=R)``).
+* **pacing** -- the steady timetable of a paced redrive (``replay(..., rate=R)``);
+* **flow control** -- how many jobs a claim may take from a limited queue (concurrency,
+  a rate allowance on the database clock, per-key limits) and the fair order across keys.
 
 Where SQL must apply a rule inside one statement (the PostgreSQL claim
 rescues expired leases as it claims), it takes the expression from the
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import Settlement
-from .job import Job, JobStatus
+from .job import Job, JobStatus, QueueLimits
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -56,9 +58,11 @@ __all__ = [
     "MAX_ERROR_LENGTH",
     "OUTAGE",
     "PACE_STEP",
+    "RATE_BURST_SECONDS",
     "RECONNECT",
     "RECORD_RETRY",
     "RESCUE_BATCH",
+    "SETTINGS_REFRESH",
     "TRANSIENT",
     "Backoff",
     "Jitter",
@@ -67,6 +71,7 @@ __all__ = [
     "capped_max_attempts",
     "capped_max_attempts_lua",
     "capped_max_attempts_sql",
+    "claim_allowance",
     "claim_order_key",
     "claim_order_lua",
     "claim_order_sql",
@@ -81,6 +86,8 @@ __all__ = [
     "expired_lease_status_lua",
     "expired_lease_status_sql",
     "failed",
+    "fair_order_key",
+    "fair_order_sql",
     "final_attempt_lua",
     "final_attempt_sql",
     "holds_claim",
@@ -89,9 +96,12 @@ __all__ = [
     "is_final_attempt",
     "job_claim_key",
     "keeps_dedupe_key",
+    "key_has_room",
+    "key_has_room_sql",
     "lua_literal",
     "new_enqueue_token",
     "new_token",
+    "rate_allowance",
     "released",
     "storable_text",
 ]
@@ -493,3 +503,64 @@ class Pace:
                 next_at = now - interval  # fell behind: make up at most one step, never burst
             yield pending[start : start + self.step]
             next_at += interval
+
+
+# --- flow control ------------------------------------------------------------------------------------
+#: Seconds of unused rate a limited queue may save up: at most ``rate * RATE_BURST_SECONDS`` starts (at
+#: least one) can go at once after a quiet spell. One second keeps "R per second" true over any window
+#: of a few seconds while letting a batch claim take several jobs.
+RATE_BURST_SECONDS = 1.0
+#: How long a process trusts its list of controlled (paused or limited) queues before reading it again.
+#: Claims never depend on it for safety -- the claim statement itself refuses a controlled queue's jobs
+#: unless it went through that queue's settings -- so a stale list only delays a newly limited queue's
+#: jobs by up to this long.
+SETTINGS_REFRESH = 1.0
+
+
+def rate_allowance(saved: float, elapsed: float, rate: float) -> float:
+    """Starts a rate-limited queue may make now: what it saved plus what ``elapsed`` seconds earned, capped.
+
+    ``elapsed`` is database-clock seconds since the allowance was last counted
+    (a negative value -- two transactions' clocks read out of order -- earns nothing).
+    """
+    return min(max(1.0, rate * RATE_BURST_SECONDS), saved + max(0.0, elapsed) * rate)
+
+
+def claim_allowance(limit: int, limits: QueueLimits, processing: int, allowance: float | None) -> int:
+    """How many jobs one claim may take from a limited queue: ``limit``, cut by each limit that binds.
+
+    ``processing`` is how many of the queue's jobs are processing now;
+    ``allowance`` what :func:`rate_allowance` says (None: no rate limit).
+    Per-key limits apply job by job (:func:`key_has_room`).
+    """
+    allowed = limit
+    if limits.concurrency is not None:
+        allowed = min(allowed, limits.concurrency - processing)
+    if allowance is not None:
+        allowed = min(allowed, int(allowance + 1e-9))  # whole starts only; the float error of a sum is not one
+    return max(0, allowed)
+
+
+def key_has_room(rank: int, running: int, per_key: int) -> bool:
+    """Whether the ``rank``-th ready job (1-based, in claim order) of a key may start while ``running`` of it run."""
+    return rank + running <= per_key
+
+
+def key_has_room_sql(rank: Any, running: Any, per_key: int) -> sa.ColumnElement[bool]:
+    """:func:`key_has_room` as SQL."""
+    return rank + running <= per_key  # type: ignore[no-any-return]
+
+
+def fair_order_key(rank: int, priority: int, run_at: Any, job_id: Any) -> tuple[Any, ...]:
+    """Claim order across concurrency keys: each key's best job first, then each key's second, and so on.
+
+    A key with 10,000 ready jobs therefore never starves a key with one: the
+    cold key's job ranks first in its key, beside the hot key's first.
+    Within one rank, ordinary claim order.
+    """
+    return (rank, *claim_order_key(priority, run_at, job_id))
+
+
+def fair_order_sql(rank: Any, columns: Mapping[str, Any] | Any) -> list[sa.ColumnElement[Any]]:
+    """:func:`fair_order_key` as ORDER BY clauses."""
+    return [rank.asc(), *claim_order_sql(columns)]

@@ -42,7 +42,7 @@ from .. import policy
 from ..errors import ConfigurationError
 from ..job import Job, JobRecord, JobStatus, NewJob
 from .base import Capability, ClaimRequest, ClaimResult, EnqueueBatch, WakeupRequest, WakeupSource
-from .sql import SQL_CAPABILITIES, ZERO, ErrorKind, SQLBackend
+from .sql import SQL_CAPABILITIES, ZERO, ErrorKind, SQLBackend, bulk_insertable
 
 _BIGINT_ARRAY = pg.ARRAY(sa.BigInteger())
 
@@ -95,7 +95,9 @@ _EXPIRED_HOLD = _sql(
 # One statement, one round trip. `expired` and `ready` lock their rows with SKIP LOCKED; `chosen`
 # keeps the best `limit` of the ready rows and of the expired rows (of the asked queues and types)
 # that still have attempts left; `marked` adds the other expired rows, which the policy's expiry
-# rule sends back to pending or, on their final attempt, to dead. Ready rows are read pair by pair
+# rule sends back to pending or, on their final attempt, to dead. A paused or limited queue (one with a
+# row in the queues table) gives this statement nothing: its claims go through its settings row
+# (SQLBackend._claim_controlled). Ready rows are read pair by pair
 # of (queue, job type), each an ordered range of the partial ready index (see `_ready_sql`). The
 # rules -- claim order, the final attempt, the expiry outcome and its error, the attempt cap --
 # are the policy module's expressions, rendered once.
@@ -116,6 +118,7 @@ WITH expired AS MATERIALIZED (
         UNION ALL
         SELECT id, priority, run_at, true FROM expired
         WHERE queue = ANY(CAST(:queues AS text[])) {{expired_of_types}} AND {_CLAIMABLE_EXPIRED}
+            AND queue NOT IN (SELECT name FROM {{queues}})
     ) AS candidates
     ORDER BY {_CLAIM_ORDER}
     LIMIT :limit
@@ -142,20 +145,22 @@ SELECT {{columns}}, claimed FROM changed WHERE claimed OR status = {_DEAD}
 """
 
 
-def _ready_sql(jobs: str, pairs: int) -> str:
+def _ready_sql(jobs: str, pairs: int, queues: str) -> str:
     """The locking read of the best ``:limit`` ready jobs over ``pairs`` (queue, job type) pairs.
 
     One pair is one ordered range of the ready index, locked as it is read.
     Several pairs are merged in claim order (a Merge Append of index ranges)
     and each row is locked as the merge yields it: the claim locks at most
     ``:limit`` rows and reads past rows others hold, however many pairs it
-    asks for.
+    asks for. A queue with a settings row (``queues``) is skipped: a
+    one-time check of a constant, not a per-row test.
     """
 
     def arm(n: int) -> str:
         return (
             f"SELECT id, priority, run_at FROM {jobs} WHERE status = {_PENDING} "
-            f"AND queue = CAST(:q{n} AS text) AND job_type = CAST(:t{n} AS text) AND run_at <= now()"
+            f"AND queue = CAST(:q{n} AS text) AND job_type = CAST(:t{n} AS text) AND run_at <= now() "
+            f"AND NOT EXISTS (SELECT 1 FROM {queues} WHERE name = CAST(:q{n} AS text))"
         )
 
     if pairs == 0:
@@ -347,12 +352,12 @@ class PostgreSQLBackend(SQLBackend):
     def _enqueue_marked(self, batch: EnqueueBatch) -> list[Hashable]:
         """Plain jobs outside a caller's transaction: ONE autocommit statement inserts them and sends the NOTIFY.
 
-        Jobs with a dedupe key or an absolute ``run_at`` take the general path
+        Jobs with a dedupe key, an absolute ``run_at`` or a concurrency key take the general path
         (one transaction); so do enqueues inside the caller's transaction
         (:meth:`SQLBackend.enqueue` never sends those here).
         """
         jobs, token = batch.jobs, batch.token
-        special = any(j.dedupe_key is not None or j.run_at is not None for j in jobs)
+        special = not all(bulk_insertable(j) for j in jobs)
         if special:
             return super()._enqueue_marked(batch)
         shared = {(j.queue, j.job_type, j.priority, j.max_attempts, j.delay_seconds) for j in jobs}
@@ -466,8 +471,11 @@ class PostgreSQLBackend(SQLBackend):
             jobs = f'"{self.jobs.name}"'
             columns = ", ".join(f'"{c.name}"' for c in self._columns)
             of_types = "AND job_type = ANY(CAST(:types AS text[]))" if typed else ""
-            ready = _ready_sql(jobs, pairs)
-            text = _CLAIM_SQL.format(jobs=jobs, ready=ready, expired_of_types=of_types, columns=columns)
+            queues = f'"{self.queues_table.name}"'
+            ready = _ready_sql(jobs, pairs, queues)
+            text = _CLAIM_SQL.format(
+                jobs=jobs, ready=ready, expired_of_types=of_types, columns=columns, queues=queues
+            )
             columns_read = [*self._columns, sa.column("claimed", sa.Boolean())]
             self._claim_statements[key] = sa.text(text).columns(*columns_read)  # type: ignore[assignment]
         return self._claim_statements[key]
@@ -492,7 +500,7 @@ class PostgreSQLBackend(SQLBackend):
         pairs = sa.select(held.c.id, held.c.token)
         return sa.and_(j.c.id == sa.func.any(ids), sa.tuple_(j.c.id, j.c.lease_token).in_(pairs))
 
-    def claim(self, request: ClaimRequest) -> ClaimResult:
+    def claim_plain(self, request: ClaimRequest) -> ClaimResult:
         """Rescue expired leases and claim up to ``request.limit`` ready jobs in one statement; see :class:`Backend`.
 
         Without ``job_types`` the pairs to read are found first (one cheap
