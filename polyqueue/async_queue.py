@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import greenlets
 from .backends.base import Backend, Capability, FireRecord, ScheduleRecord
 from .errors import ConfigurationError, InvalidArgument, PolyqueueError
-from .job import Job, QueueLimits, ReplayResult
+from .job import Job, QueueLimits, QueueSettings, ReplayResult
 from .queue import Queue, connect
 from .validation import check_int
 
@@ -388,6 +388,10 @@ class AsyncQueue:
     async def paused(self) -> list[str]:
         """The paused queues, by name."""
         return await self._call(Queue.paused)
+
+    async def queue_settings(self, queues: str | Iterable[str] | None = None) -> list[QueueSettings]:
+        """The stored limits and paused flag of ``queues`` (None: every limited or paused queue), by name."""
+        return await self._call(Queue.queue_settings, queues if queues is None else _listed(queues))
 
 
 def _listed(values: Iterable[Any]) -> Any:

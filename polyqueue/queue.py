@@ -37,7 +37,7 @@ from .backends.base import (
     StatsRequest,
 )
 from .errors import ConfigurationError, InvalidArgument, InvalidPayload, JobNotFound
-from .job import FINISHED_STATUSES, Job, NewJob, QueueLimits, ReplayResult
+from .job import FINISHED_STATUSES, Job, NewJob, QueueLimits, QueueSettings, ReplayResult
 from .plugins import backend_class_for, call_hook, make_plugin_manager
 from .session import ConsumerSession, lease_lost
 from .validation import (
@@ -657,6 +657,14 @@ class Queue:
         """The paused queues, by name."""
         self.require_capability(Capability.PAUSE, "pause and resume")
         return [s.queue for s in self.backend.queue_settings(QueueSettingsQuery()) if s.paused]
+
+    def queue_settings(self, queues: str | Iterable[str] | None = None) -> list[QueueSettings]:
+        """The stored limits and paused flag of ``queues`` (None: every limited or paused queue), by name.
+
+        Queues with neither are left out; ``[]`` on a backend that can do neither.
+        """
+        names = None if queues is None else queue_list(queues)
+        return self.backend.queue_settings(QueueSettingsQuery(names))
 
     def require_capability(self, capability: Capability, what: str) -> None:
         """Raise :class:`ConfigurationError` naming ``what`` unless the backend has ``capability``."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-__all__ = ["STATUS_COLUMNS", "cron_table", "dead_table", "fires_table", "stats_table"]
+__all__ = ["STATUS_COLUMNS", "cron_table", "dead_table", "fires_table", "limits_table", "stats_table"]
 
 STATUS_COLUMNS = ("pending", "scheduled", "processing", "done", "dead", "cancelled")
 
@@ -26,6 +26,21 @@ def stats_table(by_queue: dict[str, dict[str, int]], title: str = "polyqueue sta
             totals[c] += counts.get(c, 0)
     if len(by_queue) > 1:
         table.add_row("[bold]total[/]", *(f"[bold]{totals[c]}[/]" for c in STATUS_COLUMNS))
+    return table
+
+
+def limits_table(settings: list[Any], title: str = "queue limits") -> Table:
+    """A rich table of :class:`~polyqueue.QueueSettings`: each queue's limits (``-``: none) and whether it is paused."""
+    table = Table(title=title)
+    for column in ("queue", "concurrency", "rate /s", "per key", "paused"):
+        table.add_column(column, justify="left" if column == "queue" else "right", overflow="fold")
+
+    def shown(value: Any) -> str:
+        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    for item in settings:
+        limits, paused = item.limits, "yes" if item.paused else ""
+        table.add_row(item.queue, shown(limits.concurrency), shown(limits.rate), shown(limits.per_key), paused)
     return table
 
 
