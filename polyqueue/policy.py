@@ -98,6 +98,7 @@ __all__ = [
     "keeps_dedupe_key",
     "key_has_room",
     "key_has_room_sql",
+    "key_slot",
     "lua_literal",
     "new_enqueue_token",
     "new_token",
@@ -541,26 +542,34 @@ def claim_allowance(limit: int, limits: QueueLimits, processing: int, allowance:
     return max(0, allowed)
 
 
-def key_has_room(rank: int, running: int, per_key: int) -> bool:
-    """Whether the ``rank``-th ready job (1-based, in claim order) of a key may start while ``running`` of it run."""
-    return rank + running <= per_key
+def key_slot(rank: int, running: int) -> int:
+    """The slot of its key a ready job would take: ``running`` of the key run, and it is the key's ``rank``-th.
 
-
-def key_has_room_sql(rank: Any, running: Any, per_key: int) -> sa.ColumnElement[bool]:
-    """:func:`key_has_room` as SQL."""
-    return rank + running <= per_key  # type: ignore[no-any-return]
-
-
-def fair_order_key(rank: int, priority: int, run_at: Any, job_id: Any) -> tuple[Any, ...]:
-    """Claim order across concurrency keys: each key's best job first, then each key's second, and so on.
-
-    A key with 10,000 ready jobs therefore never starves a key with one: the
-    cold key's job ranks first in its key, beside the hot key's first.
-    Within one rank, ordinary claim order.
+    ``rank`` is 1-based, in claim order among the key's ready jobs.
     """
-    return (rank, *claim_order_key(priority, run_at, job_id))
+    return rank + running
 
 
-def fair_order_sql(rank: Any, columns: Mapping[str, Any] | Any) -> list[sa.ColumnElement[Any]]:
+def key_has_room(slot: int, per_key: int) -> bool:
+    """Whether a job whose :func:`key_slot` is ``slot`` may start under a ``per_key`` limit."""
+    return slot <= per_key
+
+
+def key_has_room_sql(slot: Any, per_key: int) -> sa.ColumnElement[bool]:
+    """:func:`key_has_room` as SQL."""
+    return slot <= per_key  # type: ignore[no-any-return]
+
+
+def fair_order_key(slot: int, priority: int, run_at: Any, job_id: Any) -> tuple[Any, ...]:
+    """Claim order across concurrency keys: the lowest :func:`key_slot` first, then ordinary claim order.
+
+    A key with nothing running goes before a key already running jobs, and
+    each key's second job after every key's first: so a key with 10,000
+    ready jobs never starves a key with one, however much older its jobs are.
+    """
+    return (slot, *claim_order_key(priority, run_at, job_id))
+
+
+def fair_order_sql(slot: Any, columns: Mapping[str, Any] | Any) -> list[sa.ColumnElement[Any]]:
     """:func:`fair_order_key` as ORDER BY clauses."""
-    return [rank.asc(), *claim_order_sql(columns)]
+    return [slot.asc(), *claim_order_sql(columns)]

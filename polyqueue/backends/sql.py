@@ -1334,9 +1334,10 @@ class SQLBackend(Backend):
     def _fair_ready_ids(self, conn: Connection, request: spi.ClaimRequest, per_key: int, take: int) -> list[Any]:
         """Up to ``take`` ready ids of the request's queue whose key has room, in fair order (see the policy).
 
-        Ranks each key's ready jobs in claim order (a window function) and
-        keeps a job while its rank plus its key's processing jobs is within
-        ``per_key``; jobs without a key are not held back. Reads every ready
+        Ranks each key's ready jobs in claim order (a window function); a
+        job's slot is its rank plus its key's processing jobs
+        (:func:`policy.key_slot`); it is kept while that is within ``per_key``
+        (jobs without a key are not held back) and taken lowest slot first. Reads every ready
         job of the queue: per-key queues pay for fairness with a scan.
         """
         (queue,) = request.queues
@@ -1354,12 +1355,12 @@ class SQLBackend(Backend):
             .group_by(j.c.concurrency_key)
             .subquery("running")
         )
-        has_room = policy.key_has_room_sql(ready.c.rank, sa.func.coalesce(running.c.n, 0), per_key)
+        slot = ready.c.rank + sa.func.coalesce(running.c.n, 0)  # policy.key_slot
         stmt = (
             sa.select(ready.c.id)
             .select_from(ready.outerjoin(running, running.c.concurrency_key == ready.c.concurrency_key))
-            .where(sa.or_(ready.c.concurrency_key.is_(None), has_room))
-            .order_by(*policy.fair_order_sql(ready.c.rank, ready.c))
+            .where(sa.or_(ready.c.concurrency_key.is_(None), policy.key_has_room_sql(slot, per_key)))
+            .order_by(*policy.fair_order_sql(slot, ready.c))
             .limit(take)
         )
         return [r[0] for r in conn.execute(stmt)]

@@ -1312,6 +1312,10 @@ class TestFlowControl:
         first = queue.claim(limit=2)
         assert cold in [j.id for j in first], "each key's first job comes before any key's second"
         assert Counter(j.concurrency_key for j in queue.claim(limit=20)) == {"hot": 4}
+        later = queue.enqueue("t", concurrency_key="cold")
+        (hot,) = [j for j in first if j.concurrency_key == "hot"]
+        queue.complete(hot)
+        assert [j.id for j in queue.claim(limit=1)] == [later], "a key with less running goes first"
 
     def test_a_rate_limit_paces_starts_on_the_database_clock(self, queue: polyqueue.Queue) -> None:
         queue.enqueue_many([{"job_type": "t"} for _ in range(200)])

@@ -410,8 +410,9 @@ class _Store:
         for row in ready:
             rank = ranks[row.concurrency_key] = ranks.get(row.concurrency_key, 0) + 1
             key = row.concurrency_key
-            if key is None or policy.key_has_room(rank, self.running_keys.get((queue, key), 0), per_key):
-                ranked.append((policy.fair_order_key(rank, row.priority, row.run_at, row.id), row))
+            slot = policy.key_slot(rank, 0 if key is None else self.running_keys.get((queue, key), 0))
+            if key is None or policy.key_has_room(slot, per_key):
+                ranked.append((policy.fair_order_key(slot, row.priority, row.run_at, row.id), row))
         ranked.sort(key=lambda item: item[0])
         return [row for _, row in ranked[:limit]]
 
