@@ -72,6 +72,7 @@ __all__ = [
     "capped_max_attempts_lua",
     "capped_max_attempts_sql",
     "claim_allowance",
+    "claim_allowance_sql",
     "claim_order_key",
     "claim_order_lua",
     "claim_order_sql",
@@ -103,6 +104,7 @@ __all__ = [
     "new_enqueue_token",
     "new_token",
     "rate_allowance",
+    "rate_allowance_sql",
     "released",
     "storable_text",
 ]
@@ -527,6 +529,16 @@ def rate_allowance(saved: float, elapsed: float, rate: float) -> float:
     return min(max(1.0, rate * RATE_BURST_SECONDS), saved + max(0.0, elapsed) * rate)
 
 
+def rate_allowance_sql(saved: Any, elapsed: Any, rate: Any) -> sa.ColumnElement[float]:
+    """:func:`rate_allowance` as SQL (NULL when ``rate`` is NULL)."""
+    import sqlalchemy as sa
+
+    cap = sa.func.greatest(1.0, rate * RATE_BURST_SECONDS)
+    earned = sa.func.least(cap, saved + sa.func.greatest(0.0, elapsed) * rate)
+    # GREATEST and LEAST skip NULLs on PostgreSQL (and return NULL on MySQL): say "no rate" explicitly.
+    return sa.case((rate.is_(None), sa.null()), else_=earned)  # type: ignore[no-any-return]
+
+
 def claim_allowance(limit: int, limits: QueueLimits, processing: int, allowance: float | None) -> int:
     """How many jobs one claim may take from a limited queue: ``limit``, cut by each limit that binds.
 
@@ -540,6 +552,15 @@ def claim_allowance(limit: int, limits: QueueLimits, processing: int, allowance:
     if allowance is not None:
         allowed = min(allowed, int(allowance + 1e-9))  # whole starts only; the float error of a sum is not one
     return max(0, allowed)
+
+
+def claim_allowance_sql(limit: int, concurrency: Any, processing: Any, allowance: Any) -> sa.ColumnElement[int]:
+    """:func:`claim_allowance` as SQL: a NULL ``concurrency`` or ``allowance`` is no such limit."""
+    import sqlalchemy as sa
+
+    by_rate = sa.cast(sa.func.floor(allowance + 1e-9), sa.Integer)
+    allowed = sa.func.least(limit, sa.func.coalesce(concurrency - processing, limit), sa.func.coalesce(by_rate, limit))
+    return sa.func.greatest(0, allowed)  # type: ignore[no-any-return]
 
 
 def key_slot(rank: int, running: int) -> int:

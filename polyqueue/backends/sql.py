@@ -1206,16 +1206,19 @@ class SQLBackend(Backend):
             (c.lease_expires_at, None),
         ]
 
-    def _rescue_expired(self, conn: Connection) -> list[Job]:
-        """Rescue expired leases as the policy says; returns the jobs that became dead."""
+    def _expired_leases(self) -> sa.Select[Any]:
+        """The ids of up to :data:`policy.RESCUE_BATCH` processing jobs whose lease has expired, oldest first."""
         j = self.jobs
-        expired = (
+        return (
             sa.select(j.c.id)
             .where(j.c.status == PROCESSING_SQL, j.c.lease_expires_at <= self.now())
             .order_by(j.c.lease_expires_at)
             .limit(policy.RESCUE_BATCH)
         )
-        rows = self.update_locked(conn, expired, self._rescue_values(), returning=True)
+
+    def _rescue_expired(self, conn: Connection) -> list[Job]:
+        """Rescue expired leases as the policy says; returns the jobs that became dead."""
+        rows = self.update_locked(conn, self._expired_leases(), self._rescue_values(), returning=True)
         rescued = [self._job_from_row(r) for r in rows]
         return [job for job in rescued if job.status == JobStatus.DEAD]
 
@@ -1262,19 +1265,20 @@ class SQLBackend(Backend):
     # ------------------------------------------------------------------
     # Consuming: paused and limited queues
     # ------------------------------------------------------------------
-    _controlled: frozenset[str] | None = None
+    _controlled: dict[str, QueueSettings] | None = None
     _controlled_read_at: float = 0.0
 
-    def _controlled_queues(self) -> frozenset[str]:
+    def _controlled_queues(self) -> dict[str, QueueSettings]:
         """The queues that have a settings row, as read at most :data:`policy.SETTINGS_REFRESH` seconds ago.
 
-        Only routes claims: a queue missing here is still refused by the
-        plain claim's own check (:meth:`uncontrolled`).
+        Only routes claims (and picks a statement's shape): a queue missing
+        here is still refused by the plain claim's own check
+        (:meth:`uncontrolled`), and a controlled claim reads the row itself.
         """
         now = time.monotonic()
         if self._controlled is None or now - self._controlled_read_at >= policy.SETTINGS_REFRESH:
-            names = sa.select(self.queues_table.c.name)
-            self._controlled = frozenset(self._run_single(lambda conn: [r[0] for r in conn.execute(names)]))
+            rows = self._run_single(lambda conn: list(conn.execute(sa.select(self.queues_table))))
+            self._controlled = {row.name: self._settings_of(row) for row in rows}
             self._controlled_read_at = now
         return self._controlled
 
