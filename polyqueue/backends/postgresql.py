@@ -563,10 +563,12 @@ class PostgreSQLBackend(SQLBackend):
             "lease": float(request.lease), "cap": request.max_attempts,
             **{f"t{n}": job_type for n, job_type in enumerate(types)},
         }  # fmt: skip
-        rescued, found, rows = self._pipelined(self._limited_statements[shape], params)[:3]
-        if not found:
-            return self.claim_plain(request)
+        first, rows = self._pipelined(self._limited_statements[shape], params)
+        rescued = [row[1:] for row in first if row[1] is not None]
         dead = [job for job in map(self._job_from_row, rescued) if job.status == JobStatus.DEAD]
+        if first[0][0] is None:  # the queue has no settings row any more
+            plain = self.claim_plain(request)
+            return ClaimResult(plain.jobs, dead + plain.expired_dead)
         return ClaimResult(sorted(map(self._job_from_row, rows), key=policy.job_claim_key), dead)
 
     @functools.cached_property
@@ -641,8 +643,21 @@ class PostgreSQLBackend(SQLBackend):
                 rate_counted_at=sa.func.greatest(self.now(), sa.func.coalesce(s.c.rate_counted_at, self.now())),
             )
         )
+        # Two statements: rescue and lock (one row: the locked name, or NULL, beside each rescued job);
+        # then claim and save the allowance. The claim must be a statement of its own: it counts what is
+        # processing, which only a snapshot taken once the settings row is held sees right.
+        locked, rescued = lock.cte("locked"), rescue.cte("rescued")
+        one = sa.select(sa.literal(1).label("one")).subquery("one")
+        first = sa.select(locked.c.name, *rescued.c).select_from(
+            one.outerjoin(locked, sa.true()).outerjoin(rescued, sa.true())
+        )
+        taken = claimed.cte("taken")
+        saved = saved.values(
+            rate_allowance=allowance - sa.select(sa.func.count()).select_from(taken).scalar_subquery()
+        )
+        second = sa.select(*taken.c).add_cte(saved.cte("saved"))
         compiled = []
-        for statement in (rescue, lock, claimed, saved):
+        for statement in (first, second):
             query = statement.compile(dialect=self.engine.dialect)
             compiled.append((str(query), dict(query.construct_params())))
         return compiled
@@ -676,23 +691,33 @@ class PostgreSQLBackend(SQLBackend):
     def _pipelined(self, statements: Sequence[tuple[str, dict[str, Any]]], params: dict[str, Any]) -> list[list[Any]]:
         """Run compiled ``statements`` in one transaction in ONE round trip (psycopg's pipeline mode); their rows."""
         import psycopg
+        from psycopg.pq import TransactionStatus
 
         with self._connect() as conn:
             raw: Any = conn.connection.driver_connection
+            # Our own BEGIN and COMMIT, sent in the pipeline: psycopg's transaction() syncs (waits) per step.
+            raw.autocommit = True
             try:
                 cursors = []
-                with raw.pipeline(), raw.transaction():
+                with raw.pipeline():
+                    raw.cursor().execute("BEGIN")
                     for sql, constants in statements:
                         cursor = raw.cursor()
                         cursor.execute(sql, {**constants, **{k: v for k, v in params.items() if k in constants}})
                         cursors.append(cursor)
+                    raw.cursor().execute("COMMIT")
                 return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
             except psycopg.Error as exc:
                 error = sa_exc.DBAPIError.instance("claim", None, exc, psycopg.Error)
                 assert isinstance(error, sa_exc.DBAPIError)
                 if self.classify(error) == ErrorKind.DISCONNECT:
                     conn.invalidate()
+                elif raw.info.transaction_status != TransactionStatus.IDLE:
+                    raw.execute("ROLLBACK")
                 raise self._translate(error) from exc
+            finally:
+                if not raw.closed:
+                    raw.autocommit = False
 
     # ------------------------------------------------------------------
     # Waiting
