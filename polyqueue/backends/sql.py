@@ -44,6 +44,7 @@ from ..job import (
     FINISHED_STATUSES,
     LIVE_STATUSES,
     STATUSES,
+    STORED_FIELDS,
     Job,
     JobRecord,
     JobStatus,
@@ -66,7 +67,6 @@ __all__ = [
     "ErrorKind",
     "SQLBackend",
     "UpdateValues",
-    "bulk_insertable",
     "status_literal",
 ]
 
@@ -89,19 +89,25 @@ FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 
 #: Bumped whenever ``migrate`` has new work to do. 3: the ready index leads with (queue, job_type);
 #: 4: the periodic schedules and fires tables; 5: dedupe holds after finishing (``dedupe_for``,
-#: ``dedupe_held_until``), enqueue tokens and import keys; 6: the per-queue settings table (pause and
-#: flow control) and the jobs' ``concurrency_key``.
-SCHEMA_VERSION = 6
+#: ``dedupe_held_until``), enqueue tokens and import keys; 6: runtime control (``headers``,
+#: ``timeout``, ``cancel_requested``); 7: the per-queue settings table (pause and flow control) and
+#: the jobs' ``concurrency_key``.
+SCHEMA_VERSION = 7
 #: The columns version 5 added, in the order an upgrade adds them.
 _V5_COLUMNS = ("dedupe_for", "dedupe_held_until", "enqueue_token", "import_key")
-#: The columns version 6 added.
-_V6_COLUMNS = ("concurrency_key",)
+#: The columns version 6 added (runtime control), in the order an upgrade adds them.
+_V6_COLUMNS = ("headers", "timeout", "cancel_requested")
+#: The columns version 7 added.
+_V7_COLUMNS = ("concurrency_key",)
 #: JobRecord fields stored under another column name.
-_RECORD_COLUMN = {"payload_json": "payload", "errors_json": "errors", "result_json": "result"}
+_RECORD_COLUMN = {
+    "payload_json": "payload", "errors_json": "errors", "result_json": "result", "headers_json": "headers",
+}  # fmt: skip
 
 #: Job's fields in declaration order: rows are read in this order and passed to Job positionally.
-_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
-_DECODED_FIELDS = tuple(_JOB_FIELDS.index(name) for name in ("payload", "result", "errors"))
+_JOB_FIELDS = STORED_FIELDS
+_DECODED = ("payload", "result", "errors", "headers", "cancel_requested", "timeout")
+_DECODED_FIELDS = tuple(_JOB_FIELDS.index(name) for name in _DECODED)
 
 #: Payloads, results and error histories: unbounded text (MySQL's TEXT stops at 64 KB, below ``max_payload_bytes``).
 LONG_TEXT = sa.Text().with_variant(mysql_types.LONGTEXT(), "mysql", "mariadb")
@@ -115,6 +121,9 @@ SQL_CAPABILITIES = frozenset(
         Capability.MULTI_PROCESS,
         Capability.PERIODIC,
         Capability.TRANSFER,
+        Capability.HEADERS,
+        Capability.TIMEOUTS,
+        Capability.CANCEL_RUNNING,
         Capability.PAUSE,
         Capability.FLOW_CONTROL,
     }
@@ -133,6 +142,10 @@ RECORD_CHUNK = 500
 ZERO = sa.literal_column("0", sa.BigInteger())
 
 
+def _scalars(stmt: sa.Select[Any], conn: Connection) -> list[Any]:
+    return list(conn.execute(stmt).scalars())
+
+
 def holds_dedupe_slot(c: Any) -> sa.ColumnElement[bool]:
     """Rows that keep their dedupe key in the unique dedupe index: live, or finished with a hold not yet released.
 
@@ -141,15 +154,6 @@ def holds_dedupe_slot(c: Any) -> sa.ColumnElement[bool]:
     cannot read the clock, so the enqueue does.
     """
     return sa.and_(c.dedupe_key.is_not(None), sa.or_(c.status.in_(LIVE_SQL), c.dedupe_held_until.is_not(None)))
-
-
-def bulk_insertable(job: NewJob) -> bool:
-    """Whether a job takes the bulk insert (:meth:`SQLBackend.insert_rows`): only the common columns set.
-
-    A dedupe key, an absolute ``run_at`` or a concurrency key sends it
-    through the one-row insert, which writes every column.
-    """
-    return job.dedupe_key is None and job.run_at is None and job.concurrency_key is None
 
 
 class EnqueueTokenTaken(PolyqueueError):
@@ -492,6 +496,15 @@ class SQLBackend(Backend):
             sa.Column("dedupe_held_until", when(), nullable=True),
             sa.Column("enqueue_token", sa.BigInteger, nullable=True),
             sa.Column("import_key", sa.String(64), nullable=True),
+            sa.Column("headers", LONG_TEXT, nullable=True),
+            sa.Column("timeout", sa.Float, nullable=True),
+            sa.Column(
+                "cancel_requested",
+                sa.Boolean(create_constraint=False),
+                nullable=False,
+                default=False,
+                server_default=sa.false(),
+            ),
             sa.Column("concurrency_key", sa.String(255), nullable=True),
             *self.extra_columns(),
         )
@@ -566,29 +579,33 @@ class SQLBackend(Backend):
         """Schema work inside ``migrate``'s lock when the schema is new (None) or older.
 
         Version 3 rebuilds the ready index to lead with (queue, job_type).
-        Version 6 adds the ``concurrency_key`` column and its ``jobs_running``
+        Version 7 adds the ``concurrency_key`` column and its ``jobs_running``
         index (the ``queues`` table is created with the others).
         Version 5 adds the ``dedupe_for``, ``dedupe_held_until``,
         ``enqueue_token`` and ``import_key`` columns, lets the dedupe index
         hold finished jobs' keys too (:meth:`upgrade_dedupe_index`) and
-        creates the indexes of the new columns. Each step checks what exists,
+        creates the indexes of the new columns. Version 6 adds ``headers``,
+        ``timeout`` and ``cancel_requested`` (runtime control; no index:
+        they are read only with rows found by id or by the claim). Each step checks what exists,
         so an upgrade interrupted half-way (MySQL DDL is not transactional)
         completes on the next ``migrate``. Dialects add their own steps and call this.
         """
         if from_version is not None and from_version < 3:
             self._index(connection, "jobs_ready", rebuild=True)
         if from_version is not None and from_version < 5:
-            self._add_missing_columns(connection, _V5_COLUMNS)
+            self._add_columns(connection, _V5_COLUMNS)
             self.upgrade_dedupe_index(connection)
             for name in ("jobs_enqueue_token", "jobs_import_key"):
                 self._index(connection, name, rebuild=False)
         if from_version is not None and from_version < 6:
+            self._add_columns(connection, _V6_COLUMNS)
+        if from_version is not None and from_version < 7:
             # The queues table is new: create_all made it. Jobs gain their concurrency key and its index.
-            self._add_missing_columns(connection, _V6_COLUMNS)
+            self._add_columns(connection, _V7_COLUMNS)
             self._index(connection, "jobs_running", rebuild=False)
 
-    def _add_missing_columns(self, connection: Connection, names: Sequence[str]) -> None:
-        """``ALTER TABLE jobs ADD COLUMN`` for each of ``names`` the table does not have yet."""
+    def _add_columns(self, connection: Connection, names: Sequence[str]) -> None:
+        """Add the jobs columns ``names`` that are missing (a rerun after an interrupted upgrade adds the rest)."""
         present = {column["name"] for column in sa.inspect(connection).get_columns(self.jobs.name)}
         for name in names:
             if name not in present:
@@ -807,10 +824,13 @@ class SQLBackend(Backend):
     def _job_from_row(self, row: Any) -> Job:
         """A :class:`Job` from a row selecting ``self._columns`` (positional: this runs once per claimed job)."""
         values = [row[i] for i in self._job_field_positions]
-        payload, result, errors = _DECODED_FIELDS
+        payload, result, errors, headers, cancel_requested, timeout = _DECODED_FIELDS
         values[payload] = json_codec.loads(values[payload])
         values[result] = json_codec.loads(values[result]) if values[result] is not None else None
         values[errors] = json_codec.loads(values[errors]) if values[errors] else []
+        values[headers] = json_codec.loads(values[headers]) if values[headers] else {}
+        values[cancel_requested] = bool(values[cancel_requested])
+        values[timeout] = float(values[timeout]) if values[timeout] is not None else None
         return Job(*values)
 
     # ------------------------------------------------------------------
@@ -830,6 +850,8 @@ class SQLBackend(Backend):
             "lease_token": 0,
             "dedupe_key": job.dedupe_key,
             "dedupe_for": job.dedupe_for,
+            "headers": job.headers_json,
+            "timeout": job.timeout,
             "concurrency_key": job.concurrency_key,
         }
 
@@ -857,7 +879,7 @@ class SQLBackend(Backend):
         """
         marks = EnqueueMarks(token)
         ids: list[Hashable | None] = [None] * len(jobs)
-        plain = [i for i, j in enumerate(jobs) if bulk_insertable(j)]
+        plain = [i for i, j in enumerate(jobs) if j.plain]
         if plain:
             rows = [self._plain_insert_params(jobs[i]) for i in plain]
             for row in rows:
@@ -1001,7 +1023,7 @@ class SQLBackend(Backend):
 
         ids: list[Hashable | None] = [None] * len(jobs)
         for i, job in enumerate(jobs):
-            if bulk_insertable(job):
+            if job.plain:
                 ids[i] = take(job)
         seen: dict[tuple[str, str], Hashable] = {}
         later = EnqueueMarks(token)
@@ -1060,7 +1082,7 @@ class SQLBackend(Backend):
         resume = self._resumer(jobs, token)
         (only,) = jobs if len(jobs) == 1 else (None,)
         no_follow_up = type(self).after_enqueue is SQLBackend.after_enqueue
-        if only is not None and bulk_insertable(only) and no_follow_up:
+        if only is not None and only.plain and no_follow_up:
             # One plain job is one INSERT: autocommit, no BEGIN/COMMIT round trips.
             row = [self._plain_insert_params(only, token)]
             return self._run_single(lambda conn: self.insert_rows(conn, row), resume=resume)
@@ -1195,12 +1217,12 @@ class SQLBackend(Backend):
     def _rescue_values(self) -> UpdateValues:
         """What a rescue writes on an expired lease, as the policy decides (``last_error`` before ``locked_by``)."""
         c = self.jobs.c
-        final = policy.final_attempt_sql(c.attempts, c.max_attempts)
-        status = policy.expired_lease_status_sql(c.attempts, c.max_attempts)
+        finishes = sa.or_(policy.final_attempt_sql(c.attempts, c.max_attempts), c.cancel_requested == sa.true())
+        status = policy.expired_lease_status_sql(c.attempts, c.max_attempts, c.cancel_requested)
         return [
             (c.last_error, policy.expired_lease_error_sql(c.locked_by)),
             (c.status, status),
-            (c.finished_at, sa.case((final, self.now()), else_=None)),
+            (c.finished_at, sa.case((finishes, self.now()), else_=None)),
             (c.dedupe_held_until, policy.dedupe_hold_sql(status, self.seconds_from_now(c.dedupe_for))),
             (c.locked_by, None),
             (c.lease_expires_at, None),
@@ -1518,15 +1540,21 @@ class SQLBackend(Backend):
     def _settlement_values(self, settlement: spi.Settlement, token: int) -> dict[str, Any]:
         """The columns a settlement writes (see :class:`~polyqueue.backends.base.Settlement`)."""
         c = self.jobs.c
+        cancelled = c.cancel_requested == sa.true()
+        finished_at: Any = self.now() if settlement.finished else None
+        if settlement.status == JobStatus.PENDING:  # a cancel requested meanwhile ends it (the policy's rule)
+            finished_at = sa.case((cancelled, self.now()), else_=None)
         values: dict[str, Any] = {
-            "status": settlement.status,
-            "finished_at": self.now() if settlement.finished else None,
+            "status": policy.settled_status_sql(settlement.status, c.cancel_requested),
+            "finished_at": finished_at,
             "locked_by": None,
             "lease_expires_at": None,
             "lease_token": token,
         }
         if settlement.run_in is not None:
             values["run_at"] = self.seconds_from_now(sa.literal(float(settlement.run_in), sa.Float()))
+            if settlement.status == JobStatus.PENDING:
+                values["run_at"] = sa.case((cancelled, c.run_at), else_=values["run_at"])
         if settlement.refund_attempt:
             values["attempts"] = c.attempts - 1
         if settlement.result_json is not None:
@@ -1819,17 +1847,41 @@ class SQLBackend(Backend):
         return self._job_from_row(row) if row is not None else None
 
     def cancel(self, request: spi.CancelRequest) -> bool:
-        """Cancel a pending job; False when it is not pending (or does not exist)."""
+        """Cancel a pending job, or flag a processing one; False when it is neither (or does not exist).
+
+        One transaction of two statements at most: a job that is claimed
+        between them is flagged by the second, one settled between them is
+        finished and reports False.
+        """
         key = int_job_id(request.job_id)
         if key is None:
             return False
         j = self.jobs
-        stmt = (
+        pending = (
             sa.update(j)
-            .where(j.c.id == key, j.c.status == JobStatus.PENDING)
+            .where(j.c.id == key, j.c.status == PENDING_SQL)
             .values(status=JobStatus.CANCELLED, finished_at=self.now())
         )
-        return bool(self._run(lambda conn: conn.execute(stmt).rowcount))
+        # rowcount counts matched rows on every dialect here (MySQL's client flag): a repeat still reports True.
+        processing = sa.update(j).where(j.c.id == key, j.c.status == PROCESSING_SQL).values(cancel_requested=True)
+
+        def work(conn: Connection) -> bool:
+            return bool(conn.execute(pending).rowcount or conn.execute(processing).rowcount)
+
+        return self._run(work)
+
+    def cancel_requests(self, check: spi.CancelCheck) -> set[Hashable]:
+        """The held jobs of ``check`` whose cancel was requested: one read by primary key."""
+        ids = sorted({job.id for job in check.jobs})  # type: ignore[type-var]
+        if not ids:
+            return set()
+        j = self.jobs
+        found: set[Hashable] = set()
+        for start in range(0, len(ids), FENCE_CHUNK):
+            chunk = ids[start : start + FENCE_CHUNK]
+            stmt = sa.select(j.c.id).where(j.c.id.in_(chunk), j.c.cancel_requested == sa.true())
+            found |= set(self._run_single(functools.partial(_scalars, stmt)))
+        return found
 
     def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
         """Counts per queue (and job type) and status, plus ``scheduled`` (pending, not yet due)."""
@@ -1913,6 +1965,7 @@ class SQLBackend(Backend):
             "locked_by": None,
             "lease_expires_at": None,
             "dedupe_held_until": None,  # live again: the key is held because the job is, until it finishes
+            "cancel_requested": False,  # a cancel asked of an earlier run does not stop the replayed one
         }
         plain = [r.id for r in candidates if r.dedupe_key is None]
         for start in range(0, len(plain), 500):

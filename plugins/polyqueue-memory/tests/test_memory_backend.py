@@ -35,8 +35,10 @@ def test_the_memory_scheme_is_found_through_the_installed_entry_point(q: polyque
 
 
 def test_capabilities_are_declared_honestly(q: polyqueue.Queue) -> None:
-    expected = {"dedupe", "priorities", "delayed", "notify", "periodic", "transfer", "pause", "flow_control"}
-    assert q.capabilities == expected
+    assert q.capabilities == {
+        "dedupe", "priorities", "delayed", "notify", "periodic", "transfer", "headers", "timeouts", "cancel_running",
+        "pause", "flow_control",
+    }
 
 
 @pytest.mark.parametrize(
