@@ -28,7 +28,7 @@ from .errors import (
     SchemaMissing,
 )
 from .hookspecs import hookimpl
-from .job import Job, JobRecord, JobStatus
+from .job import Job, JobRecord, JobStatus, QueueLimits, QueueSettings
 from .moving import TransferResult, transfer
 from .queue import DEFAULT_URL, Queue, connect
 from .worker import Worker
@@ -53,6 +53,8 @@ __all__ = [
     "PayloadTooLarge",
     "PolyqueueError",
     "Queue",
+    "QueueLimits",
+    "QueueSettings",
     "SchemaMismatch",
     "SchemaMissing",
     "TransferResult",

@@ -23,6 +23,8 @@ This module owns the rules:
   once, reconnected with back-off then ``BackendUnavailable``, or a
   ``ConfigurationError`` at once for a wrong URL (authentication, unknown
   database or host name). Backends only say which kind an error is.
+* **flow control** -- how many jobs a claim may take from a limited queue (concurrency,
+  a rate allowance on the database clock, per-key limits) and the fair order across keys.
 
 Where SQL must apply a rule inside one statement (the PostgreSQL claim
 rescues expired leases as it claims), it takes the expression from the
@@ -51,7 +53,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import Settlement
 from .errors import BackendUnavailable, ConfigurationError, PolyqueueError, SchemaMismatch, SchemaMissing
-from .job import Job, JobStatus
+from .job import Job, JobStatus, QueueLimits
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -70,9 +72,11 @@ __all__ = [
     "OUTAGE",
     "PACE_STEP",
     "PURGE_BATCH_SECONDS",
+    "RATE_BURST_SECONDS",
     "RECONNECT",
     "RECORD_RETRY",
     "RESCUE_BATCH",
+    "SETTINGS_REFRESH",
     "TRANSIENT",
     "Backoff",
     "ErrorKind",
@@ -87,6 +91,8 @@ __all__ = [
     "capped_max_attempts",
     "capped_max_attempts_lua",
     "capped_max_attempts_sql",
+    "claim_allowance",
+    "claim_allowance_sql",
     "claim_order_key",
     "claim_order_lua",
     "claim_order_sql",
@@ -107,6 +113,8 @@ __all__ = [
     "expired_lease_status_lua",
     "expired_lease_status_sql",
     "failed",
+    "fair_order_key",
+    "fair_order_sql",
     "final_attempt_lua",
     "final_attempt_sql",
     "holds_claim",
@@ -117,9 +125,14 @@ __all__ = [
     "is_retried",
     "job_claim_key",
     "keeps_dedupe_key",
+    "key_has_room",
+    "key_has_room_sql",
+    "key_slot",
     "lua_literal",
     "new_enqueue_token",
     "new_token",
+    "rate_allowance",
+    "rate_allowance_sql",
     "released",
     "settled_status",
     "settled_status_sql",
@@ -791,3 +804,91 @@ class PurgePace:
             elapsed = self.clock() - started if self._held is None else self._held
             self.pause(self.rest(elapsed))
             size = self.next_size(size, elapsed)
+
+
+# --- flow control ------------------------------------------------------------------------------------
+#: Seconds of unused rate a limited queue may save up: at most ``rate * RATE_BURST_SECONDS`` starts (at
+#: least one) can go at once after a quiet spell. One second keeps "R per second" true over any window
+#: of a few seconds while letting a batch claim take several jobs.
+RATE_BURST_SECONDS = 1.0
+#: How long a process trusts its list of controlled (paused or limited) queues before reading it again.
+#: Claims never depend on it for safety -- the claim statement itself refuses a controlled queue's jobs
+#: unless it went through that queue's settings -- so a stale list only delays a newly limited queue's
+#: jobs by up to this long.
+SETTINGS_REFRESH = 1.0
+
+
+def rate_allowance(saved: float, elapsed: float, rate: float) -> float:
+    """Starts a rate-limited queue may make now: what it saved plus what ``elapsed`` seconds earned, capped.
+
+    ``elapsed`` is database-clock seconds since the allowance was last counted
+    (a negative value -- two transactions' clocks read out of order -- earns nothing).
+    """
+    return min(max(1.0, rate * RATE_BURST_SECONDS), saved + max(0.0, elapsed) * rate)
+
+
+def rate_allowance_sql(saved: Any, elapsed: Any, rate: Any) -> sa.ColumnElement[float]:
+    """:func:`rate_allowance` as SQL (NULL when ``rate`` is NULL)."""
+    import sqlalchemy as sa
+
+    cap = sa.func.greatest(1.0, rate * RATE_BURST_SECONDS)
+    earned = sa.func.least(cap, saved + sa.func.greatest(0.0, elapsed) * rate)
+    # GREATEST and LEAST skip NULLs on PostgreSQL (and return NULL on MySQL): say "no rate" explicitly.
+    return sa.case((rate.is_(None), sa.null()), else_=earned)  # type: ignore[no-any-return]
+
+
+def claim_allowance(limit: int, limits: QueueLimits, processing: int, allowance: float | None) -> int:
+    """How many jobs one claim may take from a limited queue: ``limit``, cut by each limit that binds.
+
+    ``processing`` is how many of the queue's jobs are processing now;
+    ``allowance`` what :func:`rate_allowance` says (None: no rate limit).
+    Per-key limits apply job by job (:func:`key_has_room`).
+    """
+    allowed = limit
+    if limits.concurrency is not None:
+        allowed = min(allowed, limits.concurrency - processing)
+    if allowance is not None:
+        allowed = min(allowed, int(allowance + 1e-9))  # whole starts only; the float error of a sum is not one
+    return max(0, allowed)
+
+
+def claim_allowance_sql(limit: int, concurrency: Any, processing: Any, allowance: Any) -> sa.ColumnElement[int]:
+    """:func:`claim_allowance` as SQL: a NULL ``concurrency`` or ``allowance`` is no such limit."""
+    import sqlalchemy as sa
+
+    by_rate = sa.cast(sa.func.floor(allowance + 1e-9), sa.Integer)
+    allowed = sa.func.least(limit, sa.func.coalesce(concurrency - processing, limit), sa.func.coalesce(by_rate, limit))
+    return sa.func.greatest(0, allowed)  # type: ignore[no-any-return]
+
+
+def key_slot(rank: int, running: int) -> int:
+    """The slot of its key a ready job would take: ``running`` of the key run, and it is the key's ``rank``-th.
+
+    ``rank`` is 1-based, in claim order among the key's ready jobs.
+    """
+    return rank + running
+
+
+def key_has_room(slot: int, per_key: int) -> bool:
+    """Whether a job whose :func:`key_slot` is ``slot`` may start under a ``per_key`` limit."""
+    return slot <= per_key
+
+
+def key_has_room_sql(slot: Any, per_key: int) -> sa.ColumnElement[bool]:
+    """:func:`key_has_room` as SQL."""
+    return slot <= per_key  # type: ignore[no-any-return]
+
+
+def fair_order_key(slot: int, priority: int, run_at: Any, job_id: Any) -> tuple[Any, ...]:
+    """Claim order across concurrency keys: the lowest :func:`key_slot` first, then ordinary claim order.
+
+    A key with nothing running goes before a key already running jobs, and
+    each key's second job after every key's first: so a key with 10,000
+    ready jobs never starves a key with one, however much older its jobs are.
+    """
+    return (slot, *claim_order_key(priority, run_at, job_id))
+
+
+def fair_order_sql(slot: Any, columns: Mapping[str, Any] | Any) -> list[sa.ColumnElement[Any]]:
+    """:func:`fair_order_key` as ORDER BY clauses."""
+    return [slot.asc(), *claim_order_sql(columns)]

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from servers import PrivateRedis, ServerUnavailable, free_port
 
 import polyqueue
+from polyqueue.backends.base import DueProbe
 from polyqueue.depth_cache import DepthCachedBackend
 
 DB_FIXTURES = {"sqlite": "sqlite_url", "mysql": "mysql_url", "postgresql": "pg_url"}
@@ -299,3 +300,22 @@ def test_configuration_from_the_url_and_errors(sqlite_url: str, cache_url: str) 
     secret = cache_url.replace("redis://", "redis://:s3cret-pw@")
     with polyqueue.connect(sqlite_url, depth_cache=secret) as q:
         assert "s3cret-pw" not in repr(q) and "s3cret-pw" not in q.backend.describe()
+
+
+def test_a_paused_queue_reads_empty_and_a_resume_wakes_its_worker(
+    db_url: str, cache_url: str, fresh_queue: Any
+) -> None:
+    q = fresh_queue(db_url, depth_cache=cache_url)
+    q.enqueue_many([{"job_type": "t", "payload": n} for n in range(3)])
+    q.pause("default")
+    q.enqueue("t", 3)  # counted while paused, not shown
+    assert_depth_matches(q)
+    assert q.depth() == 0
+    assert q.backend.seconds_until_due(DueProbe(["default"])) is None, "idle workers are not told to claim"
+    worker, started = recording_worker(q, safety_poll=60)
+    with running(worker):
+        time.sleep(1.0)
+        assert not started, "a paused queue gave a job to a worker"
+        q.resume("default")
+        assert wait_until(lambda: len(started) == 4, 10), "the resume did not wake the worker"
+    assert_depth_matches(q)

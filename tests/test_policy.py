@@ -482,3 +482,52 @@ def test_the_expiry_entry_agrees_in_lua(lua: Callable[..., Any], worker: str | N
     at = "2026-01-02T03:04:05.678Z"
     written = lua(source, "0" if worker is None else "1", worker or "", 3, at)
     assert json_codec.loads(written) == policy.expired_lease_entry(3, worker, at)
+
+
+# --- flow control -------------------------------------------------------------------------------------
+def test_the_rate_allowance_earns_by_the_clock_and_saves_at_most_a_second() -> None:
+    assert policy.rate_allowance(0.0, 0.5, 10.0) == pytest.approx(5.0)
+    assert policy.rate_allowance(2.0, 0.1, 10.0) == pytest.approx(3.0)
+    assert policy.rate_allowance(0.0, 60.0, 10.0) == pytest.approx(10.0 * policy.RATE_BURST_SECONDS)
+    assert policy.rate_allowance(0.0, 60.0, 0.1) == pytest.approx(1.0), "a slow rate may still start one job"
+    assert policy.rate_allowance(0.5, -3.0, 10.0) == pytest.approx(0.5), "clocks read out of order earn nothing"
+
+
+def test_a_claim_takes_what_every_limit_allows() -> None:
+    none = polyqueue.QueueLimits()
+    assert policy.claim_allowance(10, none, 99, None) == 10
+    assert policy.claim_allowance(10, polyqueue.QueueLimits(concurrency=3), 1, None) == 2
+    assert policy.claim_allowance(10, polyqueue.QueueLimits(concurrency=3), 5, None) == 0, "never negative"
+    assert policy.claim_allowance(10, polyqueue.QueueLimits(rate=5.0), 0, 2.999) == 2, "whole starts only"
+    assert policy.claim_allowance(10, polyqueue.QueueLimits(rate=5.0), 0, 2.9999999999) == 3, "not float noise"
+    assert policy.claim_allowance(4, polyqueue.QueueLimits(concurrency=8, rate=5.0), 2, 9.0) == 4
+
+
+def test_fair_order_puts_the_key_with_less_running_first() -> None:
+    assert policy.key_slot(1, 0) == 1 and policy.key_slot(2, 3) == 5
+    assert policy.key_has_room(2, 2) and not policy.key_has_room(3, 2)
+    old, new = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    hot = policy.fair_order_key(policy.key_slot(1, 4), 0, old, 1)  # older, but its key already runs 4
+    cold = policy.fair_order_key(policy.key_slot(1, 0), 0, new, 99)
+    assert cold < hot
+    assert policy.fair_order_key(1, 5, new, 2) < policy.fair_order_key(1, 0, old, 1), "then claim order"
+
+
+def test_the_flow_control_sql_agrees_with_python(pg_url: str, fresh_queue: Any) -> None:
+    q = fresh_queue(pg_url)
+
+    def number(value: float | None) -> sa.ColumnElement[Any]:
+        return sa.literal(value, sa.Float()) if value is not None else sa.null()
+
+    for saved, elapsed, rate in itertools.product((0.0, 0.4, 7.0), (-1.0, 0.0, 0.25, 90.0), (None, 0.5, 20.0)):
+        got = _evaluate(q, policy.rate_allowance_sql(number(saved), number(elapsed), number(rate)))
+        want = None if rate is None else policy.rate_allowance(saved, elapsed, rate)
+        assert got == pytest.approx(want), (saved, elapsed, rate)
+    for limit, concurrency, processing, allowance in itertools.product(
+        (1, 10), (None, 3, 12), (0, 2, 5), (None, 0.0, 2.5, 2.9999999999, 40.0)
+    ):
+        limits = polyqueue.QueueLimits(concurrency=concurrency, rate=None if allowance is None else 1.0)
+        want = policy.claim_allowance(limit, limits, processing, allowance)
+        c = sa.literal(concurrency, sa.Integer()) if concurrency is not None else sa.null()
+        sql = policy.claim_allowance_sql(limit, c, sa.literal(processing, sa.Integer()), number(allowance))
+        assert _evaluate(q, sql) == want, (limit, concurrency, processing, allowance)

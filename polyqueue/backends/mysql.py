@@ -212,6 +212,7 @@ class MySQLBackend(SQLBackend):
             sa.Index(f"{p}jobs_leases", c.status, c.lease_expires_at),
             sa.Index(f"{p}jobs_dedupe", c.queue, c.live_dedupe_key, unique=True),
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at),
+            sa.Index(f"{p}jobs_running", c.status, c.queue, c.concurrency_key),
             *self.listing_indexes(jobs),
         ]
 
@@ -332,6 +333,7 @@ class MySQLBackend(SQLBackend):
             sa.select(j.c.id, j.c.priority, j.c.run_at)
             .with_hint(j, f"FORCE INDEX (`{self.prefix}jobs_ready`)", "mysql")
             .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.job_type == job_type, j.c.run_at <= self.now())
+            .where(self.uncontrolled(queue))
             .order_by(*self._claim_order_indexable())
             .limit(limit)
             .with_for_update(skip_locked=True)

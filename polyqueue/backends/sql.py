@@ -56,6 +56,8 @@ from ..job import (
     JobRecord,
     JobStatus,
     NewJob,
+    QueueLimits,
+    QueueSettings,
     ReplayResult,
     int_job_id,
 )
@@ -98,8 +100,9 @@ FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 #: Bumped whenever ``migrate`` has new work to do. 3: the ready index leads with (queue, job_type);
 #: 4: the periodic schedules and fires tables; 5: dedupe holds after finishing (``dedupe_for``,
 #: ``dedupe_held_until``), enqueue tokens and import keys; 6: runtime control (``headers``,
-#: ``timeout``, ``cancel_requested``); 7: the listing indexes of ``list_jobs``.
-SCHEMA_VERSION = 7
+#: ``timeout``, ``cancel_requested``); 7: the listing indexes of ``list_jobs``; 8: the per-queue settings
+#: table (pause and flow control) and the jobs' ``concurrency_key``.
+SCHEMA_VERSION = 8
 #: The columns version 5 added, in the order an upgrade adds them.
 _V5_COLUMNS = ("dedupe_for", "dedupe_held_until", "enqueue_token", "import_key")
 #: The columns version 6 added (runtime control), in the order an upgrade adds them.
@@ -112,6 +115,8 @@ _FIRST_SCHEMA_COLUMNS = ("id", "queue", "job_type", "payload", "priority", "stat
 #: The version ``migrate`` upgrades from when it finds a jobs table of polyqueue's shape but no version row
 #: (a MySQL migration interrupted between its DDL and the stamp, or a table from before the schema table).
 _UNSTAMPED = 0
+#: The columns version 8 added.
+_V8_COLUMNS = ("concurrency_key",)
 #: JobRecord fields stored under another column name.
 _RECORD_COLUMN = {
     "payload_json": "payload", "errors_json": "errors", "result_json": "result", "headers_json": "headers",
@@ -140,6 +145,8 @@ SQL_CAPABILITIES = frozenset(
         Capability.HEADERS,
         Capability.TIMEOUTS,
         Capability.CANCEL_RUNNING,
+        Capability.PAUSE,
+        Capability.FLOW_CONTROL,
     }
 )
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
@@ -283,6 +290,7 @@ class SQLBackend(Backend):
             sa.Column("version", sa.Integer, nullable=False),
         )
         self.schedules_table, self.fires_table = self._build_periodic_tables()
+        self.queues_table = self._build_queues_table()
         for index in self.indexes(self.jobs):
             index._set_parent(self.jobs)
         self._columns = list(self.jobs.c)
@@ -423,6 +431,7 @@ class SQLBackend(Backend):
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at, **where(c.status.in_(FINISHED_SQL))),
             sa.Index(f"{p}jobs_enqueue_token", c.enqueue_token, unique=True, **where(c.enqueue_token > ZERO)),
             sa.Index(f"{p}jobs_import_key", c.import_key, unique=True, **where(c.import_key.is_not(None))),
+            sa.Index(f"{p}jobs_running", c.queue, c.concurrency_key, **where(c.status == PROCESSING_SQL)),
             *self.listing_indexes(jobs),
         ]
 
@@ -569,6 +578,7 @@ class SQLBackend(Backend):
                 default=False,
                 server_default=sa.false(),
             ),
+            sa.Column("concurrency_key", sa.String(255), nullable=True),
             *self.extra_columns(),
         )
 
@@ -600,6 +610,27 @@ class SQLBackend(Backend):
             sa.Index(f"{self.prefix}fires_newest", "name", "slot_at"),
         )
         return schedules, fires
+
+    def _build_queues_table(self) -> sa.Table:
+        """One row per controlled queue (paused or limited): what every claim of that queue reads and locks.
+
+        ``rate_allowance`` is the starts a rate-limited queue has saved up as
+        of ``rate_counted_at`` (database clock; see :func:`policy.rate_allowance`).
+        A queue with no limits that is not paused has no row, so a plain
+        claim's check costs one probe of an empty primary-key range.
+        """
+        return sa.Table(
+            f"{self.prefix}queues",
+            self.metadata,
+            sa.Column("name", sa.String(255), primary_key=True),
+            sa.Column("paused", sa.Boolean(), nullable=False, default=False),
+            sa.Column("concurrency", sa.Integer, nullable=True),
+            sa.Column("rate", sa.Double(), nullable=True),
+            sa.Column("per_key", sa.Integer, nullable=True),
+            sa.Column("rate_allowance", sa.Double(), nullable=False, default=0.0),
+            sa.Column("rate_counted_at", self.time_type(), nullable=True),
+            sa.Column("changed_at", self.time_type(), nullable=False),
+        )
 
     def migrate(self) -> None:
         """Create the tables and indexes if missing and record the schema version.
@@ -709,6 +740,8 @@ class SQLBackend(Backend):
 
         Version 3 rebuilds the ready index to lead with (queue, job_type).
         Version 7 creates the listing indexes (:meth:`listing_indexes`).
+        Version 8 adds the ``concurrency_key`` column and its ``jobs_running``
+        index (the ``queues`` table is created with the others).
         Version 5 adds the ``dedupe_for``, ``dedupe_held_until``,
         ``enqueue_token`` and ``import_key`` columns, lets the dedupe index
         hold finished jobs' keys too (:meth:`upgrade_dedupe_index`) and
@@ -730,6 +763,10 @@ class SQLBackend(Backend):
         if from_version is not None and from_version < 7:
             for name in ("jobs_by_status", "jobs_by_queue_status"):
                 self._index(connection, name, rebuild=False)
+        if from_version is not None and from_version < 8:
+            # The queues table is new: create_all made it. Jobs gain their concurrency key and its index.
+            self._add_columns(connection, _V8_COLUMNS)
+            self._index(connection, "jobs_running", rebuild=False)
 
     def _add_columns(self, connection: Connection, names: Sequence[str]) -> None:
         """Add the jobs columns ``names`` that are missing (a rerun after an interrupted upgrade adds the rest)."""
@@ -1024,6 +1061,7 @@ class SQLBackend(Backend):
             "dedupe_for": job.dedupe_for,
             "headers": job.headers_json,
             "timeout": job.timeout,
+            "concurrency_key": job.concurrency_key,
         }
 
     def _row_values(self, job: NewJob, enqueue_token: int | None = None) -> dict[str, Any]:
@@ -1298,23 +1336,45 @@ class SQLBackend(Backend):
     # ------------------------------------------------------------------
     # Consuming: claims
     # ------------------------------------------------------------------
-    def _ready_arm(self, queue: str, job_type: str) -> sa.Select[Any]:
-        """Ready jobs of one (queue, job_type): an ordered range of the ``jobs_ready`` index."""
+    def uncontrolled(self, queue: Any) -> sa.ColumnElement[bool]:
+        """True when ``queue`` (a name or a column) has no settings row: not paused, not limited.
+
+        Every plain claim carries this check in its own statement, so a
+        paused or limited queue's jobs are only ever taken through
+        :meth:`_claim_controlled`, which reads and locks the settings row,
+        whatever a process's cached list of controlled queues says.
+        """
+        s = self.queues_table
+        return ~sa.exists().where(s.c.name == queue)
+
+    def not_paused(self, queue: Any) -> sa.ColumnElement[bool]:
+        """True when ``queue`` (a name or a column) is not paused."""
+        s = self.queues_table
+        return ~sa.exists().where(s.c.name == queue, s.c.paused == sa.true())
+
+    def _ready_arm(self, queue: str, job_type: str, guarded: bool = True) -> sa.Select[Any]:
+        """Ready jobs of one (queue, job_type): an ordered range of the ``jobs_ready`` index.
+
+        ``guarded`` adds :meth:`uncontrolled` (a plain claim); the controlled
+        claim, which holds the queue's settings row, reads without it.
+        """
         j = self.jobs
-        return sa.select(j.c.id, j.c.priority, j.c.run_at).where(
+        ready = sa.select(j.c.id, j.c.priority, j.c.run_at).where(
             j.c.status == PENDING_SQL, j.c.queue == queue, j.c.job_type == job_type, j.c.run_at <= self.now()
         )
+        return ready.where(self.uncontrolled(queue)) if guarded else ready
 
-    def ready_ids(self, pairs: Sequence[tuple[str, str]], limit: int) -> sa.Select[Any]:
+    def ready_ids(self, pairs: Sequence[tuple[str, str]], limit: int, guarded: bool = True) -> sa.Select[Any]:
         """The ids of the best ``limit`` ready jobs of ``pairs``, in claim order.
 
         One ordered index range per pair, merged: the cost depends on
         ``limit`` and the number of pairs, not on how many jobs wait.
+        ``guarded``: see :meth:`_ready_arm`.
         """
         if len(pairs) == 1:
-            arm = self._ready_arm(*pairs[0])
+            arm = self._ready_arm(*pairs[0], guarded=guarded)
             return arm.with_only_columns(self.jobs.c.id).order_by(*self._claim_order()).limit(limit)
-        arms = sa.union_all(*(self._ready_arm(q, t) for q, t in pairs))
+        arms = sa.union_all(*(self._ready_arm(q, t, guarded) for q, t in pairs))
         # ORDER BY and LIMIT on the compound itself, so the planner merges the ordered ranges (SQLite:
         # MERGE (UNION ALL)) and stops after `limit` rows instead of sorting every ready job.
         best = arms.order_by(*policy.claim_order_sql(arms.selected_columns)).limit(limit).subquery("ready")
@@ -1380,21 +1440,52 @@ class SQLBackend(Backend):
             (c.lease_expires_at, None),
         ]
 
-    def _rescue_expired(self, conn: Connection) -> list[Job]:
-        """Rescue expired leases as the policy says; returns the jobs that became dead."""
+    def _expired_leases(self) -> sa.Select[Any]:
+        """The ids of up to :data:`policy.RESCUE_BATCH` processing jobs whose lease has expired, oldest first."""
         j = self.jobs
-        expired = (
+        return (
             sa.select(j.c.id)
             .where(j.c.status == PROCESSING_SQL, j.c.lease_expires_at <= self.now())
             .order_by(j.c.lease_expires_at)
             .limit(policy.RESCUE_BATCH)
         )
-        rows = self.update_locked(conn, expired, self._rescue_values(), returning=True)
+
+    def _rescue_expired(self, conn: Connection) -> list[Job]:
+        """Rescue expired leases as the policy says; returns the jobs that became dead."""
+        rows = self.update_locked(conn, self._expired_leases(), self._rescue_values(), returning=True)
         rescued = [self._job_from_row(r) for r in rows]
         return [job for job in rescued if job.status == JobStatus.DEAD]
 
     def claim(self, request: spi.ClaimRequest) -> spi.ClaimResult:
-        """Rescue expired leases, then claim up to ``request.limit`` ready jobs; see :class:`Backend`."""
+        """Rescue expired leases, then claim up to ``request.limit`` ready jobs; see :class:`Backend`.
+
+        Queues without settings take the plain claim (:meth:`claim_plain`:
+        one statement or transaction, as fast as before flow control
+        existed); each paused or limited queue takes :meth:`_claim_controlled`
+        first, in its own short transaction.
+        """
+        controlled = self._controlled_queues()
+        names = list(dict.fromkeys(request.queues))
+        limited = [name for name in names if name in controlled]
+        if not limited:
+            return self.claim_plain(request)
+        jobs: list[Job] = []
+        dead: list[Job] = []
+        for name in limited:
+            if len(jobs) < request.limit:
+                one = dataclasses.replace(request, queues=[name], limit=request.limit - len(jobs))
+                part = self._claim_controlled(one)
+                jobs += part.jobs
+                dead += part.expired_dead
+        plain = [name for name in names if name not in controlled]
+        if plain and len(jobs) < request.limit:
+            part = self.claim_plain(dataclasses.replace(request, queues=plain, limit=request.limit - len(jobs)))
+            jobs += part.jobs
+            dead += part.expired_dead
+        return spi.ClaimResult(sorted(jobs, key=policy.job_claim_key), dead)
+
+    def claim_plain(self, request: spi.ClaimRequest) -> spi.ClaimResult:
+        """The claim of queues with no settings row (its statements skip any queue that has one)."""
 
         def work(conn: Connection) -> tuple[list[Job], list[Any]]:
             dead = self._rescue_expired(conn)
@@ -1404,6 +1495,175 @@ class SQLBackend(Backend):
 
         dead, rows = self._run(work)
         return spi.ClaimResult(sorted((self._job_from_row(r) for r in rows), key=policy.job_claim_key), dead)
+
+    # ------------------------------------------------------------------
+    # Consuming: paused and limited queues
+    # ------------------------------------------------------------------
+    _controlled: dict[str, QueueSettings] | None = None
+    _controlled_read_at: float = 0.0
+
+    def _controlled_queues(self) -> dict[str, QueueSettings]:
+        """The queues that have a settings row, as read at most :data:`policy.SETTINGS_REFRESH` seconds ago.
+
+        Only routes claims (and picks a statement's shape): a queue missing
+        here is still refused by the plain claim's own check
+        (:meth:`uncontrolled`), and a controlled claim reads the row itself.
+        """
+        now = time.monotonic()
+        if self._controlled is None or now - self._controlled_read_at >= policy.SETTINGS_REFRESH:
+            rows = self._run_single(lambda conn: list(conn.execute(sa.select(self.queues_table))))
+            self._controlled = {row.name: self._settings_of(row) for row in rows}
+            self._controlled_read_at = now
+        return self._controlled
+
+    def _claim_controlled(self, request: spi.ClaimRequest) -> spi.ClaimResult:
+        """Claim from ONE paused or limited queue, atomically with its limits, in one short transaction.
+
+        Locks the queue's settings row (so claims of this queue take turns,
+        in every process), counts what its limits need (jobs processing,
+        the rate allowance on the database clock), takes what
+        :func:`policy.claim_allowance` allows -- in fair order across
+        concurrency keys when ``per_key`` is set -- and writes the allowance
+        back. A queue whose row is gone claims as a plain one.
+        """
+        (queue,) = request.queues
+        s, j = self.queues_table, self.jobs
+        values = self._claim_values(request)
+        settings = sa.select(s, self.now().label("now")).where(s.c.name == queue).with_for_update()
+
+        def work(conn: Connection) -> tuple[list[Job], list[Any]]:
+            dead = self._rescue_expired(conn)
+            row = conn.execute(settings).first()
+            if row is None:
+                pairs = self._claim_pairs(conn, request)
+                return dead, self.claim_ready(conn, pairs, request.limit, values) if pairs else []
+            if row.paused:
+                return dead, []
+            limits = QueueLimits(row.concurrency, row.rate, row.per_key)
+            processing = 0
+            if limits.concurrency is not None:
+                counted = sa.select(sa.func.count()).where(j.c.status == PROCESSING_SQL, j.c.queue == queue)
+                processing = int(conn.execute(counted).scalar() or 0)
+            allowance = None
+            if limits.rate is not None:
+                since = row.rate_counted_at or row.now
+                allowance = policy.rate_allowance(row.rate_allowance, (row.now - since).total_seconds(), limits.rate)
+            take = policy.claim_allowance(request.limit, limits, processing, allowance)
+            rows: list[Any] = []
+            if take > 0:
+                if limits.per_key is not None:
+                    ids = self._fair_ready_ids(conn, request, limits.per_key, take)
+                else:
+                    pairs = self._claim_pairs(conn, request)
+                    ids = [r[0] for r in conn.execute(self.ready_ids(pairs, take, guarded=False))] if pairs else []
+                rows = self._take_ids(conn, ids, values, request.token)
+            if allowance is not None:
+                counted_at = max(row.now, row.rate_counted_at or row.now)
+                conn.execute(
+                    sa.update(s)
+                    .where(s.c.name == queue)
+                    .values(rate_allowance=allowance - len(rows), rate_counted_at=counted_at)
+                )
+            return dead, rows
+
+        dead, rows = self._run(work)
+        return spi.ClaimResult(sorted((self._job_from_row(r) for r in rows), key=policy.job_claim_key), dead)
+
+    def _fair_ready_ids(self, conn: Connection, request: spi.ClaimRequest, per_key: int, take: int) -> list[Any]:
+        """Up to ``take`` ready ids of the request's queue whose key has room, in fair order (see the policy).
+
+        Ranks each key's ready jobs in claim order (a window function); a
+        job's slot is its rank plus its key's processing jobs
+        (:func:`policy.key_slot`); it is kept while that is within ``per_key``
+        (jobs without a key are not held back) and taken lowest slot first. Reads every ready
+        job of the queue: per-key queues pay for fairness with a scan.
+        """
+        (queue,) = request.queues
+        j = self.jobs
+        rank = sa.func.row_number().over(partition_by=j.c.concurrency_key, order_by=self._claim_order())
+        ready = (
+            sa.select(j.c.id, j.c.priority, j.c.run_at, j.c.concurrency_key, rank.label("rank"))
+            .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.run_at <= self.now())
+            .where(*self._of_types(request.job_types))
+            .subquery("ready")
+        )
+        running = (
+            sa.select(j.c.concurrency_key, sa.func.count().label("n"))
+            .where(j.c.status == PROCESSING_SQL, j.c.queue == queue, j.c.concurrency_key.is_not(None))
+            .group_by(j.c.concurrency_key)
+            .subquery("running")
+        )
+        slot = ready.c.rank + sa.func.coalesce(running.c.n, 0)  # policy.key_slot
+        stmt = (
+            sa.select(ready.c.id)
+            .select_from(ready.outerjoin(running, running.c.concurrency_key == ready.c.concurrency_key))
+            .where(sa.or_(ready.c.concurrency_key.is_(None), policy.key_has_room_sql(slot, per_key)))
+            .order_by(*policy.fair_order_sql(slot, ready.c))
+            .limit(take)
+        )
+        return [r[0] for r in conn.execute(stmt)]
+
+    def _take_ids(self, conn: Connection, ids: list[Any], values: UpdateValues, token: int) -> list[Any]:
+        """Apply the claim ``values`` to the rows ``ids`` names that are still pending; the claimed rows.
+
+        No SKIP LOCKED is needed: every claim of a controlled queue holds its
+        settings row, so no other claim is after these rows.
+        """
+        if not ids:
+            return []
+        j = self.jobs
+        stmt = sa.update(j).where(j.c.id.in_(ids), j.c.status == PENDING_SQL).ordered_values(*values)
+        if self.supports_returning:
+            return list(conn.execute(stmt.returning(*self._columns)))
+        conn.execute(stmt)
+        mine = sa.select(*self._columns).where(j.c.id.in_(ids), j.c.lease_token == token)
+        return list(conn.execute(mine.where(j.c.status == PROCESSING_SQL)))
+
+    def control_queue(self, request: spi.QueueControl) -> QueueSettings:
+        """Store the queue's settings row (deleted when nothing is left to store); see :class:`Backend`."""
+        s = self.queues_table
+        current_row = sa.select(s, self.now().label("now")).where(s.c.name == request.queue).with_for_update()
+
+        def work(conn: Connection) -> QueueSettings:
+            row = conn.execute(current_row).first()
+            now = row.now if row is not None else conn.execute(sa.select(self.now())).scalar_one()
+            current = self._settings_of(row) if row is not None else QueueSettings(request.queue)
+            limits = current.limits if request.limits is None else request.limits
+            paused = current.paused if request.paused is None else request.paused
+            wanted = QueueSettings(request.queue, limits, paused)
+            if not wanted.controlled:
+                if row is not None:
+                    conn.execute(sa.delete(s).where(s.c.name == request.queue))
+            else:
+                values: dict[str, Any] = {
+                    "paused": paused, "concurrency": limits.concurrency, "rate": limits.rate,
+                    "per_key": limits.per_key, "changed_at": now,
+                }  # fmt: skip
+                if request.limits is not None or row is None:
+                    values.update(rate_allowance=0.0, rate_counted_at=now)
+                if row is None:
+                    conn.execute(sa.insert(s).values(name=request.queue, **values))
+                else:
+                    conn.execute(sa.update(s).where(s.c.name == request.queue).values(**values))
+            if wanted != current:
+                self.after_enqueue(conn, {request.queue})  # resumed or loosened: wake the queue's idle workers
+            return wanted
+
+        settings = self._run(work, retry_duplicates=True)
+        self._controlled = None  # this process routes its next claim by the new settings at once
+        return settings
+
+    @staticmethod
+    def _settings_of(row: Any) -> QueueSettings:
+        return QueueSettings(row.name, QueueLimits(row.concurrency, row.rate, row.per_key), bool(row.paused))
+
+    def queue_settings(self, query: spi.QueueSettingsQuery) -> list[QueueSettings]:
+        """The settings rows of the queried queues, by name."""
+        s = self.queues_table
+        stmt = sa.select(s).order_by(s.c.name)
+        if query.queues is not None:
+            stmt = stmt.where(s.c.name.in_(list(query.queues)))
+        return [self._settings_of(r) for r in self._run(lambda conn: list(conn.execute(stmt)))]
 
     # ------------------------------------------------------------------
     # Consuming: the fence, settling and heartbeats
@@ -1964,19 +2224,19 @@ class SQLBackend(Backend):
         return [] if job_types is None else [self.jobs.c.job_type.in_(sorted(job_types))]
 
     def count_ready(self, request: spi.ReadyCount) -> int:
-        """Exact count of due pending jobs in the queue (of the request's types)."""
+        """Exact count of due pending jobs in the queue (of the request's types); 0 while it is paused."""
         j = self.jobs
         stmt = sa.select(sa.func.count()).where(
             j.c.status == PENDING_SQL, j.c.queue == request.queue, j.c.run_at <= self.now(),
-            *self._of_types(request.job_types),
+            *self._of_types(request.job_types), self.not_paused(request.queue),
         )  # fmt: skip
         return int(self._run(lambda conn: conn.execute(stmt).scalar() or 0))
 
     def seconds_until_due(self, probe: spi.DueProbe) -> float | None:
-        """Earliest pending ``run_at`` or lease expiry of the probe's queues and types, minus DB-now: one statement."""
+        """Earliest pending ``run_at`` or lease expiry of the probe's unpaused queues and types, minus DB-now."""
         j = self.jobs
         names = list(probe.queues)
-        of_types = self._of_types(probe.job_types)
+        of_types = [*self._of_types(probe.job_types), self.not_paused(j.c.queue)]
         due = sa.select(sa.func.min(j.c.run_at)).where(j.c.status == PENDING_SQL, j.c.queue.in_(names), *of_types)
         expiry = sa.select(sa.func.min(j.c.lease_expires_at)).where(
             j.c.status == PROCESSING_SQL, j.c.queue.in_(names), *of_types

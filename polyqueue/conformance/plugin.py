@@ -102,6 +102,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{MARKER}(*capabilities): the test needs these backend capabilities")
+    config.addinivalue_line("markers", "slow: multi-process or long-running tests (deselect with -m \"not slow\")")
 
 
 def _configured_url(config: pytest.Config) -> str | None:
