@@ -86,6 +86,8 @@ class _Watch:
         self.subscribers = 0
         #: Counts the changes seen (and reconnects, after which changes may have been missed).
         self.generation = 0
+        #: Calls of the procedure made so far (what the server counts as client statements).
+        self.calls = 0
         self.changed = threading.Condition()
         self._stop = threading.Event()
         self._conn: Any = None
@@ -134,6 +136,7 @@ class _Watch:
                         self._bump()  # changes while the connection was away went unseen: one look for everyone
                     failures = 0
                 with self._conn.cursor() as cursor:
+                    self.calls += 1
                     cursor.execute(call, (latest, looks, STEP))
                     row = cursor.fetchone()
                     while cursor.nextset():
