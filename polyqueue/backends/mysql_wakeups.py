@@ -142,7 +142,9 @@ class _Watch:
                     while cursor.nextset():
                         pass
                 now = int(row[0]) if row else 0
-                if latest >= 0 and now != latest:
+                if now != latest:
+                    # Also the first answer (latest -1): a job enqueued while the first call was on its
+                    # way would otherwise be taken as the starting point and never reported.
                     self._bump()
                 latest = now
             except Exception as exc:  # driver errors of any kind: reconnect with back-off
