@@ -54,21 +54,24 @@ def procedure_name(prefix: str) -> str:
 def create_procedure_sql(prefix: str, jobs_table: str) -> str:
     """``CREATE PROCEDURE``: look at ``MAX(id)`` every ``step`` s until it differs from ``seen`` or ``looks`` ran out.
 
-    Each ``SELECT`` inside is a statement of its own (autocommit, READ
-    COMMITTED), so each sees the jobs committed by then. ``MAX(id)`` is read
-    from the end of the primary key: one index descent, whatever the table holds.
+    Each look is one statement that sleeps ``step`` and then reads (the
+    server counts it as one ``SELECT``; the read names the sleep's result, so
+    the server cannot read before it slept), a statement of its own (autocommit,
+    READ COMMITTED), so it sees the jobs committed by then. ``MAX(id)`` is
+    read from the end of the primary key: one index descent, whatever the
+    table holds.
     """
     return (
         f"CREATE PROCEDURE `{procedure_name(prefix)}`(IN seen BIGINT, IN looks INT, IN step DOUBLE)\n"
         "BEGIN\n"
         "  DECLARE latest BIGINT DEFAULT 0;\n"
         "  DECLARE n INT DEFAULT 0;\n"
-        "  looking: LOOP\n"
-        f"    SELECT COALESCE(MAX(id), 0) INTO latest FROM `{jobs_table}`;\n"
+        f"  SELECT COALESCE(MAX(id), 0) INTO latest FROM `{jobs_table}`;\n"
+        "  looking: WHILE latest = seen AND n < looks DO\n"
         "    SET n = n + 1;\n"
-        "    IF latest <> seen OR n >= looks THEN LEAVE looking; END IF;\n"
-        "    DO SLEEP(step);\n"
-        "  END LOOP;\n"
+        f"    SELECT (SELECT COALESCE(MAX(id), 0) FROM `{jobs_table}` WHERE pause.slept = 0) INTO latest\n"
+        "      FROM (SELECT SLEEP(step) AS slept) AS pause;\n"
+        "  END WHILE;\n"
         "  SELECT latest;\n"
         "END"
     )
