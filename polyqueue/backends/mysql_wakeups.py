@@ -24,6 +24,7 @@ polls with back-off as before.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, cast
@@ -87,6 +88,7 @@ class _Watch:
         self.backend = backend
         self.key = key
         self.subscribers = 0
+        self.pid = os.getpid()
         #: Counts the changes seen (and reconnects, after which changes may have been missed).
         self.generation = 0
         #: Calls of the procedure made so far (what the server counts as client statements).
@@ -105,7 +107,7 @@ class _Watch:
         key = (url.host, url.port, url.database, url.username, backend.prefix)
         with cls._registry_lock:
             watch = cls._registry.get(key)
-            if watch is None:
+            if watch is None or watch.pid != os.getpid():  # a forked child has no copy of the parent's thread
                 watch = cls._registry[key] = _Watch(backend, key)
                 watch._thread.start()
             watch.subscribers += 1
