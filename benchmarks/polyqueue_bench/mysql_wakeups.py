@@ -10,9 +10,9 @@ lets them settle, then for ``--seconds`` counts:
   ``/proc/<server pid>/task/<tid>/stat``), as a percentage of one core;
 * the ``CALL`` statements the long poll sent, and the statements the workers
   sent through SQLAlchemy (their due-time probes): the client statements;
-* the statements run inside the server: each look is one ``SELECT`` and one
-  ``DO SLEEP`` (a one-second call shows ``Com_select`` +51 and ``Com_do`` +49
-  in its session's status), so ``2 / STEP`` a second.
+* the statements run inside the server: each look is one ``SELECT`` that
+  sleeps, then reads (a one-second call shows ``Com_select`` +52 in its
+  session's status), so ``1 / STEP`` a second.
 
 MariaDB only (``PROCESSLIST.TID``); the server must run on this machine.
 """
@@ -86,7 +86,7 @@ def measure(url: str, workers: int, seconds: float, settle: float) -> dict[str, 
         "call_statements_per_second": round(calls / elapsed, 3),
         "worker_statements_per_second": round(len(sent) / elapsed, 3),
         "looks_inside_the_server_per_second": round(1 / mysql_wakeups.STEP, 1),
-        "statements_inside_the_server_per_second": round(2 / mysql_wakeups.STEP, 1),
+        "statements_inside_the_server_per_second": round(1 / mysql_wakeups.STEP, 1),
         "step_seconds": mysql_wakeups.STEP,
         "long_poll_seconds": mysql_wakeups.LONG_POLL,
         "loadavg": Path("/proc/loadavg").read_text().strip(),
