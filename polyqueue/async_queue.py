@@ -231,6 +231,8 @@ class AsyncQueue:
         max_attempts: int | None = None,
         dedupe_key: str | None = None,
         dedupe_for: float | timedelta | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | timedelta | str | None = None,
         connection: Any = None,
     ) -> Hashable:
         """Store one job and return its id; see :meth:`Queue.enqueue <polyqueue.Queue.enqueue>`.
@@ -241,6 +243,7 @@ class AsyncQueue:
         """
         options = {"queue": queue, "priority": priority, "delay": delay, "run_at": run_at}
         options.update(max_attempts=max_attempts, dedupe_key=dedupe_key, dedupe_for=dedupe_for)
+        options.update(headers=headers, timeout=timeout)
         return await self._with_connection(Queue.enqueue, connection, job_type, payload, **options)
 
     async def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, connection: Any = None) -> list[Hashable]:
@@ -302,7 +305,7 @@ class AsyncQueue:
         return await self._call(Queue.require, job_id)
 
     async def cancel(self, job_id: Hashable) -> bool:
-        """Cancel a pending job; True if it was pending and is now cancelled."""
+        """Cancel a pending job, or ask a processing one to stop; see :meth:`Queue.cancel <polyqueue.Queue.cancel>`."""
         return await self._call(Queue.cancel, job_id)
 
     async def stats(self, queue: str | None = None) -> dict[str, int]:

@@ -10,12 +10,20 @@ dead-letter table.
 
 from __future__ import annotations
 
+import logging
+import os
 import random
+import shutil
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .job import Job
@@ -23,7 +31,7 @@ from .queue import connect
 from .tables import dead_table, stats_table
 from .worker import Worker
 
-__all__ = ["DEMO_QUEUES", "run_demo"]
+__all__ = ["DEMO_QUEUES", "run_demo", "runnable_command"]
 
 DEMO_QUEUES = ("emails", "images", "payments", "crm", "reports")
 
@@ -129,14 +137,55 @@ def _settled(counts: dict[str, int]) -> int:
     return counts["done"] + counts["dead"] + counts["cancelled"]
 
 
+def runnable_command() -> str:
+    """How to run the ``polyqueue`` command from here, as it can be typed: ``polyqueue`` when it is on PATH.
+
+    After ``make demo`` the command lives in ``.venv/bin``, which is not on
+    PATH unless the virtualenv is activated: then the hint names that path.
+    """
+    script = Path(sys.argv[0])
+    on_path = shutil.which("polyqueue")
+    this_script = script.name == "polyqueue" and script.exists()
+    if on_path is not None and (not this_script or Path(on_path).resolve() == script.resolve()):
+        return "polyqueue"
+    if this_script:
+        return _relative(script)
+    return f"{_relative(Path(sys.executable))} -m polyqueue"
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (with a ``/`` so a shell runs it)."""
+    absolute = path.absolute()
+    try:
+        below = absolute.relative_to(Path.cwd())
+    except ValueError:
+        return str(absolute)
+    return str(below) if os.sep in str(below) else f".{os.sep}{below}"
+
+
+@contextmanager
+def _failures_quiet() -> Iterator[None]:
+    """Keep the demo's planned failures out of its output unless logging is verbose (``polyqueue -v demo``)."""
+    session_log = logging.getLogger("polyqueue.session")
+    if session_log.isEnabledFor(logging.INFO):
+        yield
+        return
+    before = session_log.level
+    session_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        session_log.setLevel(before)
+
+
 def run_demo(url: str | None, *, count: int = 240, concurrency: int = 8, console: Console | None = None) -> None:
     """Run the demo and print what happened."""
 
     console = console or Console()
     rng = random.Random(42)
-    with connect(url, backoff_base=0.25, backoff_max=2.0) as q:
+    with connect(url, backoff_base=0.25, backoff_max=2.0) as q, _failures_quiet():
         q.migrate()
-        console.print(f"[bold]polyqueue demo[/] on {q.backend.describe()}", highlight=False)
+        console.print(f"[bold]polyqueue demo[/] on {escape(q.backend.describe())}", highlight=False)
         before = sum(_settled(q.stats(name)) for name in DEMO_QUEUES)
         started = time.perf_counter()
         ids = q.enqueue_many(demo_jobs(count, rng))
@@ -168,7 +217,11 @@ def run_demo(url: str | None, *, count: int = 240, concurrency: int = 8, console
         console.print(stats_table(by_queue, title="final stats (all demo runs on this database)"))
         console.print(dead_table(q.dead_jobs(limit=10), title="dead letters (newest 10)"))
         console.print(
-            f"{len(ids)} jobs settled in {elapsed:.1f}s; handler failures (retried or dead): {worker.failed}. "
-            f"Try: polyqueue stats, polyqueue dead, polyqueue replay --queue payments",
+            f"{len(ids)} jobs settled in {elapsed:.1f}s; handler failures (retried or dead): {worker.failed}.",
             highlight=False,
+        )
+        command = runnable_command()
+        hints = ("stats", "dead", "replay --queue payments")
+        console.print(
+            "Try: " + ", ".join(f"{command} {hint}" for hint in hints), highlight=False, markup=False, soft_wrap=True
         )

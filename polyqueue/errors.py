@@ -7,7 +7,9 @@ __all__ = [
     "ConfigurationError",
     "InvalidArgument",
     "InvalidPayload",
+    "JobCancelled",
     "JobNotFound",
+    "JobTimeout",
     "LeaseLost",
     "PayloadTooLarge",
     "PolyqueueError",
@@ -49,3 +51,11 @@ class LeaseLost(PolyqueueError):
 
 class JobNotFound(PolyqueueError, LookupError):
     """No job has the given id."""
+
+
+class JobCancelled(PolyqueueError):
+    """Raised by :meth:`Job.check` in a handler whose job was cancelled while running; the job ends ``cancelled``."""
+
+
+class JobTimeout(PolyqueueError, TimeoutError):
+    """An attempt ran longer than its timeout (raised by :meth:`Job.check`, recorded as the attempt's error)."""

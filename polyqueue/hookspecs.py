@@ -58,3 +58,8 @@ def polyqueue_job_failed(queue: QueueArg, job: Job, error: str, retry_in: float 
 @hookspec
 def polyqueue_job_dead(queue: QueueArg, job: Job, error: str) -> None:
     """``job`` was dead-lettered after its final attempt (or ``dead=True``)."""
+
+
+@hookspec
+def polyqueue_job_cancelled(queue: QueueArg, job: Job) -> None:
+    """``job`` was cancelled while it ran (``cancel(id)`` reached its worker); it is never retried."""

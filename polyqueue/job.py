@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ __all__ = [
     "LIVE_STATUSES",
     "MAX_INT_ID",
     "STATUSES",
+    "STORED_FIELDS",
     "Job",
     "JobRecord",
     "JobStatus",
@@ -67,6 +69,29 @@ class Job:
     errors: list[dict[str, Any]] = field(default_factory=list)
     #: Seconds the dedupe key stays held after the job is done or dead (``enqueue(..., dedupe_for=)``); None: released.
     dedupe_for: float | None = None
+    #: Small str->str metadata set at enqueue (trace context, tenant, request id); kept through retries and replay.
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Longest run of one attempt in seconds (``enqueue(..., timeout=)``); None: the worker's ``timeout`` applies.
+    timeout: float | None = None
+    #: ``cancel(id)`` was called while the job was processing: the handler should stop (see :meth:`check`).
+    cancel_requested: bool = False
+    #: When (``time.monotonic()``) the running attempt's time is up; set by the worker, never stored.
+    deadline: float | None = field(default=None, repr=False, compare=False, metadata={"stored": False})
+
+    def check(self) -> None:
+        """Raise if the running attempt should stop: :class:`JobCancelled` or :class:`JobTimeout`.
+
+        Long sync handlers call this between steps (a loop over rows, a
+        batch of requests): the worker sets ``cancel_requested`` within a
+        heartbeat of ``cancel(id)`` and the attempt's ``deadline`` when it
+        starts. Cheap: no database call.
+        """
+        from .errors import JobCancelled, JobTimeout
+
+        if self.cancel_requested:
+            raise JobCancelled(f"job {self.id} was cancelled while running")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise JobTimeout(f"job {self.id} ran past its timeout")
 
     def __repr__(self) -> str:
         return (
@@ -90,6 +115,15 @@ class NewJob:
     run_at: datetime | None = None
     #: Seconds the dedupe key stays held after the job is done or dead; None releases it when the job finishes.
     dedupe_for: float | None = None
+    #: The job's headers as JSON text (an object of str -> str), or None for none.
+    headers_json: str | None = None
+    #: Longest run of one attempt in seconds, or None (the worker's ``timeout``).
+    timeout: float | None = None
+
+    @property
+    def plain(self) -> bool:
+        """No dedupe key and no absolute start: a row that stores' bulk inserts can take."""
+        return self.dedupe_key is None and self.run_at is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +161,10 @@ class JobRecord:
     dedupe_held_until: datetime | None = None
     lease_token: int = 0
     import_key: str | None = None
+    #: The job's headers as JSON text, or None.
+    headers_json: str | None = None
+    #: The job's own attempt timeout in seconds, or None.
+    timeout: float | None = None
 
 
 @dataclass(slots=True)
@@ -159,3 +197,7 @@ def int_job_id(job_id: Hashable) -> int | None:
     else:
         return None
     return value if 0 < value <= MAX_INT_ID else None
+
+
+#: The :class:`Job` fields a store keeps (in declaration order); the others are the worker's runtime state.
+STORED_FIELDS = tuple(f.name for f in fields(Job) if f.metadata.get("stored", True))

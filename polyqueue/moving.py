@@ -45,7 +45,7 @@ from .backends.base import Capability, DeleteRequest, ExportQuery, ImportBatch
 from .errors import ConfigurationError, InvalidArgument
 from .job import JobRecord, JobStatus
 from .queue import Queue
-from .validation import check_int, check_name, check_seconds
+from .validation import check_int, check_queue_name, check_seconds
 
 __all__ = [
     "DEFAULT_STATUSES",
@@ -147,7 +147,7 @@ def transfer(
     arguments; nothing is moved (or created) then.
     """
     chosen = check_statuses(statuses)
-    name = None if queue is None else check_name(queue, "queue name")
+    name = None if queue is None else check_queue_name(queue)
     size = check_int(batch_size, "batch_size", 1, 10_000)
     patience = None if wait_timeout is None else check_seconds(wait_timeout, "wait_timeout")
     for side, q in (("source", source), ("destination", destination)):

@@ -31,7 +31,7 @@ from .backends.base import DeclareSchedules, FireRequest, ScheduleSpec
 from .errors import InvalidArgument, PolyqueueError
 from .job import NewJob
 from .plugins import call_hook
-from .validation import check_int, check_name
+from .validation import check_int, check_name, check_queue_name
 
 __all__ = ["CatchUp", "Schedule", "Scheduler", "Slot", "slot_key"]
 
@@ -133,7 +133,7 @@ class Schedule:
             cron=expression,
             job_type=job_type,
             payload_json=json_codec.encode_payload(payload, max_payload_bytes),
-            queue=check_name(queue, "queue name"),
+            queue=check_queue_name(queue),
             timezone=zone_name,
             priority=check_int(priority, "priority", -(2**31), 2**31 - 1),
             catch_up=mode,

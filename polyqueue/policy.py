@@ -16,7 +16,10 @@ This module owns the rules:
 * **dedupe holds** -- which endings keep a job's dedupe key held for its ``dedupe_for`` seconds;
 * **pacing** -- the steady timetable of a paced redrive (``replay(..., rate=R)``);
 * **claim sizing** -- how many jobs a worker holds when no ``batch_size`` is given
-  (:class:`ClaimSizer`: large batches for a backlog of short jobs, small for long jobs or a short queue).
+  (:class:`ClaimSizer`: large batches for a backlog of short jobs, small for long jobs or a short queue);
+* **runtime control** -- which timeout an attempt runs under and when it is up, what a
+  timeout records, and that a cancel requested while a job runs ends it ``cancelled``
+  and never retried (a failure, a release or an expired lease of such a job included).
 
 Where SQL must apply a rule inside one statement (the PostgreSQL claim
 rescues expired leases as it claims), it takes the expression from the
@@ -51,6 +54,7 @@ T = TypeVar("T")
 
 __all__ = [
     "CACHE_OUTAGE",
+    "CANCELLED_ERROR",
     "CLAIM_HORIZON",
     "CLAIM_ORDER",
     "DEDUPE_HELD_AFTER",
@@ -69,6 +73,9 @@ __all__ = [
     "Jitter",
     "Outage",
     "Pace",
+    "attempt_deadline",
+    "attempt_timeout",
+    "cancelled",
     "capped_max_attempts",
     "capped_max_attempts_lua",
     "capped_max_attempts_sql",
@@ -98,7 +105,10 @@ __all__ = [
     "new_enqueue_token",
     "new_token",
     "released",
+    "settled_status",
+    "settled_status_sql",
     "storable_text",
+    "timeout_error",
 ]
 
 #: How many expired leases one claim rescues at most (the rest wait for the next claim).
@@ -279,16 +289,24 @@ def capped_max_attempts_lua(stored: str, cap: str) -> str:
     return f"((({cap}) and ({stored}) > ({cap})) and ({cap}) or ({stored}))"
 
 
-def expired_lease_status(attempts: int, max_attempts: int) -> str:
-    """Where a job goes when its lease expires: pending again, or dead when that was its final attempt."""
+def expired_lease_status(attempts: int, max_attempts: int, cancel_requested: bool = False) -> str:
+    """Where a job goes when its lease expires: pending again, or dead when that was its final attempt.
+
+    A job whose cancel was requested while it ran ends ``cancelled`` instead (its worker is gone).
+    """
+    if cancel_requested:
+        return JobStatus.CANCELLED
     return JobStatus.DEAD if is_final_attempt(attempts, max_attempts) else JobStatus.PENDING
 
 
-def expired_lease_status_sql(attempts: Any, max_attempts: Any) -> sa.ColumnElement[str]:
-    """:func:`expired_lease_status` as SQL."""
-    from sqlalchemy import case
+def expired_lease_status_sql(
+    attempts: Any, max_attempts: Any, cancel_requested: Any | None = None
+) -> sa.ColumnElement[str]:
+    """:func:`expired_lease_status` as SQL (``cancel_requested`` the flag column, where the store keeps one)."""
+    from sqlalchemy import case, true
 
-    return case((final_attempt_sql(attempts, max_attempts), JobStatus.DEAD), else_=JobStatus.PENDING)
+    arms: list[Any] = [] if cancel_requested is None else [(cancel_requested == true(), JobStatus.CANCELLED)]
+    return case(*arms, (final_attempt_sql(attempts, max_attempts), JobStatus.DEAD), else_=JobStatus.PENDING)
 
 
 def expired_lease_status_lua(attempts: str, max_attempts: str) -> str:
@@ -390,6 +408,29 @@ def completed(job: Job, result_json: str | None = None) -> Settlement:
     )
 
 
+def cancelled(job: Job) -> Settlement:
+    """A cancel was requested while the job ran: cancelled, finished, its dedupe key released, never retried."""
+    return Settlement(job, JobStatus.CANCELLED, finished=True, last_error=CANCELLED_ERROR)
+
+
+#: The ``last_error`` of a job cancelled while it ran.
+CANCELLED_ERROR = "JobCancelled: cancelled while running"
+
+
+def settled_status(status: str, cancel_requested: bool) -> str:
+    """What a settlement to ``status`` writes: back to pending becomes cancelled once a cancel was requested."""
+    return JobStatus.CANCELLED if cancel_requested and status == JobStatus.PENDING else status
+
+
+def settled_status_sql(status: str, cancel_requested: Any) -> Any:
+    """:func:`settled_status` as SQL over the stored flag (a plain value when ``status`` is not pending)."""
+    from sqlalchemy import case, true
+
+    if status != JobStatus.PENDING:
+        return status
+    return case((cancel_requested == true(), JobStatus.CANCELLED), else_=JobStatus.PENDING)
+
+
 def released(job: Job) -> Settlement:
     """Given back unrun (graceful shutdown): pending at once, the attempt not charged."""
     return Settlement(job, JobStatus.PENDING, run_in=0.0, refund_attempt=True)
@@ -453,6 +494,21 @@ def error_text(error: BaseException | str | None, *, with_traceback: bool = Fals
         text = str(error)
     return storable_text(text[:MAX_ERROR_LENGTH])
 
+
+# --- runtime control ---------------------------------------------------------------------------------
+def attempt_timeout(job_timeout: float | None, worker_timeout: float | None) -> float | None:
+    """The timeout an attempt runs under: the job's own (``enqueue(..., timeout=)``), else the worker's; None: none."""
+    return job_timeout if job_timeout is not None else worker_timeout
+
+
+def attempt_deadline(started: float, timeout: float | None) -> float | None:
+    """When (on the ``time.monotonic()`` scale) an attempt started at ``started`` is up; None without a timeout."""
+    return None if timeout is None else started + timeout
+
+
+def timeout_error(timeout: float) -> str:
+    """What a timed-out attempt records as its error (then retried or dead as any failure is)."""
+    return f"JobTimeout: the attempt ran longer than its timeout of {timeout:g}s"
 
 
 # --- pacing ------------------------------------------------------------------------------------------

@@ -39,9 +39,11 @@ from .job import FINISHED_STATUSES, Job, NewJob, ReplayResult
 from .plugins import backend_class_for, call_hook, make_plugin_manager
 from .session import ConsumerSession, lease_lost
 from .validation import (
+    check_headers,
     check_int,
     check_job_types,
     check_name,
+    check_queue_name,
     check_seconds,
     parse_duration,
     parse_rate,
@@ -280,7 +282,7 @@ class Queue:
     def _new_job(self, spec: Mapping[str, Any]) -> NewJob:
         """A validated, encoded job from ``enqueue``'s arguments (a dict with its keyword names)."""
         job_type = check_name(spec.get("job_type"), "job_type")
-        queue = check_name(spec.get("queue", "default"), "queue name")
+        queue = check_queue_name(spec.get("queue", "default"))
         priority = check_int(spec.get("priority", 0), "priority", -(2**31), 2**31 - 1)
         max_attempts, dedupe_key = spec.get("max_attempts"), spec.get("dedupe_key")
         attempts = self.max_attempts if max_attempts is None else check_int(max_attempts, "max_attempts", 1, 10_000)
@@ -298,7 +300,14 @@ class Queue:
         if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
             raise InvalidArgument("run_at must be a timezone-aware datetime")
         payload_json = json_codec.encode_payload(spec.get("payload"), self.max_payload_bytes)
-        return NewJob(queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at, dedupe_for)
+        headers_json = check_headers(spec.get("headers"))
+        timeout = spec.get("timeout")
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout", positive=True)
+        return NewJob(
+            queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at, dedupe_for,
+            headers_json, timeout,
+        )  # fmt: skip
 
     def enqueue(
         self,
@@ -312,6 +321,8 @@ class Queue:
         max_attempts: int | None = None,
         dedupe_key: str | None = None,
         dedupe_for: float | timedelta | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | timedelta | str | None = None,
         connection: Any = None,
     ) -> Hashable:
         """Store one job and return its id (or, when its ``dedupe_key`` is held, the holding job's id).
@@ -320,17 +331,23 @@ class Queue:
         :class:`InvalidPayload` / :class:`PayloadTooLarge`, nothing stored).
         A ``dedupe_key`` is held while its job is live; ``dedupe_for`` keeps
         it held that many seconds more after the job is done or dead (a
-        cancelled job lets it go at once). ``connection`` writes the job
-        inside the caller's open transaction. Every call carries a client
-        token, so the library's own retry after a dropped connection never
-        stores the job twice.
+        cancelled job lets it go at once). ``headers`` is a small dict of
+        str -> str carried with the job (``job.headers``: trace context,
+        tenant, request id), kept through retries and replay. ``timeout``
+        limits each attempt's run in seconds (over the worker's own
+        ``timeout``): an attempt that runs longer fails with a timeout error.
+        ``connection`` writes the job inside the caller's open transaction.
+        Every call carries a client token, so the library's own retry after a
+        dropped connection never stores the job twice.
         """
         spec = {"job_type": job_type, "payload": payload, "queue": queue, "priority": priority, "delay": delay}
         spec.update(run_at=run_at, max_attempts=max_attempts, dedupe_key=dedupe_key, dedupe_for=dedupe_for)
+        spec.update(headers=headers, timeout=timeout)
         return self._store([self._new_job(spec)], connection)[0]
 
     _JOB_KEYS = frozenset(
         {"job_type", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "dedupe_key", "dedupe_for"}
+        | {"headers", "timeout"}
     )
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, connection: Any = None) -> list[Hashable]:
@@ -363,6 +380,10 @@ class Queue:
             self.require_capability(Capability.TRANSACTIONAL_ENQUEUE, "transactional enqueue (connection=)")
         if any(job.dedupe_for is not None for job in batch):
             self.require_capability(Capability.DEDUPE, "dedupe keys (dedupe_for=)")
+        if any(job.headers_json is not None for job in batch):
+            self.require_capability(Capability.HEADERS, "job headers (headers=)")
+        if any(job.timeout is not None for job in batch):
+            self.require_capability(Capability.TIMEOUTS, "per-job timeouts (timeout=)")
         # One client token per call: a retry of this call after a dropped connection finds its first attempt.
         ids = self.backend.enqueue(EnqueueBatch(batch, connection, policy.new_enqueue_token()))
         if ids:
@@ -460,13 +481,28 @@ class Queue:
         return self.backend.get(JobLookup(job_id))
 
     def cancel(self, job_id: Hashable) -> bool:
-        """Cancel a pending job; True if it was pending and is now cancelled."""
+        """Cancel a job: a pending one at once; a processing one is asked to stop. True if either happened.
+
+        On a backend with the ``cancel_running`` capability, a processing
+        job's worker learns of the request within a heartbeat
+        (``lease / 3``): the handler sees ``job.cancel_requested`` and
+        ``job.check()`` raises :class:`~polyqueue.JobCancelled`, and the job
+        ends ``cancelled``, never retried. False for a finished or unknown
+        job (and for a processing one on a backend without the capability).
+        """
         return self.backend.cancel(CancelRequest(job_id))
 
     def stats(self, queue: str | None = None) -> dict[str, int]:
-        """Counts by status plus ``scheduled``, for one queue or all queues together."""
+        """Counts by status plus ``scheduled``, for one queue or all queues together.
+
+        Keys: ``pending`` (every pending job, due or not), ``scheduled`` (the
+        pending ones not yet due: ``pending - scheduled`` are ready now),
+        ``processing``, ``done``, ``dead``, ``cancelled``. A sum over the keys
+        counts scheduled jobs twice; the CLI's table shows ready and scheduled
+        apart for that reason.
+        """
         if queue is not None:
-            queue = check_name(queue, "queue name")
+            queue = check_queue_name(queue)
         totals = dict.fromkeys(("pending", "scheduled", "processing", "done", "dead", "cancelled"), 0)
         for counts in self.backend.stats(StatsRequest(queue)).values():
             for key, value in counts.items():
@@ -480,7 +516,7 @@ class Queue:
     def stats_by_type(self, queue: str | None = None) -> dict[str, dict[str, dict[str, int]]]:
         """``{queue: {job_type: counts}}``: shows jobs of a type no worker handles (they stay pending)."""
         if queue is not None:
-            queue = check_name(queue, "queue name")
+            queue = check_queue_name(queue)
         return self.backend.stats(StatsRequest(queue, by_type=True))
 
     def depth(self, queue: str = "default", *, exact: bool = False) -> int:
@@ -488,14 +524,14 @@ class Queue:
 
         ``exact`` always counts in the database.
         """
-        name = check_name(queue, "queue name")
+        name = check_queue_name(queue)
         cached = None if exact else self.backend.cached_depth(name)
         return cached if cached is not None else self.backend.count_ready(ReadyCount(name))
 
     def dead_jobs(self, queue: str | None = None, limit: int = 100) -> list[Job]:
         """Dead jobs, most recently finished first."""
         if queue is not None:
-            queue = check_name(queue, "queue name")
+            queue = check_queue_name(queue)
         return self.backend.dead_jobs(DeadJobsQuery(queue, check_int(limit, "limit", 1, 1_000_000)))
 
     def replay(
@@ -525,7 +561,7 @@ class Queue:
         With ``rate``, ``on_progress(done, total)`` is called after each step.
         """
         if queue is not None:
-            queue = check_name(queue, "queue name")
+            queue = check_queue_name(queue)
         if isinstance(ids, (str, bytes)):
             raise InvalidArgument("ids must be an iterable of job ids")
         wanted = None if ids is None else list(ids)

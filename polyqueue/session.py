@@ -21,6 +21,8 @@ import pluggy
 from . import json_codec, policy
 from .backends.base import (
     Backend,
+    CancelCheck,
+    Capability,
     ClaimRequest,
     DueProbe,
     ExtendRequest,
@@ -33,7 +35,7 @@ from .errors import BackendUnavailable, LeaseLost
 from .job import Job, JobStatus
 from .plugins import call_hook
 
-__all__ = ["ConsumerSession", "QueueHost", "lease_lost"]
+__all__ = ["ConsumerSession", "QueueHost", "lease_lost", "log_failure"]
 
 log = logging.getLogger("polyqueue.session")
 T = TypeVar("T")
@@ -45,6 +47,27 @@ def lease_lost(ids: Iterable[Hashable]) -> LeaseLost:
     return LeaseLost(
         f"lease lost for job(s) {names}: another claim holds them, they expired or they were already settled"
     )
+
+
+def log_failure(job: Job, error: BaseException | str | None, outcome: str, level: int) -> None:
+    """Log one failed attempt: job id, type, attempt, what happens next, the error (and its traceback)."""
+    if not log.isEnabledFor(level):
+        return
+    summary = policy.error_text(error)
+    exc_info: BaseException | None = error if isinstance(error, BaseException) else None
+    if exc_info is not None:
+        # A lone surrogate in the exception's text would break log handlers that write UTF-8:
+        # then the escaped traceback goes in the message instead of the record's exc_info.
+        try:
+            printable = policy.storable_text(str(exc_info)) == str(exc_info)
+        except Exception:  # a broken __str__
+            printable = False
+        if not printable:
+            summary, exc_info = policy.error_text(error, with_traceback=True), None
+    log.log(
+        level, "job %s (%s) attempt %d/%d failed, %s: %s",
+        job.id, job.job_type, job.attempts, job.max_attempts, outcome, summary, exc_info=exc_info,
+    )  # fmt: skip
 
 
 class QueueHost(Protocol):
@@ -135,25 +158,55 @@ class ConsumerSession:
         return lost
 
     def fail(
-        self, job: Job, error: BaseException | str | None, *, retry_in: float | None = None, dead: bool = False
+        self,
+        job: Job,
+        error: BaseException | str | None,
+        *,
+        retry_in: float | None = None,
+        dead: bool = False,
+        with_traceback: bool = False,
     ) -> Settlement:
         """Record a failed attempt as the policy decides (retry after back-off or ``retry_in``, or dead).
 
         Returns the settlement written. Raises :class:`LeaseLost` if this
         claim no longer holds the job. Fires the ``failed`` hook, and ``dead``
-        when the job is dead.
+        when the job is dead. Every failure is logged here, once, on the
+        ``polyqueue.session`` logger: a warning while the job will be retried,
+        an error when it is dead, with the exception's traceback when
+        ``error`` is one (``with_traceback`` also stores that traceback).
         """
-        text = policy.error_text(error)
+        text = policy.error_text(error, with_traceback=with_traceback)
         settlement = policy.failed(job, text, backoff=self.queue.retry_backoff, retry_in=retry_in, dead=dead)
         if self._settle([settlement]):
+            log_failure(job, error, "its lease was lost before the failure was recorded", logging.WARNING)
             raise lease_lost([job.id])
         job.status, job.last_error = settlement.status, text
         job.errors = json_codec.loads(settlement.errors_json or "[]")
         retry = settlement.run_in if settlement.status == JobStatus.PENDING else None
+        if retry is None:
+            log_failure(job, error, "dead", logging.ERROR)
+        else:
+            log_failure(job, error, f"retry in {retry:.1f}s", logging.WARNING)
         self.fire("polyqueue_job_failed", job=job, error=text, retry_in=retry)
         if settlement.status == JobStatus.DEAD:
             self.fire("polyqueue_job_dead", job=job, error=text)
         return settlement
+
+    def cancel_running(self, job: Job) -> None:
+        """Settle a job whose cancel was requested while it ran: ``cancelled``, never retried.
+
+        Raises :class:`LeaseLost` if this claim no longer holds it. Fires the ``cancelled`` hook.
+        """
+        if self._settle([policy.cancelled(job)]):
+            raise lease_lost([job.id])
+        job.status, job.last_error = JobStatus.CANCELLED, policy.CANCELLED_ERROR
+        self.fire("polyqueue_job_cancelled", job=job)
+
+    def cancel_requests(self, jobs: Sequence[Job]) -> set[Hashable]:
+        """The ids of held ``jobs`` whose cancel was requested (empty without the ``cancel_running`` capability)."""
+        if not jobs or Capability.CANCEL_RUNNING not in self._backend.capabilities:
+            return set()
+        return self._backend.cancel_requests(CancelCheck(jobs))
 
     def release(self, jobs: Sequence[Job]) -> set[Hashable]:
         """Give claimed jobs back unrun, the attempt not charged; returns the ids no longer held."""

@@ -6,44 +6,86 @@ from datetime import datetime
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
-__all__ = ["STATUS_COLUMNS", "cron_table", "dead_table", "fires_table", "stats_table"]
+__all__ = ["STATUS_COLUMNS", "cron_table", "dead_table", "fires_table", "job_table", "stats_table"]
 
-STATUS_COLUMNS = ("pending", "scheduled", "processing", "done", "dead", "cancelled")
+#: The stats table's columns: "ready" (pending and due) and "scheduled" (pending, not yet due) split the API's
+#: "pending", so that no job is counted twice and the total row adds up.
+STATUS_COLUMNS = ("ready", "scheduled", "processing", "done", "dead", "cancelled")
+
+
+def _columns(counts: dict[str, int]) -> dict[str, int]:
+    """The table's columns from the API's stats keys (where "pending" includes "scheduled")."""
+    columns = {c: counts.get(c, 0) for c in STATUS_COLUMNS}
+    columns["ready"] = counts.get("pending", 0) - counts.get("scheduled", 0)
+    return columns
 
 
 def stats_table(by_queue: dict[str, dict[str, int]], title: str = "polyqueue stats") -> Table:
-    """A rich table: one row per queue, one column per status."""
+    """A rich table: one row per queue, one column per status, a total row when there are several queues."""
     table = Table(title=title)
     table.add_column("queue", overflow="fold")
     for column in STATUS_COLUMNS:
         table.add_column(column, justify="right")
     totals = dict.fromkeys(STATUS_COLUMNS, 0)
     for name in sorted(by_queue):
-        counts = by_queue[name]
-        table.add_row(name, *(str(counts.get(c, 0)) for c in STATUS_COLUMNS))
+        columns = _columns(by_queue[name])
+        table.add_row(Text(name), *(str(columns[c]) for c in STATUS_COLUMNS))
         for c in STATUS_COLUMNS:
-            totals[c] += counts.get(c, 0)
+            totals[c] += columns[c]
     if len(by_queue) > 1:
         table.add_row("[bold]total[/]", *(f"[bold]{totals[c]}[/]" for c in STATUS_COLUMNS))
     return table
 
 
 def dead_table(jobs: list[Any], title: str = "dead letters") -> Table:
-    """A rich table of dead jobs."""
+    """A rich table of dead jobs with the first line of each last error, whole (``polyqueue show`` has the rest)."""
     table = Table(title=title)
     for column in ("id", "queue", "job_type", "attempts", "finished_at", "last_error"):
         table.add_column(column, overflow="fold")
     for job in jobs:
         error = (job.last_error or "").strip().splitlines()
         table.add_row(
-            str(job.id),
-            job.queue,
-            job.job_type,
+            Text(str(job.id)),
+            Text(job.queue),
+            Text(job.job_type),
             f"{job.attempts}/{job.max_attempts}",
             job.finished_at.strftime("%Y-%m-%d %H:%M:%S") if job.finished_at else "",
-            error[0][:80] if error else "",
+            Text(error[0] if error else ""),
         )
+    return table
+
+
+def _json_text(value: Any) -> str:
+    from . import json_codec
+
+    return json_codec.dumps(value)
+
+
+def job_table(job: Any) -> Table:
+    """Every field of one job, one row each (times in UTC; payload and result as JSON; the error history apart)."""
+    from dataclasses import fields
+
+    from rich.markup import escape
+
+    table = Table(title=f"job {escape(str(job.id))}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for f in fields(job):
+        value = getattr(job, f.name)
+        if f.name == "errors":
+            text = f"{len(value)} recorded (below)"
+        elif f.name == "last_error" and value and job.errors and job.errors[-1].get("error") == value:
+            # The newest history entry holds the same text: its first line is enough here.
+            text = f"{value.strip().splitlines()[0]} (error {len(job.errors)} below)"
+        elif f.name in ("payload", "result"):
+            text = "" if value is None and f.name == "result" else _json_text(value)
+        elif isinstance(value, datetime):
+            text = value.strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+        else:
+            text = "" if value is None else str(value)
+        table.add_row(f.name, Text(text))
     return table
 
 

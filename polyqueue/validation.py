@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -16,14 +16,19 @@ from .errors import InvalidArgument
 
 __all__ = [
     "MAX_DURATION_SECONDS",
+    "MAX_HEADERS",
+    "MAX_HEADERS_BYTES",
     "MAX_NAME_LENGTH",
+    "check_headers",
     "check_int",
     "check_job_types",
     "check_name",
+    "check_queue_name",
     "check_seconds",
     "parse_duration",
     "parse_rate",
     "queue_list",
+    "split_names",
 ]
 
 MAX_NAME_LENGTH = 255
@@ -35,6 +40,10 @@ _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|
 _RATE_UNITS = {None: 1, "s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 #: The fastest pace a rate may ask for (jobs per second).
 MAX_RATE = 1_000_000.0
+#: Most entries a job's headers may hold.
+MAX_HEADERS = 64
+#: Largest a job's headers may be, as the UTF-8 of their JSON (they travel with every claim).
+MAX_HEADERS_BYTES = 8192
 
 
 def parse_duration(value: float | int | timedelta | str, what: str = "duration") -> float:
@@ -104,6 +113,30 @@ def check_name(value: Any, what: str) -> str:
     return value
 
 
+def check_queue_name(value: Any, what: str = "queue name") -> str:
+    """A queue name: :func:`check_name`, and no leading or trailing whitespace.
+
+    ``"emails "`` would otherwise be a second queue, printed just like
+    ``"emails"``, that no worker of ``"emails"`` ever drains.
+    """
+    name = check_name(value, what)
+    if name != name.strip():
+        raise InvalidArgument(f"{what} {name!r} has leading or trailing whitespace")
+    return name
+
+
+def split_names(text: str, what: str = "queue name") -> list[str]:
+    """Names from comma-separated text (a command-line list): blanks around commas dropped, each checked.
+
+    ``"emails, payments"`` is ``["emails", "payments"]``; an empty item
+    (``"a,,b"``, a trailing comma) is refused rather than silently skipped.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if any(not part for part in parts):
+        raise InvalidArgument(f"{text!r} is not a comma-separated list of {what}s (an item is empty)")
+    return [check_queue_name(part, what) for part in dict.fromkeys(parts)]
+
+
 def check_int(value: Any, what: str, low: int, high: int) -> int:
     """An integer (not a bool) between ``low`` and ``high`` inclusive."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -126,7 +159,7 @@ def queue_list(queues: str | Iterable[str]) -> list[str]:
     names = [queues] if isinstance(queues, str) else list(queues)
     if not names:
         raise InvalidArgument("queues must name at least one queue")
-    return [check_name(q, "queue name") for q in dict.fromkeys(names)]
+    return [check_queue_name(q) for q in dict.fromkeys(names)]
 
 
 def check_job_types(job_types: Iterable[str] | None) -> frozenset[str] | None:
@@ -139,3 +172,38 @@ def check_job_types(job_types: Iterable[str] | None) -> frozenset[str] | None:
     if not types:
         raise InvalidArgument("job_types must name at least one job type (or be None for all)")
     return types
+
+
+def check_headers(value: Any) -> str | None:
+    """A job's headers (a dict of str -> str, small) as the JSON text to store; None for none or empty.
+
+    At most :data:`MAX_HEADERS` entries and :data:`MAX_HEADERS_BYTES` bytes of
+    JSON; keys are non-empty names up to 255 characters; values are text
+    (no NUL), possibly empty.
+    """
+    import json
+
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(f"headers must be a dict of str to str, not {type(value).__name__}")
+    value = dict(value)
+    if len(value) > MAX_HEADERS:
+        raise InvalidArgument(f"headers hold at most {MAX_HEADERS} entries, got {len(value)}")
+    for key, item in value.items():
+        check_name(key, "header name")
+        if not isinstance(item, str):
+            raise InvalidArgument(f"header {key!r} must be a str, not {type(item).__name__}")
+        if "\x00" in item:
+            raise InvalidArgument(f"header {key!r} contains a NUL character")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"header {key!r} is not valid Unicode text (lone surrogate)") from None
+    if not value:
+        return None
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    size = len(text.encode("utf-8"))
+    if size > MAX_HEADERS_BYTES:
+        raise InvalidArgument(f"headers are {size} bytes of JSON, over the limit of {MAX_HEADERS_BYTES}")
+    return text

@@ -7,7 +7,12 @@ process runs jobs: claims sized to free slots and only of the job types it
 has handlers for, a completer that marks finished jobs done in batches every
 few milliseconds, lease heartbeats, push wake-ups when the backend (or the
 depth cache) has them and adaptive back-off polling when it does not, and
-graceful shutdown on SIGTERM/SIGINT.
+graceful shutdown on SIGTERM/SIGINT, and runtime control: attempt timeouts
+and cancels of running jobs, enforced by the heartbeat thread (the
+supervisor), which settles such a job at once and then interrupts its
+handler (cancels its task, kills its child process, or -- for a sync
+handler on a thread, which cannot be stopped from outside -- lets
+``job.check()`` raise).
 
 The database work -- claims, completions, heartbeats, failures -- is done on
 the worker's own threads through the one synchronous session, whichever kind
@@ -19,6 +24,7 @@ waits on the database.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import queue as std_queue
@@ -32,9 +38,19 @@ from typing import TYPE_CHECKING, Any
 
 from . import policy
 from .backends.base import Capability
-from .errors import BackendUnavailable, ConfigurationError, InvalidArgument, InvalidPayload, LeaseLost, PolyqueueError
+from .errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    InvalidArgument,
+    InvalidPayload,
+    JobCancelled,
+    JobTimeout,
+    LeaseLost,
+    PolyqueueError,
+)
 from .job import Job, JobStatus
 from .periodic import DEFAULT_CATCH_UP_LIMIT, Schedule, Scheduler
+from .processes import ChildFailure, ChildGone, ProcessPool
 from .queue import Queue, default_worker_id
 from .validation import check_int, check_name, check_seconds, queue_list
 
@@ -61,6 +77,10 @@ _OUTAGE_PATIENCE = 120.0
 _CANCEL_GRACE = 5.0
 #: Threads that record the failures of async handlers (a failure is one fenced statement each).
 _FAILURE_THREADS = 4
+#: Longest the supervisor (the heartbeat thread) sleeps between looks at running attempts' deadlines.
+_SUPERVISE_SLICE = 0.1
+#: The ways a Worker runs sync handlers.
+EXECUTIONS = ("thread", "process")
 
 
 def is_async_handler(fn: Any) -> bool:
@@ -104,6 +124,21 @@ class Worker:
     worker stops claiming while two capacities' worth of finished jobs wait to
     be recorded, so a slow database slows the handlers instead of piling up
     completions.
+
+    ``timeout`` limits each attempt's run in seconds (a job's own
+    ``enqueue(..., timeout=)`` wins): an attempt that runs longer is failed
+    with a timeout error (retried or dead as any failure) within
+    :data:`_SUPERVISE_SLICE` of its deadline. A job cancelled while it runs
+    (``queue.cancel(id)``) is seen at the next heartbeat and settled
+    ``cancelled``. Either way the job is settled first and its handler
+    interrupted after: an async handler's task is cancelled; a sync handler
+    on a thread sees ``job.check()`` raise (and ``job.cancel_requested``);
+    with ``execution="process"``, sync handlers run in child processes and
+    the child is killed -- the only way to stop CPU-bound Python. A thread
+    whose handler ignores the request keeps its concurrency slot until it
+    returns (the worker never runs more than ``concurrency`` handlers), and
+    whatever it returns then is discarded: its claim was settled, so the
+    fence refuses it (a ``complete`` of that claim raises ``LeaseLost``).
     """
 
     def __init__(
@@ -120,6 +155,8 @@ class Worker:
         shutdown_timeout: float = 30.0,
         completion_interval: float = 0.005,
         worker_id: str | None = None,
+        timeout: float | None = None,
+        execution: str = "thread",
     ) -> None:
         if not isinstance(queue, Queue):
             from .async_queue import AsyncQueue
@@ -146,6 +183,18 @@ class Worker:
         self.shutdown_timeout = check_seconds(shutdown_timeout, "shutdown_timeout")
         self.completion_interval = check_seconds(completion_interval, "completion_interval")
         self.worker_id = check_name(worker_id, "worker_id") if worker_id is not None else default_worker_id()
+        self.timeout = None if timeout is None else check_seconds(timeout, "timeout", positive=True)
+        if execution not in EXECUTIONS:
+            raise InvalidArgument(f"execution must be one of {', '.join(map(repr, EXECUTIONS))}, not {execution!r}")
+        self.execution = execution
+        self._processes: ProcessPool | None = None
+        #: Attempts stopped by the supervisor (timed out or cancelled) whose handler has not returned, by id(job).
+        self._overrunning: dict[int, Job] = {}
+        #: Attempts whose outcome the handler side has taken (the supervisor leaves them alone), by id(job).
+        self._decided: set[int] = set()
+        self._tasks_by_job: dict[int, asyncio.Task[None]] = {}
+        self.timed_out = 0
+        self.cancelled = 0
         self.session = queue.consumer_session(
             self.worker_id, max_attempts=self.max_attempts, outage_patience=_OUTAGE_PATIENCE
         )
@@ -328,7 +377,11 @@ class Worker:
         """Refuse to run without handlers or schedules; the periodic scheduler, when there are schedules."""
         if not self.handlers and not self.schedules:
             raise ConfigurationError("the worker has no handlers: register one with worker.register() first")
-        return self._scheduler()
+        scheduler = self._scheduler()
+        if self.execution == "process":
+            sync_handlers = {t: fn for t, fn in self.handlers.items() if t not in self._async_types}
+            self._processes = ProcessPool(sync_handlers, self.concurrency)  # refuses handlers it cannot send
+        return scheduler
 
     def _run(self, burst: bool, scheduler: Scheduler | None, loop: asyncio.AbstractEventLoop | None) -> int:
         """The run itself, in the calling thread; async handlers go to ``loop`` (which must not be this thread's)."""
@@ -355,6 +408,9 @@ class Worker:
                 schedule_thread.join(self.shutdown_timeout)
             if wakeups is not None:
                 wakeups.close()
+            if self._processes is not None:
+                self._processes.close()
+                self._processes = None
             restore()
         return self.processed - succeeded_before
 
@@ -568,14 +624,15 @@ class Worker:
         if self._stopping.is_set():
             return  # buffered jobs are released by the shutdown
         for_loop: list[Job] = []
-        while self._buffer and len(self._running) < self.concurrency:
+        # An overrunning handler still occupies its slot (and, on a thread, its thread) until it returns.
+        while self._buffer and len(self._running) + len(self._overrunning) < self.concurrency:
             job = self._buffer.popleft()
             self._running[job.id] = job
             if job.job_type in self._async_types and self._loop is not None:
                 for_loop.append(job)
                 continue
             self._running_sync.add(job.id)
-            if len(self._running_sync) > len(self._handler_threads):
+            if len(self._running_sync) + len(self._overrunning) > len(self._handler_threads):
                 thread = threading.Thread(
                     target=self._run_handlers,
                     args=(self._ready,),
@@ -619,22 +676,104 @@ class Worker:
 
     def _run_sync_job(self, job: Job) -> None:
         started = time.perf_counter()
+        if self._processes is None:
+            self._start_clock(job)
         self.session.fire("polyqueue_job_started", job=job)
         try:
-            result = self._handler_for(job)(job)
+            if self._processes is not None:
+                result = self._processes.run(job, functools.partial(self._start_clock, job))
+            else:
+                result = self._handler_for(job)(job)
             if inspect.isawaitable(result):
                 result = self._await_on_loop(result)
             result_json = self.session.encode_result(result)
         except BaseException as exc:
             self.claim_sizer.finished(time.perf_counter() - started)
-            try:
-                self._fail(job, exc)
-            finally:
-                self._finish(job)
+            if not self._take_outcome(job):
+                self._late(job, exc)
+            else:
+                try:
+                    self._fail(job, exc)
+                finally:
+                    self._finish(job)
             if not isinstance(exc, Exception):
                 raise
             return
+        if not self._take_outcome(job):
+            self._late(job, None)
+            return
         self._succeeded(job, result_json, started)
+
+    # --- runtime control: timeouts and cancels of running attempts -----------------------
+    def _start_clock(self, job: Job) -> None:
+        """Give the attempt its deadline (the job's own timeout, else the worker's), as the policy says."""
+        timeout = policy.attempt_timeout(job.timeout, self.timeout)
+        job.deadline = policy.attempt_deadline(time.monotonic(), timeout)
+
+    def _take_outcome(self, job: Job) -> bool:
+        """The handler side claims the right to record ``job``'s outcome; False if the supervisor settled it first."""
+        with self._lock:
+            if id(job) in self._overrunning:
+                return False
+            self._decided.add(id(job))
+            return True
+
+    def _late(self, job: Job, exc: BaseException | None) -> None:
+        """A handler returned after its attempt was settled (timed out or cancelled): its outcome is discarded."""
+        outcome = "returned" if exc is None else f"raised {type(exc).__name__}"
+        log.info("job %s: handler %s after its attempt was settled; outcome discarded", job.id, outcome)
+        with self._lock:
+            self._overrunning.pop(id(job), None)
+            self._start_buffered()
+            self._slot_freed.notify_all()
+
+    def _supervise(self, now: float, cancel_ids: set[Hashable]) -> None:
+        """Stop running attempts that are past their deadline or whose cancel was requested."""
+        stops: list[tuple[Job, str]] = []
+        with self._lock:
+            for job in self._running.values():
+                if id(job) in self._decided:
+                    continue
+                if job.id in cancel_ids:
+                    job.cancel_requested = True
+                    stops.append((job, "cancel"))
+                elif job.deadline is not None and now >= job.deadline:
+                    stops.append((job, "timeout"))
+            for job, _ in stops:
+                # Out of the running set (no more heartbeats) but still counted against `concurrency`.
+                del self._running[job.id]
+                self._running_sync.discard(job.id)
+                self._held.pop(job.id, None)
+                self._overrunning[id(job)] = job
+        for job, why in stops:
+            self._settle_stopped(job, why)
+            self._interrupt(job)
+
+    def _settle_stopped(self, job: Job, why: str) -> None:
+        try:
+            if why == "cancel":
+                self.session.cancel_running(job)
+                self.cancelled += 1
+                log.warning("job %s (%s) cancelled while running", job.id, job.job_type)
+                return
+            timeout = policy.attempt_timeout(job.timeout, self.timeout) or 0.0
+            settlement = self.session.fail(job, policy.timeout_error(timeout))
+            self.timed_out += 1
+            outcome = "dead" if settlement.status == JobStatus.DEAD else f"retry in {settlement.run_in or 0:.1f}s"
+            log.warning("job %s (%s) ran past its timeout of %gs, %s", job.id, job.job_type, timeout, outcome)
+        except LeaseLost:
+            log.warning("job %s: stopped (%s) but its lease was already lost", job.id, why)
+        except Exception as exc:  # an outage past patience: the lease expires and the policy decides then
+            log.error("job %s: could not record its %s (%s); its lease will expire", job.id, why, exc)
+
+    def _interrupt(self, job: Job) -> None:
+        """After settling: cancel the job's task, or kill its child; a thread sees ``job.check()`` raise."""
+        with self._lock:
+            task = self._tasks_by_job.get(id(job))
+        if task is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(task.cancel)
+        elif self._processes is not None:
+            self._processes.kill(job)
 
     def _await_on_loop(self, awaitable: Awaitable[Any]) -> Any:
         """A sync handler returned an awaitable (a wrapped ``async def``): await it on the worker's loop."""
@@ -656,12 +795,16 @@ class Worker:
                 continue
             task = loop.create_task(self._run_async_job(job), name=f"polyqueue-job-{job.id}")
             self._tasks.add(task)
+            with self._lock:
+                self._tasks_by_job[id(job)] = task
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._forget_task, id(job)))
 
     async def _run_async_job(self, job: Job) -> None:
         import asyncio
 
         started = time.perf_counter()
+        self._start_clock(job)
         self.session.fire("polyqueue_job_started", job=job)
         try:
             result = self._handler_for(job)(job)
@@ -670,14 +813,24 @@ class Worker:
             result_json = self.session.encode_result(result)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
+            if not self._take_outcome(job):
+                self._late(job, exc)  # cancelled by the supervisor, after it settled the attempt
+                return
             if task is not None and task.cancelling():
+                self._decided.discard(id(job))
                 return  # cancelled by the shutdown: the job stays held and is released, uncharged
             await self._record_failure(job, exc)  # the handler's own cancellation, not this task's: a failure
         except BaseException as exc:
+            if not self._take_outcome(job):
+                self._late(job, exc)
+                return
             await self._record_failure(job, exc)
             if not isinstance(exc, Exception):
                 raise
         else:
+            if not self._take_outcome(job):
+                self._late(job, None)
+                return
             self._succeeded(job, result_json, started)
 
     async def _record_failure(self, job: Job, exc: BaseException) -> None:
@@ -690,6 +843,10 @@ class Worker:
         recording = asyncio.get_running_loop().run_in_executor(self._failures, self._fail_and_finish, job, exc)
         await asyncio.shield(recording)
 
+    def _forget_task(self, key: int, _task: Any = None) -> None:
+        with self._lock:
+            self._tasks_by_job.pop(key, None)
+
     def _fail_and_finish(self, job: Job, exc: BaseException) -> None:
         try:
             self._fail(job, exc)
@@ -698,9 +855,13 @@ class Worker:
 
     def _finish(self, job: Job, *, awaiting_completion: bool = False) -> None:
         with self._lock:
-            self._running.pop(job.id, None)
-            self._running_sync.discard(job.id)
-            self._held.pop(job.id, None)
+            self._decided.discard(id(job))
+            # By identity: a job this worker stopped may have been retried and claimed here again.
+            if self._running.get(job.id) is job:
+                del self._running[job.id]
+                self._running_sync.discard(job.id)
+            if self._held.get(job.id) is job:
+                del self._held[job.id]
             self._lost.discard(job.id)
             if awaiting_completion:
                 self._completing[job.id] = job
@@ -717,34 +878,42 @@ class Worker:
             self._slot_freed.notify_all()
 
     def _fail(self, job: Job, exc: BaseException) -> None:
+        if isinstance(exc, JobCancelled) or (isinstance(exc, ChildGone) and job.cancel_requested):
+            self._cancelled_by_handler(job)
+            return
         with self._done_lock:
             self.failed += 1
+        # The session logs the failure (with its traceback) once it is recorded.
+        error: BaseException | str = exc
         if isinstance(exc, InvalidPayload):
-            error: BaseException | str = f"handler result is not storable: {exc}"
-        else:
-            error = policy.error_text(exc, with_traceback=True)
+            error = f"handler result is not storable: {exc}"
+        elif isinstance(exc, JobTimeout):
+            error = policy.timeout_error(policy.attempt_timeout(job.timeout, self.timeout) or 0.0)
+            self.timed_out += 1
+        elif isinstance(exc, ChildFailure):
+            error = policy.storable_text(exc.text[: policy.MAX_ERROR_LENGTH])
         try:
-            settlement = self.session.fail(job, error)
+            self.session.fail(job, error, with_traceback=True)
         except LeaseLost:
-            log.warning("job %s (%s) failed; its lease was lost before the failure was recorded", job.id, job.job_type)
             return
         except Exception as err:  # refused outright or an outage past patience; the thread must live
-            log.error("job %s: failure not recorded (%s); its lease will expire, then it runs again", job.id, err)
+            log.error(
+                "job %s (%s) attempt %d/%d failed: %s; the failure was not recorded (%s): its lease will expire, "
+                "then it runs again",
+                job.id, job.job_type, job.attempts, job.max_attempts, policy.error_text(exc), err,
+                exc_info=exc,
+            )  # fmt: skip
             return
-        outcome = "dead" if settlement.status == JobStatus.DEAD else f"retry in {settlement.run_in or 0:.1f}s"
-        summary = policy.error_text(exc)
-        # The traceback goes with the record, unless the exception's text would break log handlers
-        # (a lone surrogate cannot be written as UTF-8): then the escaped traceback is in the message.
+
+    def _cancelled_by_handler(self, job: Job) -> None:
+        """The handler stopped on ``job.check()`` after a cancel request: the job ends cancelled."""
         try:
-            printable = policy.storable_text(str(exc)) == str(exc)
-        except Exception:  # a broken __str__
-            printable = False
-        log.warning(
-            "job %s (%s) attempt %d/%d failed, %s: %s",
-            job.id, job.job_type, job.attempts, job.max_attempts, outcome,
-            summary if printable else policy.error_text(exc, with_traceback=True),
-            exc_info=exc if printable else None,
-        )  # fmt: skip
+            self.session.cancel_running(job)
+            self.cancelled += 1
+        except LeaseLost:
+            log.warning("job %s: cancelled, but its lease was lost before that was recorded", job.id)
+        except Exception as exc:
+            log.error("job %s: cancel not recorded (%s); its lease will expire and it ends cancelled", job.id, exc)
 
     def _release_unstarted(self) -> None:
         """Give back, in one statement, the buffered jobs no handler has taken yet."""
@@ -815,17 +984,40 @@ class Worker:
                 )
 
     def _heartbeat_loop(self) -> None:
+        """Heartbeats every ``lease / 3``, asking then for cancel requests; between them, watches deadlines."""
         interval = max(self.lease / 3.0, 0.05)
-        while not self._heartbeats_end.wait(interval):
+        next_beat = time.monotonic() + interval
+        while not self._heartbeats_end.wait(min(_SUPERVISE_SLICE, max(0.0, next_beat - time.monotonic()))):
+            now = time.monotonic()
+            if now < next_beat:
+                self._supervise(now, set())
+                continue
+            next_beat = now + interval
+            self._beat()
+
+    def _beat(self) -> None:
+        """One heartbeat: extend every held lease, stop running jobs whose cancel was requested."""
+        with self._lock:
+            held = [*self._held.values(), *self._completing.values()]
+            running = list(self._running.values())
+        if not held:
+            self._supervise(time.monotonic(), set())
+            return
+        try:
+            cancels = self.session.cancel_requests(running)
+        except Exception as exc:  # the next beat asks again
+            log.warning("could not look for cancel requests: %s", exc)
+            cancels = set()
+        self._supervise(time.monotonic(), cancels)
+        if cancels:
             with self._lock:
                 held = [*self._held.values(), *self._completing.values()]
-            if not held:
-                continue
+        if held:
             try:
                 lost = self.session.extend(held, self.lease)
             except Exception as exc:  # never let the heartbeat die: every held lease depends on it
                 log.warning("heartbeat failed: %s", exc)
-                continue
+                return
             with self._lock:
                 # Only running or buffered jobs are reported here: a job awaiting completion whose lease
                 # was lost is reported by the completer, and one completed meanwhile is not lost at all.

@@ -140,3 +140,44 @@ def test_bench_without_the_harness_installed_says_how_to_install_it() -> None:
     assert_clean_error(result, "the benchmark harness is not installed")
     assert len(result.stderr.strip().splitlines()) == 1
     assert "pip install -e 'benchmarks[peers]'" in result.stderr
+
+
+SLOW_HANDLERS = """
+import time
+
+
+def spin(job):
+    while True:
+        pass
+
+
+def setup(worker):
+    worker.register("spin", spin)
+"""
+
+
+def test_headers_timeouts_process_workers_and_cancelling_a_running_job(tmp_path: Path) -> None:
+    import polyqueue
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    assert run("migrate", url=url).returncode == 0
+    made = run(
+        "enqueue", "spin", "--header", "tenant=acme", "--header", "trace=0-1", "--timeout", "1s", "--max-attempts", "1",
+        url=url,
+    )
+    assert made.returncode == 0, made.stderr
+    assert_clean_error(run("enqueue", "spin", "--header", "novalue", url=url), "NAME=VALUE")
+    (tmp_path / "slow.py").write_text(SLOW_HANDLERS)
+    worked = run("worker", "slow.py", "--burst", "--execution", "process", url=url, cwd=tmp_path)
+    assert worked.returncode == 0, worked.stderr
+    with polyqueue.connect(url) as q:
+        job = q.require(int(made.stdout))
+        assert job.status == "dead" and job.headers == {"tenant": "acme", "trace": "0-1"} and job.timeout == 1.0
+        assert "timeout of 1s" in (job.last_error or "")
+        running = q.enqueue("spin")
+        (claimed,) = q.claim()
+        assert claimed.id == running
+    asked = run("cancel", str(running), url=url)
+    assert asked.returncode == 0 and "asked" in asked.stdout
+    with polyqueue.connect(url) as q:
+        assert q.require(running).cancel_requested

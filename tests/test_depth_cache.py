@@ -116,7 +116,12 @@ def test_depth_equals_the_database_count_when_idle(db_url: str, cache_url: str, 
     q.fail(jobs[1], "boom", retry_in=0)
     q.release(jobs[2])
     assert_depth_matches(q)
-    assert q.cancel(q.claim()[0].id) is False  # processing jobs cannot be cancelled
+    running = q.claim()[0]
+    assert q.cancel(running.id) is True  # a processing job is only flagged: nothing leaves the count yet
+    assert_depth_matches(q)
+    q.release(running)  # ... and its release ends it cancelled, not ready again
+    assert q.require(running.id).status == "cancelled"
+    assert_depth_matches(q)
     pending = q.enqueue("t")
     assert q.cancel(pending)
     assert_depth_matches(q)

@@ -199,6 +199,18 @@ def test_the_final_attempt_and_expiry_rules_agree(sql_queue: polyqueue.Queue) ->
         assert status == policy.expired_lease_status(attempts, max_attempts), (attempts, max_attempts)
 
 
+def test_the_cancel_rules_agree(sql_queue: polyqueue.Queue) -> None:
+    """A cancel requested while a job ran: its expired lease and its settlement back to pending end it cancelled."""
+    for attempts, max_attempts, flag in itertools.product(range(0, 4), range(1, 4), (False, True)):
+        a, m = sa.literal(attempts, sa.Integer()), sa.literal(max_attempts, sa.Integer())
+        status = _evaluate(sql_queue, policy.expired_lease_status_sql(a, m, sa.literal(flag, sa.Boolean())))
+        assert status == policy.expired_lease_status(attempts, max_attempts, flag), (attempts, max_attempts, flag)
+    for status, flag in itertools.product(("pending", "done", "dead", "cancelled"), (False, True)):
+        settled = policy.settled_status_sql(status, sa.literal(flag, sa.Boolean()))
+        written = _evaluate(sql_queue, settled) if not isinstance(settled, str) else settled
+        assert written == policy.settled_status(status, flag), (status, flag)
+
+
 def test_the_attempt_cap_agrees(sql_queue: polyqueue.Queue) -> None:
     for stored, cap in itertools.product(range(1, 7), range(1, 7)):
         expression = policy.capped_max_attempts_sql(sa.literal(stored, sa.Integer()), sa.literal(cap, sa.Integer()))
@@ -256,19 +268,23 @@ def test_the_postgresql_claim_renders_the_same_rules(pg_url: str) -> None:
     engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with engine.connect() as conn:
-            for attempts, max_attempts in itertools.product(range(0, 5), range(1, 4)):
+            for attempts, max_attempts, flag in itertools.product(range(0, 5), range(1, 4), (False, True)):
                 row = conn.execute(
                     sa.text(
                         f"SELECT {postgresql._EXPIRED_STATUS}, {postgresql._FINAL}, "
-                        f"{postgresql._CAPPED.replace('CAST(:cap AS integer)', ':cap')} "
+                        f"{postgresql._CAPPED.replace('CAST(:cap AS integer)', ':cap')}, "
+                        f"{postgresql._CLAIMABLE_EXPIRED} "
                         "FROM (SELECT CAST(:a AS int) AS attempts, CAST(:m AS int) AS max_attempts, "
-                        "CAST(:who AS text) AS locked_by) AS j"
+                        "CAST(:who AS text) AS locked_by, CAST(:c AS boolean) AS cancel_requested) AS j"
                     ),
-                    {"a": attempts, "m": max_attempts, "cap": 2, "who": "w"},
+                    {"a": attempts, "m": max_attempts, "cap": 2, "who": "w", "c": flag},
                 ).one()
-                assert row[0] == policy.expired_lease_status(attempts, max_attempts)
-                assert row[1] == policy.is_final_attempt(attempts, max_attempts)
+                status = policy.expired_lease_status(attempts, max_attempts, flag)
+                assert row[0] == status
+                # The expired job's row is finished (finished_at written) exactly when it does not go back to pending.
+                assert row[1] == (status != "pending")
                 assert row[2] == policy.capped_max_attempts(max_attempts, 2)
+                assert row[3] == (status == "pending")
             order = conn.execute(
                 sa.text(
                     "SELECT id FROM (VALUES (1, 0, 10), (2, 5, 30), (3, 5, 20), (4, 0, 5), (5, 5, 20)) "

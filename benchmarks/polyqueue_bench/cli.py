@@ -32,39 +32,83 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The options, each a field of :class:`BenchConfig` (plus ``--no-chart`` and ``--quick``)."""
+    """The options, each a field of :class:`BenchConfig` (plus ``--no-chart`` and ``--quick``), each with its help."""
     defaults = BenchConfig()
     parser = argparse.ArgumentParser(
-        prog="polyqueue bench", description="Benchmark polyqueue against the naive job_queue loop and its peers."
+        prog="polyqueue bench",
+        description="Benchmark polyqueue against the naive job_queue loop and its peers.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--backends", type=_csv, default=BACKENDS, help=f"comma-separated, from {','.join(BACKENDS)}")
-    parser.add_argument(
-        "--scenarios", type=_csv, default=SCENARIOS, help=f"comma-separated, from {','.join(SCENARIOS)}"
+    add = parser.add_argument
+    add("--backends", type=_csv, default=BACKENDS, help=f"comma-separated, from {','.join(BACKENDS)}")
+    add("--scenarios", type=_csv, default=SCENARIOS, help=f"comma-separated, from {','.join(SCENARIOS)}")
+    add(
+        "--baselines",
+        type=_csv,
+        default=defaults.baselines,
+        help="systems besides polyqueue: naive,pgqueuer,procrastinate,huey",
     )
-    parser.add_argument("--baselines", type=_csv, default=defaults.baselines, help="naive,pgqueuer,procrastinate,huey")
-    parser.add_argument("-r", "--repetitions", type=int, default=defaults.repetitions)
-    parser.add_argument("--bulk-jobs", type=int, default=defaults.bulk_jobs)
-    parser.add_argument("--single-jobs", type=int, default=defaults.single_jobs)
-    parser.add_argument("--drain-jobs", type=int, default=defaults.drain_jobs)
-    parser.add_argument("--slow-drain-jobs", type=int, default=None, help="drain size for naive and procrastinate")
-    parser.add_argument("--processes", type=_ints, default=defaults.processes)
-    parser.add_argument("--latency-rate", type=float, default=defaults.latency_rate)
-    parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds)
-    parser.add_argument("--idle-seconds", type=float, default=defaults.idle_seconds)
-    parser.add_argument("--history-rows", type=int, default=defaults.history_rows)
-    parser.add_argument("--history-jobs", type=int, default=defaults.history_jobs)
-    parser.add_argument(
+    add(
+        "-r",
+        "--repetitions",
+        type=int,
+        default=defaults.repetitions,
+        help="runs of each scenario (the median is reported)",
+    )
+    add("--bulk-jobs", type=int, default=defaults.bulk_jobs, help="jobs enqueued in batches by the enqueue scenario")
+    add(
+        "--single-jobs",
+        type=int,
+        default=defaults.single_jobs,
+        help="jobs enqueued one at a time by the enqueue scenario",
+    )
+    add("--drain-jobs", type=int, default=defaults.drain_jobs, help="jobs the drain scenario's workers empty")
+    add(
+        "--slow-drain-jobs",
+        type=int,
+        default=None,
+        help="drain size for naive and procrastinate (default: --drain-jobs)",
+    )
+    add(
+        "--processes",
+        type=_ints,
+        default=defaults.processes,
+        help="comma-separated worker process counts for the drain",
+    )
+    add(
+        "--latency-rate",
+        type=float,
+        default=defaults.latency_rate,
+        help="jobs per second enqueued by the latency scenario",
+    )
+    add(
+        "--latency-seconds", type=float, default=defaults.latency_seconds, help="how long the latency scenario enqueues"
+    )
+    add(
+        "--idle-seconds",
+        type=float,
+        default=defaults.idle_seconds,
+        help="how long idle workers are watched (queries they send)",
+    )
+    add(
+        "--history-rows",
+        type=int,
+        default=defaults.history_rows,
+        help="finished rows in the table for the history scenario",
+    )
+    add("--history-jobs", type=int, default=defaults.history_jobs, help="jobs drained over that history")
+    add(
         "--memory-jobs",
         type=_ints,
         default=defaults.memory_jobs,
         help="SMALL,LARGE: worker RSS after SMALL jobs and after LARGE",
     )
-    parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--output-dir", default=defaults.output_dir)
-    parser.add_argument("--no-chart", action="store_true")
-    parser.add_argument("--label", default="")
-    parser.add_argument("--quick", action="store_true", help="small sizes, 1 repetition: a smoke run of every scenario")
+    add("--concurrency", type=int, default=defaults.concurrency, help="polyqueue worker threads per process")
+    add("--batch-size", type=int, default=defaults.batch_size, help="jobs per claim for polyqueue workers")
+    add("--output-dir", default=defaults.output_dir, help="where the results (JSON, Markdown, chart) are written")
+    add("--no-chart", action="store_true", help="write no PNG chart (no matplotlib needed)")
+    add("--label", default="", help="a name shown next to the figures (e.g. 'full run')")
+    add("--quick", action="store_true", help="small sizes, 1 repetition: a smoke run of every scenario")
     return parser
 
 

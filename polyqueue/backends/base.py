@@ -34,6 +34,7 @@ __all__ = [
     "CAPABILITIES",
     "Backend",
     "BackendOptions",
+    "CancelCheck",
     "CancelRequest",
     "Capability",
     "ChangeWatcher",
@@ -85,6 +86,9 @@ class Capability(enum.StrEnum):
     DEPTH_CACHE = "depth_cache"  #: depth() answered from a cache
     PERIODIC = "periodic"  #: declare_schedules / fire / schedules: each (schedule, slot) fires once
     TRANSFER = "transfer"  #: export_jobs / import_jobs / delete_jobs: jobs move to and from other backends
+    HEADERS = "headers"  #: Job.headers stored with the job, kept through retries, replay and transfer
+    TIMEOUTS = "timeouts"  #: enqueue(..., timeout=S): a per-job attempt timeout stored with the job
+    CANCEL_RUNNING = "cancel_running"  #: cancel(id) on a processing job flags it; cancel_requests() reports it
 
 
 CAPABILITIES = frozenset(Capability)
@@ -153,8 +157,13 @@ class Settlement:
     ``result``, ``last_error`` and ``errors`` when not None; the dedupe
     hold (``dedupe_held_until`` = DB-now + the job's ``dedupe_for``) when
     ``hold_dedupe``; and always ``locked_by`` and ``lease_expires_at``
-    cleared and a lease token no claim holds. Build one with the named
-    constructors of :mod:`polyqueue.policy`.
+    cleared and a lease token no claim holds. One rule of the policy is
+    applied by the store because only it knows the stored flag: a
+    settlement to ``pending`` of a job whose cancel was requested meanwhile
+    writes ``cancelled`` (finished) instead
+    (:func:`polyqueue.policy.settled_status_sql`), so a cancelled job is
+    never retried. Build one with the named constructors of
+    :mod:`polyqueue.policy`.
     """
 
     job: Job
@@ -199,9 +208,16 @@ class JobLookup:
 
 @dataclass(frozen=True, slots=True)
 class CancelRequest:
-    """Cancel one pending job."""
+    """Cancel one job: a pending one at once; a processing one is flagged (with ``cancel_running``)."""
 
     job_id: Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class CancelCheck:
+    """A worker's heartbeat question: which of the jobs it holds have had a cancel requested?"""
+
+    jobs: Sequence[Job]
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,7 +596,22 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, request: CancelRequest) -> bool:
-        """Cancel a pending job (status ``cancelled``, dedupe key released at once). False if it is not pending."""
+        """Cancel a pending job (status ``cancelled``, dedupe key released at once). False if it is not pending.
+
+        With the ``cancel_running`` capability a ``processing`` job is not
+        changed but flagged (``cancel_requested``) and True returned: its
+        worker learns of it through :meth:`cancel_requests` and settles it
+        ``cancelled``; a lease of a flagged job that expires ends it
+        ``cancelled`` too. Idempotent.
+        """
+
+    def cancel_requests(self, check: CancelCheck) -> set[Hashable]:
+        """The ids of ``check.jobs`` whose cancel was requested while processing (``cancel_running`` only).
+
+        One cheap read, no locks; a job no longer held may or may not be
+        reported. Without the capability: always empty.
+        """
+        return set()
 
     @abc.abstractmethod
     def stats(self, request: StatsRequest) -> dict[str, dict[str, Any]]:

@@ -71,8 +71,8 @@ _EXACT_COLLATIONS = ("utf8mb4_0900_bin", "utf8mb4_nopad_bin", "utf8mb4_bin")
 _BULK_ROWS = 1000
 #: The columns a bulk INSERT names, and the SQL for one row of values (constants inline, the rest bound).
 _BULK_COLUMNS = ("queue", "job_type", "payload", "priority", "max_attempts", "status", "attempts", "lease_token",
-                 "run_at", "created_at", "enqueue_token")  # fmt: skip
-_BULK_ROW_SQL = f"(%s,%s,%s,%s,%s,'{JobStatus.PENDING}',0,0,TIMESTAMPADD(MICROSECOND,%s,{_NOW}),{_NOW},%s"
+                 "run_at", "created_at", "enqueue_token", "headers", "timeout")  # fmt: skip
+_BULK_ROW_SQL = f"(%s,%s,%s,%s,%s,'{JobStatus.PENDING}',0,0,TIMESTAMPADD(MICROSECOND,%s,{_NOW}),{_NOW},%s,%s,%s"
 #: What ``live_dedupe_key`` holds for a row with no dedupe key to hold: NUL (never in a dedupe key), a kind, the marker.
 _TOKEN_SLOT, _IMPORT_SLOT = "CONCAT(CHAR(0 USING utf8mb4), 't', {})", "CONCAT(CHAR(0 USING utf8mb4), 'i', {})"
 
@@ -467,7 +467,7 @@ class MySQLBackend(SQLBackend):
             # Quoting at most doubles a value's UTF-8 bytes; isascii() is O(1), encode() is not.
             row_size = 200 + 2 * sum(
                 len(text) if text.isascii() else len(text.encode())
-                for text in (row["payload"], row["queue"], row["job_type"])
+                for text in (row["payload"], row["queue"], row["job_type"], row.get("headers") or "")
             )
             if chunk and (len(chunk) >= _BULK_ROWS or size + row_size > byte_budget):
                 yield chunk
@@ -484,7 +484,8 @@ class MySQLBackend(SQLBackend):
             if row["status"] != JobStatus.PENDING or row["attempts"] or row["lease_token"] or row["dedupe_key"]:
                 raise ValueError("bulk inserts take new pending jobs without a dedupe key")
             params += (row["queue"], row["job_type"], row["payload"], row["priority"], row["max_attempts"],
-                       round(row["delay"] * 1_000_000), row.get("enqueue_token"))  # fmt: skip
+                       round(row["delay"] * 1_000_000), row.get("enqueue_token"), row.get("headers"),
+                       row.get("timeout"))  # fmt: skip
             if tag is not None:
                 params.append(tag)
         return tuple(params)

@@ -74,20 +74,33 @@ def _columns(prefix: str = "") -> dict[str, Any]:
 
 _CLAIM_ORDER = ", ".join(_sql(clause) for clause in policy.claim_order_sql(_columns()))
 _MERGE_ORDER = ", ".join(_sql(clause) for clause in policy.claim_order_sql(_columns("c.")))
-_FINAL = _sql(policy.final_attempt_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts")))
+_CANCEL_FLAG = sa.literal_column("j.cancel_requested", sa.Boolean())
+_FINAL = _sql(
+    sa.or_(
+        policy.final_attempt_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts")),
+        sa.true() == _CANCEL_FLAG,
+    )
+)
 _EXPIRED_STATUS = _sql(
-    policy.expired_lease_status_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts"))
+    policy.expired_lease_status_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts"), _CANCEL_FLAG)
 )
 _EXPIRED_ERROR = _sql(policy.expired_lease_error_sql(sa.literal_column("j.locked_by")))
 _CAPPED = _sql(
     policy.capped_max_attempts_sql(sa.literal_column("j.max_attempts"), sa.literal_column("CAST(:cap AS integer)"))
 )
+# An expired lease is claimed again at once only where the policy would send it back to pending.
 _CLAIMABLE_EXPIRED = _sql(
-    sa.not_(policy.final_attempt_sql(sa.literal_column("attempts"), sa.literal_column("max_attempts")))
-)
+    policy.expired_lease_status_sql(
+        sa.literal_column("attempts"), sa.literal_column("max_attempts"),
+        sa.literal_column("cancel_requested", sa.Boolean()),
+    )
+    == JobStatus.PENDING
+)  # fmt: skip
 _EXPIRED_HOLD = _sql(
     policy.dedupe_hold_sql(
-        policy.expired_lease_status_sql(sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts")),
+        policy.expired_lease_status_sql(
+            sa.literal_column("j.attempts"), sa.literal_column("j.max_attempts"), _CANCEL_FLAG
+        ),
         sa.literal_column("now() + j.dedupe_for * interval '1 second'"),
     )
 )
@@ -101,7 +114,7 @@ _EXPIRED_HOLD = _sql(
 # are the policy module's expressions, rendered once.
 _CLAIM_SQL = f"""
 WITH expired AS MATERIALIZED (
-    SELECT id, queue, job_type, priority, run_at, attempts, max_attempts
+    SELECT id, queue, job_type, priority, run_at, attempts, max_attempts, cancel_requested
     FROM {{jobs}}
     WHERE status = {_PROCESSING} AND lease_expires_at <= now()
     ORDER BY lease_expires_at
@@ -174,6 +187,7 @@ def _ready_sql(jobs: str, pairs: int) -> str:
 #: The columns a plain bulk insert sends as JSON arrays (``delay`` becomes ``run_at``).
 _UNNEST_COLUMNS = (
     "queue", "job_type", "payload", "priority", "status", "attempts", "max_attempts", "lease_token", "delay",
+    "headers", "timeout",
 )
 #: A bulk insert's enqueue tokens: the call's marker on its first row, the rest's value on the others.
 _TOKEN_BY_ORD = "CASE WHEN ord = 1 THEN CAST(:first_token AS bigint) ELSE CAST(:next_token AS bigint) END"
@@ -300,6 +314,7 @@ class PostgreSQLBackend(SQLBackend):
 
     def _bulk_insert_sql(self) -> str:
         types = {"priority": "int", "attempts": "int", "max_attempts": "int", "lease_token": "bigint"}
+        types["timeout"] = "float8"
         arrays = ", ".join(f"json_array_elements_text(CAST(:{c} AS json))" for c in _UNNEST_COLUMNS)
         stored = [c for c in _UNNEST_COLUMNS if c != "delay"]
         values = ", ".join(f"CAST({c} AS {types[c]})" if c in types else c for c in stored)
@@ -352,12 +367,13 @@ class PostgreSQLBackend(SQLBackend):
         (:meth:`SQLBackend.enqueue` never sends those here).
         """
         jobs, token = batch.jobs, batch.token
-        special = any(j.dedupe_key is not None or j.run_at is not None for j in jobs)
+        special = not all(j.plain for j in jobs)
         if special:
             return super()._enqueue_marked(batch)
         shared = {(j.queue, j.job_type, j.priority, j.max_attempts, j.delay_seconds) for j in jobs}
+        bare = all(j.headers_json is None and j.timeout is None for j in jobs)
         params: dict[str, Any]
-        if len(shared) == 1:
+        if len(shared) == 1 and bare:
             ((queue, job_type, priority, max_attempts, delay),) = shared
             params = {
                 "queue": queue,

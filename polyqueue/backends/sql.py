@@ -44,6 +44,7 @@ from ..job import (
     FINISHED_STATUSES,
     LIVE_STATUSES,
     STATUSES,
+    STORED_FIELDS,
     Job,
     JobRecord,
     JobStatus,
@@ -86,16 +87,22 @@ FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 
 #: Bumped whenever ``migrate`` has new work to do. 3: the ready index leads with (queue, job_type);
 #: 4: the periodic schedules and fires tables; 5: dedupe holds after finishing (``dedupe_for``,
-#: ``dedupe_held_until``), enqueue tokens and import keys.
-SCHEMA_VERSION = 5
+#: ``dedupe_held_until``), enqueue tokens and import keys; 6: runtime control (``headers``,
+#: ``timeout``, ``cancel_requested``).
+SCHEMA_VERSION = 6
 #: The columns version 5 added, in the order an upgrade adds them.
 _V5_COLUMNS = ("dedupe_for", "dedupe_held_until", "enqueue_token", "import_key")
+#: The columns version 6 added (runtime control), in the order an upgrade adds them.
+_V6_COLUMNS = ("headers", "timeout", "cancel_requested")
 #: JobRecord fields stored under another column name.
-_RECORD_COLUMN = {"payload_json": "payload", "errors_json": "errors", "result_json": "result"}
+_RECORD_COLUMN = {
+    "payload_json": "payload", "errors_json": "errors", "result_json": "result", "headers_json": "headers",
+}  # fmt: skip
 
 #: Job's fields in declaration order: rows are read in this order and passed to Job positionally.
-_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
-_DECODED_FIELDS = tuple(_JOB_FIELDS.index(name) for name in ("payload", "result", "errors"))
+_JOB_FIELDS = STORED_FIELDS
+_DECODED = ("payload", "result", "errors", "headers", "cancel_requested", "timeout")
+_DECODED_FIELDS = tuple(_JOB_FIELDS.index(name) for name in _DECODED)
 
 #: Payloads, results and error histories: unbounded text (MySQL's TEXT stops at 64 KB, below ``max_payload_bytes``).
 LONG_TEXT = sa.Text().with_variant(mysql_types.LONGTEXT(), "mysql", "mariadb")
@@ -109,6 +116,9 @@ SQL_CAPABILITIES = frozenset(
         Capability.MULTI_PROCESS,
         Capability.PERIODIC,
         Capability.TRANSFER,
+        Capability.HEADERS,
+        Capability.TIMEOUTS,
+        Capability.CANCEL_RUNNING,
     }
 )
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
@@ -123,6 +133,10 @@ _DRIVER_MODULES = {"psycopg_async": "psycopg", "asyncmy": "asyncmy", "aiomysql":
 RECORD_CHUNK = 500
 #: SQL zero as an inline literal, so partial-index predicates (``enqueue_token > 0``) match in queries too.
 ZERO = sa.literal_column("0", sa.BigInteger())
+
+
+def _scalars(stmt: sa.Select[Any], conn: Connection) -> list[Any]:
+    return list(conn.execute(stmt).scalars())
 
 
 def holds_dedupe_slot(c: Any) -> sa.ColumnElement[bool]:
@@ -473,6 +487,15 @@ class SQLBackend(Backend):
             sa.Column("dedupe_held_until", when(), nullable=True),
             sa.Column("enqueue_token", sa.BigInteger, nullable=True),
             sa.Column("import_key", sa.String(64), nullable=True),
+            sa.Column("headers", LONG_TEXT, nullable=True),
+            sa.Column("timeout", sa.Float, nullable=True),
+            sa.Column(
+                "cancel_requested",
+                sa.Boolean(create_constraint=False),
+                nullable=False,
+                default=False,
+                server_default=sa.false(),
+            ),
             *self.extra_columns(),
         )
 
@@ -528,22 +551,30 @@ class SQLBackend(Backend):
         Version 5 adds the ``dedupe_for``, ``dedupe_held_until``,
         ``enqueue_token`` and ``import_key`` columns, lets the dedupe index
         hold finished jobs' keys too (:meth:`upgrade_dedupe_index`) and
-        creates the indexes of the new columns. Each step checks what exists,
+        creates the indexes of the new columns. Version 6 adds ``headers``,
+        ``timeout`` and ``cancel_requested`` (runtime control; no index:
+        they are read only with rows found by id or by the claim). Each step checks what exists,
         so an upgrade interrupted half-way (MySQL DDL is not transactional)
         completes on the next ``migrate``. Dialects add their own steps and call this.
         """
         if from_version is not None and from_version < 3:
             self._index(connection, "jobs_ready", rebuild=True)
         if from_version is not None and from_version < 5:
-            present = {column["name"] for column in sa.inspect(connection).get_columns(self.jobs.name)}
-            for name in _V5_COLUMNS:
-                if name not in present:
-                    ddl = sa.schema.CreateColumn(self.jobs.c[name]).compile(dialect=connection.dialect)
-                    table = connection.dialect.identifier_preparer.quote(self.jobs.name)
-                    connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+            self._add_columns(connection, _V5_COLUMNS)
             self.upgrade_dedupe_index(connection)
             for name in ("jobs_enqueue_token", "jobs_import_key"):
                 self._index(connection, name, rebuild=False)
+        if from_version is not None and from_version < 6:
+            self._add_columns(connection, _V6_COLUMNS)
+
+    def _add_columns(self, connection: Connection, names: Sequence[str]) -> None:
+        """Add the jobs columns ``names`` that are missing (a rerun after an interrupted upgrade adds the rest)."""
+        present = {column["name"] for column in sa.inspect(connection).get_columns(self.jobs.name)}
+        for name in names:
+            if name not in present:
+                ddl = sa.schema.CreateColumn(self.jobs.c[name]).compile(dialect=connection.dialect)
+                table = connection.dialect.identifier_preparer.quote(self.jobs.name)
+                connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
 
     def upgrade_dedupe_index(self, connection: Connection) -> None:
         """Version 5: the dedupe index also holds finished jobs' keys while held (a new predicate: rebuilt)."""
@@ -756,10 +787,13 @@ class SQLBackend(Backend):
     def _job_from_row(self, row: Any) -> Job:
         """A :class:`Job` from a row selecting ``self._columns`` (positional: this runs once per claimed job)."""
         values = [row[i] for i in self._job_field_positions]
-        payload, result, errors = _DECODED_FIELDS
+        payload, result, errors, headers, cancel_requested, timeout = _DECODED_FIELDS
         values[payload] = json_codec.loads(values[payload])
         values[result] = json_codec.loads(values[result]) if values[result] is not None else None
         values[errors] = json_codec.loads(values[errors]) if values[errors] else []
+        values[headers] = json_codec.loads(values[headers]) if values[headers] else {}
+        values[cancel_requested] = bool(values[cancel_requested])
+        values[timeout] = float(values[timeout]) if values[timeout] is not None else None
         return Job(*values)
 
     # ------------------------------------------------------------------
@@ -779,6 +813,8 @@ class SQLBackend(Backend):
             "lease_token": 0,
             "dedupe_key": job.dedupe_key,
             "dedupe_for": job.dedupe_for,
+            "headers": job.headers_json,
+            "timeout": job.timeout,
         }
 
     def _row_values(self, job: NewJob, enqueue_token: int | None = None) -> dict[str, Any]:
@@ -805,7 +841,7 @@ class SQLBackend(Backend):
         """
         marks = EnqueueMarks(token)
         ids: list[Hashable | None] = [None] * len(jobs)
-        plain = [i for i, j in enumerate(jobs) if j.dedupe_key is None and j.run_at is None]
+        plain = [i for i, j in enumerate(jobs) if j.plain]
         if plain:
             rows = [self._plain_insert_params(jobs[i]) for i in plain]
             for row in rows:
@@ -949,7 +985,7 @@ class SQLBackend(Backend):
 
         ids: list[Hashable | None] = [None] * len(jobs)
         for i, job in enumerate(jobs):
-            if job.dedupe_key is None and job.run_at is None:
+            if job.plain:
                 ids[i] = take(job)
         seen: dict[tuple[str, str], Hashable] = {}
         later = EnqueueMarks(token)
@@ -1008,7 +1044,7 @@ class SQLBackend(Backend):
         resume = self._resumer(jobs, token)
         (only,) = jobs if len(jobs) == 1 else (None,)
         no_follow_up = type(self).after_enqueue is SQLBackend.after_enqueue
-        if only is not None and only.dedupe_key is None and only.run_at is None and no_follow_up:
+        if only is not None and only.plain and no_follow_up:
             # One plain job is one INSERT: autocommit, no BEGIN/COMMIT round trips.
             row = [self._plain_insert_params(only, token)]
             return self._run_single(lambda conn: self.insert_rows(conn, row), resume=resume)
@@ -1121,12 +1157,12 @@ class SQLBackend(Backend):
     def _rescue_values(self) -> UpdateValues:
         """What a rescue writes on an expired lease, as the policy decides (``last_error`` before ``locked_by``)."""
         c = self.jobs.c
-        final = policy.final_attempt_sql(c.attempts, c.max_attempts)
-        status = policy.expired_lease_status_sql(c.attempts, c.max_attempts)
+        finishes = sa.or_(policy.final_attempt_sql(c.attempts, c.max_attempts), c.cancel_requested == sa.true())
+        status = policy.expired_lease_status_sql(c.attempts, c.max_attempts, c.cancel_requested)
         return [
             (c.last_error, policy.expired_lease_error_sql(c.locked_by)),
             (c.status, status),
-            (c.finished_at, sa.case((final, self.now()), else_=None)),
+            (c.finished_at, sa.case((finishes, self.now()), else_=None)),
             (c.dedupe_held_until, policy.dedupe_hold_sql(status, self.seconds_from_now(c.dedupe_for))),
             (c.locked_by, None),
             (c.lease_expires_at, None),
@@ -1244,15 +1280,21 @@ class SQLBackend(Backend):
     def _settlement_values(self, settlement: spi.Settlement, token: int) -> dict[str, Any]:
         """The columns a settlement writes (see :class:`~polyqueue.backends.base.Settlement`)."""
         c = self.jobs.c
+        cancelled = c.cancel_requested == sa.true()
+        finished_at: Any = self.now() if settlement.finished else None
+        if settlement.status == JobStatus.PENDING:  # a cancel requested meanwhile ends it (the policy's rule)
+            finished_at = sa.case((cancelled, self.now()), else_=None)
         values: dict[str, Any] = {
-            "status": settlement.status,
-            "finished_at": self.now() if settlement.finished else None,
+            "status": policy.settled_status_sql(settlement.status, c.cancel_requested),
+            "finished_at": finished_at,
             "locked_by": None,
             "lease_expires_at": None,
             "lease_token": token,
         }
         if settlement.run_in is not None:
             values["run_at"] = self.seconds_from_now(sa.literal(float(settlement.run_in), sa.Float()))
+            if settlement.status == JobStatus.PENDING:
+                values["run_at"] = sa.case((cancelled, c.run_at), else_=values["run_at"])
         if settlement.refund_attempt:
             values["attempts"] = c.attempts - 1
         if settlement.result_json is not None:
@@ -1545,17 +1587,41 @@ class SQLBackend(Backend):
         return self._job_from_row(row) if row is not None else None
 
     def cancel(self, request: spi.CancelRequest) -> bool:
-        """Cancel a pending job; False when it is not pending (or does not exist)."""
+        """Cancel a pending job, or flag a processing one; False when it is neither (or does not exist).
+
+        One transaction of two statements at most: a job that is claimed
+        between them is flagged by the second, one settled between them is
+        finished and reports False.
+        """
         key = int_job_id(request.job_id)
         if key is None:
             return False
         j = self.jobs
-        stmt = (
+        pending = (
             sa.update(j)
-            .where(j.c.id == key, j.c.status == JobStatus.PENDING)
+            .where(j.c.id == key, j.c.status == PENDING_SQL)
             .values(status=JobStatus.CANCELLED, finished_at=self.now())
         )
-        return bool(self._run(lambda conn: conn.execute(stmt).rowcount))
+        # rowcount counts matched rows on every dialect here (MySQL's client flag): a repeat still reports True.
+        processing = sa.update(j).where(j.c.id == key, j.c.status == PROCESSING_SQL).values(cancel_requested=True)
+
+        def work(conn: Connection) -> bool:
+            return bool(conn.execute(pending).rowcount or conn.execute(processing).rowcount)
+
+        return self._run(work)
+
+    def cancel_requests(self, check: spi.CancelCheck) -> set[Hashable]:
+        """The held jobs of ``check`` whose cancel was requested: one read by primary key."""
+        ids = sorted({job.id for job in check.jobs})  # type: ignore[type-var]
+        if not ids:
+            return set()
+        j = self.jobs
+        found: set[Hashable] = set()
+        for start in range(0, len(ids), FENCE_CHUNK):
+            chunk = ids[start : start + FENCE_CHUNK]
+            stmt = sa.select(j.c.id).where(j.c.id.in_(chunk), j.c.cancel_requested == sa.true())
+            found |= set(self._run_single(functools.partial(_scalars, stmt)))
+        return found
 
     def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
         """Counts per queue (and job type) and status, plus ``scheduled`` (pending, not yet due)."""
@@ -1639,6 +1705,7 @@ class SQLBackend(Backend):
             "locked_by": None,
             "lease_expires_at": None,
             "dedupe_held_until": None,  # live again: the key is held because the job is, until it finishes
+            "cancel_requested": False,  # a cancel asked of an earlier run does not stop the replayed one
         }
         plain = [r.id for r in candidates if r.dedupe_key is None]
         for start in range(0, len(plain), 500):

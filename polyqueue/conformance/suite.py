@@ -29,9 +29,11 @@ import pytest
 
 import polyqueue
 from polyqueue import (
+    ConfigurationError,
     InvalidArgument,
     InvalidPayload,
     Job,
+    JobCancelled,
     LeaseLost,
     PayloadTooLarge,
     SchemaMissing,
@@ -47,6 +49,7 @@ __all__ = [
     "TestAsyncWorker",
     "TestBadInput",
     "TestCancel",
+    "TestCancelRunning",
     "TestClaimOrder",
     "TestConcurrency",
     "TestCrashRecovery",
@@ -55,6 +58,7 @@ __all__ = [
     "TestDelayed",
     "TestEnqueue",
     "TestFencing",
+    "TestHeaders",
     "TestJobTypes",
     "TestLeases",
     "TestMigrate",
@@ -62,6 +66,7 @@ __all__ = [
     "TestPurge",
     "TestRetries",
     "TestStats",
+    "TestTimeouts",
     "TestTransactionalEnqueue",
     "TestTransfer",
     "TestWorker",
@@ -695,11 +700,15 @@ class TestCancel:
         assert queue.cancel(job_id) is False
 
     def test_cancel_processing_or_unknown_is_false(self, queue: polyqueue.Queue) -> None:
+        """Without ``cancel_running`` a processing job cannot be cancelled (see TestCancelRunning for those with it)."""
         queue.enqueue("t")
         (job,) = queue.claim()
-        assert queue.cancel(job.id) is False
+        if Capability.CANCEL_RUNNING not in queue.capabilities:
+            assert queue.cancel(job.id) is False
         assert queue.get(job.id).status == "processing"  # type: ignore[union-attr]
         assert queue.cancel("nope") is False
+        queue.complete(job)
+        assert queue.cancel(job.id) is False
 
 
 # ---------------------------------------------------------------------------
@@ -1870,3 +1879,418 @@ class TestAsyncWorker:
 
         asyncio.run(main())
         assert ran.is_set() and queue.fire_history("async-tick")
+
+
+# ---------------------------------------------------------------------------
+# Runtime control: headers, timeouts, cancelling running jobs, process execution
+# ---------------------------------------------------------------------------
+#: Generous slack for the product's timing promises on a loaded machine (load 10 on 2 cores).
+_LOAD_SLACK = 4.0
+
+
+def _run_in_thread(worker: polyqueue.Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run, name="suite-worker", daemon=True)
+    thread.start()
+    return thread
+
+
+def _stop(worker: polyqueue.Worker, thread: threading.Thread) -> None:
+    worker.stop()
+    thread.join(60)
+    assert not thread.is_alive(), "the worker did not stop"
+
+
+def _finished(q: polyqueue.Queue, job_id: Any) -> Job | None:
+    job = q.get(job_id)
+    return job if job is not None and job.status not in ("pending", "processing") else None
+
+
+def process_spin(job: Job) -> None:
+    """A CPU-bound handler that never returns (process mode): writes its pid, then spins."""
+    Path(job.payload["pidfile"]).write_text(str(os.getpid()))
+    while True:
+        pass
+
+
+def process_square(job: Job) -> dict[str, int]:
+    """Process mode: a result computed in the child, with the child's pid."""
+    return {"square": int(job.payload["n"]) ** 2, "pid": os.getpid()}
+
+
+def process_raise(job: Job) -> None:
+    """Process mode: a failure raised in the child."""
+    raise ValueError(f"child failed on {job.payload['n']}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return True
+
+
+@requires(Capability.HEADERS)
+class TestHeaders:
+    """Job.headers: a small str -> str dict carried with the job."""
+
+    HEADERS = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tenant": "ácme ✓", "e": ""}
+
+    def test_headers_round_trip_through_get_and_claim(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", {"x": 1}, headers=self.HEADERS)
+        plain = queue.enqueue("t")
+        assert queue.get(job_id).headers == self.HEADERS  # type: ignore[union-attr]
+        assert queue.get(plain).headers == {}  # type: ignore[union-attr]
+        claimed = {job.id: job for job in queue.claim(limit=2)}
+        assert claimed[job_id].headers == self.HEADERS and claimed[plain].headers == {}
+
+    def test_enqueue_many_carries_each_jobs_headers(self, queue: polyqueue.Queue) -> None:
+        ids = queue.enqueue_many([{"job_type": "t", "headers": {"n": str(n)}} for n in range(5)] + [{"job_type": "t"}])
+        assert [queue.get(i).headers for i in ids] == [{"n": str(n)} for n in range(5)] + [{}]  # type: ignore[union-attr]
+
+    def test_headers_kept_through_retries_and_replay(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", headers=self.HEADERS, max_attempts=2)
+        (job,) = queue.claim()
+        queue.fail(job, "first", retry_in=0)
+        (job,) = wait_until(lambda: queue.claim(), what="the retry")
+        assert job.headers == self.HEADERS
+        queue.fail(job, "second")
+        assert queue.get(job_id).status == "dead"  # type: ignore[union-attr]
+        assert queue.replay([job_id]) == 1
+        (job,) = queue.claim()
+        assert job.headers == self.HEADERS and job.attempts == 1
+
+    def test_lifecycle_hooks_see_headers(self, queue_factory: QueueFactory) -> None:
+        seen: list[tuple[str, dict[str, str]]] = []
+
+        class Tracing:
+            @polyqueue.hookimpl
+            def polyqueue_job_started(self, queue: Any, job: Job) -> None:
+                seen.append(("started", dict(job.headers)))
+
+            @polyqueue.hookimpl
+            def polyqueue_job_succeeded(self, queue: Any, job: Job, duration: float) -> None:
+                seen.append(("succeeded", dict(job.headers)))
+
+        q = queue_factory(plugins=[Tracing()])
+        q.enqueue("t", headers={"request_id": "r-1"})
+        worker = polyqueue.Worker(q, concurrency=1)
+        worker.register("t", lambda job: job.headers["request_id"])
+        assert worker.run(burst=True) == 1
+        assert seen == [("started", {"request_id": "r-1"}), ("succeeded", {"request_id": "r-1"})]
+
+    @requires(Capability.TIMEOUTS, Capability.CANCEL_RUNNING)
+    def test_async_queue_takes_headers_and_timeouts_and_cancels_running_jobs(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        async def test(aq: polyqueue.AsyncQueue) -> None:
+            job_id = await aq.enqueue("t", headers={"tenant": "acme"}, timeout=30)
+            (other,) = await aq.enqueue_many([{"job_type": "t", "headers": {"n": "1"}}])
+            (claimed,) = await aq.claim(job_types=["t"])
+            assert (claimed.headers, claimed.timeout) == ({"tenant": "acme"}, 30.0)
+            assert await aq.cancel(job_id) is True
+            stored = await aq.get(job_id)
+            assert stored is not None and stored.cancel_requested
+            assert (await aq.require(other)).headers == {"n": "1"}
+
+        in_loop(queue_factory, test)
+
+    @requires(Capability.TRANSFER, Capability.TIMEOUTS)
+    def test_transfer_carries_headers_and_timeouts(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory()
+        other = queue_factory(table_prefix=unique_prefix())
+        other.migrate()
+        source = q.enqueue("t", headers=self.HEADERS, timeout=90)
+        plain = q.enqueue("t")
+        result = polyqueue.transfer(q, other)
+        assert result.moved == 2
+        jobs = other.claim(limit=10)
+        assert sorted((job.headers == self.HEADERS, job.timeout or 0.0) for job in jobs) == [(False, 0.0), (True, 90.0)]
+        assert q.get(source) is None and q.get(plain) is None
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"k": 1},
+            {"": "v"},
+            {1: "v"},
+            ["k", "v"],
+            {"k": "a\x00b"},
+            {f"k{i}": "v" for i in range(65)},
+            {"big": "x" * 9000},
+        ],
+    )
+    def test_bad_headers_store_nothing(self, queue: polyqueue.Queue, headers: Any) -> None:
+        with pytest.raises(InvalidArgument):
+            queue.enqueue("t", headers=headers)
+        with pytest.raises(InvalidArgument):
+            queue.enqueue_many([{"job_type": "t"}, {"job_type": "t", "headers": headers}])
+        assert queue.stats()["pending"] == 0
+
+
+class TestTimeouts:
+    """Worker(timeout=S) and enqueue(..., timeout=S): an attempt that runs longer fails with a timeout error."""
+
+    def test_hung_sync_handler_is_failed_and_its_late_completion_is_fenced(self, queue: polyqueue.Queue) -> None:
+        lease = 3.0  # a heartbeat every second
+        job_id = queue.enqueue("hang", max_attempts=1)
+        release, started = threading.Event(), threading.Event()
+        late: list[BaseException | None] = []
+        began: list[float] = []
+        worker = polyqueue.Worker(queue, concurrency=1, lease=lease, timeout=1, shutdown_timeout=30)
+
+        @worker.handler("hang")
+        def hang(job: Job) -> None:
+            began.append(time.monotonic())
+            started.set()
+            release.wait(60)  # ignores job.check(): only the fence can stop its outcome
+            try:
+                queue.complete(job, "late")
+                late.append(None)
+            except LeaseLost as exc:
+                late.append(exc)
+
+        thread = _run_in_thread(worker)
+        try:
+            assert started.wait(30)
+            failed = wait_until(lambda: _finished(queue, job_id), timeout=30, what="the timed-out job to be settled")
+            elapsed = time.monotonic() - began[0]
+            assert 1.0 <= elapsed <= 1.0 + lease / 3 + _LOAD_SLACK, elapsed
+            assert failed.status == "dead" and "timeout" in (failed.last_error or "").lower()
+            release.set()
+            wait_until(lambda: late, timeout=30, what="the late completion")
+            assert isinstance(late[0], LeaseLost)
+            assert queue.get(job_id).status == "dead"  # type: ignore[union-attr]
+        finally:
+            release.set()
+            _stop(worker, thread)
+
+    def test_cooperative_sync_handler_stops_on_check_and_is_retried(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory(backoff_base=0.01)
+        job_id = q.enqueue("loop", max_attempts=2)
+        attempts: list[int] = []
+        worker = polyqueue.Worker(q, concurrency=1, lease=3, timeout=0.5)
+
+        @worker.handler("loop")
+        def loop(job: Job) -> str:
+            attempts.append(job.attempts)
+            if job.attempts == 1:
+                while True:
+                    job.check()
+                    time.sleep(0.02)
+            return "second try"
+
+        run_until_settled(worker, q, timeout=60)
+        done = q.get(job_id)
+        assert done is not None and (done.status, done.result, done.attempts) == ("done", "second try", 2)
+        assert "timeout" in done.errors[0]["error"].lower()
+        assert attempts == [1, 2]
+
+    def test_async_handler_is_cancelled_at_its_timeout(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("slow", max_attempts=1)
+        cancelled = threading.Event()
+        worker = polyqueue.Worker(queue, concurrency=2, lease=3, timeout=1)
+
+        @worker.handler("slow")
+        async def slow(job: Job) -> None:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        thread = _run_in_thread(worker)
+        try:
+            failed = wait_until(lambda: _finished(queue, job_id), timeout=30, what="the timed-out async job")
+            assert failed.status == "dead" and "timeout" in (failed.last_error or "").lower()
+            assert cancelled.wait(30), "the async handler was not cancelled"
+        finally:
+            _stop(worker, thread)
+
+    @requires(Capability.TIMEOUTS)
+    def test_a_jobs_own_timeout_wins_over_the_workers(self, queue: polyqueue.Queue) -> None:
+        short = queue.enqueue("nap", {"s": 30}, timeout=1, max_attempts=1)
+        free = queue.enqueue("nap", {"s": 0.2}, max_attempts=1)
+        assert queue.get(short).timeout == 1.0  # type: ignore[union-attr]
+        assert queue.get(free).timeout is None  # type: ignore[union-attr]
+        worker = polyqueue.Worker(queue, concurrency=2, lease=3, timeout=120)
+
+        @worker.handler("nap")
+        def nap(job: Job) -> str:
+            deadline = time.monotonic() + float(job.payload["s"])
+            while time.monotonic() < deadline:
+                job.check()
+                time.sleep(0.02)
+            return "rested"
+
+        thread = _run_in_thread(worker)
+        try:
+            a = wait_until(lambda: _finished(queue, short), timeout=30, what="the short job")
+            b = wait_until(lambda: _finished(queue, free), timeout=30, what="the free job")
+            assert a.status == "dead" and "1s" in (a.last_error or "")
+            assert (b.status, b.result) == ("done", "rested")
+        finally:
+            _stop(worker, thread)
+
+    def test_bad_timeouts_are_refused(self, queue: polyqueue.Queue) -> None:
+        bad_timeouts: list[Any] = [0, -1, "soon", float("nan")]
+        for bad in bad_timeouts:
+            with pytest.raises(InvalidArgument):
+                polyqueue.Worker(queue, timeout=bad)
+        with pytest.raises(InvalidArgument):
+            polyqueue.Worker(queue, execution="fork")
+        with pytest.raises(InvalidArgument):
+            queue.enqueue("t", timeout=0)
+        assert queue.stats()["pending"] == 0
+
+    def test_process_mode_kills_a_cpu_bound_overrun(self, queue: polyqueue.Queue, tmp_path: Path) -> None:
+        pidfile = tmp_path / "child.pid"
+        job_id = queue.enqueue("spin", {"pidfile": str(pidfile)}, max_attempts=1)
+        worker = polyqueue.Worker(queue, concurrency=1, lease=3, timeout=1, execution="process")
+        worker.register("spin", process_spin)
+        thread = _run_in_thread(worker)
+        try:
+            pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), timeout=60, what="the child"))
+            failed = wait_until(lambda: _finished(queue, job_id), timeout=30, what="the overrun to be settled")
+            assert failed.status == "dead" and "timeout" in (failed.last_error or "").lower()
+            wait_until(lambda: not _pid_alive(pid), timeout=30, what="the spinning child to be killed")
+        finally:
+            _stop(worker, thread)
+
+    def test_process_mode_runs_handlers_in_children(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory(backoff_base=0.01)
+        ok = q.enqueue("square", {"n": 7})
+        bad = q.enqueue("boom", {"n": 3}, max_attempts=1)
+        worker = polyqueue.Worker(q, concurrency=2, execution="process")
+        worker.register("square", process_square)
+        worker.register("boom", process_raise)
+        run_until_settled(worker, q, timeout=120)
+        done, dead = q.get(ok), q.get(bad)
+        assert done is not None and done.status == "done" and done.result["square"] == 49
+        assert done.result["pid"] != os.getpid()
+        assert dead is not None and dead.status == "dead"
+        assert "ValueError: child failed on 3" in (dead.last_error or "")
+
+    def test_process_mode_refuses_handlers_it_cannot_send(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        worker = polyqueue.Worker(queue, execution="process")
+        worker.register("t", lambda job: None)
+        with pytest.raises(ConfigurationError, match="module-level"):
+            worker.run(burst=True)
+        assert queue.stats()["pending"] == 1
+
+
+@requires(Capability.CANCEL_RUNNING)
+class TestCancelRunning:
+    """cancel(id) on a processing job: its worker stops it, the job ends cancelled, never retried."""
+
+    def test_cancel_flags_a_processing_job(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t")
+        (job,) = queue.claim()
+        assert job.cancel_requested is False
+        assert queue.cancel(job_id) is True
+        assert queue.cancel(job_id) is True  # idempotent
+        stored = queue.get(job_id)
+        assert stored is not None and stored.status == "processing" and stored.cancel_requested
+        session = queue.consumer_session("w")
+        assert session.cancel_requests([job]) == {job.id}
+
+    def test_a_failure_or_release_after_a_cancel_request_ends_cancelled(self, queue: polyqueue.Queue) -> None:
+        failing, released = queue.enqueue("t", max_attempts=5), queue.enqueue("t", max_attempts=5)
+        jobs = {job.id: job for job in queue.claim(limit=2)}
+        queue.cancel(failing)
+        queue.cancel(released)
+        queue.fail(jobs[failing], "boom", retry_in=0)
+        queue.release(jobs[released])
+        for job_id in (failing, released):
+            stored = queue.get(job_id)
+            assert stored is not None and stored.status == "cancelled" and stored.finished_at is not None
+        assert queue.claim(limit=2) == []
+
+    def test_an_expired_lease_after_a_cancel_request_ends_cancelled(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", max_attempts=5)
+        (job,) = queue.claim(lease=0.5)
+        queue.cancel(job_id)
+        sleep_past(queue, job.lease_expires_at)
+        assert queue.claim() == []
+        stored = queue.get(job_id)
+        assert stored is not None and stored.status == "cancelled"
+
+    def test_cancelling_a_running_sync_handler_stops_it(self, queue_factory: QueueFactory) -> None:
+        q = queue_factory(backoff_base=0.01)
+        job_id = q.enqueue("work", max_attempts=5)
+        started, stopped = threading.Event(), threading.Event()
+        saw: list[bool] = []
+        worker = polyqueue.Worker(q, concurrency=1, lease=3)  # a heartbeat every second
+
+        @worker.handler("work")
+        def work(job: Job) -> None:
+            started.set()
+            try:
+                while True:
+                    job.check()
+                    time.sleep(0.02)
+            except JobCancelled:
+                saw.append(job.cancel_requested)
+                stopped.set()
+                raise
+
+        thread = _run_in_thread(worker)
+        try:
+            assert started.wait(30)
+            asked = time.monotonic()
+            assert q.cancel(job_id) is True
+            assert stopped.wait(30)
+            assert time.monotonic() - asked <= 2.0 + _LOAD_SLACK
+            ended = wait_until(lambda: _finished(q, job_id), timeout=30, what="the cancelled job")
+            assert ended.status == "cancelled" and ended.attempts == 1 and saw == [True]
+            time.sleep(0.5)
+            assert q.get(job_id).status == "cancelled"  # type: ignore[union-attr]
+        finally:
+            _stop(worker, thread)
+
+    def test_cancelling_a_running_async_handler_cancels_its_task(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("wait")
+        started, cancelled = threading.Event(), threading.Event()
+        worker = polyqueue.Worker(queue, concurrency=2, lease=3)
+
+        @worker.handler("wait")
+        async def wait(job: Job) -> None:
+            started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        thread = _run_in_thread(worker)
+        try:
+            assert started.wait(30)
+            asked = time.monotonic()
+            assert queue.cancel(job_id) is True
+            assert cancelled.wait(30)
+            assert time.monotonic() - asked <= 2.0 + _LOAD_SLACK
+            ended = wait_until(lambda: _finished(queue, job_id), timeout=30, what="the cancelled job")
+            assert ended.status == "cancelled"
+        finally:
+            _stop(worker, thread)
+
+    def test_cancelling_a_process_mode_job_kills_its_child(self, queue: polyqueue.Queue, tmp_path: Path) -> None:
+        pidfile = tmp_path / "child.pid"
+        job_id = queue.enqueue("spin", {"pidfile": str(pidfile)})
+        worker = polyqueue.Worker(queue, concurrency=1, lease=3, execution="process")
+        worker.register("spin", process_spin)
+        thread = _run_in_thread(worker)
+        try:
+            pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), timeout=60, what="the child"))
+            assert queue.cancel(job_id) is True
+            ended = wait_until(lambda: _finished(queue, job_id), timeout=30, what="the cancelled job")
+            assert ended.status == "cancelled"
+            wait_until(lambda: not _pid_alive(pid), timeout=30, what="the child to be killed")
+        finally:
+            _stop(worker, thread)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from .. import policy
 from ..backends import base as spi
 from ..backends.base import Backend, BackendOptions, Capability, WakeupSource
 from ..errors import ConfigurationError, PolyqueueError
@@ -237,6 +238,12 @@ class DepthCachedBackend(Backend):
         Released jobs count as ready again and wake workers; retries count as
         scheduled, due after their delay; finished jobs free their dedupe memory.
         """
+        returning = [s.job for s in request.settlements if s.status == JobStatus.PENDING]
+        # A job whose cancel was requested while it ran ends cancelled instead of pending (the policy's rule,
+        # applied by the database): read the flags first, so such a job is not counted as ready again.
+        flagged = set()
+        if returning and Capability.CANCEL_RUNNING in self.inner.capabilities:
+            flagged = self.inner.cancel_requests(spi.CancelCheck(returning))
         began = time.monotonic()
         lost = self.inner.settle(request)
         elapsed = time.monotonic() - began
@@ -246,9 +253,9 @@ class DepthCachedBackend(Backend):
             job = settlement.job
             if job.id in lost:
                 continue
-            if settlement.status == JobStatus.PENDING:
+            if policy.settled_status(settlement.status, job.id in flagged) == JobStatus.PENDING:
                 back[job.queue].append((job.id, settlement.run_in or 0.0, False))
-            elif not (settlement.hold_dedupe and job.dedupe_for):
+            elif not (settlement.hold_dedupe and job.dedupe_for) or job.id in flagged:
                 finished.append(job)  # a job still holding its key is remembered: enqueues may return its id
         for queue, items in back.items():
             self._add(queue, items, elapsed)
@@ -266,6 +273,10 @@ class DepthCachedBackend(Backend):
         """Extend through the wrapped backend."""
         return self.inner.extend(request)
 
+    def cancel_requests(self, check: spi.CancelCheck) -> set[Hashable]:
+        """Ask the wrapped backend (the flag lives in the database)."""
+        return self.inner.cancel_requests(check)
+
     # --- inspecting and managing -------------------------------------------------
     def get(self, lookup: spi.JobLookup) -> Job | None:
         """The job, from the wrapped backend."""
@@ -275,7 +286,7 @@ class DepthCachedBackend(Backend):
         """Cancel through the wrapped backend; a cancelled job leaves the ready or scheduled count."""
         job = self.inner.get(spi.JobLookup(request.job_id))
         cancelled = self.inner.cancel(request)
-        if cancelled and job is not None:
+        if cancelled and job is not None and job.status == JobStatus.PENDING:  # a running one is only flagged
             due = job.run_at is None or job.run_at <= datetime.now(UTC)
             self._take(job.queue, [job.id], count_absent=due)
             self._forget_dedupe([job])

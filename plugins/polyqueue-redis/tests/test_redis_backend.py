@@ -3,6 +3,7 @@ wake-ups, WAIT, and the resends that make a lost reply harmless."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -82,7 +83,7 @@ def _backend(q: polyqueue.Queue) -> RedisBackend:
 def test_both_url_forms_are_served_by_the_installed_plugin(q: polyqueue.Queue) -> None:
     assert isinstance(q.backend, RedisBackend)
     assert q.plugins.has_plugin("redis")
-    assert q.capabilities == {"dedupe", "priorities", "delayed", "notify", "multi_process", "periodic"}
+    assert q.capabilities == {"dedupe", "priorities", "delayed", "notify", "multi_process", "periodic", "transfer"}
     assert "transactional_enqueue" not in q.capabilities
 
 
@@ -654,3 +655,90 @@ def test_a_purge_of_done_jobs_deletes_old_fires_keeping_each_schedules_newest(q:
     assert [f.slot for f in q.fire_history("many")] == [_slot(6)[0]]
     assert [f.slot for f in q.fire_history("few")] == [_slot(1)[0]]
     assert not _fire(q, "many", 6).fired, "the newest fire still says its slot fired"
+
+
+# --- dedupe holds and moving jobs ------------------------------------------------------------------------------
+def _raw(q: polyqueue.Queue, key: str) -> Any:
+    """A key of the queue "default" as stored (``:u:KEY`` text, or a job's hash)."""
+    backend = _backend(q)
+    full = backend.layout.base("default") + key
+    if ":j:" in key:
+        return backend.store.command(lambda client: client.hgetall(full))
+    return backend.store.command(lambda client: client.get(full))
+
+
+def test_a_done_job_holds_its_key_until_its_hold_ends_and_a_taker_then_owns_it(q: polyqueue.Queue) -> None:
+    first = q.enqueue("t", dedupe_key="k", dedupe_for=4.0)  # long enough that a loaded machine reads it held
+    number = str(first).split(":")[1]
+    (job,) = q.claim()
+    q.complete(job)
+    done = _raw(q, f":j:{number}")
+    assert _raw(q, ":u:k") == number and done["df"] == "4.0"
+    finished = q.require(first).finished_at
+    assert finished is not None and int(done["hu"]) == to_us(finished) + 4_000_000
+    assert q.enqueue("t", dedupe_key="k") == first
+    time.sleep(max(0.0, (finished - q.backend.db_now()).total_seconds()) + 4.1)
+    second = q.enqueue("t", dedupe_key="k")
+    assert second != first and _raw(q, ":u:k") == str(second).split(":")[1], "the ended hold was taken over"
+    assert q.purge("done", older_than=0) == 1
+    assert _raw(q, ":u:k") == str(second).split(":")[1], "purging the old holder leaves the new one's key"
+    assert q.enqueue("t", dedupe_key="k") == second
+
+
+def test_purge_keeps_held_jobs_and_goes_past_them(q: polyqueue.Queue) -> None:
+    """A batch full of jobs still holding their keys must not stop the purge of the jobs behind them."""
+    held = [q.enqueue("t", {"i": i}, dedupe_key=f"k{i}", dedupe_for=3600) for i in range(3)]
+    free = [q.enqueue("t", {"i": i}) for i in range(3, 6)]
+    for job in q.claim(limit=6):
+        q.complete(job)
+    assert q.purge("done", older_than=0, batch_size=2) == 3
+    assert all(q.get(i) is not None for i in held) and all(q.get(i) is None for i in free)
+
+
+def test_import_and_delete_sent_again_after_a_lost_reply_do_nothing_twice(q: polyqueue.Queue) -> None:
+    from polyqueue.backends.base import DeleteRequest, ExportQuery, ImportBatch
+
+    backend = _backend(q)
+    store = backend.store
+    q.enqueue("t")  # the queue exists
+    [record] = backend.export_jobs(ExportQuery(frozenset({"pending"})))
+    moved = dataclasses.replace(record, import_key="key-1", payload_json='{"moved":1}')
+    call = backend._call("import", "default", "default", *backend._record_args(moved))
+    [first] = store.run([call]).replies
+    assert first[0] == "OK" and first[1][0] == "new"
+    call.mark_resent()
+    assert store.run([call]).replies[0][1] == ["existing", first[1][1]], "the resend finds its first run's job"
+    assert backend.import_jobs(ImportBatch([moved])).existing == {0}
+    assert q.stats()["pending"] == 2
+
+    records = backend.export_jobs(ExportQuery(frozenset({"pending"})))
+    args = [a for r in records for a in (str(r.id).split(":")[1], r.status, str(r.lease_token))]
+    delete = backend._call("delete", "default", "nonce-1", "60", *args)
+    [gone] = store.run([delete]).replies
+    assert len(gone) == 2 and q.stats()["pending"] == 0
+    delete.mark_resent()
+    assert store.run([delete]).replies[0] == gone, "the resend reports what its first run deleted"
+    assert backend.delete_jobs(DeleteRequest(records)) == set()
+    assert _raw(q, f":j:{first[1][1]}") == {}
+    assert backend.store.command(lambda client: client.hlen(backend.layout.base("default") + ":ik")) == 0
+
+
+def test_an_export_walks_past_numbers_whose_jobs_are_gone(q: polyqueue.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    from polyqueue_redis import backend as module
+
+    from polyqueue.backends.base import ExportQuery
+
+    monkeypatch.setattr(module, "EXPORT_PROBES", 3)  # so a page spans several scripts
+    ids = q.enqueue_many([{"job_type": "t", "payload": {"i": i}} for i in range(20)])
+    for job_id in ids[:15]:
+        q.cancel(job_id)
+    q.enqueue("t", queue="zz")
+    assert q.purge("cancelled", older_than=0) == 15
+    pages, after = [], None
+    while page := q.backend.export_jobs(ExportQuery(frozenset({"pending"}), None, after, 2)):
+        pages.append([r.id for r in page])
+        after = page[-1].id
+    assert [i for page in pages for i in page] == [*ids[15:], "zz:1"]
+    assert [len(page) for page in pages] == [2, 2, 2]
+    with pytest.raises(polyqueue.InvalidArgument):
+        q.backend.export_jobs(ExportQuery(frozenset({"pending"}), None, 42))

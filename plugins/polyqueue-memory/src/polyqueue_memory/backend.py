@@ -109,6 +109,10 @@ class _Row:
     #: Until when a finished job keeps its dedupe key held (microseconds); None: it holds none.
     dedupe_held_until: int | None = None
     import_key: str | None = None
+    #: Headers as JSON text (None: none), the per-job attempt timeout, and the cancel-while-running flag.
+    headers: str | None = None
+    timeout: float | None = None
+    cancel_requested: bool = False
     #: Generation of this row's newest heap entry; older entries are stale and skipped.
     entry: int = 0
 
@@ -133,6 +137,9 @@ class _Row:
             lease_token=self.lease_token,
             errors=json_codec.loads(self.errors) if self.errors else [],
             dedupe_for=self.dedupe_for,
+            headers=json_codec.loads(self.headers) if self.headers else {},
+            timeout=self.timeout,
+            cancel_requested=self.cancel_requested,
         )
 
     def to_record(self) -> JobRecord:
@@ -145,7 +152,7 @@ class _Row:
             last_error=self.last_error, errors_json=self.errors, result_json=self.result,
             dedupe_key=self.dedupe_key, dedupe_for=self.dedupe_for,
             dedupe_held_until=_to_datetime(self.dedupe_held_until), lease_token=self.lease_token,
-            import_key=self.import_key,
+            import_key=self.import_key, headers_json=self.headers, timeout=self.timeout,
         )  # fmt: skip
 
 
@@ -313,8 +320,8 @@ class _Store:
         row.last_error = policy.expired_lease_error(row.locked_by)
         row.locked_by = None
         row.lease_expires_at = None
-        status = policy.expired_lease_status(row.attempts, row.max_attempts)
-        if status == JobStatus.DEAD:
+        status = policy.expired_lease_status(row.attempts, row.max_attempts, row.cancel_requested)
+        if status != JobStatus.PENDING:
             row.finished_at = now
         if policy.keeps_dedupe_key(status) and row.dedupe_for is not None:
             row.dedupe_held_until = now + _seconds_to_us(row.dedupe_for)
@@ -446,6 +453,9 @@ class MemoryBackend(Backend):
             Capability.NOTIFY,
             Capability.PERIODIC,
             Capability.TRANSFER,
+            Capability.HEADERS,
+            Capability.TIMEOUTS,
+            Capability.CANCEL_RUNNING,
         }
     )
     #: Where ``polyqueue compat`` runs the conformance suite for this backend (it needs no server).
@@ -541,6 +551,8 @@ class MemoryBackend(Backend):
                 created_at=now,
                 dedupe_key=job.dedupe_key,
                 dedupe_for=job.dedupe_for,
+                headers=job.headers_json,
+                timeout=job.timeout,
             )
             store.next_id += 1
             store.insert(row, now)
@@ -646,10 +658,11 @@ class MemoryBackend(Backend):
                 if row is None:
                     lost.add(settlement.job.id)
                     continue
+                status = policy.settled_status(settlement.status, row.cancel_requested)
                 row.locked_by = None
                 row.lease_expires_at = None
                 row.lease_token = request.token
-                row.finished_at = now if settlement.finished else None
+                row.finished_at = now if settlement.finished or status == JobStatus.CANCELLED else None
                 if settlement.refund_attempt:
                     row.attempts -= 1
                 if settlement.result_json is not None:
@@ -660,10 +673,10 @@ class MemoryBackend(Backend):
                     row.errors = settlement.errors_json
                 if settlement.hold_dedupe and row.dedupe_for is not None:
                     row.dedupe_held_until = now + _seconds_to_us(row.dedupe_for)
-                if settlement.run_in is not None:
+                if settlement.run_in is not None and status == JobStatus.PENDING:
                     row.run_at = now + _seconds_to_us(settlement.run_in)
-                store.set_status(row, settlement.status)
-                if settlement.status == JobStatus.PENDING:
+                store.set_status(row, status)
+                if status == JobStatus.PENDING:
                     store.index_pending(row, now)
                     woken.add(row.queue)
             if woken:
@@ -702,15 +715,28 @@ class MemoryBackend(Backend):
             return None if row is None else row.to_job()
 
     def cancel(self, request: spi.CancelRequest) -> bool:
-        """Cancel a pending job (due or scheduled), releasing its dedupe key; False if it is not pending."""
+        """Cancel a pending job (due or scheduled), releasing its dedupe key, or flag a processing one.
+
+        False if it is neither pending nor processing.
+        """
         store = self._store()
         with store.lock:
             row = self._row(store, request.job_id)
+            if row is not None and row.status == JobStatus.PROCESSING:
+                row.cancel_requested = True
+                return True
             if row is None or row.status != JobStatus.PENDING:
                 return False
             row.finished_at = _clock().now()
             store.set_status(row, JobStatus.CANCELLED)
             return True
+
+    def cancel_requests(self, check: spi.CancelCheck) -> set[Hashable]:
+        """The jobs of ``check`` whose cancel was requested while they ran."""
+        store = self._store()
+        with store.lock:
+            rows = [self._row(store, job.id) for job in check.jobs]
+            return {row.id for row in rows if row is not None and row.cancel_requested}
 
     def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
         """Counts per queue (and job type) and status plus ``scheduled``; queues without jobs are absent."""
@@ -822,6 +848,7 @@ class MemoryBackend(Backend):
                         result.skipped[row.id] = f"dedupe key {row.dedupe_key!r} is held by another job"
                         continue
                     row.attempts = 0
+                    row.cancel_requested = False
                     row.finished_at = None
                     row.run_at = now
                     row.locked_by = None
@@ -923,7 +950,7 @@ class MemoryBackend(Backend):
                     finished_at=_to_us_or_none(record.finished_at), lease_token=record.lease_token,
                     last_error=record.last_error, errors=record.errors_json, result=record.result_json,
                     dedupe_for=record.dedupe_for, dedupe_held_until=held if holds else None,
-                    import_key=record.import_key,
+                    import_key=record.import_key, headers=record.headers_json, timeout=record.timeout,
                 )  # fmt: skip
                 store.next_id += 1
                 store.insert(row, now)

@@ -54,14 +54,25 @@ from polyqueue import policy
 from polyqueue.backends import base as spi
 from polyqueue.backends.base import Backend, BackendOptions, Capability
 from polyqueue.errors import BackendUnavailable, ConfigurationError, InvalidArgument, SchemaMissing
-from polyqueue.job import Job, JobStatus, ReplayResult
+from polyqueue.job import Job, JobRecord, JobStatus, ReplayResult
 from polyqueue.testing import server_url
 
-from .layout import FIELDS, MAX_TIME_US, Layout, decode_job, from_us, job_id, parse_job_id, queue_tag, to_us
+from .layout import (
+    FIELDS,
+    MAX_TIME_US,
+    Layout,
+    decode_job,
+    decode_record,
+    from_us,
+    job_id,
+    parse_job_id,
+    queue_tag,
+    to_us,
+)
 from .store import Call, RedisStore, Unreached
 from .wakeups import RedisWakeups
 
-__all__ = ["SCHEMA_VERSION", "SWEEP_INTERVAL", "RedisBackend"]
+__all__ = ["EXPORT_PROBES", "SCHEMA_VERSION", "SWEEP_INTERVAL", "RedisBackend"]
 
 log = logging.getLogger("polyqueue.redis")
 
@@ -79,6 +90,8 @@ PEEK_PATIENCE = 0.5
 INTERRUPTED_MEMORY = 600.0
 #: Jobs one replay script handles.
 REPLAY_BATCH = 500
+#: Job numbers one export script looks at, at most (a page of an export is one or more such scripts).
+EXPORT_PROBES = 5000
 #: Jobs, and payload characters, per enqueue script at most (a bigger batch is several scripts in one pipeline).
 ENQUEUE_CHUNK = 1000
 ENQUEUE_CHUNK_CHARS = 8 << 20
@@ -121,6 +134,7 @@ class RedisBackend(Backend):
             Capability.NOTIFY,
             Capability.MULTI_PROCESS,
             Capability.PERIODIC,
+            Capability.TRANSFER,
         }
     )
     connect_options: ClassVar[dict[str, Any]] = {
@@ -343,7 +357,8 @@ class RedisBackend(Backend):
             run_at = ""
         delay = str(round(job.delay_seconds * 1_000_000))
         dedupe = job.dedupe_key or ""
-        return [job.job_type, job.payload_json, str(job.priority), str(job.max_attempts), delay, run_at, dedupe]
+        hold = "" if job.dedupe_for is None or not dedupe else repr(float(job.dedupe_for))
+        return [job.job_type, job.payload_json, str(job.priority), str(job.max_attempts), delay, run_at, dedupe, hold]
 
     def _withdraw(self, calls: Sequence[Call], replies: Sequence[Any]) -> None:
         """Take back what the succeeded enqueue scripts of an interrupted batch stored (jobs nobody claimed yet)."""
@@ -546,6 +561,7 @@ class RedisBackend(Backend):
                     settlement.result_json or "",
                     settlement.last_error or "",
                     settlement.errors_json or "",
+                    "1" if settlement.hold_dedupe else "0",
                 ]
             )
         calls = [self._call("settle", tag, str(request.token), *args) for tag, args in groups.items()]
@@ -730,7 +746,7 @@ class RedisBackend(Backend):
                 replayed, skipped = reply
                 result.replayed += int(replayed)
                 for number, holder in zip(skipped[::2], skipped[1::2], strict=True):
-                    result.skipped[job_id(tag, number)] = f"its dedupe key is held by live job {job_id(tag, holder)}"
+                    result.skipped[job_id(tag, number)] = f"its dedupe key is held by job {job_id(tag, holder)}"
         return result
 
     def _dead_numbers(self, tag: str) -> list[str]:
@@ -740,15 +756,19 @@ class RedisBackend(Backend):
     def purge(self, request: spi.PurgeRequest) -> int:
         """Delete jobs of the status finished more than ``older_than`` seconds ago, ``batch_size`` per script.
 
+        A job still holding its dedupe key (within its ``dedupe_for``) is kept until the hold ends.
+
         A purge of ``done`` jobs also deletes each queue's fire records as old, keeping each schedule's newest.
         """
         older_us = str(round(request.older_than * 1_000_000))
         deleted = 0
         for tag in self._queue_tags(None):
+            kept = 0  # jobs still holding their dedupe keys stay: the next batch starts past them
             while True:
-                call = self._call("purge", tag, request.status, older_us, str(request.batch_size))
-                [(gone, looked)] = self.store.run([call]).replies
+                call = self._call("purge", tag, request.status, older_us, str(request.batch_size), str(kept))
+                [(gone, looked, held)] = self.store.run([call]).replies
                 deleted += int(gone)
+                kept += int(held)
                 if int(looked) < request.batch_size:
                     break
             if request.status == JobStatus.DONE:
@@ -766,6 +786,135 @@ class RedisBackend(Backend):
                 if int(looked) < batch_size:
                     break
                 after = last
+
+    # --- moving jobs (the ``transfer`` capability) ------------------------------------------------------------
+    def export_jobs(self, query: spi.ExportQuery) -> list[JobRecord]:
+        """One page of jobs with every stored field, in id order: by queue tag, then job number.
+
+        Each queue's job numbers after ``query.after`` are looked at in order,
+        :data:`EXPORT_PROBES` per script (read only), so a page costs what it
+        looks at; numbers whose jobs were purged or moved are looked at too.
+        """
+        statuses = sorted(set(query.statuses) - {JobStatus.PROCESSING})
+        start_tag, start = "", 0
+        if query.after is not None:
+            parsed = parse_job_id(query.after)
+            if parsed is None:
+                raise InvalidArgument(f"{query.after!r} is not a job id of {self._described}")
+            start_tag, start = parsed[0], int(parsed[1])
+        records: list[JobRecord] = []
+        if not statuses or query.limit < 1:
+            return records
+        for tag in self._queue_tags(query.queue):
+            if tag < start_tag:
+                continue
+            after = start if tag == start_tag else 0
+            while len(records) < query.limit:
+                want = str(query.limit - len(records))
+                call = self._call("export", tag, str(after), want, str(EXPORT_PROBES), *statuses)
+                [(rows, last, seq)] = self.store.run([call]).replies
+                records.extend(decode_record(tag, row[0], row[1:]) for row in rows)
+                after = int(last)
+                if after >= int(seq):
+                    break
+            if len(records) >= query.limit:
+                break
+        return records
+
+    def import_jobs(self, batch: spi.ImportBatch) -> spi.ImportResult:
+        """Store each record with every field as given, once per import key: one script per queue (and chunk).
+
+        Each script is atomic and waits for the replicas like an enqueue. A
+        batch spanning several queues (or more than one script's worth of
+        jobs) is several scripts, so a failure part-way can leave the first
+        ones stored; the import keys make the rerun of a transfer find them
+        (``existing``) instead of storing them again. Import keys are unique
+        per queue (a key is derived from its job's queue, so that is per database).
+        """
+        records = batch.records
+        result = spi.ImportResult([None] * len(records))
+        if not records:
+            return result
+        positions: dict[str, list[int]] = defaultdict(list)
+        names: dict[str, str] = {}
+        arguments: list[list[str]] = []
+        for index, record in enumerate(records):
+            arguments.append(self._record_args(record))
+            tag = queue_tag(record.queue)
+            positions[tag].append(index)
+            names[tag] = record.queue
+        self._require_schema()
+        calls: list[Call] = []
+        owners: list[list[int]] = []
+        for tag, indexes in positions.items():
+            for chunk in _chunks(indexes, [len(records[i].payload_json) for i in indexes]):
+                calls.append(self._call("import", tag, names[tag], *(a for i in chunk for a in arguments[i])))
+                owners.append(chunk)
+        outcome = self._run_creating(calls, names, wait=True)
+        for call, chunk, reply in zip(calls, owners, outcome.replies, strict=True):
+            tag = queue_tag(call.args[2])
+            pairs = reply[1]
+            for i, what, number in zip(chunk, pairs[::2], pairs[1::2], strict=True):
+                if what == "held":
+                    held_by = job_id(tag, number)
+                    result.skipped[i] = f"its dedupe key {records[i].dedupe_key!r} is held here by job {held_by}"
+                    continue
+                result.ids[i] = job_id(tag, number)
+                if what == "existing":
+                    result.existing.add(i)
+        if not outcome.acknowledged:
+            raise BackendUnavailable(
+                f"the imported job(s) were stored on {self._described} but not acknowledged by {self.wait_replicas} "
+                f"replica(s) within {self.store.wait_timeout:g}s ({'; '.join(outcome.shortfall)}): a failover now "
+                "could lose them (a rerun of the transfer finds the ones that survived by their import keys)"
+            )
+        return result
+
+    def _record_args(self, record: JobRecord) -> list[str]:
+        """The 18 values of a record the import script reads (see ``scripts.IMPORT``), checked."""
+        if record.import_key is None:
+            raise InvalidArgument("every imported record needs an import_key")
+        if record.status not in _STATUSES or record.status == JobStatus.PROCESSING:
+            raise InvalidArgument(f"cannot import a job with status {record.status!r}")
+        times = [record.run_at, record.created_at, record.finished_at, record.dedupe_held_until]
+        if any(moment is not None and to_us(moment) > MAX_TIME_US for moment in times):
+            raise InvalidArgument("a job's times must be before the year 5138 on the Redis backend")
+        values = {"e": record.last_error, "h": record.errors_json, "r": record.result_json}
+        given = "".join(letter for letter, value in values.items() if value is not None)
+        dedupe_for = record.dedupe_for if record.dedupe_key else None
+        held = record.dedupe_held_until if record.dedupe_key else None
+        return [
+            record.import_key, record.job_type, record.payload_json, str(record.priority), record.status,
+            str(record.attempts), str(record.max_attempts), str(max(0, to_us(record.run_at))),
+            str(max(0, to_us(record.created_at))),
+            "" if record.finished_at is None else str(max(0, to_us(record.finished_at))),
+            given, record.last_error or "", record.errors_json or "", record.result_json or "",
+            record.dedupe_key or "", "" if dedupe_for is None else repr(float(dedupe_for)),
+            "" if held is None else str(max(0, to_us(held))), str(record.lease_token),
+        ]  # fmt: skip
+
+    def delete_jobs(self, request: spi.DeleteRequest) -> set[Hashable]:
+        """Delete each record's job while its status and lease token are the record's: one script per queue.
+
+        Each queue's deletes are one atomic script; a resend after a lost
+        reply reports what its first run deleted.
+        """
+        groups: dict[str, list[str]] = defaultdict(list)
+        for record in request.records:
+            parsed = parse_job_id(record.id)
+            if parsed is None or record.status == JobStatus.PROCESSING:
+                continue
+            groups[parsed[0]].extend([parsed[1], record.status, str(record.lease_token)])
+        if not groups:
+            return set()
+        self._require_schema()
+        ttl = str(max(60, int(self.store.reconnect_seconds * 3)))
+        calls = [self._call("delete", tag, uuid.uuid4().hex, ttl, *args) for tag, args in groups.items()]
+        deleted: set[Hashable] = set()
+        for call, numbers in zip(calls, self.store.run(calls, wait=True).replies, strict=True):
+            tag = _tag_of(call, self.layout)
+            deleted.update(job_id(tag, number) for number in numbers)
+        return deleted
 
     # --- periodic jobs ----------------------------------------------------------------------------------------
     def declare_schedules(self, request: spi.DeclareSchedules) -> spi.ScheduleState:

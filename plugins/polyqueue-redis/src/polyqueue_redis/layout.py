@@ -21,9 +21,13 @@ Per queue, under ``{PREFIX:TAG}``:
 ``:l``, ``:l:TYPE``       processing jobs: sorted set of N by ``lease_expires_at``
 ``:f:STATUS``             finished jobs (done, dead, cancelled): sorted set of N by ``finished_at``
 ``:ct``                   finished jobs by ``STATUS|TYPE`` (the other counts are the sets' sizes)
-``:u:KEY``                a live job's dedupe key (``SET NX``), holding N
+``:u:KEY``                a dedupe key, holding the number N of the job that holds it: a live
+                          job, or a done or dead one until its ``dedupe_held_until``
+                          (field ``hu``); an ended hold is taken over by the next taker
+``:ik``                   hash: import key -> N of the jobs ``import_jobs`` stored
 ``:b:BATCH``              ids an enqueue batch got (expires): a resent enqueue returns them
 ``:k:TOKEN``              job numbers a claim took (expires with the lease): a resent claim returns them
+``:x:NONCE``              job numbers a transfer's delete took (expires): a resent delete returns them
 ``:w``                    sharded pub/sub channel: the job types just made ready
 ``:sn``                   set: the periodic schedules that fired into this queue
 ``:sf:SCHEDULE``          hash: a fired slot of the schedule -> ``fired_at (us),job number,nonce``;
@@ -53,13 +57,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from polyqueue import json_codec
-from polyqueue.job import Job
+from polyqueue.job import Job, JobRecord
 
 __all__ = [
     "FIELDS",
     "MAX_TIME_US",
     "Layout",
     "decode_job",
+    "decode_record",
     "from_us",
     "job_id",
     "parse_job_id",
@@ -94,6 +99,9 @@ FIELDS = (
     "rs",  # result (JSON text)
     "tk",  # lease token (decimal text)
     "eh",  # error history (JSON text)
+    "df",  # dedupe_for (seconds, decimal text)
+    "hu",  # dedupe_held_until (us): a done or dead job holds its dedupe key until then
+    "ik",  # import key (a job ``polyqueue transfer`` brought here)
 )
 
 
@@ -179,7 +187,7 @@ class Layout:
 
 def decode_job(tag: str, number: str, fields: list[Any]) -> Job:
     """A :class:`Job` from the stored :data:`FIELDS` (in their order) of job ``number`` of queue ``tag``."""
-    q, t, p, pr, s, a, ma, ra, ca, fa, lb, le, er, dk, rs, tk, eh = fields
+    q, t, p, pr, s, a, ma, ra, ca, fa, lb, le, er, dk, rs, tk, eh, df, _hu, _ik = fields
     return Job(
         id=f"{tag}:{number}",
         queue=q,
@@ -199,6 +207,35 @@ def decode_job(tag: str, number: str, fields: list[Any]) -> Job:
         result=None if rs is None else _loads(rs),
         lease_token=int(tk) if tk else 0,
         errors=_loads(eh) if eh else [],
+        dedupe_for=float(df) if df else None,
+    )
+
+
+def decode_record(tag: str, number: str, fields: list[Any]) -> JobRecord:
+    """A :class:`JobRecord` (every stored field, for ``export_jobs``) from the stored :data:`FIELDS` of job N."""
+    q, t, p, pr, s, a, ma, ra, ca, fa, _lb, _le, er, dk, rs, tk, eh, df, hu, ik = fields
+    run_at, created_at = from_us(ra), from_us(ca)
+    assert run_at is not None and created_at is not None
+    return JobRecord(
+        id=f"{tag}:{number}",
+        queue=q,
+        job_type=t,
+        payload_json=p,
+        priority=int(pr),
+        status=s,
+        attempts=int(a),
+        max_attempts=int(ma),
+        run_at=run_at,
+        created_at=created_at,
+        finished_at=from_us(fa),
+        last_error=er,
+        errors_json=eh or None,
+        result_json=rs,
+        dedupe_key=dk,
+        dedupe_for=float(df) if df else None,
+        dedupe_held_until=from_us(hu),
+        lease_token=int(tk) if tk else 0,
+        import_key=ik,
     )
 
 

@@ -28,11 +28,14 @@ __all__ = [
     "CLAIM",
     "DEAD",
     "DECLARE",
+    "DELETE",
     "DUE",
     "ENQUEUE",
+    "EXPORT",
     "EXTEND",
     "FIRE",
     "FIRES",
+    "IMPORT",
     "INIT",
     "PEEK",
     "PURGE",
@@ -88,38 +91,74 @@ local function unindex_lease(ns, t)
   redis.call('ZREM', BASE .. ':l', ns)
   redis.call('ZREM', BASE .. ':l:' .. t, ns)
 end
--- A finished job lets go of its dedupe key (if it still holds it).
+-- The endings after which a job keeps its dedupe key held for its dedupe_for seconds (the policy's).
+local HELD_AFTER = {@HELD_AFTER@}
+-- A job lets go of its dedupe key (if it still holds it).
 local function release_key(dk, ns)
   if dk and redis.call('GET', BASE .. ':u:' .. dk) == ns then redis.call('DEL', BASE .. ':u:' .. dk) end
+end
+-- The number of the job holding dedupe key `dk` at `now`: a live job, or a done or dead one whose hold (field hu)
+-- has not ended. A key whose hold has ended (or that outlived its job) is let go here, so the caller may take it.
+local function holder_of(dk, now)
+  local key = BASE .. ':u:' .. dk
+  local h = redis.call('GET', key)
+  if not h then return nil end
+  local f = redis.call('HMGET', jkey(h), 's', 'hu')
+  if f[1] == 'pending' or f[1] == 'processing' then return h end
+  if f[1] and f[2] and tonumber(f[2]) > now then return h end
+  redis.call('DEL', key)
+  return nil
+end
+-- Job `ns` takes dedupe key `dk` unless another job holds it; returns that holder (nil when `ns` has the key).
+-- A job's own hold carries over (a replayed dead job).
+local function take_key(dk, ns, now)
+  local h = holder_of(dk, now)
+  if h and h ~= ns then return h end
+  redis.call('SET', BASE .. ':u:' .. dk, ns)
+  return nil
 end
 local function count_finished(status, t, delta)
   redis.call('HINCRBY', BASE .. ':ct', status .. '|' .. t, delta)
 end
--- The bookkeeping of a job that just finished (its status and finished_at are written by the caller).
-local function finished(ns, status, t, dk, now)
+-- The bookkeeping of a job that just finished (its status and finished_at are written by the caller). With
+-- `hold`, a job that has a dedupe_for keeps its dedupe key held until now + dedupe_for; else it lets it go.
+local function finished(ns, status, t, dk, now, hold)
   redis.call('ZADD', BASE .. ':f:' .. status, fmt(now), ns)
   count_finished(status, t, 1)
-  release_key(dk, ns)
+  if not dk then return end
+  local df = hold and redis.call('HGET', jkey(ns), 'df')
+  if df and redis.call('GET', BASE .. ':u:' .. dk) == ns then
+    redis.call('HSET', jkey(ns), 'hu', fmt(now + math.floor(tonumber(df) * 1000000 + 0.5)))
+  else
+    release_key(dk, ns)
+  end
 end
--- Store one new job as an enqueue does, from its 7 values in ARGV from `i` on (type, payload, priority,
--- max_attempts, delay (us), run_at (us, '' for none), dedupe key ('' for none)), in the queue `name` whose meta hash
--- is KEYS[1]. Returns its number and true; or, when a live job holds its dedupe key, that job's number and false
--- (nothing stored). The caller adds the types it stored to the queue's types (`note_types`) and publishes them.
+-- Store one new job as an enqueue does, from its 8 values in ARGV from `i` on (type, payload, priority,
+-- max_attempts, delay (us), run_at (us, '' for none), dedupe key ('' for none), dedupe_for (s, '' for none)), in the
+-- queue `name` whose meta hash is KEYS[1]. Returns its number and true; or, when another job holds its dedupe key
+-- (live, or done or dead within its dedupe_for), that job's number and false (nothing stored). The caller adds the
+-- types it stored to the queue's types (`note_types`) and publishes them.
 local function store_job(name, i, now)
   local t, pr, dk = ARGV[i], tonumber(ARGV[i + 2]), ARGV[i + 6]
-  local ns = fmt(redis.call('HINCRBY', KEYS[1], 'seq', 1))
-  if dk ~= '' and not redis.call('SET', BASE .. ':u:' .. dk, ns, 'NX') then
-    return redis.call('GET', BASE .. ':u:' .. dk), false
+  if dk ~= '' then
+    local h = holder_of(dk, now)
+    if h then return h, false end
   end
+  local ns = fmt(redis.call('HINCRBY', KEYS[1], 'seq', 1))
   local ra = now + tonumber(ARGV[i + 4])
   if ARGV[i + 5] ~= '' then ra = tonumber(ARGV[i + 5]) end
+  local values = {'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
+    'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0'}
   if dk ~= '' then
-    redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
-      'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0', 'dk', dk)
-  else
-    redis.call('HSET', jkey(ns), 'q', name, 't', t, 'p', ARGV[i + 1], 'pr', ARGV[i + 2], 's', 'pending', 'a', '0',
-      'ma', ARGV[i + 3], 'ra', fmt(ra), 'ca', fmt(now), 'tk', '0')
+    redis.call('SET', BASE .. ':u:' .. dk, ns)
+    values[#values + 1] = 'dk'
+    values[#values + 1] = dk
+    if ARGV[i + 7] ~= '' then
+      values[#values + 1] = 'df'
+      values[#values + 1] = ARGV[i + 7]
+    end
   end
+  redis.call('HSET', jkey(ns), unpack(values))
   index_pending(ns, t, pr, ra, now)
   return ns, true
 end
@@ -151,7 +190,7 @@ local function rescue(now, limit)
         index_pending(ns, t, tonumber(f[6]), tonumber(f[7]), now)
       else
         redis.call('HSET', jkey(ns), 'fa', fmt(now))
-        finished(ns, status, t, f[8], now)
+        finished(ns, status, t, f[8], now, HELD_AFTER[status])
         dead[#dead + 1] = read(ns)
       end
     end
@@ -196,9 +235,9 @@ local function earliest_lease()
 end
 """
 
-# KEYS[1] meta. ARGV: base, resent, queue name, batch id, batch ttl (s), then per job 7 values: type, payload,
-# priority, max_attempts, delay (us), run_at (us, '' for none), dedupe key ('' for none).
-# Returns {'OK', ids joined by ',', one '1' (stored) or '0' (a live duplicate's id) per job}.
+# KEYS[1] meta. ARGV: base, resent, queue name, batch id, batch ttl (s), then per job 8 values: type, payload,
+# priority, max_attempts, delay (us), run_at (us, '' for none), dedupe key ('' for none), dedupe_for (s, '' for none).
+# Returns {'OK', ids joined by ',', one '1' (stored) or '0' (the id of the job holding its dedupe key) per job}.
 ENQUEUE = """
 local name = redis.call('HGET', KEYS[1], 'name')
 if not name then return {'NOQUEUE'} end
@@ -210,7 +249,7 @@ if ARGV[4] ~= '' then
 end
 local now = now_us()
 local ids, fresh, types = {}, {}, {}
-for i = 6, #ARGV, 7 do
+for i = 6, #ARGV, 8 do
   local ns, stored = store_job(name, i, now)
   ids[#ids + 1] = ns
   fresh[#fresh + 1] = stored and '1' or '0'
@@ -321,14 +360,15 @@ local dead = rescue(now, tonumber(ARGV[3]))
 return {'OK', fmt(now), dead, earliest_lease()}
 """
 
-# KEYS[1] meta. ARGV: base, resent, settle token, then per settlement 10 values: number, claim token, status,
+# KEYS[1] meta. ARGV: base, resent, settle token, then per settlement 11 values: number, claim token, status,
 # finished ('1'/'0'), run_in (us, '' for none), refund ('1'/'0'), which of result/error/history are given
-# (letters r, e, h), result, last error, error history. Returns the numbers whose claim no longer held them.
+# (letters r, e, h), result, last error, error history, hold the dedupe key for dedupe_for ('1'/'0').
+# Returns the numbers whose claim no longer held them.
 SETTLE = """
 local now = now_us()
 local settle_token = ARGV[3]
 local lost, woken = {}, {}
-for i = 4, #ARGV, 10 do
+for i = 4, #ARGV, 11 do
   local ns, claim_token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local f = redis.call('HMGET', jkey(ns), 's', 'tk', 'le', 't', 'pr', 'ra', 'dk')
   local s, tk, le = f[1], f[2], tonumber(f[3])
@@ -361,7 +401,7 @@ for i = 4, #ARGV, 10 do
       index_pending(ns, t, tonumber(f[5]), ra, now)
       woken[t] = true
     elseif ARGV[i + 3] == '1' then
-      finished(ns, status, t, f[7], now)
+      finished(ns, status, t, f[7], now, ARGV[i + 10] == '1')
     end
   elseif not (RESENT and tk == settle_token) then
     lost[#lost + 1] = ns
@@ -402,7 +442,7 @@ if f[1] == 'pending' then
   local now = now_us()
   unindex_pending(ns, f[2], tonumber(f[3]))
   redis.call('HSET', jkey(ns), 's', 'cancelled', 'cx', ARGV[4], 'fa', fmt(now))
-  finished(ns, 'cancelled', f[2], f[4], now)
+  finished(ns, 'cancelled', f[2], f[4], now, false)
   return 1
 end
 if RESENT and f[1] == 'cancelled' and f[5] == ARGV[4] then return 1 end
@@ -410,7 +450,8 @@ return 0
 """
 
 # KEYS[1] meta. ARGV: base, resent, queue name ('' for any), then numbers. Dead jobs back to pending, attempts 0,
-# due now, error history kept; a job whose dedupe key a live job holds is skipped.
+# due now, error history kept; a job whose dedupe key another job holds (live, or within its dedupe_for) is skipped,
+# and a dead job's own hold carries over.
 # Returns {replayed count, skipped (number, holder) pairs}.
 REPLAY = """
 local now = now_us()
@@ -420,9 +461,7 @@ for i = 4, #ARGV do
   local f = redis.call('HMGET', jkey(ns), 's', 'q', 't', 'pr', 'dk')
   if f[1] == 'dead' and (ARGV[3] == '' or f[2] == ARGV[3]) then
     local holder = nil
-    if f[5] and not redis.call('SET', BASE .. ':u:' .. f[5], ns, 'NX') then
-      holder = redis.call('GET', BASE .. ':u:' .. f[5])
-    end
+    if f[5] then holder = take_key(f[5], ns, now) end
     if holder then
       skipped[#skipped + 1] = ns
       skipped[#skipped + 1] = holder
@@ -430,7 +469,7 @@ for i = 4, #ARGV do
       redis.call('ZREM', BASE .. ':f:dead', ns)
       count_finished('dead', f[3], -1)
       redis.call('HSET', jkey(ns), 's', 'pending', 'a', '0', 'ra', fmt(now))
-      redis.call('HDEL', jkey(ns), 'fa', 'lb', 'le')
+      redis.call('HDEL', jkey(ns), 'fa', 'lb', 'le', 'hu')
       index_pending(ns, f[3], tonumber(f[4]), now, now)
       woken[f[3]] = true
       replayed = replayed + 1
@@ -441,24 +480,31 @@ publish(woken)
 return {replayed, skipped}
 """
 
-# KEYS[1] meta. ARGV: base, resent, status, older than (us), batch size. Deletes up to a batch of jobs of a
-# finished status whose finished_at is before now - older. Returns {deleted, looked at}.
+# KEYS[1] meta. ARGV: base, resent, status, older than (us), batch size, offset. Deletes up to a batch of jobs of a
+# finished status whose finished_at is before now - older, from the offset-th on; a job still holding its dedupe key
+# (hu after now) is kept (the caller's next offset goes past the ones kept). Returns {deleted, looked at, kept}.
 PURGE = """
 local now = now_us()
 local set = BASE .. ':f:' .. ARGV[3]
 local cutoff = '(' .. fmt(now - tonumber(ARGV[4]))
-local doomed = redis.call('ZRANGEBYSCORE', set, '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[5]))
-local deleted = 0
+local doomed = redis.call('ZRANGEBYSCORE', set, '-inf', cutoff, 'LIMIT', tonumber(ARGV[6]), tonumber(ARGV[5]))
+local deleted, kept = 0, 0
 for _, ns in ipairs(doomed) do
-  local f = redis.call('HMGET', jkey(ns), 's', 't')
-  redis.call('ZREM', set, ns)
-  if f[1] == ARGV[3] then
-    redis.call('DEL', jkey(ns))
-    count_finished(f[1], f[2], -1)
-    deleted = deleted + 1
+  local f = redis.call('HMGET', jkey(ns), 's', 't', 'hu', 'dk', 'ik')
+  if f[1] == ARGV[3] and f[3] and tonumber(f[3]) > now then
+    kept = kept + 1
+  else
+    redis.call('ZREM', set, ns)
+    if f[1] == ARGV[3] then
+      release_key(f[4], ns)
+      if f[5] and redis.call('HGET', BASE .. ':ik', f[5]) == ns then redis.call('HDEL', BASE .. ':ik', f[5]) end
+      redis.call('DEL', jkey(ns))
+      count_finished(f[1], f[2], -1)
+      deleted = deleted + 1
+    end
   end
 end
-return {deleted, #doomed}
+return {deleted, #doomed, kept}
 """
 
 # KEYS[1] meta. ARGV: base, resent, queue name. Creates the queue's meta hash; returns the name it holds
@@ -469,7 +515,7 @@ return redis.call('HGET', KEYS[1], 'name')
 """
 
 # --- periodic jobs ------------------------------------------------------------------------------------
-# KEYS[1] meta. ARGV: base, resent, queue name, schedule, slot, slot_at (us, 17 digits), nonce, then the job's 7
+# KEYS[1] meta. ARGV: base, resent, queue name, schedule, slot, slot_at (us, 17 digits), nonce, then the job's 8
 # values (as ENQUEUE's). Fires one slot of a schedule, once: the fire record (:sf:SCHEDULE, field SLOT) and the job
 # are stored together or not at all. A resend finding the record its own first run wrote (same nonce) reports that
 # fire; a record written by anyone else means the slot fired before.
@@ -537,6 +583,125 @@ DECLARE = """
 local now = fmt(now_us())
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], now .. ',' .. ARGV[i + 1]) end
 return now
+"""
+
+# --- moving jobs (export, import, delete: what `polyqueue transfer` uses) ------------------------------------
+# KEYS[1] meta. ARGV: base, resent, after (a job number), limit, probes, then the statuses wanted. Looks at the job
+# numbers after `after` in order, at most `probes` of them (a number whose job is gone costs a probe too), and
+# returns the first `limit` jobs of those statuses: {rows, the last number looked at, the queue's last number}.
+EXPORT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{}, '0', '0'} end
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local wanted = {}
+for i = 6, #ARGV do wanted[ARGV[i]] = true end
+local n, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local last = math.min(seq, n + tonumber(ARGV[5]))
+local rows = {}
+while n < last and #rows < limit do
+  n = n + 1
+  local row = read(fmt(n))
+  local s = row[F.s + 1]
+  if s and wanted[s] then rows[#rows + 1] = row end
+end
+return {rows, fmt(n), fmt(seq)}
+"""
+
+# KEYS[1] meta. ARGV: base, resent, queue name, then per record 18 values: import key, type, payload, priority,
+# status (never processing), attempts, max_attempts, run_at (us), created_at (us), finished_at (us, '' for none),
+# which of last error/error history/result are given (letters e, h, r), last error, error history, result,
+# dedupe key ('' for none), dedupe_for (s, '' for none), dedupe_held_until (us, '' for none), lease token.
+# Stores each record with every field as given, once per import key (:ik). A record whose dedupe key it would hold
+# (it is live, or its hold has not ended) while another job here holds that key is not stored.
+# Returns {'OK', {outcome, number, ...}}: outcome 'new' (stored as that number), 'existing' (the import key's job)
+# or 'held' (the number of the job holding its dedupe key).
+IMPORT = """
+local name = redis.call('HGET', KEYS[1], 'name')
+if not name then return {'NOQUEUE'} end
+if name ~= ARGV[3] then return {'COLLISION', name} end
+local now = now_us()
+local out, types = {}, {}
+for i = 4, #ARGV, 18 do
+  local ik, t, status, given, dk = ARGV[i], ARGV[i + 1], ARGV[i + 4], ARGV[i + 10], ARGV[i + 14]
+  local known = redis.call('HGET', BASE .. ':ik', ik)
+  if known and redis.call('EXISTS', jkey(known)) == 1 then
+    out[#out + 1] = 'existing'
+    out[#out + 1] = known
+  else
+    local live = status == 'pending'
+    local hu = tonumber(ARGV[i + 16])
+    local holds = dk ~= '' and (live or (hu ~= nil and hu > now))
+    local h = nil
+    if holds then h = holder_of(dk, now) end
+    if h then
+      out[#out + 1] = 'held'
+      out[#out + 1] = h
+    else
+      local ns = fmt(redis.call('HINCRBY', KEYS[1], 'seq', 1))
+      local ra = tonumber(ARGV[i + 7])
+      local values = {'q', name, 't', t, 'p', ARGV[i + 2], 'pr', ARGV[i + 3], 's', status, 'a', ARGV[i + 5],
+        'ma', ARGV[i + 6], 'ra', ARGV[i + 7], 'ca', ARGV[i + 8], 'tk', ARGV[i + 17], 'ik', ik}
+      local fa = ARGV[i + 9]
+      if not live and fa == '' then fa = fmt(now) end
+      if fa ~= '' then values[#values + 1] = 'fa'; values[#values + 1] = fa end
+      if string.find(given, 'e', 1, true) then values[#values + 1] = 'er'; values[#values + 1] = ARGV[i + 11] end
+      if string.find(given, 'h', 1, true) then values[#values + 1] = 'eh'; values[#values + 1] = ARGV[i + 12] end
+      if string.find(given, 'r', 1, true) then values[#values + 1] = 'rs'; values[#values + 1] = ARGV[i + 13] end
+      if dk ~= '' then values[#values + 1] = 'dk'; values[#values + 1] = dk end
+      if ARGV[i + 15] ~= '' then values[#values + 1] = 'df'; values[#values + 1] = ARGV[i + 15] end
+      if holds and not live then values[#values + 1] = 'hu'; values[#values + 1] = ARGV[i + 16] end
+      redis.call('HSET', jkey(ns), unpack(values))
+      redis.call('HSET', BASE .. ':ik', ik, ns)
+      if holds then redis.call('SET', BASE .. ':u:' .. dk, ns) end
+      if live then
+        index_pending(ns, t, tonumber(ARGV[i + 3]), ra, now)
+        types[t] = true
+      else
+        redis.call('ZADD', BASE .. ':f:' .. status, fa, ns)
+        count_finished(status, t, 1)
+        redis.call('SADD', BASE .. ':types', t)
+      end
+      out[#out + 1] = 'new'
+      out[#out + 1] = ns
+    end
+  end
+end
+note_types(types)
+publish(types)
+return {'OK', out}
+"""
+
+# KEYS[1] meta. ARGV: base, resent, nonce, record ttl (s), then (number, status, lease token) triples. Deletes each
+# job that still has that status and lease token (never a processing one), with everything pointing at it.
+# Returns the numbers deleted; a resend finds the numbers its first run deleted (recorded under the nonce).
+DELETE = """
+local record = BASE .. ':x:' .. ARGV[3]
+if RESENT then
+  local done = redis.call('GET', record)
+  if done then
+    local numbers = {}
+    for ns in string.gmatch(done, '[^,]+') do numbers[#numbers + 1] = ns end
+    return numbers
+  end
+end
+local deleted = {}
+for i = 5, #ARGV, 3 do
+  local ns = ARGV[i]
+  local f = redis.call('HMGET', jkey(ns), 's', 'tk', 't', 'ra', 'dk', 'ik')
+  if f[1] and f[1] ~= 'processing' and f[1] == ARGV[i + 1] and (f[2] or '0') == ARGV[i + 2] then
+    if f[1] == 'pending' then
+      unindex_pending(ns, f[3], tonumber(f[4]))
+    else
+      redis.call('ZREM', BASE .. ':f:' .. f[1], ns)
+      count_finished(f[1], f[3], -1)
+    end
+    release_key(f[5], ns)
+    if f[6] and redis.call('HGET', BASE .. ':ik', f[6]) == ns then redis.call('HDEL', BASE .. ':ik', f[6]) end
+    redis.call('DEL', jkey(ns))
+    deleted[#deleted + 1] = ns
+  end
+end
+redis.call('SET', record, table.concat(deleted, ','), 'EX', ARGV[4])
+return deleted
 """
 
 # --- reads --------------------------------------------------------------------------------------------
@@ -633,6 +798,7 @@ def _render(body: str) -> str:
     source = _PRELUDE + body
     rules = {
         "@FIELDS@": ", ".join(policy.lua_literal(name) for name in FIELDS),
+        "@HELD_AFTER@": ", ".join(f"[{policy.lua_literal(status)}] = true" for status in policy.DEDUPE_HELD_AFTER),
         "@EXPIRED_STATUS@": policy.expired_lease_status_lua("a", "ma"),
         "@EXPIRED_ERROR@": policy.expired_lease_error_lua("lb"),
         "@CAPPED@": policy.capped_max_attempts_lua("stored", "cap"),
@@ -649,12 +815,12 @@ def _render(body: str) -> str:
 
 (
     ENQUEUE, WITHDRAW, CLAIM, PEEK, RESCUE, SETTLE, EXTEND, CANCEL, REPLAY, PURGE, INIT, FIRE, PURGE_FIRES, DECLARE,
-    STATS, READY, DUE, DEAD, FIRES,
+    EXPORT, IMPORT, DELETE, STATS, READY, DUE, DEAD, FIRES,
 ) = (
     _render(body)
     for body in (
         ENQUEUE, WITHDRAW, CLAIM, PEEK, RESCUE, SETTLE, EXTEND, CANCEL, REPLAY, PURGE, INIT, FIRE, PURGE_FIRES, DECLARE,
-        STATS, READY, DUE, DEAD, FIRES,
+        EXPORT, IMPORT, DELETE, STATS, READY, DUE, DEAD, FIRES,
     )
 )  # fmt: skip
 
@@ -674,6 +840,9 @@ SCRIPTS = {
     "fire": FIRE,
     "purge_fires": PURGE_FIRES,
     "declare": DECLARE,
+    "export": EXPORT,
+    "import": IMPORT,
+    "delete": DELETE,
     "stats": STATS,
     "ready": READY,
     "due": DUE,
