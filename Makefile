@@ -16,10 +16,12 @@ $(BASE): pyproject.toml | $(BIN)/python
 
 # Tests need every driver, the dev tools, the plugins and the benchmark harness (without its peers).
 $(FULL): pyproject.toml benchmarks/pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(BIN)/python
-	$(BIN)/pip install -q -e '.[postgresql,mysql,redis,asyncio,dev]'
+	$(BIN)/pip install -q -e '.[postgresql,mysql,redis,asyncio,web,dev]'
 	$(BIN)/pip install -q -e benchmarks
 	# Not dependencies of polyqueue: they let tests/test_readme_fastapi.py run the README's FastAPI example.
 	$(BIN)/pip install -q fastapi httpx
+	# Not dependencies of polyqueue: the dashboard's browser tests drive the Debian chromium-driver with Selenium.
+	$(BIN)/pip install -q 'selenium>=4.20'
 	for p in plugins/*/; do $(BIN)/pip install -q -e "$$p"; done
 	touch $(BASE) $(FULL)
 

@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import greenlets
-from .backends.base import Backend, Capability, FireRecord, ScheduleRecord
+from .backends.base import Backend, Capability, FireRecord, ScheduleRecord, Throughput
 from .errors import ConfigurationError, InvalidArgument, PolyqueueError
 from .job import Job, ReplayResult
 from .queue import Queue, connect
@@ -308,13 +308,17 @@ class AsyncQueue:
         """Cancel a pending job, or ask a processing one to stop; see :meth:`Queue.cancel <polyqueue.Queue.cancel>`."""
         return await self._call(Queue.cancel, job_id)
 
+    async def retry_now(self, job_id: Hashable) -> bool:
+        """Make a pending job that waits for its time due now; True if it did (see :meth:`Queue.retry_now`)."""
+        return await self._call(Queue.retry_now, job_id)
+
     async def stats(self, queue: str | None = None) -> dict[str, int]:
         """Counts by status plus ``scheduled``, for one queue or all queues together."""
         return await self._call(Queue.stats, queue)
 
-    async def stats_by_queue(self) -> dict[str, dict[str, int]]:
-        """``{queue: counts}`` as :meth:`stats` gives them, for every queue that has jobs."""
-        return await self._call(Queue.stats_by_queue)
+    async def stats_by_queue(self, statuses: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """``{queue: counts}`` as :meth:`stats` gives them (of ``statuses`` only, when given; see the Queue's)."""
+        return await self._call(Queue.stats_by_queue, None if statuses is None else _listed(statuses))
 
     async def stats_by_type(self, queue: str | None = None) -> dict[str, dict[str, dict[str, int]]]:
         """``{queue: {job_type: counts}}``: shows jobs of a type no worker handles (they stay pending)."""
@@ -327,6 +331,24 @@ class AsyncQueue:
     async def dead_jobs(self, queue: str | None = None, limit: int = 100) -> list[Job]:
         """Dead jobs, most recently finished first."""
         return await self._call(Queue.dead_jobs, queue, limit)
+
+    async def list_jobs(
+        self,
+        queue: str | None = None,
+        status: str | Iterable[str] | None = None,
+        job_type: str | None = None,
+        after: Hashable | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """One page of jobs, newest first; ``after`` is the previous page's last id (see :meth:`Queue.list_jobs`)."""
+        listed = status if status is None or isinstance(status, str) else _listed(status)
+        return await self._call(Queue.list_jobs, queue, listed, job_type, after, limit)
+
+    async def throughput(
+        self, queue: str | None = None, *, window: float | timedelta | str = 3600.0, buckets: int = 60
+    ) -> Throughput:
+        """Jobs finished done or dead per slice of the last ``window`` (see :meth:`Queue.throughput`)."""
+        return await self._call(Queue.throughput, queue, window=window, buckets=buckets)
 
     async def replay(
         self, ids: Iterable[Hashable] | None = None, queue: str | None = None, *, rate: float | str | None = None

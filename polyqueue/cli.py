@@ -388,7 +388,8 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     for number, entry in enumerate(job.errors, 1):
         attempt = entry.get("attempt", "?")
         worker_id = entry.get("worker") or "unknown worker"
-        say(f"\nerror {number} of {len(job.errors)}: attempt {attempt}, on {worker_id}")
+        when = f", at {entry['at']}" if entry.get("at") else ""  # older entries have no time
+        say(f"\nerror {number} of {len(job.errors)}: attempt {attempt}, on {worker_id}{when}")
         say(str(entry.get("error", "")).rstrip())
 
 
@@ -478,6 +479,32 @@ def purge(ctx: click.Context, status: str, older_than: str, batch_size: int) -> 
     with opened(ctx) as q:
         deleted = q.purge(status, older_than=older_than, batch_size=batch_size)
     say(f"purged {deleted} {status} job(s) older than {older_than}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; beyond loopback needs --token.")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--read-only", is_flag=True, help="Show everything, change nothing: no replay, cancel, pause or purge.")
+@click.option(
+    "--token",
+    envvar="POLYQUEUE_DASHBOARD_TOKEN",
+    default=None,
+    help="Access token every request must carry (Bearer header, or ?token= once). Env: POLYQUEUE_DASHBOARD_TOKEN.",
+)
+@click.option("--root-path", default="", help="The path prefix a reverse proxy serves the dashboard under (/pq).")
+@click.pass_context
+def dashboard(ctx: click.Context, host: str, port: int, read_only: bool, token: str | None, root_path: str) -> None:
+    """Serve the web dashboard: queue counts and throughput, jobs, errors, actions, /metrics."""
+    try:
+        from .web import DashboardSettings, check_serving, serve
+    except ImportError as exc:
+        fail(f"the dashboard needs the web extra: pip install 'polyqueue[web]' ({exc.name} is missing)")
+    settings = DashboardSettings(read_only=read_only, token=token or None)
+    check_serving(host, settings, root_path)
+    with opened(ctx) as q:
+        shown = "[read-only] " if read_only else ""
+        err_console.print(f"polyqueue dashboard {shown}on http://{host}:{port}{root_path}/ ({q.backend.describe()})")
+        serve(q, host=host, port=port, settings=settings, root_path=root_path)
 
 
 def _progress(what: str) -> Progress:

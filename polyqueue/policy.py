@@ -42,6 +42,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import Settlement
@@ -59,6 +60,7 @@ __all__ = [
     "CLAIM_ORDER",
     "DEDUPE_HELD_AFTER",
     "ERROR_HISTORY_LIMIT",
+    "ERROR_TIME_FORMAT",
     "LISTEN_RECONNECT",
     "MAX_CLAIM_CAPACITY",
     "MAX_ERROR_LENGTH",
@@ -73,6 +75,7 @@ __all__ = [
     "Jitter",
     "Outage",
     "Pace",
+    "appended_entry",
     "attempt_deadline",
     "attempt_timeout",
     "cancelled",
@@ -84,8 +87,13 @@ __all__ = [
     "claim_order_sql",
     "completed",
     "dedupe_hold_sql",
+    "error_entry",
     "error_history",
     "error_text",
+    "error_time",
+    "expired_lease_entry",
+    "expired_lease_entry_lua",
+    "expired_lease_entry_sql",
     "expired_lease_error",
     "expired_lease_error_lua",
     "expired_lease_error_sql",
@@ -107,6 +115,7 @@ __all__ = [
     "released",
     "settled_status",
     "settled_status_sql",
+    "stamp_newest_entry",
     "storable_text",
     "timeout_error",
 ]
@@ -339,6 +348,67 @@ def expired_lease_error_lua(locked_by: str) -> str:
     return f"({lua_literal(_EXPIRED_PREFIX)} .. {holder})"
 
 
+def expired_lease_entry(attempts: int, locked_by: str | None, at: str) -> dict[str, Any]:
+    """The error history entry a lease expiry appends (``at`` is :func:`error_time` of the store's clock)."""
+    return error_entry(attempts, expired_lease_error(locked_by), locked_by, at)
+
+
+def expired_lease_entry_sql(attempts: Any, locked_by: Any, at: Any) -> dict[str, Any]:
+    """:func:`expired_lease_entry` as SQL values by key, for a dialect to build its JSON object from."""
+    return error_entry(attempts, expired_lease_error_sql(locked_by), locked_by, at)
+
+
+def expired_lease_entry_lua(attempts: str, locked_by: str, at: str) -> str:
+    """:func:`expired_lease_entry` as a Lua table constructor for ``cjson.encode`` (a missing holder is JSON null)."""
+    fields = error_entry(attempts, expired_lease_error_lua(locked_by), f"(({locked_by}) or cjson.null)", at)
+    return "{" + ", ".join(f"[{lua_literal(key)}] = {value}" for key, value in fields.items()) + "}"
+
+
+# --- error history entries ---------------------------------------------------------------------------
+#: The ``at`` of an error history entry, the same text on every backend: ISO 8601 UTC to the millisecond.
+ERROR_TIME_FORMAT = "YYYY-MM-DDTHH:MM:SS.mmmZ"
+
+
+def error_entry(attempt: Any, error: Any, worker: Any, at: Any = None) -> dict[str, Any]:
+    """One entry of a job's error history; the one place that names its keys.
+
+    ``at`` is left out when not known yet: a failure's entry is built
+    here and stamped with the store's clock when the store writes it
+    (see :func:`stamp_newest_entry`).
+    """
+    entry = {"attempt": attempt, "error": error, "worker": worker}
+    if at is not None:
+        entry["at"] = at
+    return entry
+
+
+def error_time(epoch_us: int) -> str:
+    """A store's clock reading (microseconds since the epoch) as an entry's ``at`` (:data:`ERROR_TIME_FORMAT`)."""
+    moment = _EPOCH + timedelta(microseconds=epoch_us)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def stamp_newest_entry(history_json: str, at: str) -> str:
+    """``history_json`` (as :func:`error_history` made it) with ``at`` on its newest entry (stores without JSON SQL)."""
+    from . import json_codec
+
+    history = json_codec.loads(history_json)
+    if history:
+        history[-1]["at"] = at
+    return json_codec.dumps(history)
+
+
+def appended_entry(history_json: str | None, entry: dict[str, Any]) -> str:
+    """``history_json`` with ``entry`` appended, keeping the newest :data:`ERROR_HISTORY_LIMIT`."""
+    from . import json_codec
+
+    history = json_codec.loads(history_json) if history_json else []
+    return json_codec.dumps([*history, entry][-ERROR_HISTORY_LIMIT:])
+
+
 # --- the fence ---------------------------------------------------------------------------------------
 def holds_claim(status: str, stored_token: int, lease_expires_at: Any, claim_token: int, now: Any) -> bool:
     """Whether a claim with ``claim_token`` still holds a job stored with these values at ``now``."""
@@ -455,10 +525,14 @@ def failed(
 
 
 def error_history(job: Job, error: str) -> str:
-    """The job's error history with this failure appended, as the JSON text to store."""
+    """The job's error history with this failure appended, as the JSON text to store.
+
+    The new entry has no ``at`` yet: the store stamps its own clock on the
+    newest entry as it writes the settlement.
+    """
     from . import json_codec
 
-    entry = {"attempt": job.attempts, "error": error, "worker": job.locked_by}
+    entry = error_entry(job.attempts, error, job.locked_by)
     return json_codec.dumps([*job.errors, entry][-ERROR_HISTORY_LIMIT:])
 
 

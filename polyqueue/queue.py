@@ -26,16 +26,20 @@ from .backends.base import (
     FireHistoryQuery,
     FireRecord,
     JobLookup,
+    ListQuery,
     OptionParser,
     PurgeRequest,
     ReadyCount,
     ReplayRequest,
+    RetryNowRequest,
     ScheduleQuery,
     ScheduleRecord,
     StatsRequest,
+    Throughput,
+    ThroughputQuery,
 )
 from .errors import ConfigurationError, InvalidArgument, InvalidPayload, JobNotFound
-from .job import FINISHED_STATUSES, Job, NewJob, ReplayResult
+from .job import FINISHED_STATUSES, STATUSES, Job, NewJob, ReplayResult
 from .plugins import backend_class_for, call_hook, make_plugin_manager
 from .session import ConsumerSession, lease_lost
 from .validation import (
@@ -59,6 +63,8 @@ log = logging.getLogger("polyqueue")
 
 DEFAULT_URL = "sqlite:///polyqueue.db"
 MAX_CLAIM_BATCH = 1000
+#: Most jobs one ``list_jobs`` page holds.
+MAX_LIST_PAGE = 1000
 #: Most dead jobs one paced replay of "every dead job" takes on (a paced million takes hours anyway).
 MAX_PACED_REPLAY = 1_000_000
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
@@ -170,6 +176,15 @@ def _parse_url(raw: str) -> URL:
             raise
         hosts = [("host", host) for host in several["hosts"].split(",")]
         return make_url(several["head"] + several["tail"]).update_query_pairs(hosts, append=True)
+
+
+def _check_statuses(status: str | Iterable[str]) -> frozenset[str]:
+    """One job status or several, each one of :data:`~polyqueue.job.STATUSES`."""
+    chosen = frozenset([status] if isinstance(status, str) else status)
+    unknown = sorted(str(s) for s in chosen - set(STATUSES))
+    if not chosen or unknown:
+        raise InvalidArgument(f"status must be one or more of {', '.join(STATUSES)}; got {unknown or 'none'}")
+    return chosen
 
 
 def _positive(value: Any, what: str) -> int:
@@ -492,6 +507,16 @@ class Queue:
         """
         return self.backend.cancel(CancelRequest(job_id))
 
+    def retry_now(self, job_id: Hashable) -> bool:
+        """Make a pending job that waits for its time (a retry's back-off, a delay) due now; True if it did.
+
+        False when the job is not pending, is due already, or does not exist.
+        Idle workers of its queue are woken as after an enqueue. Needs the
+        ``retry_now`` capability (:class:`ConfigurationError` without it).
+        """
+        self.require_capability(Capability.RETRY_NOW, "retry now")
+        return self.backend.retry_now(RetryNowRequest(job_id))
+
     def stats(self, queue: str | None = None) -> dict[str, int]:
         """Counts by status plus ``scheduled``, for one queue or all queues together.
 
@@ -509,9 +534,17 @@ class Queue:
                 totals[key] = totals.get(key, 0) + value
         return totals
 
-    def stats_by_queue(self) -> dict[str, dict[str, int]]:
-        """``{queue: counts}`` as :meth:`stats` gives them, for every queue that has jobs."""
-        return self.backend.stats(StatsRequest())
+    def stats_by_queue(self, statuses: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """``{queue: counts}`` as :meth:`stats` gives them, for every queue that has jobs.
+
+        ``statuses`` counts only those (with ``scheduled`` when ``pending`` is
+        one): every queue holding jobs of them, and a store may skip its
+        finished history, so ``("pending", "processing", "dead")`` stays
+        cheap however many done jobs there are. A store may count more.
+        """
+        if statuses is None:
+            return self.backend.stats(StatsRequest())
+        return self.backend.stats(StatsRequest(statuses=_check_statuses(list(statuses))))
 
     def stats_by_type(self, queue: str | None = None) -> dict[str, dict[str, dict[str, int]]]:
         """``{queue: {job_type: counts}}``: shows jobs of a type no worker handles (they stay pending)."""
@@ -533,6 +566,49 @@ class Queue:
         if queue is not None:
             queue = check_queue_name(queue)
         return self.backend.dead_jobs(DeadJobsQuery(queue, check_int(limit, "limit", 1, 1_000_000)))
+
+    def list_jobs(
+        self,
+        queue: str | None = None,
+        status: str | Iterable[str] | None = None,
+        job_type: str | None = None,
+        after: Hashable | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """One page of jobs, newest first: of ``queue``, ``status`` and ``job_type`` when given.
+
+        ``status`` is one status or several (of ``pending``, ``processing``,
+        ``done``, ``dead``, ``cancelled``). ``after`` is the ``id`` of the
+        last job of the previous page: the next page holds older jobs only
+        (keyset pagination, served by indexes, so the thousandth page costs
+        what the first does; jobs added meanwhile never shift a page).
+        ``limit`` is 1 to 1000. ``[]`` when nothing is left. Needs the
+        ``list_jobs`` capability (:class:`ConfigurationError` without it);
+        :class:`InvalidArgument` for a bad filter or an ``after`` that is
+        not a job id of this backend.
+        """
+        name = None if queue is None else check_name(queue, "queue name")
+        statuses = None if status is None else _check_statuses(status)
+        kind = None if job_type is None else check_name(job_type, "job_type")
+        size = check_int(limit, "limit", 1, MAX_LIST_PAGE)
+        self.require_capability(Capability.LIST_JOBS, "job listing")
+        return self.backend.list_jobs(ListQuery(statuses, name, kind, after, size))
+
+    def throughput(
+        self, queue: str | None = None, *, window: float | timedelta | str = 3600.0, buckets: int = 60
+    ) -> Throughput:
+        """Jobs that ended ``done`` or ``dead`` in each of ``buckets`` slices of the last ``window`` (DB clock).
+
+        ``Throughput.counts`` is ``{queue: {"done": [...], "dead": [...]}}``,
+        oldest slice first (a status or queue with none finished is absent).
+        Reads only the window's finished jobs, not the history. Needs the
+        ``throughput`` capability (:class:`ConfigurationError` without it).
+        """
+        name = None if queue is None else check_name(queue, "queue name")
+        seconds = check_seconds(window, "window", positive=True)
+        slices = check_int(buckets, "buckets", 1, 1440)
+        self.require_capability(Capability.THROUGHPUT, "throughput counts")
+        return self.backend.throughput(ThroughputQuery(name, seconds, slices))
 
     def replay(
         self, ids: Iterable[Hashable] | None = None, queue: str | None = None, *, rate: float | str | None = None

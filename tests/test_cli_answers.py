@@ -13,7 +13,9 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,10 @@ def setup(worker):
 """
 
 
+#: An error history entry's time as every backend writes it: ISO 8601 UTC to the millisecond.
+ENTRY_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
 def test_failures_are_logged_and_show_prints_every_field_and_the_whole_history(tmp_path: Path, any_url: str) -> None:
     url = f"{any_url}{'&' if '?' in any_url else '?'}backoff_base=0.001&backoff_max=0.001"
     assert polyqueue_cmd("migrate", url=url).returncode == 0
@@ -156,13 +162,14 @@ def test_failures_are_logged_and_show_prints_every_field_and_the_whole_history(t
         assert re.search(rf"^\W*{field}\s", shown.stdout, re.MULTILINE), field
     assert '{"n":[1,2]}' in shown.stdout
     for attempt in (1, 2, 3):
-        assert f"error {attempt} of 3: attempt {attempt}, on " in shown.stdout
+        assert re.search(rf"error {attempt} of 3: attempt {attempt}, on \S+, at {ENTRY_TIME}$", shown.stdout, re.M)
         assert f"RuntimeError: attempt {attempt} of flaky failed" in shown.stdout
     assert shown.stdout.count("flaky_handlers.py") >= 3  # each entry keeps its traceback
 
     as_json = json.loads(polyqueue_cmd("show", job_id, "--json", url=url).stdout)
     assert as_json["status"] == "dead" and as_json["attempts"] == 3 and as_json["payload"] == {"n": [1, 2]}
     assert [entry["attempt"] for entry in as_json["errors"]] == [1, 2, 3]
+    assert all(re.fullmatch(ENTRY_TIME, entry["at"]) for entry in as_json["errors"])
     assert set(as_json) >= {"created_at", "finished_at", "run_at", "last_error", "lease_token", "dedupe_for"}
 
     one_line_error(polyqueue_cmd("show", "424242", url=url), "no job with id '424242'")
@@ -374,3 +381,26 @@ def test_every_bench_option_has_help() -> None:
     for action in parser()._actions:
         assert action.help, action.option_strings
         assert " ".join(action.help.split()) in text
+
+
+def test_show_lists_a_lease_expiry_with_its_time_and_an_old_entry_without_one(sqlite_file: str) -> None:
+    with polyqueue.connect(sqlite_file) as q:
+        job_id = q.enqueue("t", max_attempts=5)
+        with q.backend.engine.begin() as conn:  # type: ignore[attr-defined]
+            # An entry as versions before entry times wrote it: no "at".
+            old = json.dumps([{"attempt": 0, "error": "RuntimeError: from before", "worker": "w-old"}])
+            conn.exec_driver_sql("UPDATE polyqueue_jobs SET errors = ? WHERE id = ?", (old, job_id))
+        (held,) = q.claim(lease=0.3, worker_id="w-lost")
+        deadline = (held.lease_expires_at or q.backend.db_now()) + timedelta(milliseconds=50)
+        while q.backend.db_now() < deadline:
+            time.sleep(0.05)
+        (again,) = q.claim(lease=30, worker_id="w-next")
+        q.fail(again, "ValueError: after", retry_in=0)
+    shown = polyqueue_cmd("show", str(job_id), url=sqlite_file)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^error 1 of 3: attempt 0, on w-old$", shown.stdout, re.M), shown.stdout
+    assert re.search(rf"^error 2 of 3: attempt 1, on w-lost, at {ENTRY_TIME}$", shown.stdout, re.M)
+    assert "lease expired while held by w-lost" in shown.stdout
+    assert re.search(rf"^error 3 of 3: attempt 2, on w-next, at {ENTRY_TIME}$", shown.stdout, re.M)
+    history = shown.stdout[shown.stdout.index("error 1 of 3") :]  # the job table above shows the fields too
+    assert history.index("from before") < history.index("lease expired") < history.index("ValueError: after")

@@ -419,3 +419,87 @@ def test_claim_size_holds_only_a_horizon_of_slow_jobs() -> None:
     sizer.mean_duration = 0.01  # 8 slots run 800 jobs/s: 0.1 s of them is 80
     assert sizer.capacity == int(8 * policy.CLAIM_HORIZON / 0.01)
     assert policy.ClaimSizer(300).capacity == 300, "never fewer than the worker can run"
+
+
+# --- error history entries: one shape, one time format, on every store ------------------------------
+def test_an_entry_time_is_iso_8601_utc_to_the_millisecond() -> None:
+    assert policy.error_time(0) == "1970-01-01T00:00:00.000Z"
+    moment = datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC)
+    assert policy.error_time((moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)) == (
+        "2024-02-29T23:59:59.999Z"
+    )
+    assert len(policy.ERROR_TIME_FORMAT) == len(policy.error_time(0))
+
+
+def test_a_failure_entry_is_stamped_and_an_expiry_entry_appended_within_the_limit() -> None:
+    history = json_codec.dumps([{"attempt": n, "error": f"e{n}", "worker": "w"} for n in range(20)])
+    stamped = json_codec.loads(policy.stamp_newest_entry(history, "2026-01-02T03:04:05.678Z"))
+    assert stamped[-1] == {"attempt": 19, "error": "e19", "worker": "w", "at": "2026-01-02T03:04:05.678Z"}
+    assert stamped[:-1] == json_codec.loads(history)[:-1]
+    entry = policy.expired_lease_entry(4, None, "2026-01-02T03:04:05.678Z")
+    assert entry == {"attempt": 4, "error": "lease expired while held by ?", "worker": None, "at": entry["at"]}
+    appended = json_codec.loads(policy.appended_entry(history, entry))
+    assert len(appended) == policy.ERROR_HISTORY_LIMIT and appended[0]["attempt"] == 1 and appended[-1] == entry
+    assert json_codec.loads(policy.appended_entry(None, entry)) == [entry]
+
+
+_HISTORIES = [None, "[]", json_codec.dumps([{"attempt": n, "error": f"e{n} 😀", "worker": None} for n in range(20)])]
+
+
+@pytest.mark.parametrize("history", _HISTORIES, ids=["null", "empty", "full"])
+@pytest.mark.parametrize("worker", ["w-1", None, 'it\'s 😀 "quoted"'])
+def test_the_expiry_entry_is_appended_alike(
+    sql_queue: polyqueue.Queue, history: str | None, worker: str | None
+) -> None:
+    backend = _backend(sql_queue)
+    held_by = sa.literal(worker, sa.String()) if worker is not None else sa.null()
+    at = "2026-01-02T03:04:05.678Z"
+    entry = policy.expired_lease_entry_sql(sa.literal(3, sa.Integer()), held_by, sa.literal(at, sa.String()))
+    stored = sa.literal(history, sa.Text()) if history is not None else sa.null()
+    written = _evaluate(sql_queue, backend.history_appended(stored, entry))
+    assert json_codec.loads(written) == json_codec.loads(
+        policy.appended_entry(history, policy.expired_lease_entry(3, worker, at))
+    )
+
+
+def test_a_failure_entry_is_stamped_alike_with_the_database_clock(sql_queue: polyqueue.Queue) -> None:
+    backend = _backend(sql_queue)
+    history = policy.failed(_job(attempts=2, errors=[{"attempt": 1, "error": "old", "worker": "w"}]), "new 😀",
+                            backoff=policy.Backoff(1, 1)).errors_json or ""  # fmt: skip
+    now_text = _evaluate(sql_queue, backend.now_text())
+    db_now = backend.db_now()
+    assert abs(datetime.fromisoformat(now_text.replace("Z", "+00:00")) - db_now) < timedelta(seconds=5)
+    written = _evaluate(sql_queue, backend.history_stamped(sa.literal(history, sa.Text()), backend.now_text()))
+    assert json_codec.loads(written) == json_codec.loads(
+        policy.stamp_newest_entry(history, json_codec.loads(written)[-1]["at"])
+    )
+    assert len(policy.error_time(0)) == len(json_codec.loads(written)[-1]["at"])
+
+
+def test_the_postgresql_claim_appends_the_same_expiry_entry(pg_url: str) -> None:
+    engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            for history in _HISTORIES:
+                written, at = conn.execute(
+                    sa.text(
+                        f"SELECT {postgresql._EXPIRED_ERRORS}, {postgresql._sql(postgresql._ENTRY_TIME)} "
+                        "FROM (SELECT CAST(:h AS text) AS errors, 3 AS attempts, CAST(:who AS text) AS locked_by) AS j"
+                    ),
+                    {"h": history, "who": "w-9"},
+                ).one()
+                expected = policy.appended_entry(history, policy.expired_lease_entry(3, "w-9", at))
+                assert json_codec.loads(written) == json_codec.loads(expected)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("worker", ["w-1", None, 'it\'s 😀 "quoted" \\ back'])
+def test_the_expiry_entry_agrees_in_lua(lua: Callable[..., Any], worker: str | None) -> None:
+    source = (
+        "local held = ARGV[1] == '1' and ARGV[2] or false\nlocal a = tonumber(ARGV[3])\n"
+        f"return cjson.encode({policy.expired_lease_entry_lua('a', 'held', 'ARGV[4]')})"
+    )
+    at = "2026-01-02T03:04:05.678Z"
+    written = lua(source, "0" if worker is None else "1", worker or "", 3, at)
+    assert json_codec.loads(written) == policy.expired_lease_entry(3, worker, at)

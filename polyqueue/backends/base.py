@@ -55,10 +55,12 @@ __all__ = [
     "ImportResult",
     "JobLookup",
     "JobRecord",
+    "ListQuery",
     "OptionParser",
     "PurgeRequest",
     "ReadyCount",
     "ReplayRequest",
+    "RetryNowRequest",
     "ScheduleQuery",
     "ScheduleRecord",
     "ScheduleSpec",
@@ -66,6 +68,8 @@ __all__ = [
     "SettleRequest",
     "Settlement",
     "StatsRequest",
+    "Throughput",
+    "ThroughputQuery",
     "WakeupRequest",
     "WakeupSource",
 ]
@@ -86,6 +90,9 @@ class Capability(enum.StrEnum):
     DEPTH_CACHE = "depth_cache"  #: depth() answered from a cache
     PERIODIC = "periodic"  #: declare_schedules / fire / schedules: each (schedule, slot) fires once
     TRANSFER = "transfer"  #: export_jobs / import_jobs / delete_jobs: jobs move to and from other backends
+    LIST_JOBS = "list_jobs"  #: list_jobs: pages through jobs by queue, status and type, newest first
+    THROUGHPUT = "throughput"  #: throughput: jobs finished per minute over the last hour, from the store
+    RETRY_NOW = "retry_now"  #: retry_now: a pending job waiting for its time (a retry's back-off) becomes due now
     HEADERS = "headers"  #: Job.headers stored with the job, kept through retries, replay and transfer
     TIMEOUTS = "timeouts"  #: enqueue(..., timeout=S): a per-job attempt timeout stored with the job
     CANCEL_RUNNING = "cancel_running"  #: cancel(id) on a processing job flags it; cancel_requests() reports it
@@ -222,10 +229,16 @@ class CancelCheck:
 
 @dataclass(frozen=True, slots=True)
 class StatsRequest:
-    """Counts for one queue (``queue``) or all; ``by_type`` splits each queue's counts by job type."""
+    """Counts for one queue (``queue``) or all; ``by_type`` splits each queue's counts by job type.
+
+    ``statuses`` None counts every status; otherwise only those need
+    counting (a hint that lets a store skip its finished history: it may
+    count more, and the caller reads only the ones it asked for).
+    """
 
     queue: str | None = None
     by_type: bool = False
+    statuses: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +263,13 @@ class DeadJobsQuery:
 
     queue: str | None = None
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RetryNowRequest:
+    """Make one pending job that is not yet due (waiting out a retry's back-off, or delayed) due now."""
+
+    job_id: Hashable
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +307,45 @@ class ExportQuery:
     queue: str | None = None
     after: Hashable | None = None
     limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """One page of jobs to show, newest (highest id) first: those with an id below ``after`` (None: from the newest).
+
+    Only jobs whose status is in ``statuses`` (None: any), of ``queue`` and
+    of ``job_type`` when given; at most ``limit``. The last job's ``id`` is
+    the ``after`` of the next page (keyset pagination, as :class:`ExportQuery`
+    but in the other direction: a page costs the same however deep it is).
+    """
+
+    statuses: frozenset[str] | None = None
+    queue: str | None = None
+    job_type: str | None = None
+    after: Hashable | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ThroughputQuery:
+    """Jobs that ended ``done`` or ``dead`` in each of ``buckets`` equal slices of the last ``window`` seconds."""
+
+    queue: str | None = None
+    window: float = 3600.0
+    buckets: int = 60
+
+
+@dataclass(slots=True)
+class Throughput:
+    """What :meth:`Backend.throughput` counted: per queue, per status (``done``, ``dead``), oldest slice first.
+
+    ``db_now`` is the database clock the slices end at; a queue with no job
+    finished in the window is absent.
+    """
+
+    db_now: datetime
+    bucket_seconds: float
+    counts: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -713,6 +772,36 @@ class Backend(abc.ABC):
         transaction; a job that changed, or is gone, is left alone.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot delete jobs")
+
+    # --- seeing jobs (the ``list_jobs`` capability) ---------------------------
+    def list_jobs(self, query: ListQuery) -> list[Job]:
+        """One page of jobs, newest first (descending id order), after ``query.after``; see :class:`ListQuery`.
+
+        Reads only, no locks held after it returns; ``[]`` when no job is
+        left. Served by indexes, so a page costs the same however many
+        finished jobs the store holds. Raises
+        :class:`~polyqueue.errors.InvalidArgument` for an ``after`` that is
+        not an id of this backend.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list jobs")
+
+    def retry_now(self, request: RetryNowRequest) -> bool:
+        """Set a pending, not yet due job's ``run_at`` to DB-now, and wake idle workers of its queue.
+
+        True when it did; False when the job is not pending or already due
+        (its place in claim order is kept), or does not exist. Atomic and
+        idempotent (a second call finds it due). The ``retry_now`` capability.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot make jobs due now")
+
+    def throughput(self, query: ThroughputQuery) -> Throughput:
+        """Jobs finished ``done`` and ``dead`` per slice of the last ``query.window`` seconds (DB clock), per queue.
+
+        Reads only the jobs finished in the window (through an index on the
+        finish time), so it costs what the window's traffic is, not what the
+        history is. The ``throughput`` capability.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot count throughput")
 
     # --- periodic jobs (the ``periodic`` capability) ----------------------
     def declare_schedules(self, request: DeclareSchedules) -> ScheduleState:

@@ -154,6 +154,26 @@ class MySQLBackend(SQLBackend):
         micros = sa.cast(sa.func.round(sa.type_coerce(seconds, sa.Float()) * 1000000), sa.BigInteger())
         return sa.type_coerce(sa.func.timestampadd(sa.literal_column("MICROSECOND"), micros, self.now()), UTCDateTime())
 
+    def now_text(self) -> sa.ColumnElement[str]:
+        """``UTC_TIMESTAMP(6)`` formatted, cut to milliseconds."""
+        text = sa.func.date_format(self.now(), sa.literal("%Y-%m-%dT%H:%i:%s.%f", sa.Text()))
+        return sa.func.concat(sa.func.left(text, 23), "Z", type_=sa.Text())
+
+    def history_appended(self, history: sa.ColumnElement[Any], entry: dict[str, Any]) -> sa.ColumnElement[str]:
+        """``JSON_ARRAY_APPEND(..., '$', JSON_OBJECT(...))`` (MySQL 8 syntax), the oldest entry dropped at the limit."""
+        base = sa.func.coalesce(history, "[]")
+        kept = sa.case(
+            (sa.func.json_length(base) >= policy.ERROR_HISTORY_LIMIT, sa.func.json_remove(base, "$[0]")),
+            else_=base,
+        )
+        entry_object = sa.func.json_object(*(part for key, value in entry.items() for part in (sa.literal(key), value)))
+        return sa.func.json_array_append(kept, "$", entry_object, type_=sa.Text())
+
+    def history_stamped(self, history: sa.ColumnElement[Any], at: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+        """``JSON_SET`` on the path of the newest entry's ``at``."""
+        newest_at = sa.func.concat("$[", sa.func.json_length(history) - 1, "].at")
+        return sa.func.json_set(history, newest_at, at, type_=sa.Text())
+
     def extra_columns(self) -> list[sa.Column[Any]]:
         """Virtual generated columns for the indexes, and the bulk-insert tag.
 
@@ -189,6 +209,7 @@ class MySQLBackend(SQLBackend):
             sa.Index(f"{p}jobs_leases", c.status, c.lease_expires_at),
             sa.Index(f"{p}jobs_dedupe", c.queue, c.live_dedupe_key, unique=True),
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at),
+            *self.listing_indexes(jobs),
         ]
 
     def migrate(self) -> None:

@@ -105,6 +105,33 @@ _EXPIRED_HOLD = _sql(
     )
 )
 
+_JSONB = pg.JSONB()
+_ENTRY_TIME = sa.func.to_char(
+    sa.func.timezone(sa.literal_column("'UTC'"), sa.func.now()),
+    sa.literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"""),
+    type_=sa.Text(),
+)
+
+
+def _history_appended(history: sa.ColumnElement[Any], entry: dict[str, Any]) -> sa.ColumnElement[str]:
+    """``jsonb || jsonb_build_array(jsonb_build_object(...))``, the oldest entry dropped at the limit."""
+    base = sa.cast(sa.func.coalesce(history, sa.literal_column("'[]'")), _JSONB)
+    kept = sa.case(
+        (sa.func.jsonb_array_length(base) >= policy.ERROR_HISTORY_LIMIT, base.op("-")(sa.literal_column("0"))),
+        else_=base,
+    )
+    parts = (part for key, value in entry.items() for part in (sa.cast(sa.literal(key), sa.Text()), value))
+    appended = kept.op("||")(sa.func.jsonb_build_array(sa.func.jsonb_build_object(*parts)))
+    return sa.cast(appended, sa.Text())
+
+
+_EXPIRED_ERRORS = _sql(
+    _history_appended(
+        sa.literal_column("j.errors"),
+        policy.expired_lease_entry_sql(sa.literal_column("j.attempts"), sa.literal_column("j.locked_by"), _ENTRY_TIME),
+    )
+)
+
 # One statement, one round trip. `expired` and `ready` lock their rows with SKIP LOCKED; `chosen`
 # keeps the best `limit` of the ready rows and of the expired rows (of the asked queues and types)
 # that still have attempts left; `marked` adds the other expired rows, which the policy's expiry
@@ -146,7 +173,8 @@ WITH expired AS MATERIALIZED (
         lease_expires_at = CASE WHEN m.claimed THEN now() + CAST(:lease AS float8) * interval '1 second' END,
         finished_at = CASE WHEN NOT m.claimed AND {_FINAL} THEN now() ELSE j.finished_at END,
         dedupe_held_until = CASE WHEN m.claimed THEN j.dedupe_held_until ELSE {_EXPIRED_HOLD} END,
-        last_error = CASE WHEN m.was_expired THEN {_EXPIRED_ERROR} ELSE j.last_error END
+        last_error = CASE WHEN m.was_expired THEN {_EXPIRED_ERROR} ELSE j.last_error END,
+        errors = CASE WHEN m.was_expired THEN {_EXPIRED_ERRORS} ELSE j.errors END
     FROM marked AS m
     WHERE j.id = m.id
     RETURNING j.*, m.claimed
@@ -205,6 +233,7 @@ class PostgreSQLBackend(SQLBackend):
     default_async_driver = "psycopg_async"
     async_driver_extra = "postgresql,asyncio"
     partial_index_keyword = "postgresql_where"
+    include_keyword = "postgresql_include"
 
     @property
     def channel(self) -> str:
@@ -223,6 +252,19 @@ class PostgreSQLBackend(SQLBackend):
         """``now() + :s * interval '1 second'``."""
         interval = sa.cast(seconds, sa.Float()).op("*")(sa.literal_column("interval '1 second'"))
         return sa.type_coerce(self.now().op("+")(interval), sa.DateTime(timezone=True))
+
+    def now_text(self) -> sa.ColumnElement[str]:
+        """``to_char`` of the transaction time in UTC, to the millisecond."""
+        return _ENTRY_TIME
+
+    def history_appended(self, history: sa.ColumnElement[Any], entry: dict[str, Any]) -> sa.ColumnElement[str]:
+        """See :func:`_history_appended` (the claim statement's rescue uses it too)."""
+        return _history_appended(history, entry)
+
+    def history_stamped(self, history: sa.ColumnElement[Any], at: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+        """``jsonb_set(history, '{-1,at}', to_jsonb(at))``."""
+        path: sa.ColumnElement[Any] = sa.literal_column("CAST('{-1,at}' AS text[])")
+        return sa.cast(sa.func.jsonb_set(sa.cast(history, _JSONB), path, sa.func.to_jsonb(at)), sa.Text())
 
     def engine_options(self) -> dict[str, Any]:
         """UTC sessions, an application name to find our connections by, bounded connects, TCP keepalives.

@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
@@ -63,6 +63,7 @@ __all__ = [
     "THREADS",
     "AwareUTCTime",
     "ErrorKind",
+    "KeysetPage",
     "SQLBackend",
     "UpdateValues",
     "status_literal",
@@ -88,8 +89,8 @@ FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 #: Bumped whenever ``migrate`` has new work to do. 3: the ready index leads with (queue, job_type);
 #: 4: the periodic schedules and fires tables; 5: dedupe holds after finishing (``dedupe_for``,
 #: ``dedupe_held_until``), enqueue tokens and import keys; 6: runtime control (``headers``,
-#: ``timeout``, ``cancel_requested``).
-SCHEMA_VERSION = 6
+#: ``timeout``, ``cancel_requested``); 7: the listing indexes of ``list_jobs``.
+SCHEMA_VERSION = 7
 #: The columns version 5 added, in the order an upgrade adds them.
 _V5_COLUMNS = ("dedupe_for", "dedupe_held_until", "enqueue_token", "import_key")
 #: The columns version 6 added (runtime control), in the order an upgrade adds them.
@@ -116,6 +117,9 @@ SQL_CAPABILITIES = frozenset(
         Capability.MULTI_PROCESS,
         Capability.PERIODIC,
         Capability.TRANSFER,
+        Capability.LIST_JOBS,
+        Capability.THROUGHPUT,
+        Capability.RETRY_NOW,
         Capability.HEADERS,
         Capability.TIMEOUTS,
         Capability.CANCEL_RUNNING,
@@ -135,6 +139,21 @@ RECORD_CHUNK = 500
 ZERO = sa.literal_column("0", sa.BigInteger())
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeysetPage:
+    """One page of jobs in id order, as :meth:`SQLBackend.keyset_page` reads it (export and listing share it).
+
+    ``statuses`` None means any; ``after`` is the integer id the page
+    continues after (None: from the first); ``newest_first`` reads ids
+    downwards (listing), else upwards (export).
+    """
+
+    statuses: frozenset[str] | None
+    queue: str | None
+    job_type: str | None
+    after: int | None
+    limit: int
+    newest_first: bool = True
 def _scalars(stmt: sa.Select[Any], conn: Connection) -> list[Any]:
     return list(conn.execute(stmt).scalars())
 
@@ -318,6 +337,23 @@ class SQLBackend(Backend):
         """DB-now minus ``seconds``."""
         return self.seconds_from_now(-seconds)
 
+    def now_text(self) -> sa.ColumnElement[str]:
+        """DB-now as an error history entry's ``at``: :data:`polyqueue.policy.ERROR_TIME_FORMAT`."""
+        raise NotImplementedError
+
+    def history_appended(self, history: sa.ColumnElement[Any], entry: dict[str, Any]) -> sa.ColumnElement[str]:
+        """The JSON array text ``history`` (NULL reads as empty) with ``entry`` appended as an object.
+
+        Keeps the newest :data:`~polyqueue.policy.ERROR_HISTORY_LIMIT`
+        entries. ``entry`` maps keys to SQL values (see
+        :func:`polyqueue.policy.expired_lease_entry_sql`).
+        """
+        raise NotImplementedError
+
+    def history_stamped(self, history: sa.ColumnElement[Any], at: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+        """The JSON array text ``history`` with ``at`` set on its newest entry."""
+        raise NotImplementedError
+
     def engine_options(self) -> dict[str, Any]:
         """Extra ``create_engine`` keyword arguments."""
         return {}
@@ -369,6 +405,25 @@ class SQLBackend(Backend):
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at, **where(c.status.in_(FINISHED_SQL))),
             sa.Index(f"{p}jobs_enqueue_token", c.enqueue_token, unique=True, **where(c.enqueue_token > ZERO)),
             sa.Index(f"{p}jobs_import_key", c.import_key, unique=True, **where(c.import_key.is_not(None))),
+            *self.listing_indexes(jobs),
+        ]
+
+    #: The ``Index`` keyword for covering columns (``postgresql_include``), or "" if the dialect has none.
+    include_keyword: ClassVar[str] = ""
+
+    def listing_indexes(self, jobs: sa.Table) -> list[sa.Index]:
+        """What :meth:`keyset_page` reads: (status, id) and (queue, status, id), whole (every status is listed).
+
+        Where the dialect has covering columns, (status, id) also carries
+        queue and run_at, so counting the jobs of a few statuses per queue
+        (the dashboard's overview: live and dead, never the done history)
+        reads this index alone, not one heap page per row.
+        """
+        p, c = self.prefix, jobs.c
+        covering: dict[str, Any] = {self.include_keyword: ["queue", "run_at"]} if self.include_keyword else {}
+        return [
+            sa.Index(f"{p}jobs_by_status", c.status, c.id, **covering),
+            sa.Index(f"{p}jobs_by_queue_status", c.queue, c.status, c.id),
         ]
 
     @contextmanager
@@ -548,6 +603,7 @@ class SQLBackend(Backend):
         """Schema work inside ``migrate``'s lock when the schema is new (None) or older.
 
         Version 3 rebuilds the ready index to lead with (queue, job_type).
+        Version 7 creates the listing indexes (:meth:`listing_indexes`).
         Version 5 adds the ``dedupe_for``, ``dedupe_held_until``,
         ``enqueue_token`` and ``import_key`` columns, lets the dedupe index
         hold finished jobs' keys too (:meth:`upgrade_dedupe_index`) and
@@ -566,6 +622,9 @@ class SQLBackend(Backend):
                 self._index(connection, name, rebuild=False)
         if from_version is not None and from_version < 6:
             self._add_columns(connection, _V6_COLUMNS)
+        if from_version is not None and from_version < 7:
+            for name in ("jobs_by_status", "jobs_by_queue_status"):
+                self._index(connection, name, rebuild=False)
 
     def _add_columns(self, connection: Connection, names: Sequence[str]) -> None:
         """Add the jobs columns ``names`` that are missing (a rerun after an interrupted upgrade adds the rest)."""
@@ -1155,12 +1214,14 @@ class SQLBackend(Backend):
         return values
 
     def _rescue_values(self) -> UpdateValues:
-        """What a rescue writes on an expired lease, as the policy decides (``last_error`` before ``locked_by``)."""
+        """What a rescue writes on an expired lease, as the policy decides (set ``locked_by`` last: see MySQL)."""
         c = self.jobs.c
+        entry = policy.expired_lease_entry_sql(c.attempts, c.locked_by, self.now_text())
         finishes = sa.or_(policy.final_attempt_sql(c.attempts, c.max_attempts), c.cancel_requested == sa.true())
         status = policy.expired_lease_status_sql(c.attempts, c.max_attempts, c.cancel_requested)
         return [
             (c.last_error, policy.expired_lease_error_sql(c.locked_by)),
+            (c.errors, self.history_appended(c.errors, entry)),
             (c.status, status),
             (c.finished_at, sa.case((finishes, self.now()), else_=None)),
             (c.dedupe_held_until, policy.dedupe_hold_sql(status, self.seconds_from_now(c.dedupe_for))),
@@ -1302,7 +1363,7 @@ class SQLBackend(Backend):
         if settlement.last_error is not None:
             values["last_error"] = settlement.last_error
         if settlement.errors_json is not None:
-            values["errors"] = settlement.errors_json
+            values["errors"] = self.history_stamped(sa.literal(settlement.errors_json, sa.Text()), self.now_text())
         if settlement.hold_dedupe:
             values["dedupe_held_until"] = self.seconds_from_now(c.dedupe_for)  # NULL without a dedupe_for
         return values
@@ -1459,22 +1520,64 @@ class SQLBackend(Backend):
 
     def export_jobs(self, query: spi.ExportQuery) -> list[JobRecord]:
         """One page of jobs with every stored field, in id order after ``query.after``; see :class:`Backend`."""
-        j = self.jobs
-        statuses = sorted(set(query.statuses) - {JobStatus.PROCESSING})
+        statuses = frozenset(query.statuses) - {JobStatus.PROCESSING}
         if not statuses:
             return []
-        stmt = sa.select(*(column for _, column in self._record_columns)).where(j.c.status.in_(statuses))
-        if query.queue is not None:
-            stmt = stmt.where(j.c.queue == query.queue)
-        if query.after is not None:
-            after = int_job_id(query.after)
-            if after is None:
-                raise InvalidArgument(f"{query.after!r} is not a job id of {self.name}")
-            stmt = stmt.where(j.c.id > after)
-        stmt = stmt.order_by(j.c.id).limit(query.limit)
+        page = KeysetPage(statuses, query.queue, None, self._page_cursor(query.after), query.limit, newest_first=False)
+        stmt = self.keyset_page([column for _, column in self._record_columns], page)
         names = [name for name, _ in self._record_columns]
         rows = self._run(lambda conn: list(conn.execute(stmt)))
         return [JobRecord(**dict(zip(names, row, strict=True))) for row in rows]
+
+    def _page_cursor(self, after: Hashable | None) -> int | None:
+        """The integer id a page continues after, or None for the first page; InvalidArgument for a foreign id."""
+        if after is None:
+            return None
+        key = int_job_id(after)
+        if key is None:
+            raise InvalidArgument(f"{after!r} is not a job id of {self.name}")
+        return key
+
+    def keyset_page(self, columns: Sequence[sa.ColumnElement[Any]], page: KeysetPage) -> sa.Select[Any]:
+        """A SELECT of ``columns`` for one page of jobs in id order (``page.newest_first``: descending).
+
+        One ordered range of the listing indexes per status -- (status, id),
+        or (queue, status, id) with a queue -- each stopping after
+        ``page.limit`` rows, merged by id: the cost depends on the page size
+        and the number of statuses, not on how many jobs the table holds.
+        ``job_type`` filters within those ranges. Without statuses, the
+        primary key's range serves the page.
+        """
+        j = self.jobs
+        order = j.c.id.desc() if page.newest_first else j.c.id.asc()
+        shared: list[sa.ColumnElement[bool]] = []
+        if page.queue is not None:
+            shared.append(j.c.queue == page.queue)
+        if page.job_type is not None:
+            shared.append(j.c.job_type == page.job_type)
+        if page.after is not None:
+            shared.append(j.c.id < page.after if page.newest_first else j.c.id > page.after)
+        if page.statuses is None:
+            return sa.select(*columns).where(*shared).order_by(order).limit(page.limit)
+        arms = [
+            sa.select(*columns).where(j.c.status == status, *shared).order_by(order).limit(page.limit)
+            for status in sorted(page.statuses)
+        ]
+        if len(arms) == 1:
+            return arms[0]
+        # Each arm as a derived table: SQLite and MySQL take ORDER BY ... LIMIT in a compound's arms only so.
+        merged = sa.union_all(*(sa.select(arm.subquery()) for arm in arms)).subquery("page")
+        merged_order = merged.c.id.desc() if page.newest_first else merged.c.id.asc()
+        return sa.select(merged).order_by(merged_order).limit(page.limit)
+
+    def list_jobs(self, query: spi.ListQuery) -> list[Job]:
+        """One page of jobs, newest first; see :class:`Backend`."""
+        statuses = None if query.statuses is None else frozenset(query.statuses)
+        if statuses is not None and not statuses:
+            return []
+        page = KeysetPage(statuses, query.queue, query.job_type, self._page_cursor(query.after), query.limit)
+        stmt = self.keyset_page(self._columns, page)
+        return [self._job_from_row(r) for r in self._run(lambda conn: list(conn.execute(stmt)))]
 
     def _record_row(self, record: JobRecord) -> dict[str, Any]:
         """The column values that store ``record`` (no lease: an imported job is never held)."""
@@ -1575,6 +1678,41 @@ class SQLBackend(Backend):
 
         return self._run(work)
 
+    def throughput(self, query: spi.ThroughputQuery) -> spi.Throughput:
+        """Finished jobs per slice: one statement over the ``jobs_finished`` index's last window.
+
+        The slice edges are read off the database clock first and bound as
+        values, so each row costs a few comparisons (a portable CASE per
+        edge, no dialect's date arithmetic): each sum counts the rows that
+        finished within the last k slices, and the slices are the
+        differences of neighbouring sums.
+        """
+        j = self.jobs
+        width = query.window / query.buckets
+
+        def work(conn: Connection) -> tuple[datetime, list[Any]]:
+            now: datetime = conn.execute(sa.select(self.now())).scalar_one()
+            edges = [now - timedelta(seconds=width * k) for k in range(1, query.buckets + 1)]
+            within = [
+                sa.func.sum(sa.case((j.c.finished_at >= edge, 1), else_=0))
+                for edge in edges
+            ]
+            stmt = sa.select(j.c.queue, j.c.status, *within).where(
+                j.c.status.in_([status_literal(JobStatus.DONE), status_literal(JobStatus.DEAD)]),
+                j.c.finished_at >= edges[-1],
+            )
+            if query.queue is not None:
+                stmt = stmt.where(j.c.queue == query.queue)
+            return now, list(conn.execute(stmt.group_by(j.c.queue, j.c.status)))
+
+        now, rows = self._run(work)
+        result = spi.Throughput(now, width)
+        for queue, status, *cumulative in rows:
+            totals = [0, *(int(n or 0) for n in cumulative)]
+            slices = [totals[k] - totals[k - 1] for k in range(1, len(totals))]
+            result.counts.setdefault(queue, {})[status] = slices[::-1]
+        return result
+
     # ------------------------------------------------------------------
     # Inspecting and managing
     # ------------------------------------------------------------------
@@ -1623,6 +1761,23 @@ class SQLBackend(Backend):
             found |= set(self._run_single(functools.partial(_scalars, stmt)))
         return found
 
+    def retry_now(self, request: spi.RetryNowRequest) -> bool:
+        """One fenced UPDATE (pending and not yet due), then the queue's wake-up as after an enqueue."""
+        key = int_job_id(request.job_id)
+        if key is None:
+            return False
+        j = self.jobs
+        waiting = sa.and_(j.c.id == key, j.c.status == PENDING_SQL, j.c.run_at > self.now())
+
+        def work(conn: Connection) -> bool:
+            queue = conn.execute(sa.select(j.c.queue).where(waiting)).scalar()
+            if queue is None or not conn.execute(sa.update(j).where(waiting).values(run_at=self.now())).rowcount:
+                return False
+            self.after_enqueue(conn, {queue})
+            return True
+
+        return bool(self._run(work))
+
     def stats(self, request: spi.StatsRequest) -> dict[str, dict[str, Any]]:
         """Counts per queue (and job type) and status, plus ``scheduled`` (pending, not yet due)."""
         j = self.jobs
@@ -1632,13 +1787,18 @@ class SQLBackend(Backend):
         stmt = sa.select(*keys, j.c.status, sa.func.count(), scheduled).group_by(*keys, j.c.status)
         if request.queue is not None:
             stmt = stmt.where(j.c.queue == request.queue)
+        counted: tuple[str, ...] = STATUSES
+        if request.statuses is not None:
+            counted = tuple(s for s in STATUSES if s in request.statuses)
+            stmt = stmt.where(j.c.status.in_([status_literal(s) for s in counted]))
+        zeros = {s: 0 for s in counted} | ({"scheduled": 0} if JobStatus.PENDING in counted else {})
         out: dict[str, dict[str, Any]] = {}
         for row in self._run(lambda conn: list(conn.execute(stmt))):
             *names, status, count, sched = row
             home: dict[str, Any] = out
             for name in names[:-1]:
                 home = home.setdefault(name, {})
-            counts = home.setdefault(names[-1], {s: 0 for s in (*STATUSES, "scheduled")})
+            counts = home.setdefault(names[-1], dict(zeros))
             counts[status] = int(count)
             if status == JobStatus.PENDING:
                 counts["scheduled"] = int(sched or 0)

@@ -21,6 +21,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
+from .. import policy
 from ..errors import ConfigurationError
 from .base import ChangeWatcher, OptionParser, WakeupRequest, WakeupSource
 from .sql import SQL_CAPABILITIES, THREADS, AwareUTCTime, ErrorKind, SQLBackend
@@ -130,6 +131,26 @@ class SQLiteBackend(SQLBackend):
         return sa.type_coerce(
             sa.literal_column(_EPOCH_NOW, sa.Float()) + sa.type_coerce(seconds, sa.Float()), EpochTime()
         )
+
+    def now_text(self) -> sa.ColumnElement[str]:
+        """``strftime``'s ``%f`` is seconds with milliseconds, as the entry format wants."""
+        return sa.func.strftime(
+            sa.literal_column("'%Y-%m-%dT%H:%M:%fZ'"), sa.literal_column("julianday('now')"), type_=sa.Text()
+        )
+
+    def history_appended(self, history: sa.ColumnElement[Any], entry: dict[str, Any]) -> sa.ColumnElement[str]:
+        """``json_insert(..., '$[#]', json_object(...))``, the oldest entry dropped at the limit."""
+        base = sa.func.coalesce(history, sa.literal_column("'[]'"))
+        kept = sa.case(
+            (sa.func.json_array_length(base) >= policy.ERROR_HISTORY_LIMIT, sa.func.json_remove(base, "$[0]")),
+            else_=base,
+        )
+        entry_object = sa.func.json_object(*(part for key, value in entry.items() for part in (sa.literal(key), value)))
+        return sa.func.json_insert(kept, "$[#]", entry_object, type_=sa.Text())
+
+    def history_stamped(self, history: sa.ColumnElement[Any], at: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+        """``json_set(history, '$[#-1].at', at)``."""
+        return sa.func.json_set(history, "$[#-1].at", at, type_=sa.Text())
 
     def engine_options(self) -> dict[str, Any]:
         """Autocommit at the driver level so that ``begin_transaction`` decides how transactions start."""

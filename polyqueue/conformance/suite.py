@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from polyqueue import (
     SchemaMissing,
 )
 from polyqueue.backends.base import Capability, DeleteRequest, ExportQuery, ImportBatch
+from polyqueue.policy import ERROR_HISTORY_LIMIT
 from polyqueue.testing import unique_prefix
 
 from .support import async_caller_transaction, caller_transaction, drop_schema
@@ -57,15 +59,19 @@ __all__ = [
     "TestDedupe",
     "TestDelayed",
     "TestEnqueue",
+    "TestErrorHistory",
     "TestFencing",
     "TestHeaders",
     "TestJobTypes",
     "TestLeases",
+    "TestListJobs",
     "TestMigrate",
     "TestPeriodic",
     "TestPurge",
     "TestRetries",
+    "TestRetryNow",
     "TestStats",
+    "TestThroughput",
     "TestTimeouts",
     "TestTransactionalEnqueue",
     "TestTransfer",
@@ -338,6 +344,75 @@ class TestLeases:
         assert stored is not None and (stored.status, stored.attempts) == ("pending", 0)
         (again,) = queue.claim()
         assert again.id == job.id and again.attempts == 1
+
+
+# ---------------------------------------------------------------------------
+_ENTRY_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def entry_times(job: Job) -> list[datetime]:
+    """The ``at`` of every error history entry of ``job``, each checked to be in the one format."""
+    times = []
+    for entry in job.errors:
+        assert _ENTRY_TIME.fullmatch(str(entry.get("at"))), f"entry time not ISO 8601 UTC to the ms: {entry}"
+        times.append(datetime.fromisoformat(entry["at"].replace("Z", "+00:00")))
+    return times
+
+
+class TestErrorHistory:
+    """The error history is whole: lease expiries are recorded with failures, every entry timed by the store."""
+
+    def test_expiries_and_failures_appear_in_order_with_store_times(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", max_attempts=5)
+        (first,) = queue.claim(lease=0.3, worker_id="w-lost")
+        sleep_past(queue, first.lease_expires_at)
+        (second,) = queue.claim(lease=30, worker_id="w-failing")
+        assert second.id == job_id and [e["attempt"] for e in second.errors] == [1]
+        queue.fail(second, "boom", retry_in=0)
+        (third,) = queue.claim(lease=0.3, worker_id="w-lost-again")
+        sleep_past(queue, third.lease_expires_at)
+        (fourth,) = queue.claim(lease=30, worker_id="w-last")
+        stored = queue.get(job_id)
+        assert stored is not None and fourth.id == job_id
+        assert [(e["attempt"], e["error"], e["worker"]) for e in stored.errors] == [
+            (1, "lease expired while held by w-lost", "w-lost"),
+            (2, "boom", "w-failing"),
+            (3, "lease expired while held by w-lost-again", "w-lost-again"),
+        ]
+        times = entry_times(stored)
+        assert times == sorted(times)
+        # Each expiry is recorded by the claim that found it: after the lease ran out, by the store's clock.
+        assert times[0] >= (first.lease_expires_at or times[0]) - timedelta(milliseconds=1)
+        assert times[2] >= (third.lease_expires_at or times[2]) - timedelta(milliseconds=1)
+        assert close_to(times[-1], queue.backend.db_now(), 60)
+
+    def test_expiry_on_the_final_attempt_is_the_dead_jobs_last_entry(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", max_attempts=2)
+        (job,) = queue.claim(worker_id="w-failing")
+        queue.fail(job, ValueError("first"), retry_in=0)
+        (job,) = queue.claim(lease=0.3, worker_id="w-lost")
+        sleep_past(queue, job.lease_expires_at)
+        assert queue.claim(lease=30) == []
+        dead = queue.get(job_id)
+        assert dead is not None and dead.status == "dead"
+        assert [(e["attempt"], e["worker"]) for e in dead.errors] == [(1, "w-failing"), (2, "w-lost")]
+        assert dead.errors[0]["error"] == "ValueError: first" and dead.errors[1]["error"] == dead.last_error
+        times = entry_times(dead)
+        assert times == sorted(times) and close_to(times[-1], queue.backend.db_now(), 60)
+
+    def test_an_expiry_keeps_the_history_to_its_limit(self, queue: polyqueue.Queue) -> None:
+        limit = ERROR_HISTORY_LIMIT
+        job_id = queue.enqueue("t", max_attempts=limit + 5)
+        for n in range(limit):
+            (job,) = queue.claim()
+            queue.fail(job, f"failure {n}", retry_in=0)
+        (job,) = queue.claim(lease=0.3, worker_id="w-lost")
+        sleep_past(queue, job.lease_expires_at)
+        queue.claim(lease=30)
+        stored = queue.get(job_id)
+        assert stored is not None and len(stored.errors) == limit
+        assert stored.errors[0]["error"] == "failure 1" and stored.errors[-1]["worker"] == "w-lost"
+        assert len(entry_times(stored)) == limit
 
 
 # ---------------------------------------------------------------------------
@@ -740,6 +815,13 @@ class TestStats:
         assert processing.status == "processing"
         by_queue = queue.stats_by_queue()
         assert set(by_queue) == {"a", "b"} and by_queue["b"]["pending"] == 1
+        live = queue.stats_by_queue(["pending", "processing", "dead"])
+        assert {"a", "b"} <= set(live), "every queue holding jobs of the statuses asked for"
+        assert {k: live["a"][k] for k in ("pending", "scheduled", "processing", "dead")} == {
+            "pending": 1, "scheduled": 0, "processing": 1, "dead": 1,
+        }  # fmt: skip
+        with pytest.raises(InvalidArgument):
+            queue.stats_by_queue(["waiting"])
 
 
 # ---------------------------------------------------------------------------
@@ -1347,6 +1429,179 @@ class TestTransfer:
                 polyqueue.transfer(q, q)
         finally:
             drop_schema(other)
+
+
+# ---------------------------------------------------------------------------
+@requires(Capability.LIST_JOBS)
+class TestListJobs:
+    """``list_jobs``: keyset pages of jobs, newest first, filtered by queue, status and type."""
+
+    def _mixed(self, q: polyqueue.Queue) -> dict[str, list[Any]]:
+        """Jobs of two queues and two types in every status; their ids by status, oldest first."""
+        ids: dict[str, list[Any]] = {s: [] for s in ("pending", "processing", "done", "dead", "cancelled")}
+        specs = [{"job_type": "a" if i % 2 else "b", "queue": "q1" if i % 3 else "q2", "payload": i} for i in range(20)]
+        all_ids = q.enqueue_many(specs)
+        claimed = {job.id: job for job in q.claim(["q1", "q2"], limit=12)}
+        for n, job_id in enumerate(all_ids):
+            job = claimed.get(job_id)
+            if job is None:
+                if n % 4 == 0:
+                    q.cancel(job_id)
+                    ids["cancelled"].append(job_id)
+                else:
+                    ids["pending"].append(job_id)
+            elif n % 3 == 0:
+                q.complete(job)
+                ids["done"].append(job_id)
+            elif n % 3 == 1:
+                q.fail(job, "broken", dead=True)
+                ids["dead"].append(job_id)
+            else:
+                ids["processing"].append(job_id)
+        return ids
+
+    def _pages(self, q: polyqueue.Queue, limit: int, **filters: Any) -> list[list[Any]]:
+        pages: list[list[Any]] = []
+        after = None
+        while True:
+            page = q.list_jobs(after=after, limit=limit, **filters)
+            if not page:
+                return pages
+            assert len(page) <= limit
+            pages.append([job.id for job in page])
+            after = page[-1].id
+
+    def test_pages_cover_every_job_once_newest_first(self, queue: polyqueue.Queue) -> None:
+        ids = self._mixed(queue)
+        everything = [job_id for listed in ids.values() for job_id in listed]
+        first = queue.list_jobs()
+        assert len(first) == 20 and {job.id for job in first} == set(everything)
+        pages = self._pages(queue, 3)
+        flat = [job_id for page in pages for job_id in page]
+        assert flat == [job.id for job in first], "pages are the full list, cut in order, none twice"
+        assert [len(page) for page in pages] == [3] * 6 + [2]
+        created = [job.created_at for job in first]
+        assert created == sorted(created, reverse=True)  # type: ignore[type-var]
+
+    def test_filters_by_queue_status_and_type(self, queue: polyqueue.Queue) -> None:
+        ids = self._mixed(queue)
+        jobs = {job.id: job for job in queue.list_jobs()}
+        for status, expected in ids.items():
+            listed = queue.list_jobs(status=status)
+            assert {j.id for j in listed} == set(expected) and all(j.status == status for j in listed)
+        both = queue.list_jobs(status=["dead", "done"])
+        assert {j.id for j in both} == set(ids["dead"] + ids["done"])
+        assert [j.id for j in both] == [i for i in jobs if i in set(ids["dead"] + ids["done"])], "newest first"
+        for name in ("q1", "q2"):
+            assert {j.id for j in queue.list_jobs(queue=name)} == {i for i, j in jobs.items() if j.queue == name}
+        wanted = {i for i, j in jobs.items() if j.queue == "q1" and j.job_type == "a" and j.status == "pending"}
+        assert {j.id for j in queue.list_jobs(queue="q1", status="pending", job_type="a")} == wanted
+        assert {j.id for j in queue.list_jobs(job_type="b")} == {i for i, j in jobs.items() if j.job_type == "b"}
+        assert queue.list_jobs(queue="nowhere") == []
+        assert queue.list_jobs(status="done", job_type="nothing") == []
+
+    def test_filtered_pages_are_keyset_pages(self, queue: polyqueue.Queue) -> None:
+        ids = self._mixed(queue)
+        whole = [j.id for j in queue.list_jobs(queue="q1", status=["pending", "dead", "done"])]
+        pages = self._pages(queue, 2, queue="q1", status=["pending", "dead", "done"])
+        assert [i for page in pages for i in page] == whole
+        cut = whole[len(whole) // 2]
+        newer = queue.enqueue("a", queue="q1")  # a job added meanwhile never shifts the pages after a cursor
+        assert [j.id for j in queue.list_jobs(queue="q1", status=["pending", "dead", "done"], after=cut)] == (
+            whole[whole.index(cut) + 1 :]
+        )
+        assert queue.list_jobs(queue="q1", status="pending")[0].id == newer
+        assert len(ids["pending"]) > 0
+
+    def test_the_listed_job_is_the_whole_job(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", {"x": [1, "y"]}, queue="full", max_attempts=2)
+        [job] = queue.claim("full")
+        queue.fail(job, "first failure")
+        [listed] = queue.list_jobs(queue="full")
+        got = queue.get(job_id)
+        assert got is not None
+        assert listed == got
+        assert listed.payload == {"x": [1, "y"]} and listed.errors and listed.errors[-1]["error"] == "first failure"
+
+    def test_bad_input_is_refused(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue("t")
+        bad: dict[str, Any]
+        for bad in ({"status": "waiting"}, {"status": []}, {"status": ["done", "nope"]}, {"limit": 0},
+                    {"limit": 1001}, {"limit": "5"}, {"queue": ""}, {"job_type": "x" * 256}):  # fmt: skip
+            with pytest.raises(InvalidArgument):
+                queue.list_jobs(**bad)
+        with pytest.raises(InvalidArgument):
+            queue.list_jobs(after=object())
+
+    def test_async_queue_lists_the_same_pages(self, queue: polyqueue.Queue, queue_factory: QueueFactory) -> None:
+        ids = self._mixed(queue)
+
+        async def test(aq: polyqueue.AsyncQueue) -> None:
+            first = await aq.list_jobs(status=("dead", "pending"), limit=4)
+            assert [j.id for j in first] == [j.id for j in queue.list_jobs(status=["dead", "pending"], limit=4)]
+            rest = await aq.list_jobs(status=("dead", "pending"), after=first[-1].id, limit=100)
+            assert {j.id for j in first + rest} == set(ids["dead"] + ids["pending"])
+            with pytest.raises(InvalidArgument):
+                await aq.list_jobs(status="waiting")
+
+        in_loop(queue_factory, test)
+
+
+@requires(Capability.RETRY_NOW, Capability.DELAYED)
+class TestRetryNow:
+    """``retry_now``: a pending job waiting out its back-off becomes due now, and nothing else changes."""
+
+    def test_a_waiting_retry_becomes_due(self, queue: polyqueue.Queue) -> None:
+        job_id = queue.enqueue("t", queue="rn")
+        [job] = queue.claim("rn")
+        queue.fail(job, "flaky", retry_in=3600)
+        assert queue.claim("rn") == [] and queue.stats("rn")["scheduled"] == 1
+        assert queue.retry_now(job_id) is True
+        assert queue.retry_now(job_id) is False, "due already: nothing to do"
+        [again] = queue.claim("rn")
+        assert again.id == job_id and again.attempts == 2 and again.errors[-1]["error"] == "flaky"
+        assert queue.retry_now(job_id) is False, "processing jobs are left alone"
+        queue.complete(again)
+        assert queue.retry_now(job_id) is False and queue.retry_now("no-such-job") is False
+
+    def test_a_due_job_keeps_its_place(self, queue: polyqueue.Queue) -> None:
+        first = queue.enqueue("t", queue="rn")
+        second = queue.enqueue("t", queue="rn")
+        assert queue.retry_now(first) is False
+        assert [j.id for j in queue.claim("rn", limit=2)] == [first, second]
+
+    def test_async_queue_mirrors_it(self, queue: polyqueue.Queue, queue_factory: QueueFactory) -> None:
+        job_id = queue.enqueue("t", queue="rn", delay=3600)
+
+        async def test(aq: polyqueue.AsyncQueue) -> None:
+            assert await aq.retry_now(job_id) is True
+
+        in_loop(queue_factory, test)
+        assert [j.id for j in queue.claim("rn")] == [job_id]
+
+
+@requires(Capability.THROUGHPUT)
+class TestThroughput:
+    """``throughput``: jobs finished per slice of the last hour, from the store's clock."""
+
+    def test_counts_finished_jobs_per_queue_and_status(self, queue: polyqueue.Queue) -> None:
+        queue.enqueue_many([{"job_type": "t", "queue": "tp"} for _ in range(4)] + [{"job_type": "t", "queue": "other"}])
+        jobs = queue.claim(["tp", "other"], limit=5)
+        for job in jobs[:3]:
+            queue.complete(job)
+        queue.fail(jobs[3], "nope", dead=True)
+        queue.complete(jobs[4])
+        seen = queue.throughput()
+        assert seen.bucket_seconds == 60 and seen.db_now.tzinfo is not None
+        assert sum(seen.counts["tp"]["done"]) == 3 and sum(seen.counts["tp"]["dead"]) == 1
+        assert len(seen.counts["tp"]["done"]) == 60 and seen.counts["tp"]["done"][-1] == 3, "the newest slice is last"
+        assert sum(seen.counts["other"]["done"]) == 1
+        one = queue.throughput("tp", window="10m", buckets=5)
+        assert set(one.counts) == {"tp"} and one.bucket_seconds == 120 and len(one.counts["tp"]["dead"]) == 5
+        assert queue.throughput("nowhere").counts == {}
+        for window, buckets in ((0, 60), (3600, 0), (3600, 1441)):
+            with pytest.raises(InvalidArgument):
+                queue.throughput(window=window, buckets=buckets)
 
 
 # ---------------------------------------------------------------------------

@@ -375,6 +375,23 @@ class DepthCachedBackend(Backend):
         return self.inner.purge(request)
 
     # --- moving jobs ---------------------------------------------------------------
+    def list_jobs(self, query: spi.ListQuery) -> list[Job]:
+        """A page of jobs, from the wrapped backend."""
+        return self.inner.list_jobs(query)
+
+    def retry_now(self, request: spi.RetryNowRequest) -> bool:
+        """Make the job due in the wrapped backend; its queue's counts are then rebuilt and its workers woken."""
+        done = self.inner.retry_now(request)
+        if done:
+            job = self.inner.get(spi.JobLookup(request.job_id))
+            if job is not None:
+                self._rebuild({job.queue})
+        return done
+
+    def throughput(self, query: spi.ThroughputQuery) -> spi.Throughput:
+        """Throughput, from the wrapped backend."""
+        return self.inner.throughput(query)
+
     def export_jobs(self, query: spi.ExportQuery) -> list[JobRecord]:
         """Export from the wrapped backend."""
         return self.inner.export_jobs(query)

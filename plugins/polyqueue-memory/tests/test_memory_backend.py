@@ -36,8 +36,9 @@ def test_the_memory_scheme_is_found_through_the_installed_entry_point(q: polyque
 
 def test_capabilities_are_declared_honestly(q: polyqueue.Queue) -> None:
     assert q.capabilities == {
-        "dedupe", "priorities", "delayed", "notify", "periodic", "transfer", "headers", "timeouts", "cancel_running"
-    }
+        "dedupe", "priorities", "delayed", "notify", "periodic", "transfer", "headers", "timeouts", "cancel_running",
+        "list_jobs", "throughput", "retry_now",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

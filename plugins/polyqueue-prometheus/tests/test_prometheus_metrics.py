@@ -139,3 +139,26 @@ def test_activation_through_the_environment(url: str, monkeypatch: pytest.Monkey
     finally:
         drop_schema(q)
         q.close()
+
+
+def test_queue_state_collector_reads_the_store_at_scrape_time(q: polyqueue.Queue) -> None:
+    from polyqueue_prometheus import QueueStateCollector, dashboard_registry
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    registry.register(QueueStateCollector(q))  # type: ignore[arg-type]
+    q.enqueue("t", queue="a")
+    q.enqueue("t", queue="a", delay=3600)
+    dead = q.enqueue("t", queue="b", max_attempts=1)
+    [job] = q.claim("b")
+    assert job.id == dead
+    q.fail(job, "boom")
+    assert registry.get_sample_value("polyqueue_jobs", {"queue": "a", "status": "pending"}) == 2
+    assert registry.get_sample_value("polyqueue_jobs", {"queue": "a", "status": "scheduled"}) == 1
+    assert registry.get_sample_value("polyqueue_ready_jobs", {"queue": "a"}) == 1
+    assert registry.get_sample_value("polyqueue_jobs", {"queue": "b", "status": "dead"}) == 1
+    q.replay([dead])
+    assert registry.get_sample_value("polyqueue_jobs", {"queue": "b", "status": "dead"}) == 0, "read at each scrape"
+    served = generate_latest(dashboard_registry(q)).decode()
+    assert 'polyqueue_jobs{queue="b",status="pending"} 1.0' in served
+    assert "polyqueue_jobs_started_total" in served or "# TYPE polyqueue_jobs_started counter" in served

@@ -742,3 +742,33 @@ def test_an_export_walks_past_numbers_whose_jobs_are_gone(q: polyqueue.Queue, mo
     assert [len(page) for page in pages] == [2, 2, 2]
     with pytest.raises(polyqueue.InvalidArgument):
         q.backend.export_jobs(ExportQuery(frozenset({"pending"}), None, 42))
+
+
+# --- error history times --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2000, 2, 29, 12, 30, 5, 123456, tzinfo=UTC),
+        datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2024, 12, 31, 23, 59, 59, 1000, tzinfo=UTC),
+        datetime(2100, 3, 1, 0, 0, 0, 999, tzinfo=UTC),
+        datetime(2199, 12, 31, 7, 8, 9, 10000, tzinfo=UTC),
+    ],
+    ids=str,
+)
+def test_the_scripts_write_an_entry_time_exactly_as_the_policy_does(moment: datetime) -> None:
+    import redis
+    from polyqueue_redis import scripts
+
+    us = to_us(moment)
+    client = redis.Redis.from_url(single_node_url())
+    try:
+        lua = scripts._render("return entry_time(tonumber(ARGV[3]))")
+        written = client.eval(lua, 0, "unused-base", "0", str(us))
+    finally:
+        client.close()
+    assert written.decode() == policy.error_time(us)
+    assert datetime.fromisoformat(written.decode().replace("Z", "+00:00")) == moment.replace(
+        microsecond=moment.microsecond // 1000 * 1000
+    )

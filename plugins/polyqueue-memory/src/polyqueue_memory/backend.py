@@ -318,6 +318,8 @@ class _Store:
 
     def _rescue(self, row: _Row, now: int) -> str:
         row.last_error = policy.expired_lease_error(row.locked_by)
+        entry = policy.expired_lease_entry(row.attempts, row.locked_by, policy.error_time(now))
+        row.errors = policy.appended_entry(row.errors, entry)
         row.locked_by = None
         row.lease_expires_at = None
         status = policy.expired_lease_status(row.attempts, row.max_attempts, row.cancel_requested)
@@ -453,6 +455,9 @@ class MemoryBackend(Backend):
             Capability.NOTIFY,
             Capability.PERIODIC,
             Capability.TRANSFER,
+            Capability.LIST_JOBS,
+            Capability.THROUGHPUT,
+            Capability.RETRY_NOW,
             Capability.HEADERS,
             Capability.TIMEOUTS,
             Capability.CANCEL_RUNNING,
@@ -670,7 +675,7 @@ class MemoryBackend(Backend):
                 if settlement.last_error is not None:
                     row.last_error = settlement.last_error
                 if settlement.errors_json is not None:
-                    row.errors = settlement.errors_json
+                    row.errors = policy.stamp_newest_entry(settlement.errors_json, policy.error_time(now))
                 if settlement.hold_dedupe and row.dedupe_for is not None:
                     row.dedupe_held_until = now + _seconds_to_us(row.dedupe_for)
                 if settlement.run_in is not None and status == JobStatus.PENDING:
@@ -729,6 +734,19 @@ class MemoryBackend(Backend):
                 return False
             row.finished_at = _clock().now()
             store.set_status(row, JobStatus.CANCELLED)
+            return True
+
+    def retry_now(self, request: spi.RetryNowRequest) -> bool:
+        """A pending job not yet due becomes due now (re-indexed as ready) and its queue's waiters wake."""
+        store = self._store()
+        with store.lock:
+            row = self._row(store, request.job_id)
+            now = _clock().now()
+            if row is None or row.status != JobStatus.PENDING or row.run_at <= now:
+                return False
+            row.run_at = now
+            store.index_pending(row, now)
+            store.signal({row.queue})
             return True
 
     def cancel_requests(self, check: spi.CancelCheck) -> set[Hashable]:
@@ -896,26 +914,84 @@ class MemoryBackend(Backend):
                     del store.fires[key]
 
     # --- moving jobs -----------------------------------------------------------------
+    def _page_cursor(self, after: Hashable | None) -> int | None:
+        """The integer id a page continues after (None: from the first); InvalidArgument for a foreign id."""
+        if after is None:
+            return None
+        key = int_job_id(after)
+        if key is None:
+            raise InvalidArgument(f"{after!r} is not a job id of {self.describe()}")
+        return key
+
+    def _page_rows(
+        self,
+        statuses: Iterable[str] | None,
+        queue: str | None,
+        job_type: str | None,
+        after: Hashable | None,
+        limit: int,
+        *,
+        newest_first: bool,
+    ) -> list[_Row]:
+        """One keyset page of rows in id order (descending when ``newest_first``), what export and listing share.
+
+        The caller holds the store's lock and turns the rows into what it returns.
+        """
+        store = self._store()
+        key = self._page_cursor(after)
+        wanted = None if statuses is None else frozenset(statuses)
+        ids = list(store.rows)  # insertion order is id order: ids only grow
+        if newest_first:
+            span = reversed(ids[: len(ids) if key is None else bisect.bisect_left(ids, key)])
+        else:
+            span = iter(ids[0 if key is None else bisect.bisect_right(ids, key) :])
+        rows: list[_Row] = []
+        for row_id in span:
+            row = store.rows[row_id]
+            if (
+                (wanted is None or row.status in wanted)
+                and (queue is None or row.queue == queue)
+                and (job_type is None or row.job_type == job_type)
+            ):
+                rows.append(row)
+                if len(rows) >= limit:
+                    break
+        return rows
+
     def export_jobs(self, query: spi.ExportQuery) -> list[JobRecord]:
         """One page of jobs with every stored field, in id order after ``query.after``."""
         store = self._store()
-        after = 0
-        if query.after is not None:
-            key = int_job_id(query.after)
-            if key is None:
-                raise InvalidArgument(f"{query.after!r} is not a job id of {self.describe()}")
-            after = key
         statuses = set(query.statuses) - {JobStatus.PROCESSING}
         with store.lock:
-            ids = list(store.rows)  # insertion order is id order: ids only grow
-            records: list[JobRecord] = []
-            for row_id in ids[bisect.bisect_right(ids, after) :]:
-                row = store.rows[row_id]
-                if row.status in statuses and (query.queue is None or row.queue == query.queue):
-                    records.append(row.to_record())
-                    if len(records) >= query.limit:
-                        break
-            return records
+            rows = self._page_rows(statuses, query.queue, None, query.after, query.limit, newest_first=False)
+            return [row.to_record() for row in rows]
+
+    def list_jobs(self, query: spi.ListQuery) -> list[Job]:
+        """One page of jobs, newest first, after ``query.after``."""
+        store = self._store()
+        with store.lock:
+            rows = self._page_rows(
+                query.statuses, query.queue, query.job_type, query.after, query.limit, newest_first=True
+            )
+            return [row.to_job() for row in rows]
+
+    def throughput(self, query: spi.ThroughputQuery) -> spi.Throughput:
+        """Done and dead jobs per slice of the last window, counted under the store's lock."""
+        store = self._store()
+        width_us = query.window * 1_000_000 / query.buckets
+        with store.lock:
+            now = _clock().now()
+            result = spi.Throughput(_to_datetime(now) or datetime.now(UTC), query.window / query.buckets)
+            for row in store.rows.values():
+                if row.status not in (JobStatus.DONE, JobStatus.DEAD) or row.finished_at is None:
+                    continue
+                if query.queue is not None and row.queue != query.queue:
+                    continue
+                age = int((now - row.finished_at) // width_us)
+                if 0 <= age < query.buckets:
+                    slices = result.counts.setdefault(row.queue, {}).setdefault(row.status, [0] * query.buckets)
+                    slices[query.buckets - 1 - age] += 1
+            return result
 
     def import_jobs(self, batch: spi.ImportBatch) -> spi.ImportResult:
         """Store the records atomically under the store's lock, once per ``import_key``."""

@@ -30,7 +30,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 import polyqueue
 
-__all__ = ["DEFAULT_BUCKETS", "PrometheusMetrics", "default_metrics"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "PrometheusMetrics",
+    "QueueStateCollector",
+    "dashboard_registry",
+    "default_metrics",
+]
 
 #: Histogram buckets from 5 ms to 10 min: queue handlers range from cache refreshes to reports.
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -142,3 +148,46 @@ class PrometheusMetrics:
 def default_metrics() -> PrometheusMetrics:
     """The process-wide instance the ``prometheus`` entry point feeds, with its own registry."""
     return PrometheusMetrics()
+
+
+class QueueStateCollector:
+    """A ``prometheus_client`` collector reading the queue database at scrape time.
+
+    ``polyqueue_jobs{queue,status}``: jobs per queue and status (``stats()``'s
+    keys: ``pending`` counts every pending job, ``scheduled`` those not yet
+    due); ``polyqueue_ready_jobs{queue}``: pending and due. The counters of
+    :class:`PrometheusMetrics` count what one process saw; these are what
+    the store holds, the same from any process.
+    """
+
+    def __init__(self, queue: polyqueue.Queue, *, namespace: str = "polyqueue") -> None:
+        self.queue = queue
+        self.namespace = namespace
+
+    def collect(self) -> Any:
+        """One family per scrape, from one ``stats_by_queue`` call."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        ns = self.namespace
+        jobs = GaugeMetricFamily(f"{ns}_jobs", "Jobs in the store by queue and status.", labels=["queue", "status"])
+        ready = GaugeMetricFamily(f"{ns}_ready_jobs", "Pending jobs that are due, by queue.", labels=["queue"])
+        for name, counts in sorted(self.queue.stats_by_queue().items()):
+            for status, value in sorted(counts.items()):
+                jobs.add_metric([name, status], value)
+            ready.add_metric([name], counts.get("pending", 0) - counts.get("scheduled", 0))
+        yield jobs
+        yield ready
+
+
+def dashboard_registry(queue: polyqueue.Queue) -> CollectorRegistry:
+    """What ``polyqueue dashboard`` serves on ``/metrics``: the store's counts and this process's job counters.
+
+    The counters come from :func:`default_metrics` (what the ``prometheus``
+    entry point feeds, e.g. with ``POLYQUEUE_PLUGINS=prometheus``).
+    """
+    registry = CollectorRegistry()
+    registry.register(QueueStateCollector(queue))  # type: ignore[arg-type]
+    own = default_metrics()
+    for collector in (own.enqueued, own.started, own.succeeded, own.failed, own.dead, own.duration):
+        registry.register(collector)
+    return registry

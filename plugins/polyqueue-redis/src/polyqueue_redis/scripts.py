@@ -60,6 +60,40 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local function fmt(x) return string.format('%d', x) end
+-- A TIME reading (microseconds) as an error entry's `at`: ISO 8601 UTC to the millisecond, as the
+-- policy's error_time writes it (the date from the day number by Hinnant's civil_from_days).
+local function entry_time(us)
+  local ms = math.floor(us / 1000)
+  local s = math.floor(ms / 1000)
+  local z = math.floor(s / 86400)
+  local secs = s - z * 86400
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d, math.floor(secs / 3600),
+    math.floor((secs % 3600) / 60), secs % 60, ms % 1000)
+end
+-- An error history (JSON text, or false/'' for none) with `entry` appended, the newest @HISTORY_LIMIT@ kept.
+local function history_appended(h, entry)
+  local list = {}
+  if h and h ~= '' then list = cjson.decode(h) end
+  list[#list + 1] = entry
+  while #list > @HISTORY_LIMIT@ do table.remove(list, 1) end
+  return cjson.encode(list)
+end
+-- A failure's history, as the policy built it, with the server's time on its newest entry.
+local function history_stamped(h, now)
+  local list = cjson.decode(h)
+  if #list == 0 then return h end
+  list[#list]['at'] = entry_time(now)
+  return cjson.encode(list)
+end
 -- A ready set's member: run_at (17 digits) then the job number (19): byte order is run_at, then number.
 local function member(ra, ns) return string.format('%017d%019d', ra, tonumber(ns)) end
 local function jkey(ns) return BASE .. ':j:' .. ns end
@@ -178,13 +212,14 @@ local function rescue(now, limit)
   local dead = {}
   local expired = redis.call('ZRANGEBYSCORE', BASE .. ':l', '-inf', fmt(now), 'LIMIT', 0, limit)
   for _, ns in ipairs(expired) do
-    local f = redis.call('HMGET', jkey(ns), 's', 't', 'a', 'ma', 'lb', 'pr', 'ra', 'dk')
+    local f = redis.call('HMGET', jkey(ns), 's', 't', 'a', 'ma', 'lb', 'pr', 'ra', 'dk', 'eh')
     redis.call('ZREM', BASE .. ':l', ns)
     if f[2] then redis.call('ZREM', BASE .. ':l:' .. f[2], ns) end
     if f[1] == 'processing' then
       local t, a, ma, lb = f[2], tonumber(f[3]), tonumber(f[4]), f[5]
       local status = @EXPIRED_STATUS@
-      redis.call('HSET', jkey(ns), 'er', @EXPIRED_ERROR@, 's', status)
+      local eh = history_appended(f[9], @EXPIRED_ENTRY@)
+      redis.call('HSET', jkey(ns), 'er', @EXPIRED_ERROR@, 'eh', eh, 's', status)
       redis.call('HDEL', jkey(ns), 'lb', 'le')
       if status == 'pending' then
         index_pending(ns, t, tonumber(f[6]), tonumber(f[7]), now)
@@ -393,7 +428,10 @@ for i = 4, #ARGV, 11 do
     if given ~= '' then
       if string.find(given, 'r', 1, true) then values[#values + 1] = 'rs'; values[#values + 1] = ARGV[i + 7] end
       if string.find(given, 'e', 1, true) then values[#values + 1] = 'er'; values[#values + 1] = ARGV[i + 8] end
-      if string.find(given, 'h', 1, true) then values[#values + 1] = 'eh'; values[#values + 1] = ARGV[i + 9] end
+      if string.find(given, 'h', 1, true) then
+        values[#values + 1] = 'eh'
+        values[#values + 1] = history_stamped(ARGV[i + 9], now)
+      end
     end
     redis.call('HSET', jkey(ns), unpack(values))
     if ARGV[i + 5] == '1' then redis.call('HINCRBY', jkey(ns), 'a', -1) end
@@ -801,6 +839,8 @@ def _render(body: str) -> str:
         "@HELD_AFTER@": ", ".join(f"[{policy.lua_literal(status)}] = true" for status in policy.DEDUPE_HELD_AFTER),
         "@EXPIRED_STATUS@": policy.expired_lease_status_lua("a", "ma"),
         "@EXPIRED_ERROR@": policy.expired_lease_error_lua("lb"),
+        "@EXPIRED_ENTRY@": policy.expired_lease_entry_lua("a", "lb", "entry_time(now)"),
+        "@HISTORY_LIMIT@": str(policy.ERROR_HISTORY_LIMIT),
         "@CAPPED@": policy.capped_max_attempts_lua("stored", "cap"),
         "@HOLDS@": policy.holds_claim_lua("s", "tk", "le", "claim_token", "now"),
         "@CLAIM_BEFORE@": policy.claim_order_lua(
