@@ -16,6 +16,8 @@ This module owns the rules:
 * **dedupe holds** -- which endings keep a job's dedupe key held for its ``dedupe_for`` seconds;
 * **pacing** -- the steady timetable of a paced redrive (``replay(..., rate=R)``), and the
   batches of a purge: short, each followed by a rest that leaves room for claims.
+* **claim sizing** -- how many jobs a worker holds when no ``batch_size`` is given
+  (:class:`ClaimSizer`: large batches for a backlog of short jobs, small for long jobs or a short queue);
 * **runtime control** -- which timeout an attempt runs under and when it is up, what a
   timeout records, and that a cancel requested while a job runs ends it ``cancelled``
   and never retried (a failure, a release or an expired lease of such a job included);
@@ -63,11 +65,13 @@ T = TypeVar("T")
 __all__ = [
     "CACHE_OUTAGE",
     "CANCELLED_ERROR",
+    "CLAIM_HORIZON",
     "CLAIM_ORDER",
     "DEDUPE_HELD_AFTER",
     "ERROR_HISTORY_LIMIT",
     "ERROR_TIME_FORMAT",
     "LISTEN_RECONNECT",
+    "MAX_CLAIM_CAPACITY",
     "MAX_ERROR_LENGTH",
     "OUTAGE",
     "PACE_STEP",
@@ -79,6 +83,7 @@ __all__ = [
     "SETTINGS_REFRESH",
     "TRANSIENT",
     "Backoff",
+    "ClaimSizer",
     "ErrorKind",
     "Jitter",
     "Outage",
@@ -892,3 +897,74 @@ def fair_order_key(slot: int, priority: int, run_at: Any, job_id: Any) -> tuple[
 def fair_order_sql(slot: Any, columns: Mapping[str, Any] | Any) -> list[sa.ColumnElement[Any]]:
     """:func:`fair_order_key` as ORDER BY clauses."""
     return [slot.asc(), *claim_order_sql(columns)]
+
+
+# --- claim sizing ------------------------------------------------------------------------------------
+#: Seconds of work a worker may hold beyond what it is running (the buffer of claimed, unstarted jobs).
+CLAIM_HORIZON = 0.1
+#: The most jobs an adaptive worker holds at once (it claims again at half of it, so ~100 per claim).
+MAX_CLAIM_CAPACITY = 200
+#: Weight of the newest handler duration in the running mean.
+_DURATION_WEIGHT = 0.05
+
+
+class ClaimSizer:
+    """How many jobs a worker without a fixed ``batch_size`` holds: its capacity, adapted as it runs.
+
+    Two rules, the smaller wins, never below ``concurrency`` nor above
+    ``maximum``:
+
+    * **handler speed** -- hold at most :data:`CLAIM_HORIZON` seconds of
+      work: ``concurrency * horizon / mean handler duration``. Until a handler
+      has finished the duration is unknown and the worker holds only what it
+      can run, so long jobs are never hoarded in a buffer while another worker
+      idles;
+    * **backlog** -- a ramp, clocked by completions as TCP's slow start is by
+      acknowledgements: after a claim came back full (the queue has more) it
+      doubles once as many jobs have finished as that claim took; after a
+      claim came back short it falls back to ``concurrency`` (or twice what
+      came). So a short queue that just arrived is shared out among the
+      workers in small claims, jobs that block do not earn a larger one, and
+      only a deep backlog of jobs that finish earns large ones.
+
+    Thread-safe: handlers report from many threads.
+    """
+
+    def __init__(
+        self, concurrency: int, *, maximum: int = MAX_CLAIM_CAPACITY, horizon: float = CLAIM_HORIZON
+    ) -> None:
+        self.concurrency = concurrency
+        self.maximum = max(concurrency, maximum)
+        self.horizon = horizon
+        self.mean_duration: float | None = None
+        self.ramp = concurrency
+        self._lock = threading.Lock()
+        self._growth_due = 0  # completions that double the ramp; 0: no growth earned by the last claim
+
+    @property
+    def capacity(self) -> int:
+        """Jobs the worker may hold now (running, buffered, or finished and not yet recorded)."""
+        if self.mean_duration is None:
+            return self.concurrency
+        by_speed = self.concurrency * self.horizon / max(self.mean_duration, 1e-6)
+        return int(max(self.concurrency, min(self.maximum, self.ramp, by_speed)))
+
+    def claimed(self, asked: int, got: int) -> None:
+        """A claim for ``asked`` jobs returned ``got``: a full one may widen the ramp, a short one narrows it."""
+        with self._lock:
+            if asked > 0 and got >= asked:
+                self._growth_due = got
+            else:
+                self._growth_due = 0
+                self.ramp = max(self.concurrency, 2 * got)
+
+    def finished(self, seconds: float) -> None:
+        """A handler ran ``seconds``: fold it into the mean duration, and count it towards the ramp's growth."""
+        seconds = max(seconds, 0.0)
+        with self._lock:
+            mean = self.mean_duration
+            self.mean_duration = seconds if mean is None else mean + _DURATION_WEIGHT * (seconds - mean)
+            if self._growth_due > 0:
+                self._growth_due -= 1
+                if self._growth_due == 0:
+                    self.ramp = min(self.maximum, self.ramp * 2)

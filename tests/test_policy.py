@@ -400,6 +400,53 @@ def test_lua_literals_carry_any_text(lua: Callable[..., Any]) -> None:
         assert lua(f"return {policy.lua_literal(text)}") == text
 
 
+# --- claim sizing ------------------------------------------------------------------------------------
+def test_claim_size_is_concurrency_until_a_handler_has_finished() -> None:
+    sizer = policy.ClaimSizer(8)
+    sizer.claimed(8, 8)
+    assert sizer.capacity == 8
+
+
+def test_claim_size_doubles_only_as_a_full_claims_jobs_finish() -> None:
+    sizer = policy.ClaimSizer(8)
+    sizer.claimed(8, 8)
+    for _ in range(7):
+        sizer.finished(0.0001)
+    assert sizer.capacity == 8, "the ramp grew before the claim's jobs had finished"
+    sizer.finished(0.0001)
+    assert sizer.capacity == 16
+    sizes = []
+    for _ in range(6):
+        asked = sizer.capacity
+        sizer.claimed(asked, asked)
+        for _ in range(asked):
+            sizer.finished(0.0001)
+        sizes.append(sizer.capacity)
+    assert sizes == [32, 64, 128, 200, 200, 200]
+
+
+def test_claim_size_falls_back_when_a_claim_comes_back_short() -> None:
+    sizer = policy.ClaimSizer(8)
+    sizer.mean_duration, sizer.ramp = 0.0001, 200
+    sizer.claimed(100, 30)
+    assert sizer.capacity == 60
+    sizer.claimed(60, 0)
+    assert sizer.capacity == 8
+    for _ in range(50):
+        sizer.finished(0.0001)  # completions of earlier claims earn nothing after a short one
+    assert sizer.capacity == 8
+
+
+def test_claim_size_holds_only_a_horizon_of_slow_jobs() -> None:
+    sizer = policy.ClaimSizer(8)
+    sizer.ramp = 200
+    sizer.finished(0.5)
+    assert sizer.capacity == 8
+    sizer.mean_duration = 0.01  # 8 slots run 800 jobs/s: 0.1 s of them is 80
+    assert sizer.capacity == int(8 * policy.CLAIM_HORIZON / 0.01)
+    assert policy.ClaimSizer(300).capacity == 300, "never fewer than the worker can run"
+
+
 # --- error history entries: one shape, one time format, on every store ------------------------------
 def test_an_entry_time_is_iso_8601_utc_to_the_millisecond() -> None:
     assert policy.error_time(0) == "1970-01-01T00:00:00.000Z"
