@@ -24,10 +24,11 @@ from .errors import (
     LeaseLost,
     PayloadTooLarge,
     PolyqueueError,
+    SchemaMismatch,
     SchemaMissing,
 )
 from .hookspecs import hookimpl
-from .job import Job, JobRecord, JobStatus
+from .job import Job, JobRecord, JobStatus, QueueLimits, QueueSettings
 from .moving import TransferResult, transfer
 from .queue import DEFAULT_URL, Queue, connect
 from .worker import Worker
@@ -52,6 +53,9 @@ __all__ = [
     "PayloadTooLarge",
     "PolyqueueError",
     "Queue",
+    "QueueLimits",
+    "QueueSettings",
+    "SchemaMismatch",
     "SchemaMissing",
     "TransferResult",
     "Worker",

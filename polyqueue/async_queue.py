@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import greenlets
 from .backends.base import Backend, Capability, FireRecord, ScheduleRecord, Throughput
 from .errors import ConfigurationError, InvalidArgument, PolyqueueError
-from .job import Job, ReplayResult
+from .job import Job, QueueLimits, QueueSettings, ReplayResult
 from .queue import Queue, connect
 from .validation import check_int
 
@@ -233,6 +233,7 @@ class AsyncQueue:
         dedupe_for: float | timedelta | str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | timedelta | str | None = None,
+        concurrency_key: str | None = None,
         connection: Any = None,
     ) -> Hashable:
         """Store one job and return its id; see :meth:`Queue.enqueue <polyqueue.Queue.enqueue>`.
@@ -243,7 +244,7 @@ class AsyncQueue:
         """
         options = {"queue": queue, "priority": priority, "delay": delay, "run_at": run_at}
         options.update(max_attempts=max_attempts, dedupe_key=dedupe_key, dedupe_for=dedupe_for)
-        options.update(headers=headers, timeout=timeout)
+        options.update(headers=headers, timeout=timeout, concurrency_key=concurrency_key)
         return await self._with_connection(Queue.enqueue, connection, job_type, payload, **options)
 
     async def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, connection: Any = None) -> list[Hashable]:
@@ -384,6 +385,37 @@ class AsyncQueue:
     async def fire_history(self, schedule: str, limit: int = 100) -> list[FireRecord]:
         """The fires of one periodic schedule, newest first."""
         return await self._call(Queue.fire_history, schedule, limit)
+
+    async def set_limits(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        rate: float | str | None = None,
+        per_key: int | None = None,
+    ) -> QueueLimits:
+        """Limit ``queue`` across every worker; see :meth:`Queue.set_limits`."""
+        return await self._call(Queue.set_limits, queue, concurrency=concurrency, rate=rate, per_key=per_key)
+
+    async def limits(self, queue: str) -> QueueLimits:
+        """The limits stored for ``queue`` (all None when it has none)."""
+        return await self._call(Queue.limits, queue)
+
+    async def pause(self, queue: str) -> None:
+        """Stop every claim from taking ``queue``'s jobs until :meth:`resume`; see :meth:`Queue.pause`."""
+        await self._call(Queue.pause, queue)
+
+    async def resume(self, queue: str) -> None:
+        """Let claims take ``queue``'s jobs again, and wake its idle workers."""
+        await self._call(Queue.resume, queue)
+
+    async def paused(self) -> list[str]:
+        """The paused queues, by name."""
+        return await self._call(Queue.paused)
+
+    async def queue_settings(self, queues: str | Iterable[str] | None = None) -> list[QueueSettings]:
+        """The stored limits and paused flag of ``queues`` (None: every limited or paused queue), by name."""
+        return await self._call(Queue.queue_settings, queues if queues is None else _listed(queues))
 
 
 def _listed(values: Iterable[Any]) -> Any:

@@ -32,10 +32,10 @@ from rich.progress import (
 )
 
 from .errors import PolyqueueError
-from .job import ReplayResult
+from .job import QueueSettings, ReplayResult
 from .moving import DEFAULT_STATUSES, MOVABLE_STATUSES, TransferResult, TransferStep, check_statuses
 from .queue import Queue, connect, parse_duration
-from .tables import cron_table, dead_table, fires_table, job_table, stats_table
+from .tables import cron_table, dead_table, fires_table, job_table, limits_table, stats_table
 from .validation import check_int, check_queue_name, parse_rate, split_names
 
 __all__ = ["cli", "main"]
@@ -133,6 +133,7 @@ def migrate(ctx: click.Context) -> None:
 @url_option
 @click.option("--header", "headers", multiple=True, metavar="NAME=VALUE", help="A job header; repeat for more.")
 @click.option("--timeout", default=None, help="Longest run of one attempt (e.g. 30s, 5m).")
+@click.option("--concurrency-key", default=None, help="The key a queue's --per-key limit counts this job under.")
 @click.pass_context
 def enqueue(
     ctx: click.Context,
@@ -146,6 +147,7 @@ def enqueue(
     dedupe_for: str | None,
     headers: tuple[str, ...],
     timeout: str | None,
+    concurrency_key: str | None,
 ) -> None:
     """Enqueue one job; prints its id.
 
@@ -171,6 +173,7 @@ def enqueue(
             dedupe_for=dedupe_for,
             headers=header_map or None,
             timeout=None if timeout is None else parse_duration(timeout, "timeout"),
+            concurrency_key=concurrency_key,
         )
     click.echo(str(job_id))
 
@@ -469,6 +472,65 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 
 
 @cli.command()
+@click.argument("queue_name", metavar="QUEUE", required=False)
+@click.option("--concurrency", type=int, default=None, help="At most this many of the queue's jobs processing.")
+@click.option("--rate", default=None, help="At most this many starts: 50/s, 300/m, 1000/h.")
+@click.option("--per-key", type=int, default=None, help="At most this many processing per concurrency key.")
+@click.option("--clear", is_flag=True, help="Remove every limit of QUEUE.")
+@url_option
+@click.pass_context
+def limits(
+    ctx: click.Context,
+    queue_name: str | None,
+    concurrency: int | None,
+    rate: str | None,
+    per_key: int | None,
+    clear: bool,
+) -> None:
+    """Show or set flow-control limits, enforced by every claim across all workers.
+
+    Without options, shows QUEUE's limits (or every limited or paused queue's).
+    With options, sets QUEUE's limits: the ones not given are removed.
+    """
+    changing = clear or concurrency is not None or rate is not None or per_key is not None
+    if clear and (concurrency is not None or rate is not None or per_key is not None):
+        fail("--clear removes every limit: give it alone")
+    if changing and queue_name is None:
+        fail("name the QUEUE to limit")
+    with opened(ctx) as q:
+        if changing:
+            assert queue_name is not None
+            q.set_limits(queue_name, concurrency=concurrency, rate=rate, per_key=per_key)
+        shown = [queue_name] if queue_name is not None else None
+        settings = q.queue_settings(shown)
+        if queue_name is not None and not settings:
+            settings = [QueueSettings(queue_name)]
+    console.print(limits_table(settings))
+
+
+@cli.command()
+@click.argument("queue_name", metavar="QUEUE")
+@url_option
+@click.pass_context
+def pause(ctx: click.Context, queue_name: str) -> None:
+    """Pause QUEUE: no worker takes its jobs until `polyqueue resume` (running jobs finish)."""
+    with opened(ctx) as q:
+        q.pause(queue_name)
+    console.print(f"paused {queue_name}", highlight=False)
+
+
+@cli.command()
+@click.argument("queue_name", metavar="QUEUE")
+@url_option
+@click.pass_context
+def resume(ctx: click.Context, queue_name: str) -> None:
+    """Resume a paused QUEUE and wake its workers."""
+    with opened(ctx) as q:
+        q.resume(queue_name)
+    console.print(f"resumed {queue_name}", highlight=False)
+
+
+@cli.command()
 @click.option("--status", default="done", show_default=True, type=click.Choice(["done", "dead", "cancelled"]))
 @click.option("--older-than", default="7d", show_default=True, help="Age like 12h, 7d, 30m or seconds.")
 @click.option("--batch-size", type=int, default=1000, show_default=True, help="Rows deleted per transaction.")
@@ -633,9 +695,13 @@ def demo(ctx: click.Context, count: int, workers: int) -> None:
 def conformance(url: str, pytest_args: tuple[str, ...]) -> None:
     """Run the conformance suite against URL (extra arguments go to pytest)."""
     _require_module("pytest", "conformance")
+    from .testing import conformance_preflight
+
+    # Checked before the suite is imported: a wrong URL or a server that is down answers in a second, in one line.
+    conformance_preflight(url)
     from .conformance.matrix import run_conformance
 
-    raise SystemExit(run_conformance(url, list(pytest_args)))
+    raise SystemExit(run_conformance(url, list(pytest_args), check=False))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -13,6 +13,7 @@ __all__ = [
     "LeaseLost",
     "PayloadTooLarge",
     "PolyqueueError",
+    "SchemaMismatch",
     "SchemaMissing",
 ]
 
@@ -35,6 +36,15 @@ class BackendUnavailable(PolyqueueError):
 
 class SchemaMissing(PolyqueueError):
     """The queue tables do not exist yet: run ``polyqueue migrate`` (or ``Queue.migrate()``)."""
+
+
+class SchemaMismatch(ConfigurationError):
+    """The queue tables are not the schema this polyqueue uses, and nothing was done.
+
+    Older: run ``polyqueue migrate``. Newer: upgrade polyqueue. Not
+    polyqueue's at all (another application's table with the same name):
+    choose another ``table_prefix``. The message says which.
+    """
 
 
 class InvalidPayload(PolyqueueError, ValueError):

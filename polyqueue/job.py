@@ -18,6 +18,8 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "NewJob",
+    "QueueLimits",
+    "QueueSettings",
     "ReplayResult",
     "int_job_id",
 ]
@@ -75,6 +77,8 @@ class Job:
     timeout: float | None = None
     #: ``cancel(id)`` was called while the job was processing: the handler should stop (see :meth:`check`).
     cancel_requested: bool = False
+    #: The flow-control key (``enqueue(..., concurrency_key=)``): a queue's ``per_key`` limit counts jobs per key.
+    concurrency_key: str | None = None
     #: When (``time.monotonic()``) the running attempt's time is up; set by the worker, never stored.
     deadline: float | None = field(default=None, repr=False, compare=False, metadata={"stored": False})
 
@@ -119,11 +123,13 @@ class NewJob:
     headers_json: str | None = None
     #: Longest run of one attempt in seconds, or None (the worker's ``timeout``).
     timeout: float | None = None
+    #: The key a queue's ``per_key`` limit counts processing jobs by; None: the job is counted under no key.
+    concurrency_key: str | None = None
 
     @property
     def plain(self) -> bool:
-        """No dedupe key and no absolute start: a row that stores' bulk inserts can take."""
-        return self.dedupe_key is None and self.run_at is None
+        """No dedupe key, absolute start or concurrency key: a row that stores' bulk inserts can take."""
+        return self.dedupe_key is None and self.run_at is None and self.concurrency_key is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +171,41 @@ class JobRecord:
     headers_json: str | None = None
     #: The job's own attempt timeout in seconds, or None.
     timeout: float | None = None
+    concurrency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """A queue's flow control, enforced by the claim itself across every worker (None: no such limit).
+
+    ``concurrency``: at most this many of the queue's jobs processing at once.
+    ``rate``: at most this many jobs started per second (database clock).
+    ``per_key``: at most this many processing per ``concurrency_key``; jobs
+    enqueued without a key are not counted against it.
+    """
+
+    concurrency: int | None = None
+    rate: float | None = None
+    per_key: int | None = None
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set."""
+        return self.concurrency is not None or self.rate is not None or self.per_key is not None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """What the database stores about one queue: its limits and whether it is paused."""
+
+    queue: str
+    limits: QueueLimits = field(default_factory=QueueLimits)
+    paused: bool = False
+
+    @property
+    def controlled(self) -> bool:
+        """Whether a claim must read these settings (paused, or limited); otherwise the queue is plain."""
+        return self.paused or self.limits.any
 
 
 @dataclass(slots=True)

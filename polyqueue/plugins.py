@@ -15,6 +15,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigurationError
+from .urls import did_you_mean
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -23,6 +24,7 @@ __all__ = [
     "known_schemes",
     "make_plugin_manager",
     "plugin_headers",
+    "unloaded_plugins",
 ]
 
 ENTRY_POINT_GROUP = "polyqueue"
@@ -107,10 +109,18 @@ def _describe(impl: pluggy.HookImpl) -> str:
 
 
 def known_schemes(pm: pluggy.PluginManager) -> list[str]:
-    """Schemes registered now plus those installed entry points offer."""
-    names = set(_backend_table(pm))
-    names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
-    return sorted(names)
+    """The URL schemes the backends registered now serve (built-ins and plugins already loaded)."""
+    return sorted(_backend_table(pm))
+
+
+def unloaded_plugins(pm: pluggy.PluginManager) -> list[str]:
+    """Installed entry points of the ``polyqueue`` group not loaded yet.
+
+    Each may add schemes or only lifecycle hooks (metrics, tracing): nothing
+    says which until it is imported, and listing them imports nothing.
+    """
+    names = {ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(name for name in names if not pm.has_plugin(name) and name not in _backend_table(pm))
 
 
 def backend_class_for(pm: pluggy.PluginManager, scheme: str) -> type:
@@ -118,9 +128,17 @@ def backend_class_for(pm: pluggy.PluginManager, scheme: str) -> type:
     table = _backend_table(pm)
     if scheme not in table and _load_entry_point(pm, scheme):
         table = _backend_table(pm)
-    if scheme not in table:
+    if scheme not in table and pm.has_plugin(scheme):
         raise ConfigurationError(
-            f"unknown URL scheme {scheme!r}; known schemes: {', '.join(known_schemes(pm))}. "
+            f"{scheme!r} is a lifecycle plugin, not a backend: open a backend's URL (sqlite:///polyqueue.db, "
+            f"postgresql://...) with connect(url, plugins=[{scheme!r}]) or POLYQUEUE_PLUGINS={scheme}"
+        )
+    if scheme not in table:
+        known, unloaded = known_schemes(pm), unloaded_plugins(pm)
+        others = f"; installed plugins, not loaded: {', '.join(unloaded)}" if unloaded else ""
+        raise ConfigurationError(
+            f"unknown URL scheme {scheme!r}{did_you_mean(scheme, [*known, *unloaded])} "
+            f"Known schemes: {', '.join(known)}{others}. "
             f"Backends for other databases are plugins registered under the entry-point group "
             f"{ENTRY_POINT_GROUP!r} (pip install the plugin package)"
         )

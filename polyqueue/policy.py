@@ -14,10 +14,19 @@ This module owns the rules:
   every wait on an outage (database, Redis, a dropped LISTEN connection);
 * **storable error text** -- what a failure records, whatever the exception held;
 * **dedupe holds** -- which endings keep a job's dedupe key held for its ``dedupe_for`` seconds;
-* **pacing** -- the steady timetable of a paced redrive (``replay(..., rate=R)``);
+* **pacing** -- the steady timetable of a paced redrive (``replay(..., rate=R)``), and the
+  batches of a purge: short, each followed by a rest that leaves room for claims.
+* **claim sizing** -- how many jobs a worker holds when no ``batch_size`` is given
+  (:class:`ClaimSizer`: large batches for a backlog of short jobs, small for long jobs or a short queue);
 * **runtime control** -- which timeout an attempt runs under and when it is up, what a
   timeout records, and that a cancel requested while a job runs ends it ``cancelled``
-  and never retried (a failure, a release or an expired lease of such a job included).
+  and never retried (a failure, a release or an expired lease of such a job included);
+* **store errors** -- what each kind of error a store reports does: retried at
+  once, reconnected with back-off then ``BackendUnavailable``, or a
+  ``ConfigurationError`` at once for a wrong URL (authentication, unknown
+  database or host name). Backends only say which kind an error is.
+* **flow control** -- how many jobs a claim may take from a limited queue (concurrency,
+  a rate allowance on the database clock, per-key limits) and the fair order across keys.
 
 Where SQL must apply a rule inside one statement (the PostgreSQL claim
 rescues expired leases as it claims), it takes the expression from the
@@ -35,6 +44,7 @@ import enum
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import traceback
@@ -44,7 +54,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import Settlement
-from .job import Job, JobStatus
+from .errors import BackendUnavailable, ConfigurationError, PolyqueueError, SchemaMismatch, SchemaMissing
+from .job import Job, JobStatus, QueueLimits
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -54,22 +65,30 @@ T = TypeVar("T")
 __all__ = [
     "CACHE_OUTAGE",
     "CANCELLED_ERROR",
+    "CLAIM_HORIZON",
     "CLAIM_ORDER",
     "DEDUPE_HELD_AFTER",
     "ERROR_HISTORY_LIMIT",
     "ERROR_TIME_FORMAT",
     "LISTEN_RECONNECT",
+    "MAX_CLAIM_CAPACITY",
     "MAX_ERROR_LENGTH",
     "OUTAGE",
     "PACE_STEP",
+    "PURGE_BATCH_SECONDS",
+    "RATE_BURST_SECONDS",
     "RECONNECT",
     "RECORD_RETRY",
     "RESCUE_BATCH",
+    "SETTINGS_REFRESH",
     "TRANSIENT",
     "Backoff",
+    "ClaimSizer",
+    "ErrorKind",
     "Jitter",
     "Outage",
     "Pace",
+    "PurgePace",
     "appended_entry",
     "attempt_deadline",
     "attempt_timeout",
@@ -77,12 +96,15 @@ __all__ = [
     "capped_max_attempts",
     "capped_max_attempts_lua",
     "capped_max_attempts_sql",
+    "claim_allowance",
+    "claim_allowance_sql",
     "claim_order_key",
     "claim_order_lua",
     "claim_order_sql",
     "completed",
     "dedupe_hold_sql",
     "error_entry",
+    "error_for",
     "error_history",
     "error_text",
     "error_time",
@@ -96,17 +118,26 @@ __all__ = [
     "expired_lease_status_lua",
     "expired_lease_status_sql",
     "failed",
+    "fair_order_key",
+    "fair_order_sql",
     "final_attempt_lua",
     "final_attempt_sql",
     "holds_claim",
     "holds_claim_lua",
     "holds_claim_sql",
+    "host_name_unknown",
     "is_final_attempt",
+    "is_retried",
     "job_claim_key",
     "keeps_dedupe_key",
+    "key_has_room",
+    "key_has_room_sql",
+    "key_slot",
     "lua_literal",
     "new_enqueue_token",
     "new_token",
+    "rate_allowance",
+    "rate_allowance_sql",
     "released",
     "settled_status",
     "settled_status_sql",
@@ -212,6 +243,81 @@ def new_enqueue_token(now: Callable[[], float] = time.time) -> int:
     """
     seconds = max(0, int(now()) - _TOKEN_EPOCH) & 0xFFFF_FFFF
     return (seconds << 30) | ((int.from_bytes(os.urandom(4)) >> 2) or 1)
+
+
+# --- store errors ------------------------------------------------------------------------------------
+class ErrorKind(enum.StrEnum):
+    """What an error a store reports means. A backend classifies its driver's errors into these; this module decides.
+
+    * ``TRANSIENT`` -- deadlock, serialization failure, busy: the call runs
+      its transaction again at once (:data:`TRANSIENT` back-off), a few times.
+    * ``DISCONNECT`` -- the connection was refused, timed out or lost: the call
+      reconnects with :data:`RECONNECT` back-off for its reconnect window, then
+      raises :class:`BackendUnavailable` (which a worker waits out).
+    * ``CONFIGURATION`` -- the URL is wrong: authentication failed, the
+      database or role does not exist, the host name is unknown. Retrying
+      cannot help: :class:`ConfigurationError` at once.
+    * ``MISSING_SCHEMA`` -- a polyqueue table does not exist: :class:`SchemaMissing`.
+    * ``SCHEMA_MISMATCH`` -- a table lacks a column polyqueue uses (an older or
+      foreign schema): :class:`SchemaMismatch` saying to migrate.
+    * ``DUPLICATE`` -- a unique key was violated (callers that expect it retry).
+    * ``OTHER`` -- the store refused this one operation.
+    """
+
+    TRANSIENT = "transient"
+    DISCONNECT = "disconnect"
+    CONFIGURATION = "configuration"
+    MISSING_SCHEMA = "missing_schema"
+    SCHEMA_MISMATCH = "schema_mismatch"
+    DUPLICATE = "duplicate"
+    OTHER = "other"
+
+
+def is_retried(kind: str) -> bool:
+    """Whether a call retries an error of this kind (at once or after reconnecting) before giving up."""
+    return kind in (ErrorKind.TRANSIENT, ErrorKind.DISCONNECT)
+
+
+def error_for(kind: str, where: str, detail: str, *, outage: bool = False) -> PolyqueueError:
+    """The polyqueue error a call raises for a store error of ``kind`` it did not (or no longer) retry.
+
+    ``where`` names the store with its password masked; ``detail`` is the
+    driver's one-line reason, already scrubbed of secrets (for
+    ``MISSING_SCHEMA``: the tables that are missing). ``outage`` makes an
+    unclassified error an outage (a DBAPI ``OperationalError``: the database,
+    not the operation, is in trouble).
+    """
+    if kind == ErrorKind.CONFIGURATION:
+        return ConfigurationError(f"{where} refused the connection: {detail} (check the URL)")
+    if kind == ErrorKind.MISSING_SCHEMA:
+        return SchemaMissing(
+            f"the polyqueue tables ({detail}) do not exist in {where}: run `polyqueue migrate` (or Queue.migrate())"
+        )
+    if kind == ErrorKind.SCHEMA_MISMATCH:
+        return SchemaMismatch(
+            f"the polyqueue tables in {where} do not match this polyqueue ({detail}): run `polyqueue migrate`"
+        )
+    if is_retried(kind) or (outage and kind == ErrorKind.OTHER):
+        return BackendUnavailable(f"{where} is unavailable: {detail}")
+    return PolyqueueError(f"{where} rejected the operation: {detail}")
+
+
+def host_name_unknown(host: str | None) -> bool:
+    """Whether DNS says ``host`` does not exist (a typo in the URL), as opposed to "cannot answer now".
+
+    A store whose connection failed asks this before retrying: an unknown
+    name is a :data:`ErrorKind.CONFIGURATION` error, a DNS outage
+    (``EAI_AGAIN``) or an unreachable address an outage. Needs no driver.
+    """
+    if not host or host.startswith("/"):
+        return False
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        return exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME))
+    except (OSError, UnicodeError):
+        return False
+    return False
 
 
 # --- claim order -------------------------------------------------------------------------------------
@@ -623,3 +729,242 @@ class Pace:
                 next_at = now - interval  # fell behind: make up at most one step, never burst
             yield pending[start : start + self.step]
             next_at += interval
+
+
+# --- purge pacing ------------------------------------------------------------------------------------
+#: How long one purge batch should hold its locks: short enough that a claim waiting behind it barely notices.
+PURGE_BATCH_SECONDS = 0.01
+#: The first batch of a purge, before any has been timed (never more than the caller's batch size).
+PURGE_FIRST_BATCH = 100
+#: The longest rest between two purge batches, however slow the last batch was.
+PURGE_REST_CAP = 1.0
+
+
+class PurgePace:
+    """The batches of a purge: sized to take about :data:`PURGE_BATCH_SECONDS`, each followed by a rest.
+
+    A purge deletes in batches, each its own short transaction; between two
+    it rests at least as long as the last batch took, so a purge takes at
+    most half of the store's time and a claim waiting behind a batch gets in
+    during the rest. ``rest_floor`` is the least rest the store needs for
+    that (a SQLite writer blocked on the file lock sleeps in its busy
+    handler and looks again only every few milliseconds; servers that queue
+    lock waiters need none). Each batch is resized from the last one's
+    timing, toward :data:`PURGE_BATCH_SECONDS`, at most doubling, never
+    over ``limit`` (the caller's batch size) nor under the first batch.
+
+    The time a batch takes is what it held the store for: a caller that
+    first waited for a lock (a claim had it) reports the part after the wait
+    with :meth:`held`; otherwise the wall time of its loop body counts.
+    Iterate :meth:`sizes` and stop when the store has nothing left::
+
+        pace = policy.PurgePace(request.batch_size, floor, backend.pause)
+        for size in pace.sizes():
+            if delete_one_batch(size, report=pace.held) == 0:
+                break
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        rest_floor: float = 0.0,
+        pause: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = max(1, limit)
+        self.rest_floor = rest_floor
+        self.pause = pause
+        self.clock = clock
+        self._held: float | None = None
+
+    def held(self, seconds: float) -> None:
+        """Report how long the current batch held the store (its time after any wait for a lock)."""
+        self._held = seconds
+
+    def next_size(self, size: int, elapsed: float) -> int:
+        """The size of the batch after one of ``size`` rows that took ``elapsed`` seconds."""
+        if elapsed <= 0:
+            wanted = size * 2
+        else:
+            wanted = int(size * PURGE_BATCH_SECONDS / elapsed)
+        # Never below the first batch: a batch's round trips cost the same for one row as for a hundred, so on a
+        # slow moment smaller batches would only make the purge crawl without holding the store any shorter.
+        return max(min(self.limit, PURGE_FIRST_BATCH), min(self.limit, size * 2, wanted))
+
+    def rest(self, elapsed: float) -> float:
+        """Seconds to rest after a batch that took ``elapsed``: as long as it took, at least the floor, capped."""
+        return min(PURGE_REST_CAP, max(elapsed, self.rest_floor))
+
+    def sizes(self) -> Iterator[int]:
+        """Batch sizes without end; each next one comes after the rest that follows the batch before it.
+
+        The caller's loop body runs one batch; stopping the loop (the store
+        had nothing left) skips the rest a further batch would have needed.
+        """
+        size = min(self.limit, PURGE_FIRST_BATCH)
+        while True:
+            self._held = None
+            started = self.clock()
+            yield size
+            elapsed = self.clock() - started if self._held is None else self._held
+            self.pause(self.rest(elapsed))
+            size = self.next_size(size, elapsed)
+
+
+# --- flow control ------------------------------------------------------------------------------------
+#: Seconds of unused rate a limited queue may save up: at most ``rate * RATE_BURST_SECONDS`` starts (at
+#: least one) can go at once after a quiet spell. One second keeps "R per second" true over any window
+#: of a few seconds while letting a batch claim take several jobs.
+RATE_BURST_SECONDS = 1.0
+#: How long a process trusts its list of controlled (paused or limited) queues before reading it again.
+#: Claims never depend on it for safety -- the claim statement itself refuses a controlled queue's jobs
+#: unless it went through that queue's settings -- so a stale list only delays a newly limited queue's
+#: jobs by up to this long.
+SETTINGS_REFRESH = 1.0
+
+
+def rate_allowance(saved: float, elapsed: float, rate: float) -> float:
+    """Starts a rate-limited queue may make now: what it saved plus what ``elapsed`` seconds earned, capped.
+
+    ``elapsed`` is database-clock seconds since the allowance was last counted
+    (a negative value -- two transactions' clocks read out of order -- earns nothing).
+    """
+    return min(max(1.0, rate * RATE_BURST_SECONDS), saved + max(0.0, elapsed) * rate)
+
+
+def rate_allowance_sql(saved: Any, elapsed: Any, rate: Any) -> sa.ColumnElement[float]:
+    """:func:`rate_allowance` as SQL (NULL when ``rate`` is NULL)."""
+    import sqlalchemy as sa
+
+    cap = sa.func.greatest(1.0, rate * RATE_BURST_SECONDS)
+    earned = sa.func.least(cap, saved + sa.func.greatest(0.0, elapsed) * rate)
+    # GREATEST and LEAST skip NULLs on PostgreSQL (and return NULL on MySQL): say "no rate" explicitly.
+    return sa.case((rate.is_(None), sa.null()), else_=earned)  # type: ignore[no-any-return]
+
+
+def claim_allowance(limit: int, limits: QueueLimits, processing: int, allowance: float | None) -> int:
+    """How many jobs one claim may take from a limited queue: ``limit``, cut by each limit that binds.
+
+    ``processing`` is how many of the queue's jobs are processing now;
+    ``allowance`` what :func:`rate_allowance` says (None: no rate limit).
+    Per-key limits apply job by job (:func:`key_has_room`).
+    """
+    allowed = limit
+    if limits.concurrency is not None:
+        allowed = min(allowed, limits.concurrency - processing)
+    if allowance is not None:
+        allowed = min(allowed, int(allowance + 1e-9))  # whole starts only; the float error of a sum is not one
+    return max(0, allowed)
+
+
+def claim_allowance_sql(limit: int, concurrency: Any, processing: Any, allowance: Any) -> sa.ColumnElement[int]:
+    """:func:`claim_allowance` as SQL: a NULL ``concurrency`` or ``allowance`` is no such limit."""
+    import sqlalchemy as sa
+
+    by_rate = sa.cast(sa.func.floor(allowance + 1e-9), sa.Integer)
+    allowed = sa.func.least(limit, sa.func.coalesce(concurrency - processing, limit), sa.func.coalesce(by_rate, limit))
+    return sa.func.greatest(0, allowed)  # type: ignore[no-any-return]
+
+
+def key_slot(rank: int, running: int) -> int:
+    """The slot of its key a ready job would take: ``running`` of the key run, and it is the key's ``rank``-th.
+
+    ``rank`` is 1-based, in claim order among the key's ready jobs.
+    """
+    return rank + running
+
+
+def key_has_room(slot: int, per_key: int) -> bool:
+    """Whether a job whose :func:`key_slot` is ``slot`` may start under a ``per_key`` limit."""
+    return slot <= per_key
+
+
+def key_has_room_sql(slot: Any, per_key: int) -> sa.ColumnElement[bool]:
+    """:func:`key_has_room` as SQL."""
+    return slot <= per_key  # type: ignore[no-any-return]
+
+
+def fair_order_key(slot: int, priority: int, run_at: Any, job_id: Any) -> tuple[Any, ...]:
+    """Claim order across concurrency keys: the lowest :func:`key_slot` first, then ordinary claim order.
+
+    A key with nothing running goes before a key already running jobs, and
+    each key's second job after every key's first: so a key with 10,000
+    ready jobs never starves a key with one, however much older its jobs are.
+    """
+    return (slot, *claim_order_key(priority, run_at, job_id))
+
+
+def fair_order_sql(slot: Any, columns: Mapping[str, Any] | Any) -> list[sa.ColumnElement[Any]]:
+    """:func:`fair_order_key` as ORDER BY clauses."""
+    return [slot.asc(), *claim_order_sql(columns)]
+
+
+# --- claim sizing ------------------------------------------------------------------------------------
+#: Seconds of work a worker may hold beyond what it is running (the buffer of claimed, unstarted jobs).
+CLAIM_HORIZON = 0.1
+#: The most jobs an adaptive worker holds at once (it claims again at half of it, so ~100 per claim).
+MAX_CLAIM_CAPACITY = 200
+#: Weight of the newest handler duration in the running mean.
+_DURATION_WEIGHT = 0.05
+
+
+class ClaimSizer:
+    """How many jobs a worker without a fixed ``batch_size`` holds: its capacity, adapted as it runs.
+
+    Two rules, the smaller wins, never below ``concurrency`` nor above
+    ``maximum``:
+
+    * **handler speed** -- hold at most :data:`CLAIM_HORIZON` seconds of
+      work: ``concurrency * horizon / mean handler duration``. Until a handler
+      has finished the duration is unknown and the worker holds only what it
+      can run, so long jobs are never hoarded in a buffer while another worker
+      idles;
+    * **backlog** -- a ramp, clocked by completions as TCP's slow start is by
+      acknowledgements: after a claim came back full (the queue has more) it
+      doubles once as many jobs have finished as that claim took; after a
+      claim came back short it falls back to ``concurrency`` (or twice what
+      came). So a short queue that just arrived is shared out among the
+      workers in small claims, jobs that block do not earn a larger one, and
+      only a deep backlog of jobs that finish earns large ones.
+
+    Thread-safe: handlers report from many threads.
+    """
+
+    def __init__(
+        self, concurrency: int, *, maximum: int = MAX_CLAIM_CAPACITY, horizon: float = CLAIM_HORIZON
+    ) -> None:
+        self.concurrency = concurrency
+        self.maximum = max(concurrency, maximum)
+        self.horizon = horizon
+        self.mean_duration: float | None = None
+        self.ramp = concurrency
+        self._lock = threading.Lock()
+        self._growth_due = 0  # completions that double the ramp; 0: no growth earned by the last claim
+
+    @property
+    def capacity(self) -> int:
+        """Jobs the worker may hold now (running, buffered, or finished and not yet recorded)."""
+        if self.mean_duration is None:
+            return self.concurrency
+        by_speed = self.concurrency * self.horizon / max(self.mean_duration, 1e-6)
+        return int(max(self.concurrency, min(self.maximum, self.ramp, by_speed)))
+
+    def claimed(self, asked: int, got: int) -> None:
+        """A claim for ``asked`` jobs returned ``got``: a full one may widen the ramp, a short one narrows it."""
+        with self._lock:
+            if asked > 0 and got >= asked:
+                self._growth_due = got
+            else:
+                self._growth_due = 0
+                self.ramp = max(self.concurrency, 2 * got)
+
+    def finished(self, seconds: float) -> None:
+        """A handler ran ``seconds``: fold it into the mean duration, and count it towards the ramp's growth."""
+        seconds = max(seconds, 0.0)
+        with self._lock:
+            mean = self.mean_duration
+            self.mean_duration = seconds if mean is None else mean + _DURATION_WEIGHT * (seconds - mean)
+            if self._growth_due > 0:
+                self._growth_due -= 1
+                if self._growth_due == 0:
+                    self.ramp = min(self.maximum, self.ramp * 2)

@@ -29,6 +29,8 @@ from .backends.base import (
     ListQuery,
     OptionParser,
     PurgeRequest,
+    QueueControl,
+    QueueSettingsQuery,
     ReadyCount,
     ReplayRequest,
     RetryNowRequest,
@@ -39,9 +41,10 @@ from .backends.base import (
     ThroughputQuery,
 )
 from .errors import ConfigurationError, InvalidArgument, InvalidPayload, JobNotFound
-from .job import FINISHED_STATUSES, STATUSES, Job, NewJob, ReplayResult
+from .job import FINISHED_STATUSES, STATUSES, Job, NewJob, QueueLimits, QueueSettings, ReplayResult
 from .plugins import backend_class_for, call_hook, make_plugin_manager, plugin_headers
 from .session import ConsumerSession, lease_lost
+from .urls import describe_parse_error, mask_url, parse_url
 from .validation import (
     check_headers,
     check_int,
@@ -123,19 +126,21 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
     from sqlalchemy.exc import ArgumentError
 
     raw = url if url is not None else os.environ.get("POLYQUEUE_URL") or DEFAULT_URL
+    pm = make_plugin_manager(list(plugins) + _env_plugins())
     if isinstance(raw, URL):
         parsed = raw
     elif isinstance(raw, str):
         try:
-            parsed = _parse_url(raw)
+            parsed = parse_url(raw)
         except (ArgumentError, ValueError):
-            scheme = raw.split(":", 1)[0] if ":" in raw else "?"
-            raise ConfigurationError(
-                f"could not parse the queue URL (scheme {scheme[:40]!r}); expected e.g. sqlite:///polyqueue.db"
-            ) from None
+            scheme = raw.partition("://")[0] if "://" in raw else ""
+            if scheme:
+                backend_class_for(pm, scheme.split("+", 1)[0])  # an unknown scheme or a lifecycle plugin says so first
+            # Only the scheme is echoed: an unparsable URL's password cannot be told from the rest of it.
+            shown = f" (scheme {scheme[:40]!r})" if scheme else ""
+            raise ConfigurationError(f"could not parse the queue URL{shown}: {describe_parse_error(raw)}") from None
     else:
         raise ConfigurationError("url must be a string, a SQLAlchemy URL or None")
-    pm = make_plugin_manager(list(plugins) + _env_plugins())
     backend_cls: type[Backend] = backend_class_for(pm, parsed.drivername.split("+", 1)[0])
     parsed, opts = _split_options(parsed, options, {**CORE_OPTIONS, **backend_cls.connect_options})
     prefix = opts.setdefault("table_prefix", "polyqueue_")
@@ -148,34 +153,11 @@ def connect(url: str | URL | None = None, *, plugins: Iterable[Any] = (), **opti
         from .depth_cache import DepthCachedBackend
 
         backend = DepthCachedBackend(backend, opts["depth_cache"], opts)
+        # The cache holds its URL; what the queue shows (q.options, reprs) must not hold its password.
+        opts["depth_cache"] = mask_url(opts["depth_cache"])
     queue = Queue(backend, pm, opts)
     queue._url = raw if isinstance(raw, str) else raw.render_as_string(hide_password=False)
     return queue
-
-
-#: ``scheme://[credentials@]h1:p1,h2:p2[/path][?query]``: a URL naming several hosts (a cluster's nodes).
-_SEVERAL_HOSTS = re.compile(
-    r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://(?:[^@/?#]*@)?)(?P<hosts>[^/?#@]*,[^/?#@]*)(?P<tail>.*)$", re.S
-)
-
-
-def _parse_url(raw: str) -> URL:
-    """``make_url(raw)``, also for URLs naming several hosts, which become repeated ``host`` query parameters.
-
-    SQLAlchemy's URL holds one host and port; several hosts are spelt
-    ``?host=h1:p1&host=h2:p2`` in its convention (as for psycopg), and a
-    backend that takes several (a cluster's startup nodes) reads them there.
-    """
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(raw)
-    except ValueError:
-        several = _SEVERAL_HOSTS.match(raw)
-        if several is None:
-            raise
-        hosts = [("host", host) for host in several["hosts"].split(",")]
-        return make_url(several["head"] + several["tail"]).update_query_pairs(hosts, append=True)
 
 
 def _check_statuses(status: str | Iterable[str]) -> frozenset[str]:
@@ -314,6 +296,9 @@ class Queue:
         delay_seconds = 0.0 if delay is None else check_seconds(delay, "delay")
         if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
             raise InvalidArgument("run_at must be a timezone-aware datetime")
+        concurrency_key = spec.get("concurrency_key")
+        if concurrency_key is not None:
+            concurrency_key = check_name(concurrency_key, "concurrency_key")
         payload_json = json_codec.encode_payload(spec.get("payload"), self.max_payload_bytes)
         headers_json = check_headers(spec.get("headers"))
         timeout = spec.get("timeout")
@@ -323,7 +308,7 @@ class Queue:
             headers_json = self._with_plugin_headers(queue, job_type, spec.get("headers"), headers_json)
         return NewJob(
             queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at, dedupe_for,
-            headers_json, timeout,
+            headers_json, timeout, concurrency_key,
         )  # fmt: skip
 
     def _with_plugin_headers(
@@ -363,6 +348,7 @@ class Queue:
         dedupe_for: float | timedelta | str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | timedelta | str | None = None,
+        concurrency_key: str | None = None,
         connection: Any = None,
     ) -> Hashable:
         """Store one job and return its id (or, when its ``dedupe_key`` is held, the holding job's id).
@@ -376,18 +362,20 @@ class Queue:
         tenant, request id), kept through retries and replay. ``timeout``
         limits each attempt's run in seconds (over the worker's own
         ``timeout``): an attempt that runs longer fails with a timeout error.
+        ``concurrency_key`` names what a queue's ``per_key`` limit counts
+        this job under (:meth:`set_limits`).
         ``connection`` writes the job inside the caller's open transaction.
         Every call carries a client token, so the library's own retry after a
         dropped connection never stores the job twice.
         """
         spec = {"job_type": job_type, "payload": payload, "queue": queue, "priority": priority, "delay": delay}
         spec.update(run_at=run_at, max_attempts=max_attempts, dedupe_key=dedupe_key, dedupe_for=dedupe_for)
-        spec.update(headers=headers, timeout=timeout)
+        spec.update(headers=headers, timeout=timeout, concurrency_key=concurrency_key)
         return self._store([self._new_job(spec)], connection)[0]
 
     _JOB_KEYS = frozenset(
         {"job_type", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "dedupe_key", "dedupe_for"}
-        | {"headers", "timeout"}
+        | {"headers", "timeout", "concurrency_key"}
     )
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]], *, connection: Any = None) -> list[Hashable]:
@@ -424,6 +412,8 @@ class Queue:
             self.require_capability(Capability.HEADERS, "job headers (headers=)")
         if any(job.timeout is not None for job in batch):
             self.require_capability(Capability.TIMEOUTS, "per-job timeouts (timeout=)")
+        if any(job.concurrency_key is not None for job in batch):
+            self.require_capability(Capability.FLOW_CONTROL, "flow control (concurrency_key=)")
         # One client token per call: a retry of this call after a dropped connection finds its first attempt.
         ids = self.backend.enqueue(EnqueueBatch(batch, connection, policy.new_enqueue_token()))
         if ids:
@@ -719,6 +709,75 @@ class Queue:
         name = check_name(schedule, "schedule name")
         self.require_capability(Capability.PERIODIC, "periodic jobs")
         return self.backend.fire_history(FireHistoryQuery(name, check_int(limit, "limit", 1, 1_000_000)))
+
+    # --- runtime control: pause and flow control ---------------------------------------------
+    def set_limits(
+        self,
+        queue: str,
+        *,
+        concurrency: int | None = None,
+        rate: float | str | None = None,
+        per_key: int | None = None,
+    ) -> QueueLimits:
+        """Limit ``queue`` across every worker process and machine; returns the limits now stored.
+
+        At most ``concurrency`` of its jobs processing at once; at most
+        ``rate`` starts per second (a number, or text like ``"50/s"``,
+        ``"300/m"``; counted on the database clock, at most one second's worth
+        in a burst); at most ``per_key`` processing per
+        ``enqueue(..., concurrency_key=...)``, other keys flowing fairly
+        (each key's first ready job before any key's second). The claim
+        enforces them atomically. Each call replaces all three: None (the
+        default) removes that limit, so ``set_limits(q)`` removes every one.
+        Stored in the database: they survive restarts, and running workers
+        honour a change within about a second. Needs ``flow_control``.
+        """
+        name = check_name(queue, "queue name")
+        limits = QueueLimits(
+            None if concurrency is None else check_int(concurrency, "concurrency", 1, 1_000_000),
+            None if rate is None else parse_rate(rate),
+            None if per_key is None else check_int(per_key, "per_key", 1, 1_000_000),
+        )
+        self.require_capability(Capability.FLOW_CONTROL, "flow control (set_limits)")
+        return self.backend.control_queue(QueueControl(name, limits=limits)).limits
+
+    def limits(self, queue: str) -> QueueLimits:
+        """The limits stored for ``queue`` (all None when it has none)."""
+        name = check_name(queue, "queue name")
+        self.require_capability(Capability.FLOW_CONTROL, "flow control (limits)")
+        found = self.backend.queue_settings(QueueSettingsQuery([name]))
+        return found[0].limits if found else QueueLimits()
+
+    def pause(self, queue: str) -> None:
+        """Stop every claim, in every process, from taking ``queue``'s jobs until :meth:`resume`.
+
+        Stored in the database (it survives restarts). Once it returns no
+        claim on any worker takes a job of the queue; jobs already running
+        finish. Enqueueing still works; ``depth`` reports 0 while paused and
+        idle workers are not woken for it. Idempotent. Needs ``pause``.
+        """
+        name = check_name(queue, "queue name")
+        self.require_capability(Capability.PAUSE, "pause and resume")
+        self.backend.control_queue(QueueControl(name, paused=True))
+
+    def resume(self, queue: str) -> None:
+        """Let claims take ``queue``'s jobs again, and wake its idle workers. Idempotent."""
+        name = check_name(queue, "queue name")
+        self.require_capability(Capability.PAUSE, "pause and resume")
+        self.backend.control_queue(QueueControl(name, paused=False))
+
+    def paused(self) -> list[str]:
+        """The paused queues, by name."""
+        self.require_capability(Capability.PAUSE, "pause and resume")
+        return [s.queue for s in self.backend.queue_settings(QueueSettingsQuery()) if s.paused]
+
+    def queue_settings(self, queues: str | Iterable[str] | None = None) -> list[QueueSettings]:
+        """The stored limits and paused flag of ``queues`` (None: every limited or paused queue), by name.
+
+        Queues with neither are left out; ``[]`` on a backend that can do neither.
+        """
+        names = None if queues is None else queue_list(queues)
+        return self.backend.queue_settings(QueueSettingsQuery(names))
 
     def require_capability(self, capability: Capability, what: str) -> None:
         """Raise :class:`ConfigurationError` naming ``what`` unless the backend has ``capability``."""

@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["STATUS_COLUMNS", "cron_table", "dead_table", "fires_table", "job_table", "stats_table"]
+__all__ = ["STATUS_COLUMNS", "cron_table", "dead_table", "fires_table", "job_table", "limits_table", "stats_table"]
 
 #: The stats table's columns: "ready" (pending and due) and "scheduled" (pending, not yet due) split the API's
 #: "pending", so that no job is counted twice and the total row adds up.
@@ -36,6 +36,21 @@ def stats_table(by_queue: dict[str, dict[str, int]], title: str = "polyqueue sta
             totals[c] += columns[c]
     if len(by_queue) > 1:
         table.add_row("[bold]total[/]", *(f"[bold]{totals[c]}[/]" for c in STATUS_COLUMNS))
+    return table
+
+
+def limits_table(settings: list[Any], title: str = "queue limits") -> Table:
+    """A rich table of :class:`~polyqueue.QueueSettings`: each queue's limits (``-``: none) and whether it is paused."""
+    table = Table(title=title)
+    for column in ("queue", "concurrency", "rate /s", "per key", "paused"):
+        table.add_column(column, justify="left" if column == "queue" else "right", overflow="fold")
+
+    def shown(value: Any) -> str:
+        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    for item in settings:
+        limits, paused = item.limits, "yes" if item.paused else ""
+        table.add_row(item.queue, shown(limits.concurrency), shown(limits.rate), shown(limits.per_key), paused)
     return table
 
 

@@ -9,21 +9,27 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 __all__ = [
     "SERVER_URLS",
     "backends_required",
+    "check_reachable",
+    "conformance_preflight",
     "drop_schema",
     "reachable",
     "recorded_statements",
     "require_server",
+    "scrub",
     "server_url",
     "unique_prefix",
+    "url_secrets",
 ]
+#: What a scrubbed secret reads as.
+MASK = "***"
 
 #: Default URLs of the servers on the development and CI machines; override with the environment variables.
 SERVER_URLS = {
@@ -115,3 +121,48 @@ def require_server(kind: str) -> str:
             pytest.fail(message + " (POLYQUEUE_REQUIRE_BACKENDS is set)", pytrace=False)
         pytest.skip(message + "; start it or set " + SERVER_URLS[kind][0])
     return url
+
+
+def check_reachable(url: str) -> None:
+    """Open ``url`` and reach its store once; raise a polyqueue error (password masked) if that fails.
+
+    ``ConfigurationError`` for a wrong URL, scheme, password, database or
+    host name; ``BackendUnavailable`` for a store that does not answer.
+    """
+    import polyqueue
+
+    with polyqueue.connect(url, table_prefix=unique_prefix()) as q:
+        q.backend.check_connection()
+
+
+def url_secrets(url: str) -> set[str]:
+    """The password of ``url`` as it may appear in output: raw and percent-encoded; empty if none."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:  # an unparsable URL: its text between ':' and the last '@' is what to hide
+        netloc = url.partition("://")[2].rpartition("@")[0]
+        password = netloc.partition(":")[2] or None
+    if not password:
+        return set()
+    text = str(password)
+    return {text, quote(text, safe=""), quote_plus(text)}
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced by ``***`` (longest first, so an encoded form is not half-replaced)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def conformance_preflight(url: str) -> None:
+    """:func:`check_reachable` for ``polyqueue conformance``: its error says the suite cannot run, password masked."""
+    from .errors import PolyqueueError
+
+    try:
+        check_reachable(url)
+    except PolyqueueError as exc:
+        raise type(exc)(scrub(f"cannot run the conformance suite: {exc}", url_secrets(url))) from None

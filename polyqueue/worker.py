@@ -112,12 +112,14 @@ class Worker:
     expired lease both end the job after that many attempts. ``safety_poll`` bounds how long an
     idle worker with push wake-ups trusts them before looking at the
     database itself; ``poll_interval`` is ``(fastest, slowest)`` back-off
-    polling for backends without push wake-ups. ``batch_size`` (default
-    ``concurrency``) is the most jobs one claim takes; when it exceeds
-    ``concurrency`` the extra jobs wait in a local buffer, leased and
-    heartbeated like running ones, and are released on shutdown if they never
-    started. The worker claims again once half of that capacity is free, so
-    claims stay large instead of one job per finished handler. A finished job
+    polling for backends without push wake-ups. ``batch_size`` fixes the most
+    jobs the worker holds; by default it adapts (:class:`~polyqueue.policy.ClaimSizer`):
+    up to 200 while a backlog of short jobs lasts, ``concurrency`` while jobs
+    are long, or a short queue is being shared with other workers. Jobs beyond
+    ``concurrency`` wait in a local buffer, leased and heartbeated like running
+    ones, and are released on shutdown if they never started. The worker
+    claims again once half of that capacity is free, so claims stay large
+    instead of one job per finished handler. A finished job
     stays leased (and heartbeated) until the completer has recorded it, and the
     worker stops claiming while two capacities' worth of finished jobs wait to
     be recorded, so a slow database slows the handlers instead of piling up
@@ -167,7 +169,9 @@ class Worker:
         self.concurrency = check_int(concurrency, "concurrency", 1, 1024)
         self.lease = check_seconds(lease, "lease", positive=True)
         self.max_attempts = None if max_attempts is None else check_int(max_attempts, "max_attempts", 1, 10_000)
-        self.batch_size = check_int(batch_size if batch_size is not None else self.concurrency, "batch_size", 1, 1000)
+        #: The fixed claim capacity, or None: the :class:`~polyqueue.policy.ClaimSizer` adapts it.
+        self.batch_size = None if batch_size is None else check_int(batch_size, "batch_size", 1, 1000)
+        self.claim_sizer = policy.ClaimSizer(self.concurrency)
         low, high = (check_seconds(v, "poll_interval", positive=True) for v in poll_interval)
         if low > high:
             raise InvalidArgument("poll_interval must be (fastest, slowest)")
@@ -494,6 +498,8 @@ class Worker:
 
     @property
     def _capacity(self) -> int:
+        if self.batch_size is None:
+            return self.claim_sizer.capacity
         return max(self.concurrency, self.batch_size)
 
     def _completion_backlog_full(self) -> bool:
@@ -543,14 +549,14 @@ class Worker:
                 reason, idle_sleep = self._wait_for_work(wakeups, idle_sleep)
                 should_claim, probe_said_due = reason is not None, reason == _DUE
                 continue
+            limit = min(free, self.batch_size or free)
             try:
-                jobs = self.session.claim(
-                    self.queues, limit=min(free, self.batch_size), lease=self.lease, job_types=self.job_types
-                )
+                jobs = self.session.claim(self.queues, limit=limit, lease=self.lease, job_types=self.job_types)
                 outage.recovered()
             except BackendUnavailable as exc:
                 outage.failed(exc, self._stopping)
                 continue
+            self.claim_sizer.claimed(limit, len(jobs))
             if jobs:
                 # Work flows: neither the back-off nor "the probe's claim came back empty" applies any more.
                 idle_sleep, probe_said_due = self.poll_interval[0], False
@@ -640,13 +646,15 @@ class Worker:
             self._loop.call_soon_threadsafe(self._start_tasks, for_loop)
 
     def _succeeded(self, job: Job, result_json: str | None, started: float) -> None:
-        self.session.fire("polyqueue_job_succeeded", job=job, duration=time.perf_counter() - started)
+        duration = time.perf_counter() - started
+        self.claim_sizer.finished(duration)
+        self.session.fire("polyqueue_job_succeeded", job=job, duration=duration)
         # Registered as awaiting completion before the completer can see it, so it never goes unheartbeated.
         self._finish(job, awaiting_completion=True)
         with self._done_lock:
             self._done.append((job, result_json))
             self.processed += 1
-            if len(self._done) >= self.batch_size or self.completion_interval <= 0:
+            if len(self._done) >= self._capacity or self.completion_interval <= 0:
                 self._done_flag.set()
 
     def _handler_for(self, job: Job) -> Handler:
@@ -680,6 +688,7 @@ class Worker:
                 result = self._await_on_loop(result)
             result_json = self.session.encode_result(result)
         except BaseException as exc:
+            self.claim_sizer.finished(time.perf_counter() - started)
             if not self._take_outcome(job):
                 self._late(job, exc)
             else:

@@ -181,3 +181,21 @@ def test_headers_timeouts_process_workers_and_cancelling_a_running_job(tmp_path:
     assert asked.returncode == 0 and "asked" in asked.stdout
     with polyqueue.connect(url) as q:
         assert q.require(running).cancel_requested
+def test_pause_resume_and_limits(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    assert run("migrate", url=url).returncode == 0
+    shown = run("limits", "images", "--concurrency", "10", "--rate", "50/s", "--per-key", "1", url=url)
+    assert shown.returncode == 0, shown.stderr
+    assert "images" in shown.stdout and "10" in shown.stdout and "50" in shown.stdout
+    assert run("pause", "images", url=url).stdout.strip() == "paused images"
+    listed = run("limits", url=url)
+    assert "images" in listed.stdout and "yes" in listed.stdout
+    assert run("enqueue", "resize", "--queue", "images", "--concurrency-key", "tenant-1", url=url).returncode == 0
+    assert run("resume", "images", url=url).stdout.strip() == "resumed images"
+    assert "yes" not in run("limits", url=url).stdout
+    cleared = run("limits", "images", "--clear", url=url)
+    assert cleared.returncode == 0 and "10" not in cleared.stdout
+    assert_clean_error(run("limits", "images", "--rate", "fast", url=url), "rate")
+    assert_clean_error(run("limits", "images", "--concurrency", "0", url=url), "concurrency")
+    assert_clean_error(run("limits", "--concurrency", "3", url=url), "QUEUE")
+    assert_clean_error(run("pause", "", url=url), "queue name")

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from servers import PrivateRedis, ServerUnavailable, free_port
 
 import polyqueue
+from polyqueue.backends.base import DueProbe
 from polyqueue.depth_cache import DepthCachedBackend
 
 DB_FIXTURES = {"sqlite": "sqlite_url", "mysql": "mysql_url", "postgresql": "pg_url"}
@@ -174,17 +175,18 @@ def test_delayed_jobs_become_visible_when_due(db_url: str, cache_url: str, fresh
     backend = q.backend
     assert isinstance(backend, DepthCachedBackend)
     try:
-        q.enqueue("t", delay=0.4)
-        other.enqueue("t", delay=1.5)  # unseen by the cache: rebuilds learn from the database when it falls due
+        # Delays of seconds, not fractions: the checks before each falls due have a margin at load 10.
+        q.enqueue("t", delay=2.0)
+        other.enqueue("t", delay=6.0)  # unseen by the cache: rebuilds learn from the database when it falls due
         assert q.depth() == 0
-        assert wait_until(lambda: backend.cached_depth("default") == 1, 3.0)
+        assert wait_until(lambda: backend.cached_depth("default") == 1, 10.0)
         # The cache dates a delayed job from when its enqueue began, so it may call it due a few
         # milliseconds (that enqueue's own round trip) before the database does: never later.
         claimed: list[Any] = []
-        assert wait_until(lambda: bool(claimed.extend(q.claim()) or claimed), 0.5)
+        assert wait_until(lambda: bool(claimed.extend(q.claim()) or claimed), 1.0)
         assert len(claimed) == 1
         assert backend.cached_depth("default") == 0
-        assert wait_until(lambda: backend.cached_depth("default") == 1, 3.0)
+        assert wait_until(lambda: backend.cached_depth("default") == 1, 10.0)
         assert q.depth(exact=True) == 1
     finally:
         other.close()
@@ -298,3 +300,22 @@ def test_configuration_from_the_url_and_errors(sqlite_url: str, cache_url: str) 
     secret = cache_url.replace("redis://", "redis://:s3cret-pw@")
     with polyqueue.connect(sqlite_url, depth_cache=secret) as q:
         assert "s3cret-pw" not in repr(q) and "s3cret-pw" not in q.backend.describe()
+
+
+def test_a_paused_queue_reads_empty_and_a_resume_wakes_its_worker(
+    db_url: str, cache_url: str, fresh_queue: Any
+) -> None:
+    q = fresh_queue(db_url, depth_cache=cache_url)
+    q.enqueue_many([{"job_type": "t", "payload": n} for n in range(3)])
+    q.pause("default")
+    q.enqueue("t", 3)  # counted while paused, not shown
+    assert_depth_matches(q)
+    assert q.depth() == 0
+    assert q.backend.seconds_until_due(DueProbe(["default"])) is None, "idle workers are not told to claim"
+    worker, started = recording_worker(q, safety_poll=60)
+    with running(worker):
+        time.sleep(1.0)
+        assert not started, "a paused queue gave a job to a worker"
+        q.resume("default")
+        assert wait_until(lambda: len(started) == 4, 10), "the resume did not wake the worker"
+    assert_depth_matches(q)

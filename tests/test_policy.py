@@ -160,6 +160,32 @@ def test_a_pace_that_fell_behind_makes_up_one_step_and_never_bursts() -> None:
     assert times[5:] == [5.3, 5.4, 5.5, 5.6, 5.7], "then the pace resumes; the lost five seconds are not rushed"
 
 
+def test_a_purge_rests_after_each_batch_as_long_as_it_took_and_at_least_the_floor() -> None:
+    clock = FakeClock()
+    pace = policy.PurgePace(1000, rest_floor=0.03, pause=clock.sleep, clock=clock)
+    took = [0.001, 0.004, 0.05, 2.0, 0.005]
+    sizes: list[int] = []
+    for n, size in enumerate(pace.sizes()):
+        sizes.append(size)
+        if n == len(took):
+            break  # the store had nothing left: no rest after the last batch
+        clock.now += took[n]
+    assert clock.slept == pytest.approx([0.03, 0.03, 0.05, policy.PURGE_REST_CAP, 0.03])
+    assert sizes[0] == policy.PURGE_FIRST_BATCH
+    assert sizes[1:3] == [200, 400], "a fast batch at most doubles the next"
+    assert sizes[3] == max(100, int(400 * policy.PURGE_BATCH_SECONDS / 0.05)), "a slow one shrinks it"
+    assert sizes[4] == 100, "never below the first batch: its round trips cost the same"
+    assert sizes[5] == 200
+
+
+def test_a_purge_batch_never_exceeds_the_callers_batch_size() -> None:
+    clock = FakeClock()
+    sizes = policy.PurgePace(150, pause=clock.sleep, clock=clock).sizes()
+    assert [next(sizes) for _ in range(4)] == [100, 150, 150, 150]  # batches that took no time at all
+    assert clock.slept == [0.0, 0.0, 0.0]
+    assert next(policy.PurgePace(7).sizes()) == 7
+
+
 def test_rates_are_parsed_and_checked() -> None:
     from polyqueue.errors import InvalidArgument
     from polyqueue.validation import parse_rate
@@ -374,6 +400,53 @@ def test_lua_literals_carry_any_text(lua: Callable[..., Any]) -> None:
         assert lua(f"return {policy.lua_literal(text)}") == text
 
 
+# --- claim sizing ------------------------------------------------------------------------------------
+def test_claim_size_is_concurrency_until_a_handler_has_finished() -> None:
+    sizer = policy.ClaimSizer(8)
+    sizer.claimed(8, 8)
+    assert sizer.capacity == 8
+
+
+def test_claim_size_doubles_only_as_a_full_claims_jobs_finish() -> None:
+    sizer = policy.ClaimSizer(8)
+    sizer.claimed(8, 8)
+    for _ in range(7):
+        sizer.finished(0.0001)
+    assert sizer.capacity == 8, "the ramp grew before the claim's jobs had finished"
+    sizer.finished(0.0001)
+    assert sizer.capacity == 16
+    sizes = []
+    for _ in range(6):
+        asked = sizer.capacity
+        sizer.claimed(asked, asked)
+        for _ in range(asked):
+            sizer.finished(0.0001)
+        sizes.append(sizer.capacity)
+    assert sizes == [32, 64, 128, 200, 200, 200]
+
+
+def test_claim_size_falls_back_when_a_claim_comes_back_short() -> None:
+    sizer = policy.ClaimSizer(8)
+    sizer.mean_duration, sizer.ramp = 0.0001, 200
+    sizer.claimed(100, 30)
+    assert sizer.capacity == 60
+    sizer.claimed(60, 0)
+    assert sizer.capacity == 8
+    for _ in range(50):
+        sizer.finished(0.0001)  # completions of earlier claims earn nothing after a short one
+    assert sizer.capacity == 8
+
+
+def test_claim_size_holds_only_a_horizon_of_slow_jobs() -> None:
+    sizer = policy.ClaimSizer(8)
+    sizer.ramp = 200
+    sizer.finished(0.5)
+    assert sizer.capacity == 8
+    sizer.mean_duration = 0.01  # 8 slots run 800 jobs/s: 0.1 s of them is 80
+    assert sizer.capacity == int(8 * policy.CLAIM_HORIZON / 0.01)
+    assert policy.ClaimSizer(300).capacity == 300, "never fewer than the worker can run"
+
+
 # --- error history entries: one shape, one time format, on every store ------------------------------
 def test_an_entry_time_is_iso_8601_utc_to_the_millisecond() -> None:
     assert policy.error_time(0) == "1970-01-01T00:00:00.000Z"
@@ -456,3 +529,52 @@ def test_the_expiry_entry_agrees_in_lua(lua: Callable[..., Any], worker: str | N
     at = "2026-01-02T03:04:05.678Z"
     written = lua(source, "0" if worker is None else "1", worker or "", 3, at)
     assert json_codec.loads(written) == policy.expired_lease_entry(3, worker, at)
+
+
+# --- flow control -------------------------------------------------------------------------------------
+def test_the_rate_allowance_earns_by_the_clock_and_saves_at_most_a_second() -> None:
+    assert policy.rate_allowance(0.0, 0.5, 10.0) == pytest.approx(5.0)
+    assert policy.rate_allowance(2.0, 0.1, 10.0) == pytest.approx(3.0)
+    assert policy.rate_allowance(0.0, 60.0, 10.0) == pytest.approx(10.0 * policy.RATE_BURST_SECONDS)
+    assert policy.rate_allowance(0.0, 60.0, 0.1) == pytest.approx(1.0), "a slow rate may still start one job"
+    assert policy.rate_allowance(0.5, -3.0, 10.0) == pytest.approx(0.5), "clocks read out of order earn nothing"
+
+
+def test_a_claim_takes_what_every_limit_allows() -> None:
+    none = polyqueue.QueueLimits()
+    assert policy.claim_allowance(10, none, 99, None) == 10
+    assert policy.claim_allowance(10, polyqueue.QueueLimits(concurrency=3), 1, None) == 2
+    assert policy.claim_allowance(10, polyqueue.QueueLimits(concurrency=3), 5, None) == 0, "never negative"
+    assert policy.claim_allowance(10, polyqueue.QueueLimits(rate=5.0), 0, 2.999) == 2, "whole starts only"
+    assert policy.claim_allowance(10, polyqueue.QueueLimits(rate=5.0), 0, 2.9999999999) == 3, "not float noise"
+    assert policy.claim_allowance(4, polyqueue.QueueLimits(concurrency=8, rate=5.0), 2, 9.0) == 4
+
+
+def test_fair_order_puts_the_key_with_less_running_first() -> None:
+    assert policy.key_slot(1, 0) == 1 and policy.key_slot(2, 3) == 5
+    assert policy.key_has_room(2, 2) and not policy.key_has_room(3, 2)
+    old, new = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    hot = policy.fair_order_key(policy.key_slot(1, 4), 0, old, 1)  # older, but its key already runs 4
+    cold = policy.fair_order_key(policy.key_slot(1, 0), 0, new, 99)
+    assert cold < hot
+    assert policy.fair_order_key(1, 5, new, 2) < policy.fair_order_key(1, 0, old, 1), "then claim order"
+
+
+def test_the_flow_control_sql_agrees_with_python(pg_url: str, fresh_queue: Any) -> None:
+    q = fresh_queue(pg_url)
+
+    def number(value: float | None) -> sa.ColumnElement[Any]:
+        return sa.literal(value, sa.Float()) if value is not None else sa.null()
+
+    for saved, elapsed, rate in itertools.product((0.0, 0.4, 7.0), (-1.0, 0.0, 0.25, 90.0), (None, 0.5, 20.0)):
+        got = _evaluate(q, policy.rate_allowance_sql(number(saved), number(elapsed), number(rate)))
+        want = None if rate is None else policy.rate_allowance(saved, elapsed, rate)
+        assert got == pytest.approx(want), (saved, elapsed, rate)
+    for limit, concurrency, processing, allowance in itertools.product(
+        (1, 10), (None, 3, 12), (0, 2, 5), (None, 0.0, 2.5, 2.9999999999, 40.0)
+    ):
+        limits = polyqueue.QueueLimits(concurrency=concurrency, rate=None if allowance is None else 1.0)
+        want = policy.claim_allowance(limit, limits, processing, allowance)
+        c = sa.literal(concurrency, sa.Integer()) if concurrency is not None else sa.null()
+        sql = policy.claim_allowance_sql(limit, c, sa.literal(processing, sa.Integer()), number(allowance))
+        assert _evaluate(q, sql) == want, (limit, concurrency, processing, allowance)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from ..job import Job, JobRecord, NewJob, ReplayResult
+from ..job import Job, JobRecord, NewJob, QueueLimits, QueueSettings, ReplayResult
 
 __all__ = [
     "CAPABILITIES",
@@ -58,6 +58,10 @@ __all__ = [
     "ListQuery",
     "OptionParser",
     "PurgeRequest",
+    "QueueControl",
+    "QueueLimits",
+    "QueueSettings",
+    "QueueSettingsQuery",
     "ReadyCount",
     "ReplayRequest",
     "RetryNowRequest",
@@ -96,6 +100,8 @@ class Capability(enum.StrEnum):
     HEADERS = "headers"  #: Job.headers stored with the job, kept through retries, replay and transfer
     TIMEOUTS = "timeouts"  #: enqueue(..., timeout=S): a per-job attempt timeout stored with the job
     CANCEL_RUNNING = "cancel_running"  #: cancel(id) on a processing job flags it; cancel_requests() reports it
+    PAUSE = "pause"  #: control_queue(paused=...): a paused queue's jobs are taken by no claim until resumed
+    FLOW_CONTROL = "flow_control"  #: control_queue(limits=...): concurrency, rate and per-key limits in the claim
 
 
 CAPABILITIES = frozenset(Capability)
@@ -383,6 +389,22 @@ class DeleteRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueControl:
+    """Change one queue's stored settings: ``limits`` (replacing all three) and/or ``paused``; None leaves it as is."""
+
+    queue: str
+    limits: QueueLimits | None = None
+    paused: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettingsQuery:
+    """The stored settings of ``queues`` (None: every queue that has any)."""
+
+    queues: Sequence[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WakeupRequest:
     """Which queues (and job types) an idle worker waits for."""
 
@@ -552,6 +574,10 @@ class Backend(abc.ABC):
     conformance_url: ClassVar[str | None] = None
     #: The heading of that compat-matrix column ("" for the URL scheme).
     conformance_label: ClassVar[str] = ""
+    #: How long a writer blocked behind another transaction may sleep before it looks at the lock again.
+    #: Zero where the store queues lock waiters and wakes them itself; a purge rests at least this long
+    #: between batches (:class:`~polyqueue.policy.PurgePace`), so a waiting claim gets its turn.
+    lock_poll_seconds: ClassVar[float] = 0.0
 
     def __init__(self, url: Any, options: BackendOptions) -> None:  # noqa: B027 - the constructor every backend has
         """Open the store a URL names (a SQLAlchemy ``URL``), with the validated ``options``; connect lazily."""
@@ -582,6 +608,17 @@ class Backend(abc.ABC):
     def server_version(self) -> str:
         """The server's version string, for the compat matrix; '' when not applicable."""
         return ""
+
+    def check_connection(self) -> None:
+        """Reach the store once, without retrying, and give the connection back.
+
+        Raises :class:`~polyqueue.errors.ConfigurationError` when the URL is
+        wrong (authentication, unknown database or host) and
+        :class:`~polyqueue.errors.BackendUnavailable` when the store cannot
+        be reached now. The default asks for :meth:`server_version`; a backend
+        whose calls retry on their own overrides this to try just once.
+        """
+        self.server_version()
 
     def pause(self, seconds: float) -> None:
         """How the library waits between steps on this backend (a paced replay): a sleep.
@@ -631,6 +668,9 @@ class Backend(abc.ABC):
         ``locked_by = request.worker_id`` and ``lease_expires_at`` = DB-now +
         ``request.lease`` (and its limit lowered to ``request.max_attempts``).
         Returns no jobs when nothing is ready. Never blocks on rows others hold.
+        A backend with ``pause`` takes nothing from a paused queue; one with
+        ``flow_control`` takes no more than the queue's limits allow, fairly
+        across concurrency keys (see :meth:`control_queue`).
         """
 
     @abc.abstractmethod
@@ -681,7 +721,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def count_ready(self, request: ReadyCount) -> int:
-        """The number of pending jobs in the queue that are due now (exact)."""
+        """The number of pending jobs in the queue that are due now (exact); 0 while the queue is paused."""
 
     def cached_depth(self, queue: str) -> int | None:
         """``count_ready`` from a cache in O(1) (a hint), or None when there is no cache to ask."""
@@ -694,6 +734,7 @@ class Backend(abc.ABC):
         That is the earliest ``run_at`` of a pending job or ``lease_expires_at``
         of a processing one (an expired lease is claimable again). Zero or
         negative when one is claimable already; None when there is neither.
+        Paused queues are left out (their jobs are claimable by no one).
         Idle workers call this instead of claiming, so it must be one cheap
         read that takes no locks.
         """
@@ -719,11 +760,30 @@ class Backend(abc.ABC):
     def purge(self, request: PurgeRequest) -> int:
         """Delete jobs of ``request.status`` finished more than ``request.older_than`` seconds ago.
 
-        Works in batches of ``request.batch_size`` rows, each its own short
-        transaction, so it can run online; returns the number deleted. A job
-        still holding its dedupe key (``dedupe_held_until`` after DB-now) is
-        kept until the hold ends.
+        Works in batches of at most ``request.batch_size`` rows, each its own
+        short transaction, sized and spaced by :class:`~polyqueue.policy.PurgePace`
+        (resting with :meth:`pause`), so it can run online without starving
+        claims; returns the number deleted. A job still holding its dedupe key
+        (``dedupe_held_until`` after DB-now) is kept until the hold ends.
         """
+
+    # --- runtime control (the ``pause`` and ``flow_control`` capabilities) ---
+    def control_queue(self, request: QueueControl) -> QueueSettings:
+        """Store a queue's limits and/or paused flag (durably, for every process) and return its settings.
+
+        Atomic and idempotent. Once it returns, every claim that starts --
+        in any process -- honours the new settings: a paused queue gives no
+        job to any claim; a limited one gives at most what its limits allow
+        (see :class:`~polyqueue.job.QueueLimits`), counted atomically by the
+        claim itself. New limits reset the rate allowance (the rate counts
+        from now). A queue with no limits that is not paused stores nothing.
+        Resuming, or loosening a limit, wakes the queue's idle workers.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot pause queues or limit them")
+
+    def queue_settings(self, query: QueueSettingsQuery) -> list[QueueSettings]:
+        """The stored settings of the queried queues that have any (limited or paused), by name; ``[]`` if none."""
+        return []
 
     # --- waiting ---------------------------------------------------------
     def wakeup_source(self, request: WakeupRequest) -> WakeupSource | None:

@@ -24,12 +24,13 @@ from the shared layer in four places:
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -39,7 +40,7 @@ from sqlalchemy.engine import Connection
 from .. import policy
 from ..errors import ConfigurationError, PolyqueueError
 from ..job import JobRecord, JobStatus, NewJob
-from .base import EnqueueBatch
+from .base import EnqueueBatch, OptionParser, WakeupRequest, WakeupSource
 from .sql import (
     LIVE_SQL,
     PENDING_SQL,
@@ -58,8 +59,14 @@ __all__ = ["MySQLBackend", "UTCDateTime", "check_server_version", "exact_collati
 _TRANSIENT = {1213, 1205}
 #: Lost or refused connections, server shutdown, connection killed, too many connections.
 _DISCONNECT = {1040, 1053, 1077, 1152, 1927, 2002, 2003, 2006, 2013, 2014, 2055, 4031}
+#: Access denied (1044, 1045, 1698), unknown database (1049), an authentication method the client cannot
+#: speak (1251, 2059): the URL is wrong, and retrying cannot help.
+_REFUSED_LOGIN = {1044, 1045, 1049, 1251, 1698, 2059}
+#: Unknown column (1054), data too long for a column (1406): the table is not the shape this polyqueue writes.
+_SCHEMA_MISMATCH = {1054, 1406}
 #: Set per session so the server's global mode cannot change behaviour. Strict, and in particular
 #: without NO_BACKSLASH_ESCAPES or ANSI_QUOTES, which would break the driver's quoting.
+log = logging.getLogger("polyqueue.mysql")
 _SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 _NOW = "UTC_TIMESTAMP(6)"
 #: Exact utf8mb4 collations, best first: binary and NO PAD (trailing spaces count).
@@ -129,9 +136,15 @@ class MySQLBackend(SQLBackend):
     default_async_driver = "asyncmy"
     async_driver_extra = "mysql,asyncio"
     supports_returning = False
+    connect_options: ClassVar[dict[str, OptionParser]] = {**SQLBackend.connect_options, "mysql_wakeups": str}
 
     def __init__(self, url: sa.engine.URL, options: dict[str, Any]) -> None:
         super().__init__(url, options)
+        # "server": idle workers wait in a long poll inside the server (fast wake-ups, but the server runs a
+        # look every 20 ms per process); "poll" (default): they poll the table, costing the server nothing idle.
+        self.wakeups = str(options.get("mysql_wakeups", "poll")).lower()
+        if self.wakeups not in ("poll", "server"):
+            raise ConfigurationError("mysql_wakeups must be 'poll' or 'server'")
         for table in self.metadata.tables.values():
             table.dialect_kwargs.update(mysql_engine="InnoDB", mysql_charset="utf8mb4")
         self._bulk_sql: dict[tuple[int, bool], str] = {}
@@ -207,11 +220,16 @@ class MySQLBackend(SQLBackend):
             sa.Index(f"{p}jobs_leases", c.status, c.lease_expires_at),
             sa.Index(f"{p}jobs_dedupe", c.queue, c.live_dedupe_key, unique=True),
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at),
+            sa.Index(f"{p}jobs_running", c.status, c.queue, c.concurrency_key),
             *self.listing_indexes(jobs),
         ]
 
     def migrate(self) -> None:
         """Create the tables (InnoDB, utf8mb4, the server's exact collation), then as the shared layer does."""
+        with self._schema_check_suspended():
+            self._migrate_with_exact_collation()
+
+    def _migrate_with_exact_collation(self) -> None:
         available = self._run(
             lambda conn: [
                 r[0]
@@ -227,6 +245,61 @@ class MySQLBackend(SQLBackend):
         for table in self.metadata.tables.values():
             table.dialect_kwargs["mysql_collate"] = collation
         super().migrate()
+        self._create_wakeup_procedure()
+
+    # ------------------------------------------------------------------
+    # Wake-ups: a long poll inside the server (see mysql_wakeups)
+    # ------------------------------------------------------------------
+    def _create_wakeup_procedure(self) -> None:
+        """Create the wake-up procedure if missing; without ``CREATE ROUTINE`` workers poll instead (logged)."""
+        from .mysql_wakeups import create_procedure_sql
+
+        if self._wakeup_procedure_exists():
+            return
+        ddl = create_procedure_sql(self.prefix, self.jobs.name)
+        try:
+            self._run_single(lambda conn: conn.exec_driver_sql(ddl))
+        except PolyqueueError as exc:
+            if not self._wakeup_procedure_exists():  # not a race with another migrate: no privilege, say
+                level = logging.WARNING if self.wakeups == "server" else logging.INFO
+                log.log(level, "no wake-up procedure (%s): idle workers will poll the jobs table instead", exc)
+
+    def _wakeup_procedure_exists(self) -> bool:
+        from .mysql_wakeups import procedure_name
+
+        found = self._run_single(
+            lambda conn: conn.execute(
+                sa.text(
+                    "SELECT 1 FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE() "
+                    "AND ROUTINE_TYPE = 'PROCEDURE' AND ROUTINE_NAME = :name"
+                ),
+                {"name": procedure_name(self.prefix)},
+            ).first()
+        )
+        return found is not None
+
+    def wakeup_source(self, request: WakeupRequest) -> WakeupSource | None:
+        """With ``mysql_wakeups="server"``, the process's shared long poll for new jobs; else None (the worker polls).
+
+        None also when the procedure is missing (``migrate`` lacked ``CREATE ROUTINE``).
+        """
+        from .mysql_wakeups import MySQLWakeups
+
+        if self.wakeups != "server":
+            return None
+        try:
+            if not self._wakeup_procedure_exists():
+                return None
+        except PolyqueueError:
+            return None
+        return MySQLWakeups(self)
+
+    def drop_schema(self) -> None:
+        """Drop the tables, indexes and wake-up procedure of this prefix (tests and uninstalling)."""
+        from .mysql_wakeups import procedure_name
+
+        self._run_single(lambda conn: conn.exec_driver_sql(f"DROP PROCEDURE IF EXISTS `{procedure_name(self.prefix)}`"))
+        super().drop_schema()
 
     def upgrade_schema(self, connection: Connection, from_version: int | None) -> None:
         """Version 2: the text columns become LONGTEXT (TEXT held 64 KB, less than the 1 MiB payload limit)."""
@@ -281,7 +354,11 @@ class MySQLBackend(SQLBackend):
         check_server_version(version)
 
     def classify(self, error: sa_exc.DBAPIError) -> str:
-        """By MySQL error number: 1213/1205 transient, 1146 missing table, 2003/2006/2013... disconnect."""
+        """By MySQL error number: 1213/1205 transient, 1146 missing table, 2003/2006/2013... disconnect.
+
+        Access denied and unknown database are configuration errors; an
+        unknown column or a value too long for its column a schema mismatch.
+        """
         args = getattr(error.orig, "args", ())
         code = args[0] if args and isinstance(args[0], int) else None
         if code in _TRANSIENT:
@@ -292,6 +369,10 @@ class MySQLBackend(SQLBackend):
             return ErrorKind.DISCONNECT
         if code == 1062:
             return ErrorKind.DUPLICATE
+        if code in _REFUSED_LOGIN:
+            return ErrorKind.CONFIGURATION
+        if code in _SCHEMA_MISMATCH:
+            return ErrorKind.SCHEMA_MISMATCH
         return super().classify(error)
 
     # ------------------------------------------------------------------
@@ -315,6 +396,7 @@ class MySQLBackend(SQLBackend):
             sa.select(j.c.id, j.c.priority, j.c.run_at)
             .with_hint(j, f"FORCE INDEX (`{self.prefix}jobs_ready`)", "mysql")
             .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.job_type == job_type, j.c.run_at <= self.now())
+            .where(self.uncontrolled(queue))
             .order_by(*self._claim_order_indexable())
             .limit(limit)
             .with_for_update(skip_locked=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import threading
 import time
 import zlib
@@ -42,7 +43,7 @@ from .. import policy
 from ..errors import ConfigurationError
 from ..job import Job, JobRecord, JobStatus, NewJob
 from .base import Capability, ClaimRequest, ClaimResult, EnqueueBatch, WakeupRequest, WakeupSource
-from .sql import SQL_CAPABILITIES, ZERO, ErrorKind, SQLBackend
+from .sql import PENDING_SQL, PROCESSING_SQL, SQL_CAPABILITIES, ZERO, ErrorKind, SQLBackend
 
 _BIGINT_ARRAY = pg.ARRAY(sa.BigInteger())
 
@@ -53,6 +54,15 @@ log = logging.getLogger("polyqueue.postgresql")
 _TRANSIENT = {"40001", "40P01", "55P03"}
 #: connection_exception (08...), operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 starting up).
 _DISCONNECT_PREFIXES = ("08", "57P")
+#: undefined_column: the table is not the shape this polyqueue writes (an older schema, or not ours).
+_SCHEMA_MISMATCH = {"42703"}
+#: What the server answers a connection it refuses for good -- wrong password, unknown role or database,
+#: no pg_hba.conf entry. libpq reports these without a SQLSTATE, so the message is all there is.
+_REFUSED_LOGIN = re.compile(
+    r"authentication failed|no password supplied|no pg_hba\.conf entry|(role|database) \"[^\"]*\" does not exist|"
+    r"permission denied for database",
+    re.IGNORECASE,
+)
 #: Notification payloads longer than this are sent empty ("look at every queue") rather than truncated.
 _MAX_NOTIFY_QUEUE_BYTES = 200
 #: Detect a silently dead connection (host gone, network cut) within about a minute, at no cost to the server.
@@ -135,7 +145,9 @@ _EXPIRED_ERRORS = _sql(
 # One statement, one round trip. `expired` and `ready` lock their rows with SKIP LOCKED; `chosen`
 # keeps the best `limit` of the ready rows and of the expired rows (of the asked queues and types)
 # that still have attempts left; `marked` adds the other expired rows, which the policy's expiry
-# rule sends back to pending or, on their final attempt, to dead. Ready rows are read pair by pair
+# rule sends back to pending or, on their final attempt, to dead. A paused or limited queue (one with a
+# row in the queues table) gives this statement nothing: its claims go through its settings row
+# (SQLBackend._claim_controlled). Ready rows are read pair by pair
 # of (queue, job type), each an ordered range of the partial ready index (see `_ready_sql`). The
 # rules -- claim order, the final attempt, the expiry outcome and its error, the attempt cap --
 # are the policy module's expressions, rendered once.
@@ -156,6 +168,7 @@ WITH expired AS MATERIALIZED (
         UNION ALL
         SELECT id, priority, run_at, true FROM expired
         WHERE queue = ANY(CAST(:queues AS text[])) {{expired_of_types}} AND {_CLAIMABLE_EXPIRED}
+            AND queue NOT IN (SELECT name FROM {{queues}})
     ) AS candidates
     ORDER BY {_CLAIM_ORDER}
     LIMIT :limit
@@ -183,20 +196,22 @@ SELECT {{columns}}, claimed FROM changed WHERE claimed OR status = {_DEAD}
 """
 
 
-def _ready_sql(jobs: str, pairs: int) -> str:
+def _ready_sql(jobs: str, pairs: int, queues: str) -> str:
     """The locking read of the best ``:limit`` ready jobs over ``pairs`` (queue, job type) pairs.
 
     One pair is one ordered range of the ready index, locked as it is read.
     Several pairs are merged in claim order (a Merge Append of index ranges)
     and each row is locked as the merge yields it: the claim locks at most
     ``:limit`` rows and reads past rows others hold, however many pairs it
-    asks for.
+    asks for. A queue with a settings row (``queues``) is skipped: a
+    one-time check of a constant, not a per-row test.
     """
 
     def arm(n: int) -> str:
         return (
             f"SELECT id, priority, run_at FROM {jobs} WHERE status = {_PENDING} "
-            f"AND queue = CAST(:q{n} AS text) AND job_type = CAST(:t{n} AS text) AND run_at <= now()"
+            f"AND queue = CAST(:q{n} AS text) AND job_type = CAST(:t{n} AS text) AND run_at <= now() "
+            f"AND NOT EXISTS (SELECT 1 FROM {queues} WHERE name = CAST(:q{n} AS text))"
         )
 
     if pairs == 0:
@@ -281,12 +296,23 @@ class PostgreSQLBackend(SQLBackend):
         return {"connect_args": connect_args, "pool_size": 8, "max_overflow": 32}
 
     def classify(self, error: sa_exc.DBAPIError) -> str:
-        """SQLSTATE-based: 40001/40P01/55P03 transient, classes 08/57P disconnects, 42P01 missing table."""
+        """SQLSTATE-based: 40001/40P01/55P03 transient, classes 08/57P disconnects, 42P01 missing table.
+
+        A connection the server refused for good (class 28, 3D000, or
+        libpq's message for them, which carries no SQLSTATE) is a
+        configuration error; 42703 (a column is missing) a schema mismatch.
+        """
         state = getattr(error.orig, "sqlstate", None)
         if state in _TRANSIENT:
             return ErrorKind.TRANSIENT
         if state == "42P01":
             return ErrorKind.MISSING_SCHEMA
+        if state in _SCHEMA_MISMATCH:
+            return ErrorKind.SCHEMA_MISMATCH
+        if (state is not None and state.startswith(("28", "3D"))) or (
+            state is None and error.statement is None and _REFUSED_LOGIN.search(str(error.orig))
+        ):
+            return ErrorKind.CONFIGURATION
         if state is not None and state.startswith(_DISCONNECT_PREFIXES):
             return ErrorKind.DISCONNECT
         if state is None and isinstance(error, sa_exc.OperationalError):
@@ -404,7 +430,7 @@ class PostgreSQLBackend(SQLBackend):
     def _enqueue_marked(self, batch: EnqueueBatch) -> list[Hashable]:
         """Plain jobs outside a caller's transaction: ONE autocommit statement inserts them and sends the NOTIFY.
 
-        Jobs with a dedupe key or an absolute ``run_at`` take the general path
+        Jobs with a dedupe key, an absolute ``run_at`` or a concurrency key take the general path
         (one transaction); so do enqueues inside the caller's transaction
         (:meth:`SQLBackend.enqueue` never sends those here).
         """
@@ -524,8 +550,11 @@ class PostgreSQLBackend(SQLBackend):
             jobs = f'"{self.jobs.name}"'
             columns = ", ".join(f'"{c.name}"' for c in self._columns)
             of_types = "AND job_type = ANY(CAST(:types AS text[]))" if typed else ""
-            ready = _ready_sql(jobs, pairs)
-            text = _CLAIM_SQL.format(jobs=jobs, ready=ready, expired_of_types=of_types, columns=columns)
+            queues = f'"{self.queues_table.name}"'
+            ready = _ready_sql(jobs, pairs, queues)
+            text = _CLAIM_SQL.format(
+                jobs=jobs, ready=ready, expired_of_types=of_types, columns=columns, queues=queues
+            )
             columns_read = [*self._columns, sa.column("claimed", sa.Boolean())]
             self._claim_statements[key] = sa.text(text).columns(*columns_read)  # type: ignore[assignment]
         return self._claim_statements[key]
@@ -550,7 +579,7 @@ class PostgreSQLBackend(SQLBackend):
         pairs = sa.select(held.c.id, held.c.token)
         return sa.and_(j.c.id == sa.func.any(ids), sa.tuple_(j.c.id, j.c.lease_token).in_(pairs))
 
-    def claim(self, request: ClaimRequest) -> ClaimResult:
+    def claim_plain(self, request: ClaimRequest) -> ClaimResult:
         """Rescue expired leases and claim up to ``request.limit`` ready jobs in one statement; see :class:`Backend`.
 
         Without ``job_types`` the pairs to read are found first (one cheap
@@ -582,6 +611,192 @@ class PostgreSQLBackend(SQLBackend):
             (claimed if row[-1] else dead).append(self._job_from_row(row))
         claimed.sort(key=policy.job_claim_key)
         return ClaimResult(claimed, dead)
+
+    # ------------------------------------------------------------------
+    # Consuming: paused and limited queues
+    # ------------------------------------------------------------------
+    def _claim_controlled(self, request: ClaimRequest) -> ClaimResult:
+        """The controlled claim (see :meth:`SQLBackend._claim_controlled`) in ONE round trip: a psycopg pipeline.
+
+        One transaction of four statements sent together: rescue expired
+        leases; lock the queue's settings row; claim what the limits allow,
+        counted in SQL (:func:`policy.claim_allowance_sql`); write the rate
+        allowance back. PostgreSQL runs them in order and each statement
+        takes its snapshot when it starts, so the claim counts the queue's
+        processing jobs only once it holds the row: claims of one queue take
+        turns as in the shared layer, without a round trip per step. The
+        statements are compiled once per shape. A queue whose row has gone
+        claims as a plain one.
+        """
+        if self.asyncio_engine is not None:
+            return super()._claim_controlled(request)
+        (queue,) = request.queues
+        known = self._controlled_queues().get(queue)
+        per_key = known is not None and known.limits.per_key is not None
+        types = sorted(request.job_types or ())
+        shape = (per_key, len(types), request.max_attempts is not None)
+        if shape not in self._limited_statements:
+            self._limited_statements[shape] = self._compile_limited(*shape)
+        params = {
+            "q": queue, "limit": request.limit, "token": request.token, "worker_id": request.worker_id,
+            "lease": float(request.lease), "cap": request.max_attempts,
+            **{f"t{n}": job_type for n, job_type in enumerate(types)},
+        }  # fmt: skip
+        first, rows = self._pipelined(self._limited_statements[shape], params)
+        rescued = [row[1:] for row in first if row[1] is not None]
+        dead = [job for job in map(self._job_from_row, rescued) if job.status == JobStatus.DEAD]
+        if first[0][0] is None:  # the queue has no settings row any more
+            plain = self.claim_plain(request)
+            return ClaimResult(plain.jobs, dead + plain.expired_dead)
+        return ClaimResult(sorted(map(self._job_from_row, rows), key=policy.job_claim_key), dead)
+
+    @functools.cached_property
+    def _limited_statements(self) -> dict[tuple[bool, int, bool], list[tuple[str, dict[str, Any]]]]:
+        return {}
+
+    def _compile_limited(self, per_key: bool, types: int, capped: bool) -> list[tuple[str, dict[str, Any]]]:
+        """The pipeline's statements for one shape, compiled for psycopg: ``[(sql, constant parameters)]``.
+
+        Per-call values travel as the named parameters ``q``, ``limit``,
+        ``token``, ``worker_id``, ``lease``, ``cap`` and ``t0``... (the
+        ``types`` job types asked for; one is an ordered range of the ready index).
+        """
+        s, j = self.queues_table, self.jobs
+        queue = sa.bindparam("q", "", type_=sa.String())
+        limit = sa.bindparam("limit", 1, type_=sa.Integer())
+        token = sa.bindparam("token", 0, type_=sa.BigInteger())
+        names = [sa.bindparam(f"t{n}", "", type_=sa.String()) for n in range(types)]
+        of_types = [j.c.job_type == names[0]] if types == 1 else [j.c.job_type.in_(names)] if types else []
+        rescue = (
+            sa.update(j)
+            .where(j.c.id.in_(self._expired_leases().with_for_update(skip_locked=True).scalar_subquery()))
+            .ordered_values(*self._rescue_values())
+            .returning(*self._columns)
+        )
+        lock = sa.select(s.c.name).where(s.c.name == queue).with_for_update()
+        processing = sa.select(sa.func.count()).where(j.c.status == PROCESSING_SQL, j.c.queue == queue)
+        elapsed = sa.func.extract("epoch", self.now() - sa.func.coalesce(s.c.rate_counted_at, self.now()))
+        allowance = policy.rate_allowance_sql(s.c.rate_allowance, elapsed, s.c.rate)
+        allowed = policy.claim_allowance_sql(limit, s.c.concurrency, processing.scalar_subquery(), allowance)  # type: ignore[arg-type]
+        allowed_here = sa.select(sa.case((s.c.paused, 0), else_=allowed)).where(s.c.name == queue)
+        take = sa.func.coalesce(allowed_here.scalar_subquery(), 0)
+        if per_key:
+            candidates = self._fair_candidates(queue, of_types, take)
+        else:
+            candidates = (
+                sa.select(j.c.id)
+                .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.run_at <= self.now(), *of_types)
+                .where(sa.select(s.c.per_key).where(s.c.name == queue).scalar_subquery().is_(None))
+                .order_by(*self._claim_order())
+                .limit(take)
+            )
+        # An array of ids, computed once: the update then reads the primary key, whatever the statistics
+        # of a table that churns faster than ANALYZE runs say (they can make a join a nested loop).
+        picked = sa.func.array(candidates.scalar_subquery())
+        values: list[tuple[Any, Any]] = [
+            (j.c.status, JobStatus.PROCESSING),
+            (j.c.attempts, j.c.attempts + 1),
+            (j.c.lease_token, token),
+            (j.c.locked_by, sa.bindparam("worker_id", "", type_=sa.String())),
+            (j.c.lease_expires_at, self.seconds_from_now(sa.bindparam("lease", 1.0, type_=sa.Float()))),
+        ]
+        if capped:
+            cap = sa.bindparam("cap", 1, type_=sa.Integer())
+            values.append((j.c.max_attempts, policy.capped_max_attempts_sql(j.c.max_attempts, cap)))
+        claimed = (
+            sa.update(j)
+            # The status re-check (a cancel may have come first) goes through coalesce: a plain
+            # `status = 'pending'` lets the planner prefer scanning the partial ready index.
+            .where(j.c.id == sa.func.any(picked), sa.func.coalesce(j.c.status, "") == PENDING_SQL)
+            .ordered_values(*values)
+            .returning(*self._columns)
+        )
+        mine = sa.select(sa.func.count()).where(
+            j.c.status == PROCESSING_SQL, j.c.queue == queue, j.c.lease_token == token
+        )
+        saved = (
+            sa.update(s)
+            .where(s.c.name == queue, s.c.rate.is_not(None))
+            .values(
+                rate_allowance=allowance - mine.scalar_subquery(),
+                rate_counted_at=sa.func.greatest(self.now(), sa.func.coalesce(s.c.rate_counted_at, self.now())),
+            )
+        )
+        # Two statements: rescue and lock (one row: the locked name, or NULL, beside each rescued job);
+        # then claim and save the allowance. The claim must be a statement of its own: it counts what is
+        # processing, which only a snapshot taken once the settings row is held sees right.
+        locked, rescued = lock.cte("locked"), rescue.cte("rescued")
+        one = sa.select(sa.literal(1).label("one")).subquery("one")
+        first = sa.select(locked.c.name, *rescued.c).select_from(
+            one.outerjoin(locked, sa.true()).outerjoin(rescued, sa.true())
+        )
+        taken = claimed.cte("taken")
+        saved = saved.values(
+            rate_allowance=allowance - sa.select(sa.func.count()).select_from(taken).scalar_subquery()
+        )
+        second = sa.select(*taken.c).add_cte(saved.cte("saved"))
+        compiled = []
+        for statement in (first, second):
+            query = statement.compile(dialect=self.engine.dialect)
+            compiled.append((str(query), dict(query.construct_params())))
+        return compiled
+
+    def _fair_candidates(self, queue: Any, of_types: list[Any], take: Any) -> sa.Select[Any]:
+        """:meth:`SQLBackend._fair_ready_ids` as one select, the ``per_key`` limit read from the settings row."""
+        s, j = self.queues_table, self.jobs
+        rank = sa.func.row_number().over(partition_by=j.c.concurrency_key, order_by=self._claim_order())
+        ready = (
+            sa.select(j.c.id, j.c.priority, j.c.run_at, j.c.concurrency_key, rank.label("rank"))
+            .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.run_at <= self.now(), *of_types)
+            .subquery("ready")
+        )
+        running = (
+            sa.select(j.c.concurrency_key, sa.func.count().label("n"))
+            .where(j.c.status == PROCESSING_SQL, j.c.queue == queue, j.c.concurrency_key.is_not(None))
+            .group_by(j.c.concurrency_key)
+            .subquery("running")
+        )
+        slot = ready.c.rank + sa.func.coalesce(running.c.n, 0)  # policy.key_slot
+        per_key = sa.select(s.c.per_key).where(s.c.name == queue).scalar_subquery()
+        has_room = sa.or_(ready.c.concurrency_key.is_(None), policy.key_has_room_sql(slot, per_key))  # type: ignore[arg-type]
+        return (
+            sa.select(ready.c.id)
+            .select_from(ready.outerjoin(running, running.c.concurrency_key == ready.c.concurrency_key))
+            .where(has_room)
+            .order_by(*policy.fair_order_sql(slot, ready.c))
+            .limit(take)
+        )
+
+    def _pipelined(self, statements: Sequence[tuple[str, dict[str, Any]]], params: dict[str, Any]) -> list[list[Any]]:
+        """Run compiled ``statements`` in one transaction in ONE round trip (psycopg's pipeline mode); their rows."""
+        import psycopg
+        from psycopg.pq import TransactionStatus
+
+        with self._connect() as conn:
+            raw: Any = conn.connection.driver_connection
+            # Our own BEGIN and COMMIT, sent in the pipeline: psycopg's transaction() syncs (waits) per step.
+            raw.autocommit = True
+            try:
+                cursors = []
+                with raw.pipeline():
+                    raw.cursor().execute("BEGIN")
+                    for sql, constants in statements:
+                        cursor = raw.cursor()
+                        cursor.execute(sql, {**constants, **{k: v for k, v in params.items() if k in constants}})
+                        cursors.append(cursor)
+                    raw.cursor().execute("COMMIT")
+                return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+            except psycopg.Error as exc:
+                error = sa_exc.DBAPIError.instance("claim", None, exc, psycopg.Error)
+                assert isinstance(error, sa_exc.DBAPIError)
+                if self.classify(error) == ErrorKind.DISCONNECT:
+                    conn.invalidate()
+                elif raw.info.transaction_status != TransactionStatus.IDLE:
+                    raw.execute("ROLLBACK")
+                raise self._translate(error) from exc
+            finally:
+                if not raw.closed:
+                    raw.autocommit = False
 
     # ------------------------------------------------------------------
     # Waiting

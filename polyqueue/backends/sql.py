@@ -39,7 +39,14 @@ from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import URL, Connection, Engine
 
 from .. import json_codec, policy
-from ..errors import BackendUnavailable, ConfigurationError, InvalidArgument, PolyqueueError, SchemaMissing
+from ..errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    InvalidArgument,
+    PolyqueueError,
+    SchemaMismatch,
+    SchemaMissing,
+)
 from ..job import (
     FINISHED_STATUSES,
     LIVE_STATUSES,
@@ -49,9 +56,13 @@ from ..job import (
     JobRecord,
     JobStatus,
     NewJob,
+    QueueLimits,
+    QueueSettings,
     ReplayResult,
     int_job_id,
 )
+from ..policy import ErrorKind
+from ..urls import display_url
 from . import base as spi
 from .after_commit import AfterCommitWatcher
 from .base import Backend, BackendOptions, Capability, OptionParser
@@ -89,12 +100,23 @@ FINISHED_SQL = [status_literal(s) for s in FINISHED_STATUSES]
 #: Bumped whenever ``migrate`` has new work to do. 3: the ready index leads with (queue, job_type);
 #: 4: the periodic schedules and fires tables; 5: dedupe holds after finishing (``dedupe_for``,
 #: ``dedupe_held_until``), enqueue tokens and import keys; 6: runtime control (``headers``,
-#: ``timeout``, ``cancel_requested``); 7: the listing indexes of ``list_jobs``.
-SCHEMA_VERSION = 7
+#: ``timeout``, ``cancel_requested``); 7: the listing indexes of ``list_jobs``; 8: the per-queue settings
+#: table (pause and flow control) and the jobs' ``concurrency_key``.
+SCHEMA_VERSION = 8
 #: The columns version 5 added, in the order an upgrade adds them.
 _V5_COLUMNS = ("dedupe_for", "dedupe_held_until", "enqueue_token", "import_key")
 #: The columns version 6 added (runtime control), in the order an upgrade adds them.
 _V6_COLUMNS = ("headers", "timeout", "cancel_requested")
+#: The jobs columns every polyqueue schema has had: a ``<prefix>jobs`` table lacking one is not polyqueue's.
+#: Fixed on purpose: a later version's new columns are added by its upgrade, not required of the table.
+_FIRST_SCHEMA_COLUMNS = ("id", "queue", "job_type", "payload", "priority", "status", "attempts", "max_attempts",
+                         "run_at", "created_at", "finished_at", "locked_by", "lease_expires_at", "lease_token",
+                         "last_error", "errors", "dedupe_key", "result")  # fmt: skip
+#: The version ``migrate`` upgrades from when it finds a jobs table of polyqueue's shape but no version row
+#: (a MySQL migration interrupted between its DDL and the stamp, or a table from before the schema table).
+_UNSTAMPED = 0
+#: The columns version 8 added.
+_V8_COLUMNS = ("concurrency_key",)
 #: JobRecord fields stored under another column name.
 _RECORD_COLUMN = {
     "payload_json": "payload", "errors_json": "errors", "result_json": "result", "headers_json": "headers",
@@ -123,6 +145,8 @@ SQL_CAPABILITIES = frozenset(
         Capability.HEADERS,
         Capability.TIMEOUTS,
         Capability.CANCEL_RUNNING,
+        Capability.PAUSE,
+        Capability.FLOW_CONTROL,
     }
 )
 #: Most jobs one fenced UPDATE names (a power of two: see ``_claim_pairs``).
@@ -222,16 +246,6 @@ class AwareUTCTime(sa.types.TypeDecorator[datetime]):
         raise NotImplementedError
 
 
-class ErrorKind:
-    """How the shared layer reacts to a driver error, as classified by the dialect."""
-
-    TRANSIENT = "transient"  #: deadlock, serialization failure, busy: retry the transaction
-    DISCONNECT = "disconnect"  #: the connection or server went away: reconnect and retry
-    MISSING_SCHEMA = "missing_schema"  #: a polyqueue table does not exist
-    DUPLICATE = "duplicate"  #: a unique constraint was violated
-    OTHER = "other"
-
-
 class SQLBackend(Backend):
     """A backend on any SQLAlchemy dialect; subclasses fill in the dialect knobs."""
 
@@ -276,6 +290,7 @@ class SQLBackend(Backend):
             sa.Column("version", sa.Integer, nullable=False),
         )
         self.schedules_table, self.fires_table = self._build_periodic_tables()
+        self.queues_table = self._build_queues_table()
         for index in self.indexes(self.jobs):
             index._set_parent(self.jobs)
         self._columns = list(self.jobs.c)
@@ -364,6 +379,17 @@ class SQLBackend(Backend):
     def begin_transaction(self, connection: Connection) -> None:
         """Run at the start of each transaction this backend opens (``BEGIN IMMEDIATE`` on SQLite)."""
 
+    def after_purge_batch(self) -> None:
+        """Called after each purge batch, before its rest: housekeeping a dialect needs so claims stay quick."""
+
+    def eager_locking(self) -> AbstractContextManager[Any]:
+        """A context in which this thread's transactions wait for locks by polling often (a purge's batches).
+
+        A purge batch must catch the short gaps between a busy worker's
+        transactions. Servers queue lock waiters and wake them: nothing to do.
+        """
+        return nullcontext()
+
     def classify(self, error: sa_exc.DBAPIError) -> str:
         """Return an :class:`ErrorKind` for a driver error."""
         if error.connection_invalidated:
@@ -405,6 +431,7 @@ class SQLBackend(Backend):
             sa.Index(f"{p}jobs_finished", c.status, c.finished_at, **where(c.status.in_(FINISHED_SQL))),
             sa.Index(f"{p}jobs_enqueue_token", c.enqueue_token, unique=True, **where(c.enqueue_token > ZERO)),
             sa.Index(f"{p}jobs_import_key", c.import_key, unique=True, **where(c.import_key.is_not(None))),
+            sa.Index(f"{p}jobs_running", c.queue, c.concurrency_key, **where(c.status == PROCESSING_SQL)),
             *self.listing_indexes(jobs),
         ]
 
@@ -503,8 +530,8 @@ class SQLBackend(Backend):
         return self.update_locked(connection, self.ready_ids(pairs, limit), values, returning=True)
 
     def describe(self) -> str:
-        """The URL with its password masked."""
-        return self.url.render_as_string(hide_password=True)
+        """The URL with its password masked, its database as written (``sqlite:///:memory:``)."""
+        return display_url(self.url)
 
     def server_version(self) -> str:
         """``major.minor...`` as SQLAlchemy reports it after connecting."""
@@ -551,6 +578,7 @@ class SQLBackend(Backend):
                 default=False,
                 server_default=sa.false(),
             ),
+            sa.Column("concurrency_key", sa.String(255), nullable=True),
             *self.extra_columns(),
         )
 
@@ -583,27 +611,137 @@ class SQLBackend(Backend):
         )
         return schedules, fires
 
+    def _build_queues_table(self) -> sa.Table:
+        """One row per controlled queue (paused or limited): what every claim of that queue reads and locks.
+
+        ``rate_allowance`` is the starts a rate-limited queue has saved up as
+        of ``rate_counted_at`` (database clock; see :func:`policy.rate_allowance`).
+        A queue with no limits that is not paused has no row, so a plain
+        claim's check costs one probe of an empty primary-key range.
+        """
+        return sa.Table(
+            f"{self.prefix}queues",
+            self.metadata,
+            sa.Column("name", sa.String(255), primary_key=True),
+            sa.Column("paused", sa.Boolean(), nullable=False, default=False),
+            sa.Column("concurrency", sa.Integer, nullable=True),
+            sa.Column("rate", sa.Double(), nullable=True),
+            sa.Column("per_key", sa.Integer, nullable=True),
+            sa.Column("rate_allowance", sa.Double(), nullable=False, default=0.0),
+            sa.Column("rate_counted_at", self.time_type(), nullable=True),
+            sa.Column("changed_at", self.time_type(), nullable=False),
+        )
+
     def migrate(self) -> None:
-        """Create the tables and indexes if missing and record the schema version."""
+        """Create the tables and indexes if missing and record the schema version.
+
+        Refuses (:class:`SchemaMismatch`, nothing changed) a ``<prefix>jobs``
+        table that is not polyqueue's, and a schema newer than this polyqueue.
+        A jobs table of polyqueue's shape without a version row is upgraded
+        from the oldest version: every upgrade step checks what exists.
+        """
 
         def work(conn: Connection) -> None:
             with self.migration_lock(conn):
+                existing = self._existing_jobs_columns(conn)
+                if existing is not None:
+                    self._refuse_foreign_jobs_table(existing)
+                    if sa.inspect(conn).has_table(self.schema_table.name):
+                        stamped = conn.execute(sa.select(self.schema_table.c.version)).scalar()
+                        if stamped is not None and stamped > SCHEMA_VERSION:
+                            raise self._newer_schema(stamped)  # before any DDL: a newer polyqueue owns these tables
                 self.metadata.create_all(conn, checkfirst=True)
                 current = conn.execute(sa.select(self.schema_table.c.version)).scalar()
-                if current is None or current < SCHEMA_VERSION:
+                if current is None and existing is not None:
+                    self.upgrade_schema(conn, _UNSTAMPED)
+                elif current is None or current < SCHEMA_VERSION:
                     self.upgrade_schema(conn, current)
                 if current is None:
                     conn.execute(sa.insert(self.schema_table).values(id=1, version=SCHEMA_VERSION))
                 elif current < SCHEMA_VERSION:
                     conn.execute(sa.update(self.schema_table).values(version=SCHEMA_VERSION))
 
-        self._run(work, retry_duplicates=True)
+        with self._schema_check_suspended():
+            self._run(work, retry_duplicates=True)
+
+    def _existing_jobs_columns(self, connection: Connection) -> set[str] | None:
+        """The column names of an existing ``<prefix>jobs`` table, or None when there is none."""
+        inspector = sa.inspect(connection)
+        if not inspector.has_table(self.jobs.name):
+            return None
+        return {column["name"] for column in inspector.get_columns(self.jobs.name)}
+
+    def _refuse_foreign_jobs_table(self, columns: set[str]) -> None:
+        """Raise :class:`SchemaMismatch` naming the table unless it has every column of polyqueue's first schema."""
+        missing = [name for name in _FIRST_SCHEMA_COLUMNS if name not in columns]
+        if missing:
+            raise SchemaMismatch(
+                f"table {self.jobs.name} in {self.describe()} is not a polyqueue jobs table "
+                f"(it has no {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} column): "
+                "choose another table_prefix, or rename that table"
+            )
+
+    def _newer_schema(self, version: int) -> SchemaMismatch:
+        return SchemaMismatch(
+            f"the polyqueue tables ({self.prefix}jobs) in {self.describe()} are schema version {version}, "
+            f"newer than this polyqueue's {SCHEMA_VERSION}: upgrade polyqueue"
+        )
+
+    _schema_verified = False
+
+    @contextmanager
+    def _schema_check_suspended(self) -> Iterator[None]:
+        """Within: no first-use version check (``migrate`` and ``drop_schema`` deal with any version themselves).
+
+        After a success the schema counts as checked; after an error, the next call checks again.
+        """
+        verified, self._schema_verified = self._schema_verified, True
+        try:
+            yield
+        except BaseException:
+            self._schema_verified = verified
+            raise
+
+    def verify_schema(self) -> None:
+        """Check once per backend, on first use, that the tables are the schema this polyqueue uses.
+
+        Raises :class:`SchemaMismatch` when they are older ("run ``polyqueue
+        migrate``"), newer ("upgrade polyqueue") or have no version row; the
+        next call checks again. With no tables at all it returns: each call
+        that needs them raises :class:`SchemaMissing` itself, and calls that
+        need none (``db_now``) work before ``migrate``.
+        """
+        if self._schema_verified:
+            return
+        self._schema_verified = True  # the read below runs through _retrying too
+        try:
+            version = self._retrying(
+                self.engine.begin, lambda conn: conn.execute(sa.select(self.schema_table.c.version)).scalar(), False
+            )
+        except SchemaMissing:
+            self._schema_verified = False
+            return
+        except BaseException:
+            self._schema_verified = False
+            raise
+        if version is not None and version == SCHEMA_VERSION:
+            return
+        self._schema_verified = False
+        if version is not None and version > SCHEMA_VERSION:
+            raise self._newer_schema(version)
+        found = "have no schema version" if version is None else f"are schema version {version}"
+        raise SchemaMismatch(
+            f"the polyqueue tables ({self.prefix}jobs) in {self.describe()} {found}; this polyqueue "
+            f"needs {SCHEMA_VERSION}: run `polyqueue migrate` (or Queue.migrate())"
+        )
 
     def upgrade_schema(self, connection: Connection, from_version: int | None) -> None:
         """Schema work inside ``migrate``'s lock when the schema is new (None) or older.
 
         Version 3 rebuilds the ready index to lead with (queue, job_type).
         Version 7 creates the listing indexes (:meth:`listing_indexes`).
+        Version 8 adds the ``concurrency_key`` column and its ``jobs_running``
+        index (the ``queues`` table is created with the others).
         Version 5 adds the ``dedupe_for``, ``dedupe_held_until``,
         ``enqueue_token`` and ``import_key`` columns, lets the dedupe index
         hold finished jobs' keys too (:meth:`upgrade_dedupe_index`) and
@@ -625,6 +763,10 @@ class SQLBackend(Backend):
         if from_version is not None and from_version < 7:
             for name in ("jobs_by_status", "jobs_by_queue_status"):
                 self._index(connection, name, rebuild=False)
+        if from_version is not None and from_version < 8:
+            # The queues table is new: create_all made it. Jobs gain their concurrency key and its index.
+            self._add_columns(connection, _V8_COLUMNS)
+            self._index(connection, "jobs_running", rebuild=False)
 
     def _add_columns(self, connection: Connection, names: Sequence[str]) -> None:
         """Add the jobs columns ``names`` that are missing (a rerun after an interrupted upgrade adds the rest)."""
@@ -677,7 +819,8 @@ class SQLBackend(Backend):
 
     def drop_schema(self) -> None:
         """Drop the tables and indexes of this prefix (tests and uninstalling)."""
-        self._run(lambda conn: self.metadata.drop_all(conn, checkfirst=True))
+        with self._schema_check_suspended():
+            self._run(lambda conn: self.metadata.drop_all(conn, checkfirst=True))
 
     # ------------------------------------------------------------------
     # Engine, transactions and error translation
@@ -703,17 +846,47 @@ class SQLBackend(Backend):
                 from sqlalchemy.ext.asyncio import create_async_engine
 
                 engine = create_async_engine(url, **options).sync_engine
-        except (ImportError, sa_exc.NoSuchModuleError) as exc:
+        except sa_exc.NoSuchModuleError as exc:
             raise ConfigurationError(
-                f"the driver for {url.drivername!r} is not installed: pip install 'polyqueue[{extra}]'"
+                f"SQLAlchemy has no driver {url.drivername!r}: use {self.name}:// "
+                f"(pip install 'polyqueue[{extra}]')"
             ) from exc
+        except ImportError as exc:
+            raise ConfigurationError(self._missing_driver(url, exc, extra)) from exc
         except sa_exc.ArgumentError as exc:
-            raise ConfigurationError(f"invalid options for {self.describe()}: {exc}") from exc
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigurationError(f"invalid URL or options for {self.describe()}: {self._scrub(reason)}") from exc
         sa.event.listen(engine, "connect", lambda dbapi_conn, _record: self.on_connect(dbapi_conn))
+        sa.event.listen(engine, "do_connect", self._connect_or_explain)
         if not autocommit:
             sa.event.listen(engine, "begin", self.begin_transaction)
         sa.event.listen(engine, "handle_error", self._agree_on_disconnects)
         return engine
+
+    def _missing_driver(self, url: URL, exc: ImportError, extra: str) -> str:
+        """What to install: the extra for polyqueue's own driver, or the module another driver a URL names needs."""
+        ours = {self.default_driver, *self.async_drivers.values()}
+        if url.drivername in ours or not exc.name:
+            return f"the driver for {url.drivername!r} is not installed: pip install 'polyqueue[{extra}]'"
+        return (
+            f"{url.drivername!r} needs the module {exc.name!r}, which is not installed (pip install {exc.name}); "
+            f"polyqueue's own driver is {self.default_driver!r}, which {self.name}:// chooses "
+            f"(pip install 'polyqueue[{self.driver_extra}]')"
+        )
+
+    def _connect_or_explain(self, dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+        """Open a DBAPI connection as SQLAlchemy would; a keyword the driver does not take is the URL's fault.
+
+        Drivers raise ``TypeError`` for a URL query parameter they do not know
+        (``?foo=1``): that is a :class:`ConfigurationError` naming the
+        parameter, not a raw ``TypeError`` from deep in a call.
+        """
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"{self.describe()} has a query parameter its driver does not take: {self._scrub(str(exc))}"
+            ) from exc
 
     def _names_async_driver(self, url: URL) -> bool:
         """Whether the URL names one of this dialect's asyncio drivers (the sync engine then uses the default)."""
@@ -786,6 +959,7 @@ class SQLBackend(Backend):
         retry_duplicates: bool,
         resume: Callable[[Connection], T] | None = None,
     ) -> T:
+        self.verify_schema()
         with self.serialized():
             return self._retrying_unserialized(begin, work, retry_duplicates, resume)
 
@@ -806,7 +980,7 @@ class SQLBackend(Backend):
             except sa_exc.TimeoutError as exc:  # the pool had no connection to lend within pool_timeout
                 raise BackendUnavailable(f"{self.describe()} is unavailable: no free connection ({exc})") from exc
             except sa_exc.DBAPIError as exc:
-                kind = self.classify(exc)
+                kind = self.error_kind(exc)
                 if kind == ErrorKind.TRANSIENT or (kind == ErrorKind.DUPLICATE and retry_duplicates):
                     if attempt <= self.transient_retries:
                         self.pause(policy.TRANSIENT.delay(attempt))
@@ -822,17 +996,30 @@ class SQLBackend(Backend):
                         continue
                 raise self._translate(exc) from exc
 
-    def _translate(self, exc: sa_exc.DBAPIError) -> PolyqueueError:
+    def error_kind(self, exc: sa_exc.DBAPIError) -> str:
+        """The dialect's :meth:`classify`, with a failed connection to an unknown host name made a configuration error.
+
+        Drivers report a misspelt host like a refused connection; DNS tells
+        them apart without parsing any driver's message (see
+        :func:`polyqueue.policy.host_name_unknown`).
+        """
         kind = self.classify(exc)
+        if kind == ErrorKind.DISCONNECT and exc.statement is None and policy.host_name_unknown(self.url.host):
+            return ErrorKind.CONFIGURATION
+        return kind
+
+    def _translate(self, exc: sa_exc.DBAPIError) -> PolyqueueError:
+        """The polyqueue error for a driver error no retry cured (the policy decides which)."""
+        kind = self.error_kind(exc)
         if kind == ErrorKind.MISSING_SCHEMA:
-            return SchemaMissing(
-                f"the polyqueue tables ({self.prefix}jobs) do not exist in {self.describe()}: "
-                "run `polyqueue migrate` (or Queue.migrate())"
-            )
-        detail = self._scrub(str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__)
-        if kind in (ErrorKind.DISCONNECT, ErrorKind.TRANSIENT) or isinstance(exc, sa_exc.OperationalError):
-            return BackendUnavailable(f"{self.describe()} is unavailable: {detail}")
-        return PolyqueueError(f"{self.describe()} rejected the operation: {detail}")
+            detail = f"{self.prefix}jobs"
+        elif kind == ErrorKind.CONFIGURATION and self.classify(exc) == ErrorKind.DISCONNECT:
+            detail = f"unknown host name {self.url.host!r}"
+        else:
+            orig = getattr(exc, "orig", None) or exc
+            text = str(orig).strip()
+            detail = self._scrub(text.splitlines()[0] if text else type(orig).__name__)
+        return policy.error_for(kind, self.describe(), detail, outage=isinstance(exc, sa_exc.OperationalError))
 
     def _scrub(self, text: str) -> str:
         password = self.url.password
@@ -874,6 +1061,7 @@ class SQLBackend(Backend):
             "dedupe_for": job.dedupe_for,
             "headers": job.headers_json,
             "timeout": job.timeout,
+            "concurrency_key": job.concurrency_key,
         }
 
     def _row_values(self, job: NewJob, enqueue_token: int | None = None) -> dict[str, Any]:
@@ -1079,6 +1267,7 @@ class SQLBackend(Backend):
         if not jobs:
             return []
         if connection is not None:
+            self.verify_schema()
             try:
                 with self.caller_connection(connection) as conn:
                     ids = self._enqueue_in(conn, jobs, None)
@@ -1147,23 +1336,45 @@ class SQLBackend(Backend):
     # ------------------------------------------------------------------
     # Consuming: claims
     # ------------------------------------------------------------------
-    def _ready_arm(self, queue: str, job_type: str) -> sa.Select[Any]:
-        """Ready jobs of one (queue, job_type): an ordered range of the ``jobs_ready`` index."""
+    def uncontrolled(self, queue: Any) -> sa.ColumnElement[bool]:
+        """True when ``queue`` (a name or a column) has no settings row: not paused, not limited.
+
+        Every plain claim carries this check in its own statement, so a
+        paused or limited queue's jobs are only ever taken through
+        :meth:`_claim_controlled`, which reads and locks the settings row,
+        whatever a process's cached list of controlled queues says.
+        """
+        s = self.queues_table
+        return ~sa.exists().where(s.c.name == queue)
+
+    def not_paused(self, queue: Any) -> sa.ColumnElement[bool]:
+        """True when ``queue`` (a name or a column) is not paused."""
+        s = self.queues_table
+        return ~sa.exists().where(s.c.name == queue, s.c.paused == sa.true())
+
+    def _ready_arm(self, queue: str, job_type: str, guarded: bool = True) -> sa.Select[Any]:
+        """Ready jobs of one (queue, job_type): an ordered range of the ``jobs_ready`` index.
+
+        ``guarded`` adds :meth:`uncontrolled` (a plain claim); the controlled
+        claim, which holds the queue's settings row, reads without it.
+        """
         j = self.jobs
-        return sa.select(j.c.id, j.c.priority, j.c.run_at).where(
+        ready = sa.select(j.c.id, j.c.priority, j.c.run_at).where(
             j.c.status == PENDING_SQL, j.c.queue == queue, j.c.job_type == job_type, j.c.run_at <= self.now()
         )
+        return ready.where(self.uncontrolled(queue)) if guarded else ready
 
-    def ready_ids(self, pairs: Sequence[tuple[str, str]], limit: int) -> sa.Select[Any]:
+    def ready_ids(self, pairs: Sequence[tuple[str, str]], limit: int, guarded: bool = True) -> sa.Select[Any]:
         """The ids of the best ``limit`` ready jobs of ``pairs``, in claim order.
 
         One ordered index range per pair, merged: the cost depends on
         ``limit`` and the number of pairs, not on how many jobs wait.
+        ``guarded``: see :meth:`_ready_arm`.
         """
         if len(pairs) == 1:
-            arm = self._ready_arm(*pairs[0])
+            arm = self._ready_arm(*pairs[0], guarded=guarded)
             return arm.with_only_columns(self.jobs.c.id).order_by(*self._claim_order()).limit(limit)
-        arms = sa.union_all(*(self._ready_arm(q, t) for q, t in pairs))
+        arms = sa.union_all(*(self._ready_arm(q, t, guarded) for q, t in pairs))
         # ORDER BY and LIMIT on the compound itself, so the planner merges the ordered ranges (SQLite:
         # MERGE (UNION ALL)) and stops after `limit` rows instead of sorting every ready job.
         best = arms.order_by(*policy.claim_order_sql(arms.selected_columns)).limit(limit).subquery("ready")
@@ -1229,21 +1440,52 @@ class SQLBackend(Backend):
             (c.lease_expires_at, None),
         ]
 
-    def _rescue_expired(self, conn: Connection) -> list[Job]:
-        """Rescue expired leases as the policy says; returns the jobs that became dead."""
+    def _expired_leases(self) -> sa.Select[Any]:
+        """The ids of up to :data:`policy.RESCUE_BATCH` processing jobs whose lease has expired, oldest first."""
         j = self.jobs
-        expired = (
+        return (
             sa.select(j.c.id)
             .where(j.c.status == PROCESSING_SQL, j.c.lease_expires_at <= self.now())
             .order_by(j.c.lease_expires_at)
             .limit(policy.RESCUE_BATCH)
         )
-        rows = self.update_locked(conn, expired, self._rescue_values(), returning=True)
+
+    def _rescue_expired(self, conn: Connection) -> list[Job]:
+        """Rescue expired leases as the policy says; returns the jobs that became dead."""
+        rows = self.update_locked(conn, self._expired_leases(), self._rescue_values(), returning=True)
         rescued = [self._job_from_row(r) for r in rows]
         return [job for job in rescued if job.status == JobStatus.DEAD]
 
     def claim(self, request: spi.ClaimRequest) -> spi.ClaimResult:
-        """Rescue expired leases, then claim up to ``request.limit`` ready jobs; see :class:`Backend`."""
+        """Rescue expired leases, then claim up to ``request.limit`` ready jobs; see :class:`Backend`.
+
+        Queues without settings take the plain claim (:meth:`claim_plain`:
+        one statement or transaction, as fast as before flow control
+        existed); each paused or limited queue takes :meth:`_claim_controlled`
+        first, in its own short transaction.
+        """
+        controlled = self._controlled_queues()
+        names = list(dict.fromkeys(request.queues))
+        limited = [name for name in names if name in controlled]
+        if not limited:
+            return self.claim_plain(request)
+        jobs: list[Job] = []
+        dead: list[Job] = []
+        for name in limited:
+            if len(jobs) < request.limit:
+                one = dataclasses.replace(request, queues=[name], limit=request.limit - len(jobs))
+                part = self._claim_controlled(one)
+                jobs += part.jobs
+                dead += part.expired_dead
+        plain = [name for name in names if name not in controlled]
+        if plain and len(jobs) < request.limit:
+            part = self.claim_plain(dataclasses.replace(request, queues=plain, limit=request.limit - len(jobs)))
+            jobs += part.jobs
+            dead += part.expired_dead
+        return spi.ClaimResult(sorted(jobs, key=policy.job_claim_key), dead)
+
+    def claim_plain(self, request: spi.ClaimRequest) -> spi.ClaimResult:
+        """The claim of queues with no settings row (its statements skip any queue that has one)."""
 
         def work(conn: Connection) -> tuple[list[Job], list[Any]]:
             dead = self._rescue_expired(conn)
@@ -1253,6 +1495,175 @@ class SQLBackend(Backend):
 
         dead, rows = self._run(work)
         return spi.ClaimResult(sorted((self._job_from_row(r) for r in rows), key=policy.job_claim_key), dead)
+
+    # ------------------------------------------------------------------
+    # Consuming: paused and limited queues
+    # ------------------------------------------------------------------
+    _controlled: dict[str, QueueSettings] | None = None
+    _controlled_read_at: float = 0.0
+
+    def _controlled_queues(self) -> dict[str, QueueSettings]:
+        """The queues that have a settings row, as read at most :data:`policy.SETTINGS_REFRESH` seconds ago.
+
+        Only routes claims (and picks a statement's shape): a queue missing
+        here is still refused by the plain claim's own check
+        (:meth:`uncontrolled`), and a controlled claim reads the row itself.
+        """
+        now = time.monotonic()
+        if self._controlled is None or now - self._controlled_read_at >= policy.SETTINGS_REFRESH:
+            rows = self._run_single(lambda conn: list(conn.execute(sa.select(self.queues_table))))
+            self._controlled = {row.name: self._settings_of(row) for row in rows}
+            self._controlled_read_at = now
+        return self._controlled
+
+    def _claim_controlled(self, request: spi.ClaimRequest) -> spi.ClaimResult:
+        """Claim from ONE paused or limited queue, atomically with its limits, in one short transaction.
+
+        Locks the queue's settings row (so claims of this queue take turns,
+        in every process), counts what its limits need (jobs processing,
+        the rate allowance on the database clock), takes what
+        :func:`policy.claim_allowance` allows -- in fair order across
+        concurrency keys when ``per_key`` is set -- and writes the allowance
+        back. A queue whose row is gone claims as a plain one.
+        """
+        (queue,) = request.queues
+        s, j = self.queues_table, self.jobs
+        values = self._claim_values(request)
+        settings = sa.select(s, self.now().label("now")).where(s.c.name == queue).with_for_update()
+
+        def work(conn: Connection) -> tuple[list[Job], list[Any]]:
+            dead = self._rescue_expired(conn)
+            row = conn.execute(settings).first()
+            if row is None:
+                pairs = self._claim_pairs(conn, request)
+                return dead, self.claim_ready(conn, pairs, request.limit, values) if pairs else []
+            if row.paused:
+                return dead, []
+            limits = QueueLimits(row.concurrency, row.rate, row.per_key)
+            processing = 0
+            if limits.concurrency is not None:
+                counted = sa.select(sa.func.count()).where(j.c.status == PROCESSING_SQL, j.c.queue == queue)
+                processing = int(conn.execute(counted).scalar() or 0)
+            allowance = None
+            if limits.rate is not None:
+                since = row.rate_counted_at or row.now
+                allowance = policy.rate_allowance(row.rate_allowance, (row.now - since).total_seconds(), limits.rate)
+            take = policy.claim_allowance(request.limit, limits, processing, allowance)
+            rows: list[Any] = []
+            if take > 0:
+                if limits.per_key is not None:
+                    ids = self._fair_ready_ids(conn, request, limits.per_key, take)
+                else:
+                    pairs = self._claim_pairs(conn, request)
+                    ids = [r[0] for r in conn.execute(self.ready_ids(pairs, take, guarded=False))] if pairs else []
+                rows = self._take_ids(conn, ids, values, request.token)
+            if allowance is not None:
+                counted_at = max(row.now, row.rate_counted_at or row.now)
+                conn.execute(
+                    sa.update(s)
+                    .where(s.c.name == queue)
+                    .values(rate_allowance=allowance - len(rows), rate_counted_at=counted_at)
+                )
+            return dead, rows
+
+        dead, rows = self._run(work)
+        return spi.ClaimResult(sorted((self._job_from_row(r) for r in rows), key=policy.job_claim_key), dead)
+
+    def _fair_ready_ids(self, conn: Connection, request: spi.ClaimRequest, per_key: int, take: int) -> list[Any]:
+        """Up to ``take`` ready ids of the request's queue whose key has room, in fair order (see the policy).
+
+        Ranks each key's ready jobs in claim order (a window function); a
+        job's slot is its rank plus its key's processing jobs
+        (:func:`policy.key_slot`); it is kept while that is within ``per_key``
+        (jobs without a key are not held back) and taken lowest slot first. Reads every ready
+        job of the queue: per-key queues pay for fairness with a scan.
+        """
+        (queue,) = request.queues
+        j = self.jobs
+        rank = sa.func.row_number().over(partition_by=j.c.concurrency_key, order_by=self._claim_order())
+        ready = (
+            sa.select(j.c.id, j.c.priority, j.c.run_at, j.c.concurrency_key, rank.label("rank"))
+            .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.run_at <= self.now())
+            .where(*self._of_types(request.job_types))
+            .subquery("ready")
+        )
+        running = (
+            sa.select(j.c.concurrency_key, sa.func.count().label("n"))
+            .where(j.c.status == PROCESSING_SQL, j.c.queue == queue, j.c.concurrency_key.is_not(None))
+            .group_by(j.c.concurrency_key)
+            .subquery("running")
+        )
+        slot = ready.c.rank + sa.func.coalesce(running.c.n, 0)  # policy.key_slot
+        stmt = (
+            sa.select(ready.c.id)
+            .select_from(ready.outerjoin(running, running.c.concurrency_key == ready.c.concurrency_key))
+            .where(sa.or_(ready.c.concurrency_key.is_(None), policy.key_has_room_sql(slot, per_key)))
+            .order_by(*policy.fair_order_sql(slot, ready.c))
+            .limit(take)
+        )
+        return [r[0] for r in conn.execute(stmt)]
+
+    def _take_ids(self, conn: Connection, ids: list[Any], values: UpdateValues, token: int) -> list[Any]:
+        """Apply the claim ``values`` to the rows ``ids`` names that are still pending; the claimed rows.
+
+        No SKIP LOCKED is needed: every claim of a controlled queue holds its
+        settings row, so no other claim is after these rows.
+        """
+        if not ids:
+            return []
+        j = self.jobs
+        stmt = sa.update(j).where(j.c.id.in_(ids), j.c.status == PENDING_SQL).ordered_values(*values)
+        if self.supports_returning:
+            return list(conn.execute(stmt.returning(*self._columns)))
+        conn.execute(stmt)
+        mine = sa.select(*self._columns).where(j.c.id.in_(ids), j.c.lease_token == token)
+        return list(conn.execute(mine.where(j.c.status == PROCESSING_SQL)))
+
+    def control_queue(self, request: spi.QueueControl) -> QueueSettings:
+        """Store the queue's settings row (deleted when nothing is left to store); see :class:`Backend`."""
+        s = self.queues_table
+        current_row = sa.select(s, self.now().label("now")).where(s.c.name == request.queue).with_for_update()
+
+        def work(conn: Connection) -> QueueSettings:
+            row = conn.execute(current_row).first()
+            now = row.now if row is not None else conn.execute(sa.select(self.now())).scalar_one()
+            current = self._settings_of(row) if row is not None else QueueSettings(request.queue)
+            limits = current.limits if request.limits is None else request.limits
+            paused = current.paused if request.paused is None else request.paused
+            wanted = QueueSettings(request.queue, limits, paused)
+            if not wanted.controlled:
+                if row is not None:
+                    conn.execute(sa.delete(s).where(s.c.name == request.queue))
+            else:
+                values: dict[str, Any] = {
+                    "paused": paused, "concurrency": limits.concurrency, "rate": limits.rate,
+                    "per_key": limits.per_key, "changed_at": now,
+                }  # fmt: skip
+                if request.limits is not None or row is None:
+                    values.update(rate_allowance=0.0, rate_counted_at=now)
+                if row is None:
+                    conn.execute(sa.insert(s).values(name=request.queue, **values))
+                else:
+                    conn.execute(sa.update(s).where(s.c.name == request.queue).values(**values))
+            if wanted != current:
+                self.after_enqueue(conn, {request.queue})  # resumed or loosened: wake the queue's idle workers
+            return wanted
+
+        settings = self._run(work, retry_duplicates=True)
+        self._controlled = None  # this process routes its next claim by the new settings at once
+        return settings
+
+    @staticmethod
+    def _settings_of(row: Any) -> QueueSettings:
+        return QueueSettings(row.name, QueueLimits(row.concurrency, row.rate, row.per_key), bool(row.paused))
+
+    def queue_settings(self, query: spi.QueueSettingsQuery) -> list[QueueSettings]:
+        """The settings rows of the queried queues, by name."""
+        s = self.queues_table
+        stmt = sa.select(s).order_by(s.c.name)
+        if query.queues is not None:
+            stmt = stmt.where(s.c.name.in_(list(query.queues)))
+        return [self._settings_of(r) for r in self._run(lambda conn: list(conn.execute(stmt)))]
 
     # ------------------------------------------------------------------
     # Consuming: the fence, settling and heartbeats
@@ -1487,7 +1898,7 @@ class SQLBackend(Backend):
         return [spi.FireRecord(*row) for row in self._run(lambda conn: list(conn.execute(stmt)))]
 
     def _purge_fires(self, older_than: float, batch_size: int) -> None:
-        """Delete fire rows older than ``older_than`` seconds, in batches, keeping each schedule's newest."""
+        """Delete fire rows older than ``older_than`` seconds, in paced batches, keeping each schedule's newest."""
         f = self.fires_table
         later = f.alias("later")
         doomed = (
@@ -1496,17 +1907,22 @@ class SQLBackend(Backend):
                 f.c.fired_at < self.seconds_before_now(sa.literal(float(older_than), sa.Float())),
                 sa.exists().where(later.c.name == f.c.name, later.c.slot_at > f.c.slot_at),
             )
-            .limit(batch_size)
         )
 
-        def work(conn: Connection) -> int:
-            keys = [(r[0], r[1]) for r in conn.execute(doomed)]
-            if not keys:
-                return 0
-            return conn.execute(sa.delete(f).where(sa.tuple_(f.c.name, f.c.slot).in_(keys))).rowcount
+        pace = policy.PurgePace(batch_size, self.lock_poll_seconds, self.pause)
 
-        while self._run(work):
-            pass
+        def work(conn: Connection, size: int) -> int:
+            began = time.monotonic()  # the transaction has begun: any wait for the write lock is over
+            keys = [(r[0], r[1]) for r in conn.execute(doomed.limit(size))]
+            if keys:
+                conn.execute(sa.delete(f).where(sa.tuple_(f.c.name, f.c.slot).in_(keys)))
+            pace.held(time.monotonic() - began)
+            return len(keys)
+
+        for size in pace.sizes():
+            with self.eager_locking():
+                if not self._run(functools.partial(work, size=size)):
+                    break
 
     # ------------------------------------------------------------------
     # Moving jobs: export, import, fenced delete
@@ -1808,19 +2224,19 @@ class SQLBackend(Backend):
         return [] if job_types is None else [self.jobs.c.job_type.in_(sorted(job_types))]
 
     def count_ready(self, request: spi.ReadyCount) -> int:
-        """Exact count of due pending jobs in the queue (of the request's types)."""
+        """Exact count of due pending jobs in the queue (of the request's types); 0 while it is paused."""
         j = self.jobs
         stmt = sa.select(sa.func.count()).where(
             j.c.status == PENDING_SQL, j.c.queue == request.queue, j.c.run_at <= self.now(),
-            *self._of_types(request.job_types),
+            *self._of_types(request.job_types), self.not_paused(request.queue),
         )  # fmt: skip
         return int(self._run(lambda conn: conn.execute(stmt).scalar() or 0))
 
     def seconds_until_due(self, probe: spi.DueProbe) -> float | None:
-        """Earliest pending ``run_at`` or lease expiry of the probe's queues and types, minus DB-now: one statement."""
+        """Earliest pending ``run_at`` or lease expiry of the probe's unpaused queues and types, minus DB-now."""
         j = self.jobs
         names = list(probe.queues)
-        of_types = self._of_types(probe.job_types)
+        of_types = [*self._of_types(probe.job_types), self.not_paused(j.c.queue)]
         due = sa.select(sa.func.min(j.c.run_at)).where(j.c.status == PENDING_SQL, j.c.queue.in_(names), *of_types)
         expiry = sa.select(sa.func.min(j.c.lease_expires_at)).where(
             j.c.status == PROCESSING_SQL, j.c.queue.in_(names), *of_types
@@ -1895,7 +2311,7 @@ class SQLBackend(Backend):
         return lambda conn: int(conn.execute(stmt).rowcount)
 
     def purge(self, request: spi.PurgeRequest) -> int:
-        """Delete finished rows in batches of ``request.batch_size``, each its own transaction."""
+        """Delete finished rows in :class:`~polyqueue.policy.PurgePace` batches, each its own transaction."""
         j = self.jobs
         status = request.status
         select_batch = (
@@ -1905,20 +2321,28 @@ class SQLBackend(Backend):
                 j.c.finished_at < self.seconds_before_now(sa.literal(float(request.older_than), sa.Float())),
                 sa.or_(j.c.dedupe_held_until.is_(None), j.c.dedupe_held_until <= self.now()),
             )
-            .limit(request.batch_size)
         )
+
+        pace = policy.PurgePace(request.batch_size, self.lock_poll_seconds, self.pause)
+
+        def work(conn: Connection, size: int) -> tuple[int, int]:
+            began = time.monotonic()  # the transaction has begun: any wait for the write lock is over
+            batch = [r[0] for r in conn.execute(select_batch.limit(size))]
+            deleted = 0
+            if batch:
+                # A row that changed since the select (replayed meanwhile) stays; the batch still was not the last.
+                deleted = conn.execute(sa.delete(j).where(j.c.id.in_(batch), j.c.status == status)).rowcount
+            pace.held(time.monotonic() - began)
+            return len(batch), int(deleted)
+
         total = 0
-        while True:
-
-            def work(conn: Connection) -> int:
-                batch = [r[0] for r in conn.execute(select_batch)]
-                if not batch:
-                    return 0
-                return conn.execute(sa.delete(j).where(j.c.id.in_(batch), j.c.status == status)).rowcount
-
-            deleted = self._run(work)
+        for size in pace.sizes():
+            with self.eager_locking():
+                found, deleted = self._run(functools.partial(work, size=size))
             total += deleted
-            if deleted == 0:
-                if status == JobStatus.DONE:
-                    self._purge_fires(request.older_than, request.batch_size)
-                return total
+            self.after_purge_batch()
+            if not found:
+                break
+        if status == JobStatus.DONE:
+            self._purge_fires(request.older_than, request.batch_size)
+        return total

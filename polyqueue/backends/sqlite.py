@@ -7,6 +7,7 @@ Several processes may share one file: writers queue on the file lock for up to
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sqlite3
 import threading
@@ -29,8 +30,23 @@ from .sql import SQL_CAPABILITIES, THREADS, AwareUTCTime, ErrorKind, SQLBackend
 __all__ = ["CommitWatcher", "EpochTime", "SQLiteBackend"]
 
 T = TypeVar("T")
+#: Set while this thread's transactions should poll for the write lock (:meth:`SQLiteBackend.eager_locking`).
+_EAGER: contextvars.ContextVar[bool] = contextvars.ContextVar("polyqueue_sqlite_eager", default=False)
 _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+#: The database file cannot be opened: its directory is missing or not writable (a wrong path in the URL).
+_SQLITE_CANTOPEN = sqlite3.SQLITE_CANTOPEN
+#: SQLite's messages for a column the table lacks (it has no error code of their own).
+_MISSING_COLUMN = ("no such column", "has no column")
 _EPOCH_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+@contextmanager
+def _eager_context() -> Iterator[None]:
+    token = _EAGER.set(True)
+    try:
+        yield
+    finally:
+        _EAGER.reset(token)
 
 
 class EpochTime(AwareUTCTime):
@@ -101,8 +117,17 @@ class SQLiteBackend(SQLBackend):
     # Queue call, measured faster (docs/asyncio.md).
     default_async_driver = THREADS
     partial_index_keyword = "sqlite_where"
+    # A writer blocked on the file lock sleeps in SQLite's busy handler (1, 2, 5, 10, 15, 20, 25 ms, ...) and
+    # looks again only then: a purge rests at least this long between batches so a waiting claim gets in.
+    lock_poll_seconds = 0.03
 
     def __init__(self, url: sa.engine.URL, options: dict[str, Any]) -> None:
+        if url.host:
+            # sqlite://polyqueue.db reads "polyqueue.db" as a host name; SQLAlchemy's answer is five lines.
+            raise ConfigurationError(
+                f"a SQLite URL has three slashes before a relative path and four before an absolute one: "
+                f"sqlite:///{url.host}{'/' + url.database if url.database else ''} or sqlite:////var/lib/app/queue.db"
+            )
         self.in_memory = url.database in (None, "", ":memory:")
         if self.in_memory:
             # One shared connection: serialise transactions across threads ourselves.
@@ -172,7 +197,56 @@ class SQLiteBackend(SQLBackend):
 
     def begin_transaction(self, connection: Connection) -> None:
         """Take the write lock up front: a deferred transaction that upgrades can fail with SQLITE_BUSY at once."""
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if _EAGER.get():
+            self._begin_polling(connection)
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def after_purge_batch(self) -> None:
+        """Checkpoint the WAL the batch wrote (PASSIVE: it takes no lock and waits for none).
+
+        Otherwise the deleted pages pile up in the WAL until some commit
+        passes the auto-checkpoint size and copies them back itself, inside
+        that commit: a claim's, stalled for the whole copy.
+        """
+        if self.in_memory:
+            return
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+
+    def eager_locking(self) -> AbstractContextManager[Any]:
+        """Transactions begun in this context poll for the write lock every millisecond (see :meth:`_begin_polling`)."""
+        return _eager_context()
+
+    def _begin_polling(self, connection: Connection) -> None:
+        """``BEGIN IMMEDIATE``, trying again every millisecond while another connection writes (for up to 30 s).
+
+        SQLite's busy handler sleeps ever longer between looks (up to 100 ms),
+        so a writer waiting behind a busy worker misses the millisecond gaps
+        between its transactions and waits for seconds; a purge batch polls
+        instead, and rests after it (``lock_poll_seconds``) so claims get in.
+        """
+        connection.exec_driver_sql("PRAGMA busy_timeout=0")
+        try:
+            deadline = time.monotonic() + 30.0
+            while True:
+                try:
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                    return
+                except sa_exc.OperationalError as exc:
+                    code = getattr(exc.orig, "sqlite_errorcode", None)
+                    if code is None or (code & 0xFF) not in _SQLITE_BUSY or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.001)
+        finally:
+            connection.exec_driver_sql("PRAGMA busy_timeout=30000")
 
     def classify(self, error: sa_exc.DBAPIError) -> str:
         """Busy/locked are transient; a missing table means migrate has not run."""
@@ -180,8 +254,12 @@ class SQLiteBackend(SQLBackend):
         code = getattr(orig, "sqlite_errorcode", None)
         if code is not None and (code & 0xFF) in _SQLITE_BUSY:
             return ErrorKind.TRANSIENT
+        if code is not None and (code & 0xFF) == _SQLITE_CANTOPEN:
+            return ErrorKind.CONFIGURATION  # the file's directory does not exist or is not writable
         if isinstance(orig, sqlite3.OperationalError) and "no such table" in str(orig):
             return ErrorKind.MISSING_SCHEMA
+        if isinstance(orig, sqlite3.OperationalError) and any(text in str(orig) for text in _MISSING_COLUMN):
+            return ErrorKind.SCHEMA_MISMATCH
         return super().classify(error)
 
     def serialized(self) -> AbstractContextManager[Any]:

@@ -8,6 +8,9 @@ Modes:
   hold READY LEASE        run a worker whose handler writes READY then sleeps until killed
   slow READY SECONDS      run a worker whose handler writes READY, sleeps SECONDS, returns "slept"
   crash                   run a worker whose handler kills the process (os._exit)
+  run OUT CONCURRENCY HOLD READY
+                          run a worker until SIGTERM (READY written once it runs); handler "work" appends
+                          "id key start end" (wall clock) to OUT after sleeping HOLD seconds
   migrate                 run Queue.migrate()
   periodic SECONDS THREADS CRON NAME
                           run THREADS workers (threads) that declare schedule NAME (job type "tick") for SECONDS
@@ -78,6 +81,21 @@ def main(argv: list[str]) -> int:
 
         worker.register("slow", slow)
         worker.run()
+        return 0
+    if mode == "run":
+        out, concurrency, hold_for, ready = args[0], int(args[1]), float(args[2]), args[3]
+        worker = polyqueue.Worker(q, concurrency=concurrency, lease=30, shutdown_timeout=30)
+        fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+        def work(job: polyqueue.Job) -> None:
+            started = time.time()
+            time.sleep(hold_for)
+            os.write(fd, f"{job.id} {job.concurrency_key or '-'} {started:.6f} {time.time():.6f}\n".encode())
+
+        worker.register("work", work)
+        threading.Timer(0.2, _touch, (ready, "up\n")).start()
+        worker.run()
+        os.close(fd)
         return 0
     if mode == "crash":
         worker = polyqueue.Worker(q, concurrency=1, lease=float(args[0]) if args else 1.0)

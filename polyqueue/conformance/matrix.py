@@ -36,7 +36,7 @@ from typing import Any, cast
 from sqlalchemy.engine import make_url
 
 from ..errors import PolyqueueError
-from ..testing import backends_required, reachable, server_url, unique_prefix
+from ..testing import backends_required, conformance_preflight, reachable, server_url, unique_prefix
 
 __all__ = [
     "MARIADB_NOTE",
@@ -212,16 +212,22 @@ def _server_for(target: Target, kind: str) -> str:
 # ---------------------------------------------------------------------------
 # Running the suite
 # ---------------------------------------------------------------------------
-def run_conformance(url: str, extra_pytest_args: Sequence[str] = ()) -> int:
+def run_conformance(url: str, extra_pytest_args: Sequence[str] = (), *, check: bool = True) -> int:
     """Run the conformance suite against ``url`` in this process; return pytest's exit code.
 
     Equivalent to ``pytest --pyargs polyqueue.conformance --polyqueue-url URL
     [extra_pytest_args]``: tests needing a capability the backend lacks are
     skipped with the reason, a backend's ``known_failures`` become strict
     xfails, and an unreachable backend skips (fails with ``--polyqueue-strict``).
+
+    Before pytest starts, one connection check (unless ``check`` is False:
+    the caller made it): a wrong URL or an unreachable server raises its
+    polyqueue error, password masked, at once.
     """
     import pytest
 
+    if check:
+        conformance_preflight(url)
     args = ["--pyargs", "polyqueue.conformance", "-p", "no:cacheprovider", "--polyqueue-url", url]
     return int(pytest.main([*args, *extra_pytest_args]))
 

@@ -13,24 +13,79 @@ environment variable ``POLYQUEUE_CONFORMANCE_URL``). It provides:
 * a capability guard (the suite's meta-test): a suite test that uses an
   optional feature without declaring it with ``requires`` fails;
 * strict mode (``--polyqueue-strict`` or ``POLYQUEUE_REQUIRE_BACKENDS=1``):
-  an unreachable backend fails the tests instead of skipping them.
+  an unreachable backend fails the tests instead of skipping them;
+* one connection check before the first test (:func:`polyqueue.testing.check_reachable`): an
+  unreachable backend or a wrong URL ends the run at once with one line
+  (strict mode) or skips every test with that reason, instead of each test
+  waiting out its own reconnect window;
+* no password in any report: every report's traceback, captured output and
+  skip reason is scrubbed of the passwords of the URLs under test, whatever
+  the traceback style (pytest prints functions' arguments, the URL among them).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pytest
 
 import polyqueue
-from polyqueue.errors import BackendUnavailable
-from polyqueue.testing import backends_required, drop_schema, unique_prefix
+from polyqueue.errors import BackendUnavailable, PolyqueueError
+from polyqueue.testing import backends_required, check_reachable, drop_schema, scrub, unique_prefix, url_secrets
 
 from .guard import CapabilityGuardQueue
 
 MARKER = "requires"
+#: Passwords of the URLs this run has seen, scrubbed from every report.
+_SECRETS = pytest.StashKey[set[str]]()
+#: Why the configured backend cannot be used (the session's connection check), or None.
+_UNREACHABLE = pytest.StashKey["str | None"]()
+
+
+def remember_secrets(config: pytest.Config, url: str) -> None:
+    """Scrub ``url``'s password from every report of this run."""
+    config.stash.setdefault(_SECRETS, set()).update(url_secrets(url))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Scrub passwords from the report of each test phase before anything prints it."""
+    outcome = yield
+    secrets = item.config.stash.get(_SECRETS, set())
+    if secrets:
+        _scrub_report(outcome.get_result(), secrets)
+
+
+def _scrub_report(report: pytest.TestReport, secrets: set[str]) -> None:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # a skip: (path, line, reason)
+        path, line, reason = longrepr
+        report.longrepr = (path, line, scrub(reason, secrets))
+    elif longrepr is not None:
+        text = str(longrepr)
+        if any(secret in text for secret in secrets):
+            report.longrepr = scrub(text, secrets)
+    report.sections = [(title, scrub(content, secrets)) for title, content in report.sections]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Check the configured backend once, before any test waits on it."""
+    config = session.config
+    url = _configured_url(config)
+    config.stash[_UNREACHABLE] = None
+    if not url:
+        return
+    remember_secrets(config, url)
+    try:
+        check_reachable(url)
+    except PolyqueueError as exc:
+        message = scrub(f"cannot run the conformance suite: {exc}", url_secrets(url))
+        if _strict(config):
+            pytest.exit(message, returncode=pytest.ExitCode.INTERRUPTED)
+        config.stash[_UNREACHABLE] = message
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,6 +102,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{MARKER}(*capabilities): the test needs these backend capabilities")
+    config.addinivalue_line("markers", "slow: multi-process or long-running tests (deselect with -m \"not slow\")")
 
 
 def _configured_url(config: pytest.Config) -> str | None:
@@ -104,7 +160,12 @@ def queue_factory(
     """
     prefix = unique_prefix()
     opened: list[polyqueue.Queue] = []
+    migrated: list[polyqueue.Queue] = []
     declared = declared_capabilities(request.node)
+    remember_secrets(request.config, polyqueue_url)
+    unreachable = request.config.stash.get(_UNREACHABLE, None)
+    if unreachable and polyqueue_url == _configured_url(request.config):
+        _unreachable(request, unreachable)
 
     def make(**options: Any) -> polyqueue.Queue:
         merged = {**polyqueue_options, "table_prefix": prefix, **options}
@@ -123,21 +184,23 @@ def queue_factory(
                 q.migrate()
             except BackendUnavailable as exc:
                 _unreachable(request, exc)
+            migrated.append(q)
         return q
 
     yield make
     for q in reversed(opened):
         try:
-            if q is opened[0]:
+            if any(q is m for m in migrated):
                 drop_schema(q)
-        except NotImplementedError:
-            pass
+        except PolyqueueError as exc:
+            # The test's own outcome says what went wrong; a schema left behind is worth a warning, not an error.
+            warnings.warn(f"could not drop the test schema {prefix}: {exc}", stacklevel=1)
         finally:
             q.close()
 
 
-def _unreachable(request: pytest.FixtureRequest, exc: Exception) -> None:
-    message = f"backend unreachable: {exc}"
+def _unreachable(request: pytest.FixtureRequest, exc: Exception | str) -> None:
+    message = exc if isinstance(exc, str) else f"backend unreachable: {exc}"
     if _strict(request.config):
         pytest.fail(message + " (strict mode)", pytrace=False)
     pytest.skip(message)

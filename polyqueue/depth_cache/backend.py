@@ -16,7 +16,7 @@ from .. import policy
 from ..backends import base as spi
 from ..backends.base import Backend, BackendOptions, Capability, WakeupSource
 from ..errors import ConfigurationError, PolyqueueError
-from ..job import Job, JobRecord, JobStatus, NewJob, ReplayResult
+from ..job import Job, JobRecord, JobStatus, NewJob, QueueSettings, ReplayResult
 from .client import CacheClient, database_identity
 from .constants import DEFAULT_SAFETY_POLL, DEFAULT_TTL, KEEP, LATE, MARKER, REBUILD_LOCK, CachedCounts, Verdict
 from .wakeups import RedisWakeups
@@ -410,6 +410,28 @@ class DepthCachedBackend(Backend):
         self._rebuild({r.queue for r in request.records if r.id in deleted})
         return deleted
 
+    # --- runtime control -------------------------------------------------------------
+    def control_queue(self, request: spi.QueueControl) -> QueueSettings:
+        """Change the settings in the wrapped backend, then rebuild the queue's counts and wake its workers.
+
+        A paused queue is also flagged in Redis, and :meth:`read_counts`
+        reports a flagged queue as empty: so the cached depth and the idle
+        workers' verdict agree with the claim (nothing while paused; the
+        backlog, and a wake-up, on resume).
+        """
+        settings = self.inner.control_queue(request)
+        key = self._key("paused", request.queue)
+        if settings.paused:
+            self.redis.call(lambda r: r.set(key, "1"))
+        else:
+            self.redis.call(lambda r: r.delete(key))
+        self._rebuild({request.queue})
+        return settings
+
+    def queue_settings(self, query: spi.QueueSettingsQuery) -> list[QueueSettings]:
+        """The wrapped backend's stored settings."""
+        return self.inner.queue_settings(query)
+
     # --- the cache itself ----------------------------------------------------------
     def read_counts(self, queues: Sequence[str]) -> dict[str, CachedCounts] | None:
         """One Redis round trip: each queue's cached counts (scheduled jobs now due move to ready first)."""
@@ -418,8 +440,12 @@ class DepthCachedBackend(Backend):
         if raw is None:
             return None
         out: dict[str, CachedCounts] = {}
+        paused = self._paused(queues)
         for index, queue in enumerate(queues):
             ready, next_due, known, generation = raw[4 * index : 4 * index + 4]
+            if queue in paused:  # claimable by no one: empty, as the wrapped backend counts it
+                out[queue] = CachedCounts(ready=0, next_due_in=None, scheduled=0, generation=int(generation))
+                continue
             out[queue] = CachedCounts(
                 ready=int(ready) if ready != "" else None,
                 next_due_in=float(next_due) if next_due != "" else None,
@@ -427,6 +453,14 @@ class DepthCachedBackend(Backend):
                 generation=int(generation),
             )
         return out
+
+    def _paused(self, queues: Sequence[str]) -> set[str]:
+        """The queues among ``queues`` flagged paused in Redis (none when the backend cannot pause)."""
+        if Capability.PAUSE not in self.inner.capabilities or not queues:
+            return set()
+        keys = [self._key("paused", queue) for queue in queues]
+        flags = self.redis.call(lambda r: r.mget(keys), skews=queues) or []
+        return {queue for queue, flag in zip(queues, flags, strict=False) if flag}
 
     def reconcile(self, queue: str) -> CachedCounts | None:
         """Rebuild ``queue``'s counts from the database; None if Redis failed or kept changing meanwhile.

@@ -37,7 +37,7 @@ def test_the_memory_scheme_is_found_through_the_installed_entry_point(q: polyque
 def test_capabilities_are_declared_honestly(q: polyqueue.Queue) -> None:
     assert q.capabilities == {
         "dedupe", "priorities", "delayed", "notify", "periodic", "transfer", "headers", "timeouts", "cancel_running",
-        "list_jobs", "throughput", "retry_now",
+        "list_jobs", "throughput", "retry_now", "pause", "flow_control",
     }  # fmt: skip
 
 

@@ -40,13 +40,24 @@ from polyqueue import json_codec, policy
 from polyqueue.backends import base as spi
 from polyqueue.backends.base import Backend, BackendOptions, Capability, ChangeWatcher
 from polyqueue.errors import ConfigurationError, InvalidArgument, SchemaMissing
-from polyqueue.job import STATUSES, Job, JobRecord, JobStatus, NewJob, ReplayResult, int_job_id
+from polyqueue.job import (
+    STATUSES,
+    Job,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    QueueSettings,
+    ReplayResult,
+    int_job_id,
+)
 
 __all__ = ["MemoryBackend", "MemoryWakeups"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-#: How many jobs one replay or purge step handles while holding the store's lock.
+#: How many jobs a purge batch looks at, per job it may delete, while holding the store's lock.
+_PURGE_SCAN = 8
+#: How many jobs one replay step handles while holding the store's lock.
 _BATCH = 500
 
 
@@ -113,6 +124,7 @@ class _Row:
     headers: str | None = None
     timeout: float | None = None
     cancel_requested: bool = False
+    concurrency_key: str | None = None
     #: Generation of this row's newest heap entry; older entries are stale and skipped.
     entry: int = 0
 
@@ -140,6 +152,7 @@ class _Row:
             headers=json_codec.loads(self.headers) if self.headers else {},
             timeout=self.timeout,
             cancel_requested=self.cancel_requested,
+            concurrency_key=self.concurrency_key,
         )
 
     def to_record(self) -> JobRecord:
@@ -153,12 +166,22 @@ class _Row:
             dedupe_key=self.dedupe_key, dedupe_for=self.dedupe_for,
             dedupe_held_until=_to_datetime(self.dedupe_held_until), lease_token=self.lease_token,
             import_key=self.import_key, headers_json=self.headers, timeout=self.timeout,
+            concurrency_key=self.concurrency_key,
         )  # fmt: skip
 
 
 _LIVE = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
 #: A (queue, job type) pair: the ready and scheduled heaps are kept per pair, as SQL's ready index is ordered.
 Pair = tuple[str, str]
+
+
+@dataclass(slots=True)
+class _QueueRow:
+    """A controlled queue's settings, and its rate allowance as of ``counted_at`` (microseconds)."""
+
+    settings: QueueSettings
+    allowance: float
+    counted_at: int
 
 
 class _Store:
@@ -190,6 +213,10 @@ class _Store:
         self.schedules: dict[str, tuple[spi.ScheduleSpec, int, str]] = {}
         #: Fired slots: (schedule, slot) -> the fire; the key is what makes a slot fire once.
         self.fires: dict[tuple[str, str], spi.FireRecord] = {}
+        #: Paused or limited queues by name (what SQL's queues table holds).
+        self.queue_rows: dict[str, _QueueRow] = {}
+        #: Processing jobs per (queue, concurrency key), as SQL's ``jobs_running`` index counts them.
+        self.running_keys: dict[tuple[str, str], int] = {}
 
     # --- bookkeeping ----------------------------------------------------------
     def set_status(self, row: _Row, status: str) -> None:
@@ -199,6 +226,11 @@ class _Store:
         counts[old] -= 1
         counts[status] += 1
         row.status = status
+        if row.concurrency_key is not None and JobStatus.PROCESSING in (old, status) and old != status:
+            key = (row.queue, row.concurrency_key)
+            self.running_keys[key] = self.running_keys.get(key, 0) + (1 if status == JobStatus.PROCESSING else -1)
+            if not self.running_keys[key]:
+                del self.running_keys[key]
         if old == JobStatus.PENDING:
             self.pending[row.queue].discard(row.id)
         if status == JobStatus.PENDING:
@@ -278,6 +310,10 @@ class _Store:
     def index_lease(self, row: _Row) -> None:
         assert row.lease_expires_at is not None
         heapq.heappush(self.leases.setdefault(row.queue, []), (row.lease_expires_at, row.id, row.lease_token))
+
+    def paused(self, queue: str) -> bool:
+        held = self.queue_rows.get(queue)
+        return held is not None and held.settings.paused
 
     def signal(self, queues: Iterable[str]) -> None:
         for name in queues:
@@ -374,6 +410,47 @@ class _Store:
             taken.append(self.rows[best[0][-2]])
         return taken
 
+    def fair_ready(
+        self, queue: str, job_types: frozenset[str] | None, per_key: int, limit: int, now: int
+    ) -> list[_Row]:
+        """Up to ``limit`` ready rows of ``queue`` whose key has room under ``per_key``, in the policy's fair order."""
+        rows = [self.rows[i] for i in self.pending.get(queue, ())]
+        ready = [r for r in rows if r.run_at <= now and (job_types is None or r.job_type in job_types)]
+        ready.sort(key=lambda r: policy.claim_order_key(r.priority, r.run_at, r.id))
+        ranks: dict[str | None, int] = {}
+        ranked: list[tuple[tuple[Any, ...], _Row]] = []
+        for row in ready:
+            rank = ranks[row.concurrency_key] = ranks.get(row.concurrency_key, 0) + 1
+            key = row.concurrency_key
+            slot = policy.key_slot(rank, 0 if key is None else self.running_keys.get((queue, key), 0))
+            if key is None or policy.key_has_room(slot, per_key):
+                ranked.append((policy.fair_order_key(slot, row.priority, row.run_at, row.id), row))
+        ranked.sort(key=lambda item: item[0])
+        return [row for _, row in ranked[:limit]]
+
+    def take_controlled(self, request: spi.ClaimRequest, queue: str, limit: int, now: int) -> list[_Row]:
+        """What one claim may take from a paused or limited queue, taking its rate allowance."""
+        held = self.queue_rows[queue]
+        if held.settings.paused:
+            return []
+        limits = held.settings.limits
+        processing = self.counts.get(queue, {}).get(JobStatus.PROCESSING, 0)
+        allowance = None
+        if limits.rate is not None:
+            allowance = policy.rate_allowance(held.allowance, (now - held.counted_at) / 1e6, limits.rate)
+        take = policy.claim_allowance(limit, limits, processing, allowance)
+        rows: list[_Row] = []
+        if take > 0:
+            if limits.per_key is not None:
+                rows = self.fair_ready(queue, request.job_types, limits.per_key, take, now)
+            else:
+                pairs = self.pairs([queue], request.job_types)
+                self.promote_due(pairs, now)
+                rows = self.take_ready(pairs, take)
+        if allowance is not None:
+            held.allowance, held.counted_at = allowance - len(rows), max(now, held.counted_at)
+        return rows
+
     def next_lease_expiry(self, name: str, job_types: frozenset[str] | None) -> int | None:
         """When the earliest live lease of a queue (of ``job_types``) expires, dropping stale entries on the way."""
         heap = self.leases.get(name)
@@ -461,6 +538,8 @@ class MemoryBackend(Backend):
             Capability.HEADERS,
             Capability.TIMEOUTS,
             Capability.CANCEL_RUNNING,
+            Capability.PAUSE,
+            Capability.FLOW_CONTROL,
         }
     )
     #: Where ``polyqueue compat`` runs the conformance suite for this backend (it needs no server).
@@ -558,6 +637,7 @@ class MemoryBackend(Backend):
                 dedupe_for=job.dedupe_for,
                 headers=job.headers_json,
                 timeout=job.timeout,
+                concurrency_key=job.concurrency_key,
             )
             store.next_id += 1
             store.insert(row, now)
@@ -626,9 +706,15 @@ class MemoryBackend(Backend):
         with store.lock:
             now = _clock().now()
             dead = store.rescue_expired(now)
-            pairs = store.pairs(request.queues, request.job_types)
+            rows: list[_Row] = []
+            for name in dict.fromkeys(request.queues):
+                if name in store.queue_rows and len(rows) < request.limit:
+                    rows += store.take_controlled(request, name, request.limit - len(rows), now)
+            plain = [name for name in request.queues if name not in store.queue_rows]
+            pairs = store.pairs(plain, request.job_types)
             store.promote_due(pairs, now)
-            rows = store.take_ready(pairs, request.limit)
+            rows += store.take_ready(pairs, request.limit - len(rows))
+            rows.sort(key=lambda r: policy.claim_order_key(r.priority, r.run_at, r.id))
             expires = now + _seconds_to_us(request.lease)
             for row in rows:
                 store.set_status(row, JobStatus.PROCESSING)
@@ -794,6 +880,8 @@ class MemoryBackend(Backend):
         with store.lock:
             now = _clock().now()
             rows = store.rows
+            if store.paused(request.queue):
+                return 0
             return sum(
                 1
                 for row_id in store.pending.get(request.queue, ())
@@ -808,7 +896,8 @@ class MemoryBackend(Backend):
         store = self._store()
         with store.lock:
             now = _clock().now()
-            pairs = store.pairs(probe.queues, probe.job_types)
+            queues = [name for name in probe.queues if not store.paused(name)]
+            pairs = store.pairs(queues, probe.job_types)
             store.promote_due(pairs, now)
             moments: list[int] = []
             for pair in pairs:
@@ -818,7 +907,7 @@ class MemoryBackend(Backend):
                 scheduled = store.top_scheduled(pair)
                 if scheduled is not None:
                     moments.append(scheduled[0])
-            for name in probe.queues:
+            for name in queues:
                 expiry = store.next_lease_expiry(name, probe.job_types)
                 if expiry is not None:
                     moments.append(expiry)
@@ -880,26 +969,39 @@ class MemoryBackend(Backend):
         return result
 
     def purge(self, request: spi.PurgeRequest) -> int:
-        """Delete jobs of the request's status finished before now - ``older_than``, ``batch_size`` per lock hold."""
+        """Delete jobs of the request's status finished before now - ``older_than``, a paced batch per lock hold.
+
+        The jobs are walked in id order from a list of the ids taken at the
+        start; a batch deletes up to its size and looks at no more than
+        :data:`_PURGE_SCAN` times as many jobs, so no lock hold grows with the
+        store.
+        """
         store = self._store()
         status = request.status
         with store.lock:
             cutoff = _clock().now() - _seconds_to_us(request.older_than)
-            now = _clock().now()
-            doomed = [
-                row.id
-                for row in store.rows.values()
-                if row.status == status and row.finished_at is not None and row.finished_at < cutoff
-                and (row.dedupe_held_until is None or row.dedupe_held_until <= now)
-            ]
-        deleted = 0
-        for start in range(0, len(doomed), request.batch_size):
+            ids = list(store.rows)
+        position = deleted = 0
+        pace = policy.PurgePace(request.batch_size, self.lock_poll_seconds, self.pause)
+        for size in pace.sizes():
+            if position >= len(ids):
+                break
             with store.lock:
-                for row_id in doomed[start : start + request.batch_size]:
-                    row = store.rows.get(row_id)
-                    if row is not None and row.status == status:
+                began = time.monotonic()
+                now = _clock().now()
+                stop, gone = min(len(ids), position + size * _PURGE_SCAN), 0
+                while position < stop and gone < size:
+                    row = store.rows.get(ids[position])
+                    position += 1
+                    if (
+                        row is not None and row.status == status
+                        and row.finished_at is not None and row.finished_at < cutoff
+                        and (row.dedupe_held_until is None or row.dedupe_held_until <= now)
+                    ):  # fmt: skip
                         store.delete(row)
-                        deleted += 1
+                        gone += 1
+                pace.held(time.monotonic() - began)
+            deleted += gone
         if status == JobStatus.DONE:
             self._purge_fires(store, cutoff)
         return deleted
@@ -1027,6 +1129,7 @@ class MemoryBackend(Backend):
                     last_error=record.last_error, errors=record.errors_json, result=record.result_json,
                     dedupe_for=record.dedupe_for, dedupe_held_until=held if holds else None,
                     import_key=record.import_key, headers=record.headers_json, timeout=record.timeout,
+                    concurrency_key=record.concurrency_key,
                 )  # fmt: skip
                 store.next_id += 1
                 store.insert(row, now)
@@ -1051,6 +1154,34 @@ class MemoryBackend(Backend):
                 store.delete(row)
                 deleted.add(row.id)
         return deleted
+
+    # --- runtime control --------------------------------------------------------------
+    def control_queue(self, request: spi.QueueControl) -> QueueSettings:
+        """Store the queue's settings under the store's lock (dropped when nothing is left); wakes its workers."""
+        store = self._store()
+        with store.lock:
+            now = _clock().now()
+            held = store.queue_rows.get(request.queue)
+            current = held.settings if held is not None else QueueSettings(request.queue)
+            limits = current.limits if request.limits is None else request.limits
+            paused = current.paused if request.paused is None else request.paused
+            wanted = QueueSettings(request.queue, limits, paused)
+            if not wanted.controlled:
+                store.queue_rows.pop(request.queue, None)
+            elif held is None or request.limits is not None:
+                store.queue_rows[request.queue] = _QueueRow(wanted, 0.0, now)
+            else:
+                held.settings = wanted
+            if wanted != current:
+                store.signal([request.queue])
+            return wanted
+
+    def queue_settings(self, query: spi.QueueSettingsQuery) -> list[QueueSettings]:
+        """The settings of the queried queues that have any, by name."""
+        store = self._store()
+        with store.lock:
+            names = sorted(store.queue_rows if query.queues is None else set(query.queues) & set(store.queue_rows))
+            return [store.queue_rows[name].settings for name in names]
 
     # --- waiting --------------------------------------------------------------------
     def wakeup_source(self, request: spi.WakeupRequest) -> MemoryWakeups:

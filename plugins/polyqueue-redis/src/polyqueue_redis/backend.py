@@ -754,36 +754,41 @@ class RedisBackend(Backend):
         return list(self.store.command(lambda client: client.zrange(key, 0, -1)))
 
     def purge(self, request: spi.PurgeRequest) -> int:
-        """Delete jobs of the status finished more than ``older_than`` seconds ago, ``batch_size`` per script.
+        """Delete jobs of the status finished more than ``older_than`` seconds ago, a paced batch per script.
 
         A job still holding its dedupe key (within its ``dedupe_for``) is kept until the hold ends.
 
         A purge of ``done`` jobs also deletes each queue's fire records as old, keeping each schedule's newest.
+        A script blocks the server while it runs, so every batch, of jobs or of fires, is sized and followed
+        by a rest as :class:`~polyqueue.policy.PurgePace` says.
         """
         older_us = str(round(request.older_than * 1_000_000))
+        sizes = policy.PurgePace(request.batch_size, self.lock_poll_seconds, self.pause).sizes()
         deleted = 0
         for tag in self._queue_tags(None):
             kept = 0  # jobs still holding their dedupe keys stay: the next batch starts past them
             while True:
-                call = self._call("purge", tag, request.status, older_us, str(request.batch_size), str(kept))
+                size = next(sizes)
+                call = self._call("purge", tag, request.status, older_us, str(size), str(kept))
                 [(gone, looked, held)] = self.store.run([call]).replies
                 deleted += int(gone)
                 kept += int(held)
-                if int(looked) < request.batch_size:
+                if int(looked) < size:
                     break
             if request.status == JobStatus.DONE:
-                self._purge_fires(tag, older_us, request.batch_size)
+                self._purge_fires(tag, older_us, sizes)
         return deleted
 
-    def _purge_fires(self, tag: str, older_us: str, batch_size: int) -> None:
+    def _purge_fires(self, tag: str, older_us: str, sizes: Iterator[int]) -> None:
         """Delete the queue's fire records older than ``older_us``, a batch per script, each schedule's newest kept."""
         names_key = self.layout.base(tag) + ":sn"
         for name in sorted(self.store.command(lambda client: client.smembers(names_key))):
             after = ""
             while True:
-                call = self._call("purge_fires", tag, name, older_us, str(batch_size), after)
+                size = next(sizes)
+                call = self._call("purge_fires", tag, name, older_us, str(size), after)
                 [(_gone, looked, last)] = self.store.run([call]).replies
-                if int(looked) < batch_size:
+                if int(looked) < size:
                     break
                 after = last
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -175,6 +176,33 @@ class RedisStore:
             self._errors = (redis.RedisError, RedisClusterException, OSError)
         return self._errors
 
+    def error_kind(self, exc: BaseException) -> str:
+        """The :class:`polyqueue.policy.ErrorKind` of a redis-py error: a refused login or unknown host is the URL's.
+
+        A failed name lookup (the error's context is a ``socket.gaierror``)
+        is asked of DNS again: a name that does not exist is a wrong URL, a
+        lookup that could not be answered now an outage.
+        """
+        from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError
+
+        if isinstance(exc, (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError)):
+            return policy.ErrorKind.CONFIGURATION
+        lookup_failed = isinstance(exc.__context__, socket.gaierror) or isinstance(exc, socket.gaierror)
+        if lookup_failed and any(policy.host_name_unknown(host) for host, _port in self.nodes):
+            return policy.ErrorKind.CONFIGURATION
+        return policy.ErrorKind.DISCONNECT
+
+    def refuse_if_misconfigured(self, exc: BaseException) -> None:
+        """Raise the policy's :class:`ConfigurationError` at once for an error no retry can cure."""
+        if self.error_kind(exc) == policy.ErrorKind.CONFIGURATION:
+            raise policy.error_for(
+                policy.ErrorKind.CONFIGURATION, f"Redis at {self.described}", self._scrubbed(exc)
+            ) from exc
+
+    def _scrubbed(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        return (text.replace(self._password, "***") if self._password else text)[:300]
+
     def unavailable(self, exc: BaseException) -> BackendUnavailable:
         """A :class:`BackendUnavailable` for ``exc`` that names the deployment but never its password."""
         text = str(exc)
@@ -267,6 +295,7 @@ class RedisStore:
             try:
                 groups = self._group(calls, todo)
             except self.errors as exc:
+                self.refuse_if_misconfigured(exc)
                 last, again = exc, todo
                 self.refresh()
                 groups = {}
@@ -282,12 +311,14 @@ class RedisStore:
                     self._load_scripts(name, node)
                     sent.append((name, node, indexes, _send(node, commands)))
                 except self.errors as exc:
+                    self.refuse_if_misconfigured(exc)
                     last = exc
                     self._resend(calls, indexes, again)
             for name, node, indexes, connection in sent:
                 try:
                     replies = _receive(node, connection, len(indexes) + (1 if wanted else 0))
                 except self.errors as exc:
+                    self.refuse_if_misconfigured(exc)
                     last = exc
                     self._resend(calls, indexes, again)
                     continue
@@ -374,6 +405,7 @@ class RedisStore:
             try:
                 return work()
             except self.errors as exc:
+                self.refuse_if_misconfigured(exc)
                 if isinstance(exc, ResponseError) and not _transient(exc):
                     raise PolyqueueError(f"Redis at {self.described} refused a command: {exc}") from exc
                 self.refresh()
