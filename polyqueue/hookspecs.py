@@ -14,7 +14,7 @@ from typing import Any
 
 import pluggy
 
-from .job import Job
+from .job import Job, NewJob
 
 #: The ``polyqueue.Queue`` a lifecycle hook is called for (typed loosely: the hook specs sit below the Queue).
 QueueArg = Any
@@ -36,8 +36,29 @@ def polyqueue_backends() -> Mapping[str, Any] | None:
 
 
 @hookspec
-def polyqueue_job_enqueued(queue: QueueArg, job_ids: Sequence[Any], queue_names: Sequence[str]) -> None:
-    """Jobs were committed (or written into a caller's transaction)."""
+def polyqueue_enqueue_headers(
+    queue: QueueArg, job_type: str, queue_name: str, headers: Mapping[str, str]
+) -> Mapping[str, str] | None:
+    """Return headers to add to a job about to be stored (trace context, tenant), or None.
+
+    Called once per valid job, before anything is stored, with the caller's own
+    ``headers`` (empty if none; do not change them). The results of every
+    plugin are merged; on a clash the caller's own headers win. The merged
+    headers are validated as a caller's are. A hook that raises is logged and
+    ignored: it never makes an enqueue fail.
+    """
+
+
+@hookspec
+def polyqueue_job_enqueued(
+    queue: QueueArg, job_ids: Sequence[Any], queue_names: Sequence[str], jobs: Sequence[NewJob]
+) -> None:
+    """Jobs were committed (or written into a caller's transaction).
+
+    ``jobs`` are those jobs as they were stored (queue, job type, headers as
+    JSON text), in the order of ``job_ids``; with a held dedupe key, a job's
+    id is the holding job's. A plugin may take any subset of these arguments.
+    """
 
 
 @hookspec

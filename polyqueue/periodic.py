@@ -350,4 +350,5 @@ class Scheduler:
                     queue=self.queue,
                     job_ids=[result.job_id],
                     queue_names=[schedule.queue],
+                    jobs=[job],
                 )

@@ -23,6 +23,7 @@ __all__ = [
     "call_hook",
     "known_schemes",
     "make_plugin_manager",
+    "plugin_headers",
     "unloaded_plugins",
 ]
 
@@ -158,3 +159,29 @@ def call_hook(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> None:
         hook(**kwargs)
     except Exception:
         log.exception("plugin hook %s failed; the operation it observed stands", name)
+
+
+def plugin_headers(pm: pluggy.PluginManager, **kwargs: Any) -> dict[str, str] | None:
+    """The headers plugins add to a job about to be stored (``polyqueue_enqueue_headers``), merged.
+
+    None when no plugin implements the hook or none returns any. A plugin
+    that raises or returns something other than a mapping is logged and
+    ignored, so an enqueue never fails because of a plugin. When two plugins
+    name the same header, the one pluggy calls first (the last registered) wins.
+    """
+    hook = pm.hook.polyqueue_enqueue_headers
+    if not hook.get_hookimpls():
+        return None
+    try:
+        results = hook(**kwargs)
+    except Exception:
+        log.exception("plugin hook polyqueue_enqueue_headers failed; the job is stored without its headers")
+        return None
+    merged: dict[str, str] = {}
+    for result in results:
+        if not isinstance(result, Mapping):
+            log.error("plugin hook polyqueue_enqueue_headers returned a %s, not a dict; ignored", type(result).__name__)
+            continue
+        for key, value in result.items():
+            merged.setdefault(key, value)
+    return merged or None

@@ -42,7 +42,7 @@ from .backends.base import (
 )
 from .errors import ConfigurationError, InvalidArgument, InvalidPayload, JobNotFound
 from .job import FINISHED_STATUSES, STATUSES, Job, NewJob, QueueLimits, QueueSettings, ReplayResult
-from .plugins import backend_class_for, call_hook, make_plugin_manager
+from .plugins import backend_class_for, call_hook, make_plugin_manager, plugin_headers
 from .session import ConsumerSession, lease_lost
 from .urls import describe_parse_error, mask_url, parse_url
 from .validation import (
@@ -304,10 +304,35 @@ class Queue:
         timeout = spec.get("timeout")
         if timeout is not None:
             timeout = check_seconds(timeout, "timeout", positive=True)
+        if self.plugins.hook.polyqueue_enqueue_headers.get_hookimpls():  # checked here: enqueue_many's hot path
+            headers_json = self._with_plugin_headers(queue, job_type, spec.get("headers"), headers_json)
         return NewJob(
             queue, job_type, payload_json, priority, attempts, delay_seconds, dedupe_key, run_at, dedupe_for,
             headers_json, timeout, concurrency_key,
         )  # fmt: skip
+
+    def _with_plugin_headers(
+        self, queue: str, job_type: str, own: Mapping[str, str] | None, own_json: str | None
+    ) -> str | None:
+        """``own_json`` with the headers plugins add (trace context); the caller's own headers win a clash.
+
+        Runs after the job is otherwise valid, so a plugin never sees an invalid job (though a later
+        invalid job of an ``enqueue_many`` batch still rejects the whole batch).
+        Headers a plugin adds that would not be valid are logged and dropped, never failing the enqueue;
+        a backend without the headers capability is not offered any.
+        """
+        if Capability.HEADERS not in self.capabilities:
+            return own_json
+        added = plugin_headers(
+            self.plugins, queue=self, job_type=job_type, queue_name=queue, headers=dict(own or {})
+        )
+        if not added:
+            return own_json
+        try:
+            return check_headers({**added, **(own or {})})
+        except InvalidArgument as exc:
+            log.error("headers added by a plugin are not valid (%s); the job is stored with its own headers", exc)
+            return own_json
 
     def enqueue(
         self,
@@ -399,6 +424,7 @@ class Queue:
                 queue=self,
                 job_ids=ids,
                 queue_names=sorted({j.queue for j in batch}),
+                jobs=batch,
             )
         return ids
 

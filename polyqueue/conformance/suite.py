@@ -2673,6 +2673,29 @@ class TestHeaders:
         assert worker.run(burst=True) == 1
         assert seen == [("started", {"request_id": "r-1"}), ("succeeded", {"request_id": "r-1"})]
 
+    def test_headers_a_plugin_adds_before_the_store_are_stored_with_the_callers_winning(
+        self, queue_factory: QueueFactory
+    ) -> None:
+        stored: list[tuple[Any, str | None]] = []
+
+        class Propagator:
+            @polyqueue.hookimpl
+            def polyqueue_enqueue_headers(self, queue: Any, job_type: str, queue_name: str, headers: Any) -> Any:
+                return {"traceparent": f"for-{queue_name}-{job_type}", "tenant": "plugin"}
+
+            @polyqueue.hookimpl
+            def polyqueue_job_enqueued(self, job_ids: Any, jobs: Any) -> None:
+                stored.extend((job_id, job.headers_json) for job_id, job in zip(job_ids, jobs, strict=True))
+
+        q = queue_factory(plugins=[Propagator()])
+        own = q.enqueue("a", queue="q1", headers={"tenant": "acme"})
+        ids = q.enqueue_many([{"job_type": "b", "queue": "q2"}, {"job_type": "c", "queue": "q1"}])
+        assert q.get(own).headers == {"traceparent": "for-q1-a", "tenant": "acme"}  # type: ignore[union-attr]
+        assert [q.get(i).headers["traceparent"] for i in ids] == ["for-q2-b", "for-q1-c"]  # type: ignore[union-attr]
+        # The enqueued hook is given the stored jobs in the order of their ids.
+        assert [job_id for job_id, _ in stored] == [own, *ids]
+        assert [json.loads(text or "{}") for _, text in stored] == [q.get(i).headers for i in [own, *ids]]  # type: ignore[union-attr]
+
     @requires(Capability.TIMEOUTS, Capability.CANCEL_RUNNING)
     def test_async_queue_takes_headers_and_timeouts_and_cancels_running_jobs(
         self, queue_factory: QueueFactory
