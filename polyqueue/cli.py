@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -40,8 +41,15 @@ from .validation import check_int, check_queue_name, parse_rate, split_names
 
 __all__ = ["cli", "main"]
 
+#: Width of tables written to a pipe or file: rich's 80 columns would fold names and ids in the middle,
+#: and what reads the output (grep, a log, a test) wants each row on one line. COLUMNS still wins.
+PIPE_WIDTH = 200
+
 console = Console()
 err_console = Console(stderr=True)
+for _console in (console, err_console):
+    if not _console.is_terminal and "COLUMNS" not in os.environ:
+        _console.width = PIPE_WIDTH
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

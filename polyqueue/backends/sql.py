@@ -383,7 +383,7 @@ class SQLBackend(Backend):
         """Called after each purge batch, before its rest: housekeeping a dialect needs so claims stay quick."""
 
     def eager_locking(self) -> AbstractContextManager[Any]:
-        """A context in which this thread's transactions wait for locks by polling often (a purge's batches).
+        """A context in which this thread's transactions wait for locks by polling often (purge batches, heartbeats).
 
         A purge batch must catch the short gaps between a busy worker's
         transactions. Servers queue lock waiters and wake them: nothing to do.
@@ -1800,11 +1800,17 @@ class SQLBackend(Backend):
         return self._run_fenced(statements, lambda jobs: token_column == request.token)
 
     def extend(self, request: spi.ExtendRequest) -> set[Hashable]:
-        """Push held leases out to DB-now + ``request.lease``."""
+        """Push held leases out to DB-now + ``request.lease``.
+
+        Under :meth:`eager_locking`: a heartbeat that waits behind busy
+        claimers past the lease loses its jobs, so it must not sleep through
+        the gaps between their transactions (SQLite's backing-off busy handler).
+        """
         if not request.jobs:
             return set()
         values = {"lease_expires_at": self.seconds_from_now(sa.literal(float(request.lease), sa.Float()))}
-        return self._run_fenced([(request.jobs, values)], self._fence)
+        with self.eager_locking():
+            return self._run_fenced([(request.jobs, values)], self._fence)
 
     # ------------------------------------------------------------------
     # Periodic jobs
