@@ -742,30 +742,10 @@ class PostgreSQLBackend(SQLBackend):
         return compiled
 
     def _fair_candidates(self, queue: Any, of_types: list[Any], take: Any) -> sa.Select[Any]:
-        """:meth:`SQLBackend._fair_ready_ids` as one select, the ``per_key`` limit read from the settings row."""
-        s, j = self.queues_table, self.jobs
-        rank = sa.func.row_number().over(partition_by=j.c.concurrency_key, order_by=self._claim_order())
-        ready = (
-            sa.select(j.c.id, j.c.priority, j.c.run_at, j.c.concurrency_key, rank.label("rank"))
-            .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.run_at <= self.now(), *of_types)
-            .subquery("ready")
-        )
-        running = (
-            sa.select(j.c.concurrency_key, sa.func.count().label("n"))
-            .where(j.c.status == PROCESSING_SQL, j.c.queue == queue, j.c.concurrency_key.is_not(None))
-            .group_by(j.c.concurrency_key)
-            .subquery("running")
-        )
-        slot = ready.c.rank + sa.func.coalesce(running.c.n, 0)  # policy.key_slot
+        """:meth:`SQLBackend.fair_candidates` with the ``per_key`` limit read from the settings row."""
+        s = self.queues_table
         per_key = sa.select(s.c.per_key).where(s.c.name == queue).scalar_subquery()
-        has_room = sa.or_(ready.c.concurrency_key.is_(None), policy.key_has_room_sql(slot, per_key))  # type: ignore[arg-type]
-        return (
-            sa.select(ready.c.id)
-            .select_from(ready.outerjoin(running, running.c.concurrency_key == ready.c.concurrency_key))
-            .where(has_room)
-            .order_by(*policy.fair_order_sql(slot, ready.c))
-            .limit(take)
-        )
+        return self.fair_candidates(queue, of_types, per_key, take)
 
     def _pipelined(self, statements: Sequence[tuple[str, dict[str, Any]]], params: dict[str, Any]) -> list[list[Any]]:
         """Run compiled ``statements`` in one transaction in ONE round trip (psycopg's pipeline mode); their rows."""

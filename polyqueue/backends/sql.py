@@ -1579,12 +1579,20 @@ class SQLBackend(Backend):
         job of the queue: per-key queues pay for fairness with a scan.
         """
         (queue,) = request.queues
+        stmt = self.fair_candidates(queue, self._of_types(request.job_types), per_key, take)
+        return [r[0] for r in conn.execute(stmt)]
+
+    def fair_candidates(self, queue: Any, of_types: Sequence[Any], per_key: Any, take: Any) -> sa.Select[Any]:
+        """Ready ids of ``queue`` whose concurrency key has room under ``per_key``, in fair order, at most ``take``.
+
+        ``per_key`` and ``take`` may be numbers or SQL expressions (PostgreSQL's
+        one-round-trip claim reads ``per_key`` from the settings row).
+        """
         j = self.jobs
         rank = sa.func.row_number().over(partition_by=j.c.concurrency_key, order_by=self._claim_order())
         ready = (
             sa.select(j.c.id, j.c.priority, j.c.run_at, j.c.concurrency_key, rank.label("rank"))
-            .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.run_at <= self.now())
-            .where(*self._of_types(request.job_types))
+            .where(j.c.status == PENDING_SQL, j.c.queue == queue, j.c.run_at <= self.now(), *of_types)
             .subquery("ready")
         )
         running = (
@@ -1594,14 +1602,14 @@ class SQLBackend(Backend):
             .subquery("running")
         )
         slot = ready.c.rank + sa.func.coalesce(running.c.n, 0)  # policy.key_slot
-        stmt = (
+        has_room = sa.or_(ready.c.concurrency_key.is_(None), policy.key_has_room_sql(slot, per_key))
+        return (
             sa.select(ready.c.id)
             .select_from(ready.outerjoin(running, running.c.concurrency_key == ready.c.concurrency_key))
-            .where(sa.or_(ready.c.concurrency_key.is_(None), policy.key_has_room_sql(slot, per_key)))
+            .where(has_room)
             .order_by(*policy.fair_order_sql(slot, ready.c))
             .limit(take)
         )
-        return [r[0] for r in conn.execute(stmt)]
 
     def _take_ids(self, conn: Connection, ids: list[Any], values: UpdateValues, token: int) -> list[Any]:
         """Apply the claim ``values`` to the rows ``ids`` names that are still pending; the claimed rows.
