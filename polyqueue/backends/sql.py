@@ -439,18 +439,27 @@ class SQLBackend(Backend):
     include_keyword: ClassVar[str] = ""
 
     def listing_indexes(self, jobs: sa.Table) -> list[sa.Index]:
-        """What :meth:`keyset_page` reads: (status, id) and (queue, status, id), whole (every status is listed).
+        """What :meth:`keyset_page` reads: (status, id) and (queue, status, id).
 
         Where the dialect has covering columns, (status, id) also carries
         queue and run_at, so counting the jobs of a few statuses per queue
-        (the dashboard's overview: live and dead, never the done history)
-        reads this index alone, not one heap page per row.
+        (the dashboard's overview: processing and dead, never the done
+        history) reads this index alone, not one heap page per row.
+
+        Where the dialect has partial indexes, pending jobs are left out:
+        an enqueue then maintains neither index (measured on PostgreSQL, the
+        two cost a quarter of bulk-enqueue throughput), and pending jobs are
+        the newest, so a page of them walks the primary key backwards and
+        finds them first; pending counts read the ready index.
         """
         p, c = self.prefix, jobs.c
         covering: dict[str, Any] = {self.include_keyword: ["queue", "run_at"]} if self.include_keyword else {}
+        partial: dict[str, Any] = (
+            {self.partial_index_keyword: c.status != PENDING_SQL} if self.partial_index_keyword else {}
+        )
         return [
-            sa.Index(f"{p}jobs_by_status", c.status, c.id, **covering),
-            sa.Index(f"{p}jobs_by_queue_status", c.queue, c.status, c.id),
+            sa.Index(f"{p}jobs_by_status", c.status, c.id, **covering, **partial),
+            sa.Index(f"{p}jobs_by_queue_status", c.queue, c.status, c.id, **partial),
         ]
 
     @contextmanager
