@@ -37,7 +37,7 @@ lint: $(FULL)
 	$(BIN)/mypy
 
 test: $(FULL) services lint
-	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/pytest -n 4 $(PYTEST_ARGS)
 
 bench: $(FULL)
 	$(BIN)/pip install -q -e 'benchmarks[peers]'
